@@ -1,5 +1,13 @@
-//! `net`: the wallet's wire types and binary protocol, and the Rust client library.
+//! `net`: the wallet's wire types, its binary protocol, the mio server that speaks it and the
+//! blocking Rust client library.
 //!
-//! A client application depends on this crate alone: it never pulls in RocksDB, io_uring or the engine.
+//! A client application depends on this crate alone: it never pulls in RocksDB, io_uring or the
+//! engine. Invariants: the codec ([`protocol`]) is pure and never panics or allocates beyond a
+//! checked limit on any input; every limit is a named constant enforced with a typed error or an
+//! [`protocol::ErrorCode`] on the wire; a bad frame closes only the connection that sent it; every
+//! request handed to the application is answered exactly once (a dropped
+//! [`server::Responder`] answers `Internal`), and every client wait has a timeout.
 
+pub mod currency;
+pub mod protocol;
 pub mod types;
