@@ -1,0 +1,50 @@
+//! Seed sweeps of the simulator. A failure prints the one command that replays it.
+
+use raft_sim::{run_seed, Options};
+
+/// Seeds per cluster size in the default suite (kept under two minutes in release mode).
+const SEEDS_PER_SIZE: u64 = 150;
+
+fn sweep(replicas: usize, first_seed: u64) {
+    let mut committed = 0;
+    for seed in first_seed..first_seed + SEEDS_PER_SIZE {
+        match run_seed(seed, Options::faulty(replicas)) {
+            Ok(stats) => committed += stats.committed_index,
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    // Faults must not stop all progress: the workload commits in nearly every run.
+    assert!(
+        committed > SEEDS_PER_SIZE * 20,
+        "suspiciously little progress: {committed} entries committed over all seeds"
+    );
+}
+
+#[test]
+fn three_replicas_survive_faults() {
+    sweep(3, 1_000);
+}
+
+#[test]
+fn five_replicas_survive_faults() {
+    sweep(5, 2_000);
+}
+
+/// `RAFT_SIM_SEED=<seed> [RAFT_SIM_REPLICAS=3|5] cargo test --release -p raft-sim -- replay_seed --nocapture`
+#[test]
+fn replay_seed() {
+    let Ok(seed) = std::env::var("RAFT_SIM_SEED") else {
+        return;
+    };
+    let seed: u64 = seed.parse().expect("RAFT_SIM_SEED must be a u64");
+    let replicas = std::env::var("RAFT_SIM_REPLICAS").ok().map_or(3, |r| {
+        r.parse().expect("RAFT_SIM_REPLICAS must be a number")
+    });
+    match run_seed(seed, Options::faulty(replicas)) {
+        Ok(stats) => println!(
+            "seed {seed}: ok, {} steps, committed {}, {} elections, {} crashes",
+            stats.steps, stats.committed_index, stats.elections, stats.crashes
+        ),
+        Err(failure) => panic!("{failure}"),
+    }
+}
