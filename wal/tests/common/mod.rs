@@ -63,3 +63,16 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// Start offsets of every record in a segment file plus the end of the last one, parsed with
+/// the crate's own decoder from a file the caller has already verified through `Wal`.
+pub fn record_layout(path: &Path) -> (Vec<usize>, usize) {
+    let bytes = std::fs::read(path).expect("read segment");
+    let mut starts = Vec::new();
+    let mut offset = wal::SEGMENT_HEADER_BYTES;
+    while let Ok((header, _)) = wal::layout::decode_record(&bytes[offset..]) {
+        starts.push(offset);
+        offset += wal::RECORD_HEADER_BYTES + header.payload_bytes as usize;
+    }
+    (starts, offset)
+}
