@@ -1,0 +1,561 @@
+//! The transfer-id table: which transfer ids a partition has decided, with bounded memory.
+//!
+//! A transfer id is the client's idempotency key. For every decided id the table keeps a fingerprint of
+//! the transfer's other fields, the outcome and the seq of the event that recorded it, so a retry gets
+//! the original answer and a reuse with different fields is caught.
+//!
+//! Memory is bounded twice: entries recorded more than `idempotency_window_ms` before the entry being
+//! inserted are evicted, and when `idempotency_ids_max` entries are held the oldest is evicted to make
+//! room. Eviction is FIFO in arrival (= seq) order and happens only inside [`IdTable::insert`], driven
+//! by the timestamp of the event being recorded — never by a wall clock — so a follower replaying the
+//! log evicts exactly what the leader evicted. An idle partition therefore keeps old entries until its
+//! next insert; that is harmless, since they still answer retries correctly.
+//!
+//! Forgetting is made safe by the *watermark*: the largest id-timestamp
+//! ([`transfer_id_timestamp_ms`]) of any evicted id. An id that is not in the table but whose timestamp
+//! is at or below the watermark might be a late retry of a forgotten transfer, so it is refused
+//! (`IdExpired`) rather than risk applying it twice.
+//!
+//! **Small ids.** Clients are expected to use time-ordered ids (top 48 bits = ms since the Unix epoch,
+//! see `net::types::transfer_id_from_parts`). Ids whose timestamp bits are 0 (e.g. 1, 2, 3, ...) work
+//! only until the partition's first eviction: from then on the watermark is >= 0 and every such id not
+//! still in the table is `IdExpired`.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+
+use net::types::{transfer_id_timestamp_ms, ResultCode, Transfer, TransferId};
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::fast_hash::FastBuildHasher;
+
+const NANOS_PER_MILLI: u64 = 1_000_000;
+/// The table reserves room for at most this many entries up front and grows (amortised) up to
+/// `idempotency_ids_max` beyond it, so a partition configured with a large bound does not commit all of
+/// its memory at creation.
+pub const ID_TABLE_PREALLOCATED_IDS_MAX: usize = 1 << 16;
+/// Bytes of the transfer fields that go into the fingerprint.
+const FINGERPRINT_INPUT_BYTES: usize = 48;
+
+/// One decided transfer id, as kept in memory and as persisted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdEntry {
+    pub id: TransferId,
+    /// [`transfer_fingerprint`] of the transfer that decided this id.
+    pub fingerprint: u128,
+    pub code: ResultCode,
+    /// Seq of the event that recorded the outcome.
+    pub seq: u64,
+    /// Leader timestamp of that event.
+    pub recorded_ns: u64,
+}
+
+/// xxh3-128 of every transfer field except the id: debit, credit, amount, ledger, flags, user_data.
+pub fn transfer_fingerprint(transfer: &Transfer) -> u128 {
+    let mut input = [0u8; FINGERPRINT_INPUT_BYTES];
+    input[0..8].copy_from_slice(&transfer.debit_account_id.to_le_bytes());
+    input[8..16].copy_from_slice(&transfer.credit_account_id.to_le_bytes());
+    input[16..24].copy_from_slice(&transfer.amount.to_le_bytes());
+    input[24..28].copy_from_slice(&transfer.ledger.to_le_bytes());
+    input[28..32].copy_from_slice(&transfer.flags.to_le_bytes());
+    input[32..48].copy_from_slice(&transfer.user_data.to_le_bytes());
+    xxh3_128(&input)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum IdRestoreError {
+    #[error("{entries} persisted id entries exceed idempotency_ids_max {ids_max}")]
+    TooManyEntries { entries: usize, ids_max: usize },
+    #[error("transfer id {id:#x} is persisted twice")]
+    DuplicateId { id: TransferId },
+    #[error("id entries share seq {seq}")]
+    DuplicateSeq { seq: u64 },
+    #[error("id entry seq {seq} was recorded at {recorded_ns} ns, before an earlier seq's {previous_ns} ns")]
+    RecordedOutOfOrder {
+        seq: u64,
+        recorded_ns: u64,
+        previous_ns: u64,
+    },
+    #[error("transfer id 0 is reserved and never recorded")]
+    ReservedId,
+}
+
+/// Bounded map of decided transfer ids; see the module documentation.
+#[derive(Clone, Debug)]
+pub struct IdTable {
+    window_ns: u64,
+    ids_max: usize,
+    /// Arrival order, which is also seq order and recorded_ns order.
+    entries: VecDeque<IdEntry>,
+    /// id -> arrival number; the entry is `entries[arrival - head_arrival]`. Keeping the 64-byte entries
+    /// in the ring and only 24-byte slots in the hash map keeps the map's probes cache-friendly.
+    index: HashMap<TransferId, u64, FastBuildHasher>,
+    /// Arrival number of `entries[0]`.
+    head_arrival: u64,
+    watermark_ms: Option<u64>,
+    /// Entries with an arrival number >= this were inserted since the last drain.
+    drained_arrival: u64,
+    /// Ids evicted since the last drain that had been drained (persisted) before.
+    evicted_undrained: Vec<TransferId>,
+}
+
+impl IdTable {
+    pub fn new(idempotency_window_ms: u64, idempotency_ids_max: usize) -> Self {
+        assert!(
+            idempotency_window_ms > 0,
+            "an idempotency window of 0 ms remembers nothing"
+        );
+        assert!(
+            idempotency_ids_max > 0,
+            "the id table holds at least one id"
+        );
+        let preallocated = idempotency_ids_max.min(ID_TABLE_PREALLOCATED_IDS_MAX);
+        IdTable {
+            window_ns: idempotency_window_ms.saturating_mul(NANOS_PER_MILLI),
+            ids_max: idempotency_ids_max,
+            entries: VecDeque::with_capacity(preallocated),
+            index: HashMap::with_capacity_and_hasher(preallocated, FastBuildHasher),
+            head_arrival: 0,
+            watermark_ms: None,
+            drained_arrival: 0,
+            evicted_undrained: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a table from persisted entries (any order: they are replayed in seq order, which is the
+    /// order they were inserted in) and the persisted watermark. The result holds nothing undrained.
+    pub fn restore(
+        idempotency_window_ms: u64,
+        idempotency_ids_max: usize,
+        mut entries: Vec<IdEntry>,
+        watermark_ms: Option<u64>,
+    ) -> Result<Self, IdRestoreError> {
+        if entries.len() > idempotency_ids_max {
+            return Err(IdRestoreError::TooManyEntries {
+                entries: entries.len(),
+                ids_max: idempotency_ids_max,
+            });
+        }
+        entries.sort_unstable_by_key(|entry| entry.seq);
+        let mut table = IdTable::new(idempotency_window_ms, idempotency_ids_max);
+        table.watermark_ms = watermark_ms;
+        for (position, entry) in entries.iter().enumerate() {
+            if entry.id == 0 {
+                return Err(IdRestoreError::ReservedId);
+            }
+            if let Some(previous) = position.checked_sub(1).map(|p| entries[p]) {
+                if previous.seq == entry.seq {
+                    return Err(IdRestoreError::DuplicateSeq { seq: entry.seq });
+                }
+                if previous.recorded_ns > entry.recorded_ns {
+                    return Err(IdRestoreError::RecordedOutOfOrder {
+                        seq: entry.seq,
+                        recorded_ns: entry.recorded_ns,
+                        previous_ns: previous.recorded_ns,
+                    });
+                }
+            }
+            if table.index.insert(entry.id, position as u64).is_some() {
+                return Err(IdRestoreError::DuplicateId { id: entry.id });
+            }
+            table.entries.push_back(*entry);
+        }
+        table.drained_arrival = table.entries.len() as u64;
+        Ok(table)
+    }
+
+    #[inline]
+    pub fn get(&self, id: TransferId) -> Option<&IdEntry> {
+        let arrival = *self.index.get(&id)?;
+        let entry = &self.entries[(arrival - self.head_arrival) as usize];
+        assert_eq!(entry.id, id, "index and ring agree");
+        Some(entry)
+    }
+
+    /// True when `id` (which must not be in the table) is too old to tell from a forgotten transfer.
+    #[inline]
+    pub fn is_expired(&self, id: TransferId) -> bool {
+        self.watermark_ms
+            .is_some_and(|watermark_ms| transfer_id_timestamp_ms(id) <= watermark_ms)
+    }
+
+    /// Records a decided id: first evicts entries recorded more than the window before
+    /// `entry.recorded_ns`, then the oldest if the table is full. The caller has checked that the id is
+    /// absent and not expired; entries arrive in seq order with non-decreasing timestamps.
+    #[inline]
+    pub fn insert(&mut self, entry: IdEntry) {
+        assert!(entry.id != 0, "transfer id 0 is never recorded");
+        assert!(
+            !self.is_expired(entry.id),
+            "an expired id is refused, never recorded"
+        );
+        if let Some(last) = self.entries.back() {
+            assert!(entry.seq > last.seq, "id entries arrive in seq order");
+            assert!(
+                entry.recorded_ns >= last.recorded_ns,
+                "id entries arrive in time order"
+            );
+        }
+        while let Some(oldest) = self.entries.front() {
+            if entry.recorded_ns.saturating_sub(oldest.recorded_ns) <= self.window_ns {
+                break;
+            }
+            self.evict_oldest();
+        }
+        if self.entries.len() == self.ids_max {
+            self.evict_oldest();
+        }
+        let arrival = self.head_arrival + self.entries.len() as u64;
+        let previous = self.index.insert(entry.id, arrival);
+        assert!(previous.is_none(), "a recorded id is never recorded again");
+        self.entries.push_back(entry);
+        assert!(self.entries.len() <= self.ids_max);
+        assert_eq!(self.entries.len(), self.index.len());
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .entries
+            .pop_front()
+            .expect("callers evict only from a non-empty table");
+        let removed = self.index.remove(&oldest.id);
+        assert_eq!(
+            removed,
+            Some(self.head_arrival),
+            "the oldest entry is indexed at the head arrival"
+        );
+        if self.head_arrival < self.drained_arrival {
+            // Persisted at an earlier checkpoint, so the store must delete it. Entries inserted and
+            // evicted between two drains were never persisted and need no delete.
+            self.evicted_undrained.push(oldest.id);
+        }
+        self.head_arrival += 1;
+        let id_timestamp_ms = transfer_id_timestamp_ms(oldest.id);
+        self.watermark_ms = Some(
+            self.watermark_ms
+                .map_or(id_timestamp_ms, |w| w.max(id_timestamp_ms)),
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Largest id-timestamp of any evicted id; `None` until the first eviction.
+    pub fn watermark_ms(&self) -> Option<u64> {
+        self.watermark_ms
+    }
+
+    pub fn ids_max(&self) -> usize {
+        self.ids_max
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window_ns / NANOS_PER_MILLI
+    }
+
+    /// Every entry in arrival order (a full export, e.g. for a snapshot).
+    pub fn for_each(&self, mut f: impl FnMut(&IdEntry)) {
+        self.entries.iter().for_each(|entry| f(entry));
+    }
+
+    /// Changes since the previous drain, for a checkpoint: `inserted` gets the entries added since then
+    /// that are still held (to upsert), `evicted` the previously persisted ids evicted since then (to
+    /// delete). The two sets never overlap: an evicted id is at or below the watermark and can never be
+    /// recorded again. Returns the watermark to persist alongside.
+    pub fn drain_changes(
+        &mut self,
+        mut inserted: impl FnMut(&IdEntry),
+        mut evicted: impl FnMut(TransferId),
+    ) -> Option<u64> {
+        for id in self.evicted_undrained.drain(..) {
+            evicted(id);
+        }
+        let first_undrained = self.drained_arrival.max(self.head_arrival);
+        let skip = (first_undrained - self.head_arrival) as usize;
+        self.entries
+            .iter()
+            .skip(skip)
+            .for_each(|entry| inserted(entry));
+        self.drained_arrival = self.head_arrival + self.entries.len() as u64;
+        self.watermark_ms
+    }
+
+    /// Order-independent digest of the entries and the watermark (arrival numbers are local bookkeeping
+    /// and excluded, so a restored table digests like the live one).
+    pub fn digest(&self) -> u128 {
+        let mut sum: u128 = 0;
+        for entry in &self.entries {
+            sum = sum.wrapping_add(entry_digest(entry));
+        }
+        let mut input = [0u8; 41];
+        input[0..16].copy_from_slice(&sum.to_le_bytes());
+        input[16..24].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        input[24] = self.watermark_ms.is_some() as u8;
+        input[25..33].copy_from_slice(&self.watermark_ms.unwrap_or(0).to_le_bytes());
+        input[33..41].copy_from_slice(&self.window_ns.to_le_bytes());
+        xxh3_128(&input)
+    }
+}
+
+fn entry_digest(entry: &IdEntry) -> u128 {
+    let mut input = [0u8; 58];
+    input[0..16].copy_from_slice(&entry.id.to_le_bytes());
+    input[16..32].copy_from_slice(&entry.fingerprint.to_le_bytes());
+    input[32..34].copy_from_slice(&(entry.code as u16).to_le_bytes());
+    input[34..42].copy_from_slice(&entry.seq.to_le_bytes());
+    input[42..50].copy_from_slice(&entry.recorded_ns.to_le_bytes());
+    input[50..58].copy_from_slice(b"id-entry");
+    xxh3_128(&input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net::types::transfer_id_from_parts;
+
+    const MS: u64 = NANOS_PER_MILLI;
+
+    fn entry(id: TransferId, seq: u64, recorded_ns: u64) -> IdEntry {
+        IdEntry {
+            id,
+            fingerprint: id.wrapping_mul(31),
+            code: ResultCode::Ok,
+            seq,
+            recorded_ns,
+        }
+    }
+
+    fn ids(table: &IdTable) -> Vec<TransferId> {
+        let mut out = Vec::new();
+        table.for_each(|entry| out.push(entry.id));
+        out
+    }
+
+    #[test]
+    fn fingerprint_covers_every_field_but_the_id() {
+        let base = Transfer {
+            id: 1,
+            debit_account_id: 2,
+            credit_account_id: 3,
+            amount: 4,
+            ledger: 5,
+            flags: 0,
+            user_data: 6,
+        };
+        let fingerprint = transfer_fingerprint(&base);
+        assert_eq!(
+            transfer_fingerprint(&Transfer { id: 99, ..base }),
+            fingerprint
+        );
+        let variants = [
+            Transfer {
+                debit_account_id: 9,
+                ..base
+            },
+            Transfer {
+                credit_account_id: 9,
+                ..base
+            },
+            Transfer { amount: 9, ..base },
+            Transfer { ledger: 9, ..base },
+            Transfer { flags: 9, ..base },
+            Transfer {
+                user_data: 9,
+                ..base
+            },
+        ];
+        for variant in variants {
+            assert_ne!(transfer_fingerprint(&variant), fingerprint, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn evicts_by_time_window() {
+        let mut table = IdTable::new(10, 100);
+        let a = transfer_id_from_parts(1_000, 1);
+        let b = transfer_id_from_parts(1_005, 2);
+        let c = transfer_id_from_parts(1_020, 3);
+        table.insert(entry(a, 1, 1_000 * MS));
+        table.insert(entry(b, 2, 1_005 * MS));
+        // Exactly the window later: a is still remembered.
+        table.insert(entry(c, 3, 1_010 * MS));
+        assert_eq!(ids(&table), vec![a, b, c]);
+        assert_eq!(table.watermark_ms(), None);
+        let d = transfer_id_from_parts(1_030, 4);
+        table.insert(entry(d, 4, 1_010 * MS + 1));
+        assert_eq!(
+            ids(&table),
+            vec![b, c, d],
+            "a was recorded more than 10 ms ago"
+        );
+        assert_eq!(table.watermark_ms(), Some(1_000));
+        assert!(table.get(a).is_none());
+        assert!(table.is_expired(a));
+        assert!(table.is_expired(transfer_id_from_parts(999, 7)));
+        assert!(!table.is_expired(transfer_id_from_parts(1_001, 7)));
+    }
+
+    #[test]
+    fn evicts_oldest_by_count() {
+        let mut table = IdTable::new(u64::MAX, 3);
+        let id = |ms: u64| transfer_id_from_parts(ms, 5);
+        for seq in 1..=3 {
+            table.insert(entry(id(seq * 10), seq, seq));
+        }
+        assert_eq!(table.watermark_ms(), None);
+        table.insert(entry(id(5), 4, 4));
+        assert_eq!(ids(&table), vec![id(20), id(30), id(5)]);
+        assert_eq!(table.watermark_ms(), Some(10));
+        table.insert(entry(id(40), 5, 5));
+        assert_eq!(table.watermark_ms(), Some(20));
+        // id(5) is older than the watermark but still held: a retry of it is still answered.
+        assert_eq!(table.get(id(5)).map(|e| e.seq), Some(4));
+        table.insert(entry(id(50), 6, 6));
+        assert_eq!(table.watermark_ms(), Some(30));
+        table.insert(entry(id(60), 7, 7));
+        assert_eq!(
+            table.watermark_ms(),
+            Some(30),
+            "the watermark never moves back"
+        );
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn small_ids_work_until_the_first_eviction() {
+        let mut table = IdTable::new(u64::MAX, 2);
+        table.insert(entry(1, 1, 1));
+        table.insert(entry(2, 2, 2));
+        assert!(!table.is_expired(3));
+        table.insert(entry(3, 3, 3));
+        assert_eq!(table.watermark_ms(), Some(0));
+        assert!(table.is_expired(1));
+        assert!(
+            table.is_expired(4),
+            "every small id is now at or below the watermark"
+        );
+    }
+
+    #[test]
+    fn drain_reports_each_change_once_and_restore_matches() {
+        let mut table = IdTable::new(u64::MAX, 3);
+        let id = |n: u64| transfer_id_from_parts(n, n as u128);
+        table.insert(entry(id(1), 1, 1));
+        table.insert(entry(id(2), 2, 2));
+        let mut persisted: Vec<IdEntry> = Vec::new();
+        let drain = |table: &mut IdTable, persisted: &mut Vec<IdEntry>| {
+            let mut inserted = Vec::new();
+            let mut evicted = Vec::new();
+            let watermark = table.drain_changes(|e| inserted.push(*e), |id| evicted.push(id));
+            persisted.retain(|e| !evicted.contains(&e.id));
+            persisted.extend(inserted.iter().copied());
+            (inserted.len(), evicted, watermark)
+        };
+        assert_eq!(drain(&mut table, &mut persisted), (2, vec![], None));
+        assert_eq!(
+            drain(&mut table, &mut persisted),
+            (0, vec![], None),
+            "nothing new"
+        );
+        // 3, 4, 5 arrive; 1 and 2 (persisted) and 3 (never persisted) are evicted.
+        for n in 3..=6 {
+            table.insert(entry(id(n), n, n));
+        }
+        assert_eq!(ids(&table), vec![id(4), id(5), id(6)]);
+        assert_eq!(
+            drain(&mut table, &mut persisted),
+            (3, vec![id(1), id(2)], Some(3))
+        );
+        let restored =
+            IdTable::restore(u64::MAX, 3, persisted.clone(), Some(3)).expect("consistent rows");
+        assert_eq!(ids(&restored), ids(&table));
+        assert_eq!(restored.digest(), table.digest());
+        // The restored table evicts the same way the live one does.
+        let mut live = table.clone();
+        let mut restored = restored;
+        live.insert(entry(id(7), 7, 7));
+        restored.insert(entry(id(7), 7, 7));
+        assert_eq!(live.digest(), restored.digest());
+        assert_eq!(ids(&live), ids(&restored));
+    }
+
+    #[test]
+    fn restore_rejects_inconsistent_rows() {
+        let a = entry(10, 1, 5);
+        let b = entry(11, 2, 6);
+        assert_eq!(
+            IdTable::restore(1, 1, vec![a, b], None).unwrap_err(),
+            IdRestoreError::TooManyEntries {
+                entries: 2,
+                ids_max: 1
+            }
+        );
+        assert_eq!(
+            IdTable::restore(1, 4, vec![a, IdEntry { seq: 2, ..a }], None).unwrap_err(),
+            IdRestoreError::DuplicateId { id: 10 }
+        );
+        assert_eq!(
+            IdTable::restore(1, 4, vec![a, IdEntry { seq: 1, ..b }], None).unwrap_err(),
+            IdRestoreError::DuplicateSeq { seq: 1 }
+        );
+        assert!(matches!(
+            IdTable::restore(
+                1,
+                4,
+                vec![
+                    a,
+                    IdEntry {
+                        recorded_ns: 1,
+                        ..b
+                    }
+                ],
+                None
+            ),
+            Err(IdRestoreError::RecordedOutOfOrder { seq: 2, .. })
+        ));
+        assert_eq!(
+            IdTable::restore(1, 4, vec![entry(0, 1, 1)], None).unwrap_err(),
+            IdRestoreError::ReservedId
+        );
+    }
+
+    #[test]
+    fn digest_sees_every_field() {
+        let mut table = IdTable::new(100, 10);
+        table.insert(entry(5, 1, 1));
+        let base = table.digest();
+        let variants = [
+            IdEntry {
+                id: 6,
+                ..entry(5, 1, 1)
+            },
+            IdEntry {
+                fingerprint: 1,
+                ..entry(5, 1, 1)
+            },
+            IdEntry {
+                code: ResultCode::Overflow,
+                ..entry(5, 1, 1)
+            },
+            IdEntry {
+                seq: 2,
+                ..entry(5, 1, 1)
+            },
+            IdEntry {
+                recorded_ns: 2,
+                ..entry(5, 1, 1)
+            },
+        ];
+        for variant in variants {
+            let mut other = IdTable::new(100, 10);
+            other.insert(variant);
+            assert_ne!(other.digest(), base, "{variant:?}");
+        }
+    }
+}
