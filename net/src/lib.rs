@@ -8,6 +8,8 @@
 //! request handed to the application is answered exactly once (a dropped
 //! [`server::Responder`] answers `Internal`), and every client wait has a timeout.
 
+pub mod client;
 pub mod currency;
 pub mod protocol;
+pub mod server;
 pub mod types;
