@@ -69,7 +69,7 @@ fn run_sync(dir: &Path, payload: &[u8], duration: Duration) -> Result<Figures, W
         wal.append(wal.last_index() + 1, 1, 0, payload)?;
         wal.wait()?;
         batches += 1;
-        if batches % REMOVE_PREFIX_EVERY_BATCHES == 0 {
+        if batches.is_multiple_of(REMOVE_PREFIX_EVERY_BATCHES) {
             wal.remove_prefix(wal.durable_index())?;
         }
     }
@@ -98,7 +98,7 @@ fn run_pipelined(dir: &Path, payload: &[u8], duration: Duration) -> Result<Figur
             syncs += 1;
             durable = now_durable;
         }
-        if appended % REMOVE_PREFIX_EVERY_BATCHES == 0 {
+        if appended.is_multiple_of(REMOVE_PREFIX_EVERY_BATCHES) {
             wal.remove_prefix(durable)?;
         }
     }

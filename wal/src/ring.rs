@@ -80,7 +80,7 @@ impl SyncWriter {
 
     /// Blocks until at least one more completion is posted (or the pair already finished).
     pub fn wait_for_completion(&mut self) -> io::Result<()> {
-        if !self.busy || self.ring.completion().len() > 0 {
+        if !self.busy || !self.ring.completion().is_empty() {
             return Ok(());
         }
         match self.ring.submit_and_wait(1) {

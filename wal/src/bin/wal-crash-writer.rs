@@ -38,7 +38,7 @@ fn main() {
             wal.append(index, term, (index % 251) as u8, &payload)
                 .expect("append");
         }
-        let durable = if random % 5 == 0 {
+        let durable = if random.is_multiple_of(5) {
             wal.wait()
         } else {
             wal.poll()
