@@ -7,6 +7,11 @@
 //! [`protocol::ErrorCode`] on the wire; a bad frame closes only the connection that sent it; every
 //! request handed to the application is answered exactly once (a dropped
 //! [`server::Responder`] answers `Internal`), and every client wait has a timeout.
+//!
+//! Modules: [`types`] (domain values and their fixed layouts), [`protocol`] (frame layout, message
+//! kinds, limits, codec), [`server`] (mio event loop), [`client`] (blocking client, transfer ids),
+//! [`currency`] (ISO 4217 ledgers, decimal text <-> minor units). `fuzz/` holds the decoder's
+//! cargo-fuzz target (`cargo +nightly fuzz run decode_frame -- -max_total_time=60`).
 
 pub mod client;
 pub mod currency;
