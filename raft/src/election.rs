@@ -46,16 +46,21 @@ impl<S: Storage> Raft<S> {
             .filter(|&v| v != self.id)
             .collect();
         for voter in voters {
-            self.send_with_term(
-                voter,
-                vote_term,
-                MessageBody::VoteRequest {
-                    pre_vote,
-                    last_log_index,
-                    last_log_term,
-                    transfer,
-                },
-            );
+            let body = MessageBody::VoteRequest {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+                transfer,
+            };
+            if pre_vote {
+                self.send_with_term(voter, vote_term, body);
+            } else {
+                // A real vote request waits until our new term and self-vote are durable: had we
+                // won before that and crashed, we could restart in the old term, ask the same
+                // voters again (who may grant the same candidate twice) and lead the same term a
+                // second time with a different log.
+                self.send_after_persist(voter, body);
+            }
         }
     }
 

@@ -140,6 +140,10 @@ impl Checker {
         Ok(())
     }
 
+    pub fn committed_term(&self, index: u64) -> Option<u64> {
+        self.committed.get(&index).map(|record| record.term)
+    }
+
     pub fn committed_len(&self) -> u64 {
         self.committed.keys().next_back().copied().unwrap_or(0)
     }

@@ -10,7 +10,7 @@ pub mod sim;
 
 pub use sim::{Options, Sim, Stats};
 
-/// Runs one seed; Err holds the violation and the replay command.
-pub fn run_seed(seed: u64, options: Options) -> Result<Stats, String> {
-    Sim::new(seed, options).run()
+/// Runs one seed with the fault mix it draws; Err holds the violation and the replay command.
+pub fn run_seed(seed: u64, replicas: usize) -> Result<Stats, String> {
+    Sim::new(seed, Options::for_seed(seed, replicas)).run()
 }

@@ -38,6 +38,28 @@ pub struct Options {
 }
 
 impl Options {
+    /// Swarm testing: each seed draws its own fault mix (calm runs, crash storms, slow disks,
+    /// flapping partitions, with or without pre-vote / check-quorum), which reaches corner cases
+    /// that one fixed mix rarely does.
+    pub fn for_seed(seed: u64, replicas: usize) -> Options {
+        let mut rng = Rng::new(seed ^ 0x5EED_0F_FA17);
+        let mut options = Options::faulty(replicas);
+        options.drop_per_mille = rng.below(200) as u32;
+        options.duplicate_per_mille = rng.below(50) as u32;
+        options.delay_steps_max = 1 + rng.below(10);
+        options.partition_per_mille = rng.below(30) as u32;
+        options.heal_per_mille = 10 + rng.below(90) as u32;
+        options.crash_per_mille = rng.below(30) as u32;
+        options.restart_per_mille = 20 + rng.below(200) as u32;
+        options.write_complete_per_mille = 150 + rng.below(850) as u32;
+        options.propose_per_mille = 100 + rng.below(600) as u32;
+        options.compact_per_mille = rng.below(40) as u32;
+        options.tick_per_mille_min = 500 + rng.below(500) as u32;
+        options.pre_vote = rng.chance(500);
+        options.check_quorum = rng.chance(500);
+        options
+    }
+
     pub fn faulty(replicas: usize) -> Options {
         Options {
             replicas,
@@ -62,6 +84,9 @@ impl Options {
         }
     }
 }
+
+const LIVENESS_DELAY_STEPS_MAX: u64 = 2;
+const LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN: u32 = 500;
 
 #[derive(Clone, Debug, Default)]
 struct StateMachine {
@@ -602,8 +627,15 @@ impl Sim {
         Ok(())
     }
 
+    /// Stops faults and restores the timing Raft's liveness assumes (message delay and disk
+    /// latency well below the election timeout).
     fn heal_all(&mut self) {
         self.faults = false;
+        self.options.delay_steps_max = self.options.delay_steps_max.min(LIVENESS_DELAY_STEPS_MAX);
+        self.options.write_complete_per_mille = self
+            .options
+            .write_complete_per_mille
+            .max(LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN);
         self.cut.clear();
         for index in 0..self.nodes.len() {
             if self.nodes[index].raw.is_none() {
@@ -612,31 +644,46 @@ impl Sim {
         }
     }
 
-    /// After faults stop: a leader emerges and a fresh proposal is applied by every replica.
+    /// After faults stop: a leader emerges and a fresh proposal is applied by every replica. The
+    /// marker is proposed again by each new leader (an earlier leader's copy may be truncated).
     fn liveness(&mut self) -> Result<(), Violation> {
         let start = self.now;
-        let mut marker: Option<u64> = None;
+        let mut marker: Option<(u64, u64)> = None;
         while self.now - start < self.options.liveness_steps_max {
             self.step()?;
-            if marker.is_none() {
-                if let Some(leader) = self.nodes.iter_mut().find_map(|n| {
-                    n.raw
-                        .as_mut()
-                        .filter(|raw| raw.status().role == Role::Leader)
-                }) {
+            let leader = self.nodes.iter_mut().find_map(|n| {
+                n.raw
+                    .as_mut()
+                    .filter(|raw| raw.status().role == Role::Leader)
+            });
+            if let Some(leader) = leader {
+                let term = leader.status().term;
+                if marker.is_none_or(|(_, marker_term)| marker_term < term) {
                     if let Ok(index) = leader.propose(b"liveness-marker".to_vec()) {
-                        marker = Some(index);
+                        marker = Some((index, term));
                     }
                 }
             }
-            if let Some(index) = marker {
-                if self.nodes.iter().all(|n| n.state.applied >= index) {
+            if let Some((index, term)) = marker {
+                let committed = self.checker.committed_term(index) == Some(term);
+                if committed && self.nodes.iter().all(|n| n.state.applied >= index) {
                     return Ok(());
                 }
             }
         }
+        let mut nodes = String::new();
+        for node in &self.nodes {
+            if let Some(raw) = node.raw.as_ref() {
+                nodes.push_str(&format!(
+                    "\n  {:?} applied {} writes {}",
+                    raw.status(),
+                    node.state.applied,
+                    node.writes.len()
+                ));
+            }
+        }
         Err(format!(
-            "liveness: no proposal applied everywhere within {} steps after healing (marker {marker:?})",
+            "liveness: no proposal applied everywhere within {} steps after healing (marker {marker:?}){nodes}",
             self.options.liveness_steps_max
         ))
     }

@@ -1,6 +1,6 @@
 //! Seed sweeps of the simulator. A failure prints the one command that replays it.
 
-use raft_sim::{run_seed, Options};
+use raft_sim::run_seed;
 
 /// Seeds per cluster size in the default suite (kept under two minutes in release mode).
 const SEEDS_PER_SIZE: u64 = 150;
@@ -8,7 +8,7 @@ const SEEDS_PER_SIZE: u64 = 150;
 fn sweep(replicas: usize, first_seed: u64) {
     let mut committed = 0;
     for seed in first_seed..first_seed + SEEDS_PER_SIZE {
-        match run_seed(seed, Options::faulty(replicas)) {
+        match run_seed(seed, replicas) {
             Ok(stats) => committed += stats.committed_index,
             Err(failure) => panic!("{failure}"),
         }
@@ -40,7 +40,7 @@ fn replay_seed() {
     let replicas = std::env::var("RAFT_SIM_REPLICAS").ok().map_or(3, |r| {
         r.parse().expect("RAFT_SIM_REPLICAS must be a number")
     });
-    match run_seed(seed, Options::faulty(replicas)) {
+    match run_seed(seed, replicas) {
         Ok(stats) => println!(
             "seed {seed}: ok, {} steps, committed {}, {} elections, {} crashes",
             stats.steps, stats.committed_index, stats.elections, stats.crashes
