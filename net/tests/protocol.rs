@@ -595,13 +595,19 @@ fn randomized_frames_never_panic_and_decode_consistently() {
         };
         if round % 4 != 0 {
             for _ in 0..1 + rng.below(4) {
-                match rng.below(4) {
+                match rng.below(5) {
                     0 if !bytes.is_empty() => {
                         let at = rng.below(bytes.len());
                         bytes[at] ^= 1 << rng.below(8);
                     }
                     1 => bytes.truncate(rng.below(bytes.len() + 1)),
                     2 => bytes.push(rng.next() as u8),
+                    3 if !bytes.is_empty() => {
+                        // Change any byte and recompute both checksums: reaches the body decoders.
+                        let at = rng.below(bytes.len());
+                        bytes[at] = rng.next() as u8;
+                        seal_frame(&mut bytes);
+                    }
                     _ if bytes.len() >= HEADER_BYTES => {
                         // Mutate a header field and re-seal, so the checks past the header
                         // checksum are reached too.
