@@ -15,14 +15,9 @@ impl<S: Storage> Raft<S> {
             return Err(Error::LeaderNotReady);
         }
         if self.pending_conf_index > self.log.committed() {
-            return Err(Error::ConfChangePending {
-                index: self.pending_conf_index,
-            });
+            return Err(Error::ConfChangePending { index: self.pending_conf_index });
         }
-        self.membership
-            .current()
-            .apply(change)
-            .map_err(Error::ConfChangeInvalid)?;
+        self.membership.current().apply(change).map_err(Error::ConfChangeInvalid)?;
         let index = self.append_as_leader(Payload::ConfChange(change));
         self.pending_conf_index = index;
         Ok(index)

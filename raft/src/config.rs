@@ -61,14 +61,10 @@ impl Config {
             return Err(Error::InvalidConfig("heartbeat_interval_ticks must be > 0"));
         }
         if self.election_timeout_ticks_min <= self.heartbeat_interval_ticks {
-            return Err(Error::InvalidConfig(
-                "election_timeout_ticks_min must exceed heartbeat_interval_ticks",
-            ));
+            return Err(Error::InvalidConfig("election_timeout_ticks_min must exceed heartbeat_interval_ticks"));
         }
         if self.election_timeout_ticks_max <= self.election_timeout_ticks_min {
-            return Err(Error::InvalidConfig(
-                "election_timeout_ticks_max must exceed election_timeout_ticks_min",
-            ));
+            return Err(Error::InvalidConfig("election_timeout_ticks_max must exceed election_timeout_ticks_min"));
         }
         if self.inflight_appends_max == 0 {
             return Err(Error::InvalidConfig("inflight_appends_max must be > 0"));
@@ -77,9 +73,7 @@ impl Config {
             return Err(Error::InvalidConfig("byte limits must be > 0"));
         }
         if self.proposal_bytes_max > self.uncommitted_bytes_max {
-            return Err(Error::InvalidConfig(
-                "proposal_bytes_max must not exceed uncommitted_bytes_max",
-            ));
+            return Err(Error::InvalidConfig("proposal_bytes_max must not exceed uncommitted_bytes_max"));
         }
         if self.read_index_pending_max == 0 || self.snapshot_timeout_ticks == 0 {
             return Err(Error::InvalidConfig("read/snapshot limits must be > 0"));

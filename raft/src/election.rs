@@ -28,30 +28,14 @@ impl<S: Storage> Raft<S> {
             self.role = Role::Candidate;
             self.vote = Some(self.id);
             // Our own vote counts only once it is durable, like anyone else's.
-            self.send_after_persist(
-                self.id,
-                MessageBody::VoteResponse {
-                    pre_vote: false,
-                    granted: true,
-                },
-            );
+            self.send_after_persist(self.id, MessageBody::VoteResponse { pre_vote: false, granted: true });
             self.term
         };
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
-        let voters: Vec<_> = self
-            .voters()
-            .iter()
-            .copied()
-            .filter(|&v| v != self.id)
-            .collect();
+        let voters: Vec<_> = self.voters().iter().copied().filter(|&v| v != self.id).collect();
         for voter in voters {
-            let body = MessageBody::VoteRequest {
-                pre_vote,
-                last_log_index,
-                last_log_term,
-                transfer,
-            };
+            let body = MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, transfer };
             if pre_vote {
                 self.send_with_term(voter, vote_term, body);
             } else {
@@ -80,30 +64,15 @@ impl<S: Storage> Raft<S> {
                 self.send_with_term(
                     message.from,
                     message.term,
-                    MessageBody::VoteResponse {
-                        pre_vote: true,
-                        granted: true,
-                    },
+                    MessageBody::VoteResponse { pre_vote: true, granted: true },
                 );
             } else {
                 self.election_elapsed_ticks = 0;
                 self.vote = Some(message.from);
-                self.send_after_persist(
-                    message.from,
-                    MessageBody::VoteResponse {
-                        pre_vote: false,
-                        granted: true,
-                    },
-                );
+                self.send_after_persist(message.from, MessageBody::VoteResponse { pre_vote: false, granted: true });
             }
         } else {
-            self.send(
-                message.from,
-                MessageBody::VoteResponse {
-                    pre_vote,
-                    granted: false,
-                },
-            );
+            self.send(message.from, MessageBody::VoteResponse { pre_vote, granted: false });
         }
     }
 
@@ -129,11 +98,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn become_leader(&mut self) {
-        assert_eq!(
-            self.role,
-            Role::Candidate,
-            "only a candidate becomes leader"
-        );
+        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
         let term = self.term;
         let vote = self.vote;
         self.reset(term);

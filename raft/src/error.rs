@@ -39,11 +39,7 @@ pub enum Error {
     #[error("cannot transfer leadership to {0}: not a voter")]
     TransferTargetInvalid(NodeId),
     #[error("cannot compact to {index}: applied {applied}, persisted last {persisted}")]
-    CompactBeyondApplied {
-        index: u64,
-        applied: u64,
-        persisted: u64,
-    },
+    CompactBeyondApplied { index: u64, applied: u64, persisted: u64 },
     #[error("invalid config: {0}")]
     InvalidConfig(&'static str),
     #[error(transparent)]

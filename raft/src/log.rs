@@ -42,16 +42,9 @@ impl Unstable {
 
     fn check_invariants(&self) {
         for (i, entry) in self.entries.iter().enumerate() {
-            assert_eq!(
-                entry.index,
-                self.offset + i as u64,
-                "unstable entries not contiguous"
-            );
+            assert_eq!(entry.index, self.offset + i as u64, "unstable entries not contiguous");
         }
-        assert!(
-            self.offset_in_progress >= self.offset,
-            "in-progress offset before offset"
-        );
+        assert!(self.offset_in_progress >= self.offset, "in-progress offset before offset");
         assert!(
             self.offset_in_progress <= self.offset + self.entries.len() as u64,
             "in-progress offset beyond unstable entries"
@@ -92,22 +85,12 @@ impl<S: Storage> RaftLog<S> {
         let last_index = storage.last_index()?;
         let snapshot_index = first_index - 1;
         let committed = committed.max(snapshot_index);
-        assert!(
-            committed <= last_index,
-            "durable commit {committed} beyond log end {last_index}"
-        );
+        assert!(committed <= last_index, "durable commit {committed} beyond log end {last_index}");
         let applied = applied.max(snapshot_index);
-        assert!(
-            applied <= committed,
-            "applied {applied} beyond commit {committed}"
-        );
+        assert!(applied <= committed, "applied {applied} beyond commit {committed}");
         Ok(RaftLog {
             storage,
-            unstable: Unstable {
-                offset: last_index + 1,
-                offset_in_progress: last_index + 1,
-                ..Unstable::default()
-            },
+            unstable: Unstable { offset: last_index + 1, offset_in_progress: last_index + 1, ..Unstable::default() },
             committed,
             applying: applied,
             applied,
@@ -125,20 +108,14 @@ impl<S: Storage> RaftLog<S> {
     pub fn first_index(&self) -> u64 {
         match &self.unstable.snapshot {
             Some(s) => s.meta.index + 1,
-            None => self
-                .storage
-                .first_index()
-                .expect("storage first_index must not fail"),
+            None => self.storage.first_index().expect("storage first_index must not fail"),
         }
     }
 
     pub fn last_index(&self) -> u64 {
         match self.unstable.last_index() {
             Some(index) => index,
-            None => self
-                .storage
-                .last_index()
-                .expect("storage last_index must not fail"),
+            None => self.storage.last_index().expect("storage last_index must not fail"),
         }
     }
 
@@ -151,8 +128,7 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn last_term(&self) -> u64 {
-        self.term(self.last_index())
-            .expect("last index always has a term")
+        self.term(self.last_index()).expect("last index always has a term")
     }
 
     /// Term at `index`, or None when compacted or beyond the end.
@@ -178,8 +154,7 @@ impl<S: Storage> RaftLog<S> {
     /// Election restriction (§5.4.1): is a log ending at (`last_index`, `last_term`) at least
     /// as up to date as ours?
     pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
-        last_term > self.last_term()
-            || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Largest index <= `index` whose term is <= `term`, with that term (fast back-off).
@@ -240,12 +215,7 @@ impl<S: Storage> RaftLog<S> {
         let Some(first) = entries.first() else {
             return self.last_index();
         };
-        assert!(
-            first.index > self.committed,
-            "append at {} would overwrite committed {}",
-            first.index,
-            self.committed
-        );
+        assert!(first.index > self.committed, "append at {} would overwrite committed {}", first.index, self.committed);
         assert!(first.index <= self.last_index() + 1, "append leaves a gap");
         self.unstable.truncate_and_append(entries);
         self.last_index()
@@ -255,11 +225,7 @@ impl<S: Storage> RaftLog<S> {
         if index <= self.committed {
             return;
         }
-        assert!(
-            index <= self.last_index(),
-            "commit {index} beyond last index {}",
-            self.last_index()
-        );
+        assert!(index <= self.last_index(), "commit {index} beyond last index {}", self.last_index());
         self.committed = index;
     }
 
@@ -280,10 +246,7 @@ impl<S: Storage> RaftLog<S> {
             return Ok(Vec::new());
         }
         if low < self.first_index() {
-            return Err(StorageError::Compacted {
-                index: low,
-                first_index: self.first_index(),
-            });
+            return Err(StorageError::Compacted { index: low, first_index: self.first_index() });
         }
         assert!(high <= self.last_index() + 1, "slice beyond the end");
         let mut out = Vec::new();
@@ -298,9 +261,7 @@ impl<S: Storage> RaftLog<S> {
         if high > unstable_offset {
             let mut bytes: u64 = out.iter().map(Entry::size_bytes).sum();
             let from = low.max(unstable_offset);
-            for entry in &self.unstable.entries
-                [(from - unstable_offset) as usize..(high - unstable_offset) as usize]
-            {
+            for entry in &self.unstable.entries[(from - unstable_offset) as usize..(high - unstable_offset) as usize] {
                 bytes += entry.size_bytes();
                 if !out.is_empty() && bytes > bytes_max {
                     break;
@@ -315,8 +276,7 @@ impl<S: Storage> RaftLog<S> {
     pub fn take_entries_to_persist(&mut self) -> Vec<Entry> {
         let start = (self.unstable.offset_in_progress - self.unstable.offset) as usize;
         let out = self.unstable.entries[start..].to_vec();
-        self.unstable.offset_in_progress =
-            self.unstable.offset + self.unstable.entries.len() as u64;
+        self.unstable.offset_in_progress = self.unstable.offset + self.unstable.entries.len() as u64;
         out
     }
 
@@ -346,8 +306,7 @@ impl<S: Storage> RaftLog<S> {
         let count = (index + 1 - self.unstable.offset) as usize;
         self.unstable.entries.drain(..count);
         self.unstable.offset = index + 1;
-        self.unstable.offset_in_progress =
-            self.unstable.offset_in_progress.max(self.unstable.offset);
+        self.unstable.offset_in_progress = self.unstable.offset_in_progress.max(self.unstable.offset);
         self.unstable.check_invariants();
     }
 
@@ -365,10 +324,7 @@ impl<S: Storage> RaftLog<S> {
     /// Replaces the log by a snapshot received from the leader.
     pub fn restore(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
-        assert!(
-            index > self.committed,
-            "restoring a snapshot at or below commit"
-        );
+        assert!(index > self.committed, "restoring a snapshot at or below commit");
         self.committed = index;
         self.unstable.offset = index + 1;
         self.unstable.offset_in_progress = index + 1;
@@ -404,21 +360,14 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn applied_to(&mut self, index: u64) {
-        assert!(
-            index <= self.applying,
-            "applied {index} beyond handed out {}",
-            self.applying
-        );
+        assert!(index <= self.applying, "applied {index} beyond handed out {}", self.applying);
         self.applied = self.applied.max(index);
     }
 
     pub fn check_invariants(&self) {
         assert!(self.applied <= self.applying, "applied beyond applying");
         assert!(self.applying <= self.committed, "applying beyond committed");
-        assert!(
-            self.committed <= self.last_index(),
-            "committed beyond last index"
-        );
+        assert!(self.committed <= self.last_index(), "committed beyond last index");
         self.unstable.check_invariants();
     }
 }

@@ -17,11 +17,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(base_index: u64, base: ConfState) -> Membership {
-        Membership {
-            base_index,
-            base,
-            changes: Vec::new(),
-        }
+        Membership { base_index, base, changes: Vec::new() }
     }
 
     pub fn current(&self) -> &ConfState {
@@ -47,10 +43,8 @@ impl Membership {
         let mut changed = self.changes.len() != before;
         for entry in entries {
             if let Payload::ConfChange(change) = entry.payload {
-                let next = self
-                    .current()
-                    .apply(change)
-                    .expect("a logged membership change was validated by its leader");
+                let next =
+                    self.current().apply(change).expect("a logged membership change was validated by its leader");
                 self.changes.push((entry.index, next));
                 changed = true;
             }
@@ -60,10 +54,7 @@ impl Membership {
 
     /// Configuration in force at `index` (which must not precede the base).
     pub fn at(&self, index: u64) -> ConfState {
-        assert!(
-            index >= self.base_index,
-            "configuration before the snapshot is unknown"
-        );
+        assert!(index >= self.base_index, "configuration before the snapshot is unknown");
         self.changes
             .iter()
             .rev()
@@ -78,8 +69,7 @@ impl Membership {
         }
         self.base = self.at(index);
         self.base_index = index;
-        self.changes
-            .retain(|(change_index, _)| *change_index > index);
+        self.changes.retain(|(change_index, _)| *change_index > index);
     }
 
     pub fn reset(&mut self, base_index: u64, base: ConfState) {

@@ -77,19 +77,11 @@ impl Progress {
     }
 
     /// Bookkeeping after sending entries up to `last_index` (or a bare probe if equal to next-1).
-    pub fn sent_append(
-        &mut self,
-        last_index: u64,
-        entry_count: usize,
-        inflight_appends_max: usize,
-    ) {
+    pub fn sent_append(&mut self, last_index: u64, entry_count: usize, inflight_appends_max: usize) {
         match self.state {
             ProgressState::Replicate => {
                 if entry_count > 0 {
-                    assert!(
-                        self.inflight.len() < inflight_appends_max,
-                        "inflight overflow"
-                    );
+                    assert!(self.inflight.len() < inflight_appends_max, "inflight overflow");
                     self.next = last_index + 1;
                     self.inflight.push_back(last_index);
                 }
@@ -158,10 +150,7 @@ mod tests {
     fn stale_rejection_is_ignored() {
         let mut progress = Progress::new(10);
         progress.sent_append(9, 0, 4);
-        assert!(
-            !progress.maybe_decrease_to(5, 3),
-            "probe rejected at another index is stale"
-        );
+        assert!(!progress.maybe_decrease_to(5, 3), "probe rejected at another index is stale");
         assert!(progress.maybe_decrease_to(9, 3));
         assert_eq!(progress.next, 4);
     }

@@ -42,14 +42,8 @@ impl VoteTally {
 
     pub fn result(&self, voters: &BTreeSet<NodeId>) -> VoteResult {
         let needed = majority(voters.len());
-        let granted = voters
-            .iter()
-            .filter(|id| self.votes.get(id) == Some(&true))
-            .count();
-        let rejected = voters
-            .iter()
-            .filter(|id| self.votes.get(id) == Some(&false))
-            .count();
+        let granted = voters.iter().filter(|id| self.votes.get(id) == Some(&true)).count();
+        let rejected = voters.iter().filter(|id| self.votes.get(id) == Some(&false)).count();
         if granted >= needed {
             VoteResult::Won
         } else if voters.len() - rejected < needed {
@@ -79,11 +73,7 @@ mod tests {
         assert_eq!(tally.result(&voters), VoteResult::Pending);
         tally.record(2, false);
         tally.record(2, true);
-        assert_eq!(
-            tally.result(&voters),
-            VoteResult::Pending,
-            "second answer ignored"
-        );
+        assert_eq!(tally.result(&voters), VoteResult::Pending, "second answer ignored");
         tally.record(3, false);
         assert_eq!(tally.result(&voters), VoteResult::Lost);
     }

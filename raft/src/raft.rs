@@ -17,9 +17,7 @@ use crate::progress::Progress;
 use crate::quorum::VoteTally;
 use crate::read_only::ReadOnly;
 use crate::storage::Storage;
-use crate::types::{
-    ConfState, Entry, HardState, Message, MessageBody, NodeId, Payload, ReadState, Role,
-};
+use crate::types::{ConfState, Entry, HardState, Message, MessageBody, NodeId, Payload, ReadState, Role};
 
 /// Bytes read per step when replaying membership changes from the log at start-up.
 const STARTUP_SCAN_BYTES_MAX: u64 = 4 << 20;
@@ -100,10 +98,7 @@ impl<S: Storage> Raft<S> {
         let high = self.log.last_index() + 1;
         while low < high {
             let entries = self.log.slice(low, high, STARTUP_SCAN_BYTES_MAX)?;
-            let last = entries
-                .last()
-                .expect("non-empty range yields entries")
-                .index;
+            let last = entries.last().expect("non-empty range yields entries").index;
             self.membership.on_append(&entries);
             low = last + 1;
         }
@@ -111,11 +106,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed(),
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed() }
     }
 
     pub fn conf_state(&self) -> &ConfState {
@@ -179,22 +170,12 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
         assert_ne!(to, self.id, "immediate messages to self are never needed");
-        self.msgs.push(Message {
-            from: self.id,
-            to,
-            term,
-            body,
-        });
+        self.msgs.push(Message { from: self.id, to, term, body });
     }
 
     /// Queues a message that may only leave once the state it reports is durable.
     pub(crate) fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
-        self.msgs_after_persist.push(Message {
-            from: self.id,
-            to,
-            term: self.term,
-            body,
-        });
+        self.msgs_after_persist.push(Message { from: self.id, to, term: self.term, body });
     }
 
     pub fn step(&mut self, message: Message) {
@@ -210,12 +191,9 @@ impl<S: Storage> Raft<S> {
             return;
         }
         match message.body {
-            MessageBody::VoteRequest {
-                pre_vote,
-                last_log_index,
-                last_log_term,
-                ..
-            } => self.handle_vote_request(&message, pre_vote, last_log_index, last_log_term),
+            MessageBody::VoteRequest { pre_vote, last_log_index, last_log_term, .. } => {
+                self.handle_vote_request(&message, pre_vote, last_log_index, last_log_term)
+            }
             _ => match self.role {
                 Role::Leader => self.step_leader(message),
                 Role::PreCandidate | Role::Candidate => self.step_candidate(message),
@@ -240,13 +218,8 @@ impl<S: Storage> Raft<S> {
         match message.body {
             // Pre-votes are sent at a future term without anyone adopting it.
             MessageBody::VoteRequest { pre_vote: true, .. } => {}
-            MessageBody::VoteResponse {
-                pre_vote: true,
-                granted: true,
-            } => {}
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::Snapshot { .. } => {
+            MessageBody::VoteResponse { pre_vote: true, granted: true } => {}
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                 self.become_follower(message.term, Some(message.from))
             }
             _ => self.become_follower(message.term, None),
@@ -265,13 +238,7 @@ impl<S: Storage> Raft<S> {
             }
             // Without this a pre-candidate with a stale term could wait forever.
             MessageBody::VoteRequest { pre_vote: true, .. } => {
-                self.send(
-                    message.from,
-                    MessageBody::VoteResponse {
-                        pre_vote: true,
-                        granted: false,
-                    },
-                );
+                self.send(message.from, MessageBody::VoteResponse { pre_vote: true, granted: false });
             }
             _ => {}
         }
@@ -279,9 +246,7 @@ impl<S: Storage> Raft<S> {
 
     fn step_follower(&mut self, message: Message) {
         match message.body {
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::Snapshot { .. } => {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                 self.election_elapsed_ticks = 0;
                 self.leader_id = Some(message.from);
                 self.handle_leader_message(message);
@@ -297,9 +262,7 @@ impl<S: Storage> Raft<S> {
 
     fn step_candidate(&mut self, message: Message) {
         match message.body {
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::Snapshot { .. } => {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. } => {
                 // A leader exists for our term: we lost.
                 self.become_follower(message.term, Some(message.from));
                 self.handle_leader_message(message);
@@ -314,12 +277,9 @@ impl<S: Storage> Raft<S> {
     fn handle_leader_message(&mut self, message: Message) {
         let from = message.from;
         match message.body {
-            MessageBody::Append {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                commit,
-            } => self.handle_append(from, prev_log_index, prev_log_term, &entries, commit),
+            MessageBody::Append { prev_log_index, prev_log_term, entries, commit } => {
+                self.handle_append(from, prev_log_index, prev_log_term, &entries, commit)
+            }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.log.commit_to(commit);
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });
@@ -339,9 +299,7 @@ impl<S: Storage> Raft<S> {
 
     fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.is_promotable()
-            && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
-        {
+        if self.is_promotable() && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
             self.election_elapsed_ticks = 0;
             self.campaign(self.config.pre_vote, false);
         }
@@ -385,10 +343,7 @@ impl<S: Storage> Raft<S> {
         self.check_can_propose()?;
         let bytes = data.len() as u64;
         if bytes > self.config.proposal_bytes_max {
-            return Err(Error::ProposalTooLarge {
-                bytes,
-                bytes_max: self.config.proposal_bytes_max,
-            });
+            return Err(Error::ProposalTooLarge { bytes, bytes_max: self.config.proposal_bytes_max });
         }
         let entry_bytes = bytes + crate::types::ENTRY_OVERHEAD_BYTES;
         if self.uncommitted_bytes + entry_bytes > self.config.uncommitted_bytes_max {
@@ -405,9 +360,7 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn check_can_propose(&self) -> Result<()> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader {
-                leader: self.leader_id,
-            });
+            return Err(Error::NotLeader { leader: self.leader_id });
         }
         if self.lead_transferee.is_some() {
             return Err(Error::TransferInProgress);
@@ -421,15 +374,11 @@ impl<S: Storage> Raft<S> {
 
     pub fn read_index(&mut self, context: u64) -> Result<()> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader {
-                leader: self.leader_id,
-            });
+            return Err(Error::NotLeader { leader: self.leader_id });
         }
         let pending = self.read_only.len() + self.reads_waiting_for_commit.len();
         if pending >= self.config.read_index_pending_max {
-            return Err(Error::ReadIndexQueueFull {
-                pending_max: self.config.read_index_pending_max,
-            });
+            return Err(Error::ReadIndexQueueFull { pending_max: self.config.read_index_pending_max });
         }
         // Until it commits an entry of its term, a new leader's commit index may lag behind
         // what earlier leaders committed; reads wait for that.
@@ -449,10 +398,7 @@ impl<S: Storage> Raft<S> {
         let sole_voter = self.voters().len() == 1 && self.is_promotable();
         if sole_voter {
             for &context in contexts {
-                self.read_states.push(ReadState {
-                    context,
-                    index: committed,
-                });
+                self.read_states.push(ReadState { context, index: committed });
             }
             return;
         }
@@ -465,9 +411,7 @@ impl<S: Storage> Raft<S> {
 
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<()> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader {
-                leader: self.leader_id,
-            });
+            return Err(Error::NotLeader { leader: self.leader_id });
         }
         if to == self.id || self.lead_transferee == Some(to) {
             return Ok(());
@@ -489,25 +433,11 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn check_invariants(&self) {
         self.log.check_invariants();
         if self.role == Role::Leader {
-            assert_eq!(
-                self.leader_id,
-                Some(self.id),
-                "leader must know itself as leader"
-            );
-            assert_eq!(
-                self.vote,
-                Some(self.id),
-                "a leader voted for itself in its term"
-            );
+            assert_eq!(self.leader_id, Some(self.id), "leader must know itself as leader");
+            assert_eq!(self.vote, Some(self.id), "a leader voted for itself in its term");
             for (id, progress) in &self.progress {
-                assert!(
-                    progress.matched < progress.next,
-                    "progress of {id}: match >= next"
-                );
-                assert!(
-                    progress.matched <= self.log.last_index(),
-                    "progress of {id} beyond leader log"
-                );
+                assert!(progress.matched < progress.next, "progress of {id}: match >= next");
+                assert!(progress.matched <= self.log.last_index(), "progress of {id} beyond leader log");
             }
         }
         if self.role == Role::Candidate {
@@ -516,9 +446,6 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn entry_at(&self, index: u64) -> Option<Entry> {
-        self.log
-            .slice(index, index + 1, u64::MAX)
-            .ok()
-            .and_then(|mut entries| entries.pop())
+        self.log.slice(index, index + 1, u64::MAX).ok().and_then(|mut entries| entries.pop())
     }
 }

@@ -17,9 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::raft::Raft;
 use crate::storage::Storage;
-use crate::types::{
-    ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot,
-};
+use crate::types::{ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot};
 
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
@@ -197,10 +195,7 @@ impl<S: Storage> RawNode<S> {
             // Everything these depend on is durable already.
             self.release(after_persist);
         }
-        let committed_entries = self
-            .raft
-            .log
-            .take_committed_to_apply(self.raft.config.committed_entries_bytes_max);
+        let committed_entries = self.raft.log.take_committed_to_apply(self.raft.config.committed_entries_bytes_max);
         let mut messages = std::mem::take(&mut self.released);
         messages.append(&mut self.raft.msgs);
         Ready {
@@ -216,15 +211,8 @@ impl<S: Storage> RawNode<S> {
 
     /// The application made the state of Ready `number` (and every earlier one) durable.
     pub fn on_persisted(&mut self, number: u64) {
-        while self
-            .pending_persist
-            .front()
-            .is_some_and(|pending| pending.number <= number)
-        {
-            let pending = self
-                .pending_persist
-                .pop_front()
-                .expect("front checked just above");
+        while self.pending_persist.front().is_some_and(|pending| pending.number <= number) {
+            let pending = self.pending_persist.pop_front().expect("front checked just above");
             if let Some(index) = pending.snapshot_index {
                 self.raft.log.stable_snapshot_to(index);
             }
@@ -256,20 +244,13 @@ impl<S: Storage> RawNode<S> {
         let applied = self.raft.log.applied();
         let persisted = self.raft.log.persisted_last_index();
         if index > applied || index > persisted {
-            return Err(Error::CompactBeyondApplied {
-                index,
-                applied,
-                persisted,
-            });
+            return Err(Error::CompactBeyondApplied { index, applied, persisted });
         }
         if index < self.raft.log.first_index() {
             return Ok(());
         }
         let conf_state = self.raft.membership.at(index);
-        self.raft
-            .log
-            .storage
-            .create_snapshot(index, conf_state, data)?;
+        self.raft.log.storage.create_snapshot(index, conf_state, data)?;
         self.raft.membership.compact_to(index);
         Ok(())
     }

@@ -42,28 +42,17 @@ impl ReadOnly {
     }
 
     /// `from` answered the heartbeat carrying `seq`, which was sent after every read up to `seq`.
-    pub fn ack(
-        &mut self,
-        seq: u64,
-        from: NodeId,
-        is_quorum: impl Fn(&BTreeSet<NodeId>) -> bool,
-    ) -> Vec<ReadState> {
+    pub fn ack(&mut self, seq: u64, from: NodeId, is_quorum: impl Fn(&BTreeSet<NodeId>) -> bool) -> Vec<ReadState> {
         for request in self.queue.iter_mut().take_while(|r| r.seq <= seq) {
             request.acks.insert(from);
         }
         let mut released = Vec::new();
         // Releasing in order keeps read indexes monotonic; a quorum for a later read also
         // confirms earlier ones since its heartbeat was sent after them.
-        let confirmed = self
-            .queue
-            .iter()
-            .rposition(|r| r.seq <= seq && is_quorum(&r.acks));
+        let confirmed = self.queue.iter().rposition(|r| r.seq <= seq && is_quorum(&r.acks));
         if let Some(position) = confirmed {
             for request in self.queue.drain(..=position) {
-                released.push(ReadState {
-                    context: request.context,
-                    index: request.index,
-                });
+                released.push(ReadState { context: request.context, index: request.index });
             }
         }
         released

@@ -10,16 +10,8 @@ use crate::types::{Entry, Message, MessageBody, NodeId, Payload, RejectHint, Rol
 impl<S: Storage> Raft<S> {
     /// Appends one entry of the current term to the leader's log; returns its index.
     pub(crate) fn append_as_leader(&mut self, payload: Payload) -> u64 {
-        assert_eq!(
-            self.role,
-            Role::Leader,
-            "only the leader appends on its own"
-        );
-        let entry = Entry {
-            index: self.log.last_index() + 1,
-            term: self.term,
-            payload,
-        };
+        assert_eq!(self.role, Role::Leader, "only the leader appends on its own");
+        let entry = Entry { index: self.log.last_index() + 1, term: self.term, payload };
         let index = entry.index;
         let entries = [entry];
         self.log.append(&entries);
@@ -37,31 +29,17 @@ impl<S: Storage> Raft<S> {
         let term = self.term;
         if let Some(last) = self.msgs_after_persist.last_mut() {
             if last.to == id && last.term == term {
-                if let MessageBody::AppendResponse {
-                    index: acked,
-                    reject: None,
-                } = &mut last.body
-                {
+                if let MessageBody::AppendResponse { index: acked, reject: None } = &mut last.body {
                     *acked = index;
                     return;
                 }
             }
         }
-        self.send_after_persist(
-            id,
-            MessageBody::AppendResponse {
-                index,
-                reject: None,
-            },
-        );
+        self.send_after_persist(id, MessageBody::AppendResponse { index, reject: None });
     }
 
     fn peers(&self) -> Vec<NodeId> {
-        self.progress
-            .keys()
-            .copied()
-            .filter(|&p| p != self.id)
-            .collect()
+        self.progress.keys().copied().filter(|&p| p != self.id).collect()
     }
 
     /// Sends everything the flow control allows to every follower (batches proposals).
@@ -112,10 +90,7 @@ impl<S: Storage> Raft<S> {
             return self.send_snapshot(to);
         };
         let entries = if next <= last_index {
-            match self
-                .log
-                .slice(next, last_index + 1, self.config.append_entries_bytes_max)
-            {
+            match self.log.slice(next, last_index + 1, self.config.append_entries_bytes_max) {
                 Ok(entries) => entries,
                 Err(_) => return self.send_snapshot(to),
             }
@@ -130,28 +105,13 @@ impl<S: Storage> Raft<S> {
         let progress = self.progress.get_mut(&to).expect("checked above");
         progress.sent_append(sent_last, count, inflight_appends_max);
         let commit = self.log.committed();
-        self.send(
-            to,
-            MessageBody::Append {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                commit,
-            },
-        );
+        self.send(to, MessageBody::Append { prev_log_index, prev_log_term, entries, commit });
         true
     }
 
     fn send_snapshot(&mut self, to: NodeId) -> bool {
-        let snapshot = self
-            .log
-            .storage
-            .snapshot()
-            .expect("the leader's storage snapshot must be readable");
-        assert!(
-            snapshot.meta.index > 0,
-            "entries compacted without a snapshot"
-        );
+        let snapshot = self.log.storage.snapshot().expect("the leader's storage snapshot must be readable");
+        assert!(snapshot.meta.index > 0, "entries compacted without a snapshot");
         let progress = self.progress.get_mut(&to).expect("caller checked the peer");
         progress.become_snapshot(snapshot.meta.index);
         self.send(to, MessageBody::Snapshot { snapshot });
@@ -190,42 +150,24 @@ impl<S: Storage> Raft<S> {
     ) {
         if prev_log_index < self.log.committed() {
             let committed = self.log.committed();
-            self.send_after_persist(
-                from,
-                MessageBody::AppendResponse {
-                    index: committed,
-                    reject: None,
-                },
-            );
+            self.send_after_persist(from, MessageBody::AppendResponse { index: committed, reject: None });
             return;
         }
-        match self
-            .log
-            .maybe_append(prev_log_index, prev_log_term, commit, entries)
-        {
+        match self.log.maybe_append(prev_log_index, prev_log_term, commit, entries) {
             Some((last_new_index, appended_from)) => {
                 if let Some(start) = appended_from {
                     if self.membership.on_append(&entries[start..]) {
                         self.on_membership_changed();
                     }
                 }
-                self.send_after_persist(
-                    from,
-                    MessageBody::AppendResponse {
-                        index: last_new_index,
-                        reject: None,
-                    },
-                );
+                self.send_after_persist(from, MessageBody::AppendResponse { index: last_new_index, reject: None });
             }
             None => {
                 let probe = prev_log_index.min(self.log.last_index());
                 let (index, term) = self.log.find_conflict_by_term(probe, prev_log_term);
                 self.send(
                     from,
-                    MessageBody::AppendResponse {
-                        index: prev_log_index,
-                        reject: Some(RejectHint { index, term }),
-                    },
+                    MessageBody::AppendResponse { index: prev_log_index, reject: Some(RejectHint { index, term }) },
                 );
             }
         }
@@ -236,31 +178,18 @@ impl<S: Storage> Raft<S> {
         let committed = self.log.committed();
         if index <= committed {
             // Stale or duplicated snapshot: we already have everything it covers.
-            self.send_after_persist(
-                from,
-                MessageBody::AppendResponse {
-                    index: committed,
-                    reject: None,
-                },
-            );
+            self.send_after_persist(from, MessageBody::AppendResponse { index: committed, reject: None });
             return;
         }
         if self.log.match_term(index, snapshot.meta.term) {
             // Our log already holds the snapshot's last entry: keep the entries after it.
             self.log.commit_to(index);
         } else {
-            self.membership
-                .reset(index, snapshot.meta.conf_state.clone());
+            self.membership.reset(index, snapshot.meta.conf_state.clone());
             self.log.restore(snapshot);
             self.on_membership_changed();
         }
-        self.send_after_persist(
-            from,
-            MessageBody::AppendResponse {
-                index,
-                reject: None,
-            },
-        );
+        self.send_after_persist(from, MessageBody::AppendResponse { index, reject: None });
     }
 
     pub(crate) fn step_leader(&mut self, message: Message) {
@@ -270,12 +199,8 @@ impl<S: Storage> Raft<S> {
         };
         progress.recent_active = true;
         match message.body {
-            MessageBody::AppendResponse { index, reject } => {
-                self.handle_append_response(from, index, reject)
-            }
-            MessageBody::HeartbeatResponse { read_seq } => {
-                self.handle_heartbeat_response(from, read_seq)
-            }
+            MessageBody::AppendResponse { index, reject } => self.handle_append_response(from, index, reject),
+            MessageBody::HeartbeatResponse { read_seq } => self.handle_heartbeat_response(from, read_seq),
             _ => {}
         }
     }
@@ -283,22 +208,21 @@ impl<S: Storage> Raft<S> {
     fn handle_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
         let inflight_appends_max = self.config.inflight_appends_max;
         let last_index = self.log.last_index();
-        let progress = self
-            .progress
-            .get_mut(&from)
-            .expect("caller checked the peer");
+        let progress = self.progress.get_mut(&from).expect("caller checked the peer");
         progress.probe_sent = false;
         if progress.state == ProgressState::Replicate && progress.is_paused(inflight_appends_max) {
             progress.free_first_inflight();
         }
         if progress.matched < last_index {
-            self.send_appends(from);
+            // Even with nothing new to send: an empty append at `next` makes a follower that lost
+            // earlier appends reject, which sends us back to probing from what it holds.
+            if self.send_append(from, true) {
+                self.send_appends(from);
+            }
         }
         if read_seq > 0 {
             let voters = self.voters().clone();
-            let released = self
-                .read_only
-                .ack(read_seq, from, |acks| quorum::has_quorum(&voters, acks));
+            let released = self.read_only.ack(read_seq, from, |acks| quorum::has_quorum(&voters, acks));
             self.read_states.extend(released);
         }
     }
@@ -306,15 +230,9 @@ impl<S: Storage> Raft<S> {
     fn handle_append_response(&mut self, from: NodeId, index: u64, reject: Option<RejectHint>) {
         if let Some(hint) = reject {
             // Fast back-off: skip the follower's whole conflicting term in one round trip.
-            let next_probe = if hint.term > 0 {
-                self.log.find_conflict_by_term(hint.index, hint.term).0
-            } else {
-                hint.index
-            };
-            let progress = self
-                .progress
-                .get_mut(&from)
-                .expect("caller checked the peer");
+            let next_probe =
+                if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term).0 } else { hint.index };
+            let progress = self.progress.get_mut(&from).expect("caller checked the peer");
             if progress.maybe_decrease_to(index, next_probe) {
                 if progress.state == ProgressState::Replicate {
                     progress.become_probe();
@@ -324,10 +242,7 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let first_index = self.log.first_index();
-        let progress = self
-            .progress
-            .get_mut(&from)
-            .expect("caller checked the peer");
+        let progress = self.progress.get_mut(&from).expect("caller checked the peer");
         if !progress.maybe_update(index) {
             return;
         }
@@ -358,9 +273,7 @@ impl<S: Storage> Raft<S> {
     /// current term. Returns whether it advanced.
     pub(crate) fn maybe_commit(&mut self) -> bool {
         let progress = &self.progress;
-        let majority_index = quorum::committed_index(self.voters(), |id| {
-            progress.get(&id).map_or(0, |p| p.matched)
-        });
+        let majority_index = quorum::committed_index(self.voters(), |id| progress.get(&id).map_or(0, |p| p.matched));
         if !self.log.maybe_commit(majority_index, self.term) {
             return false;
         }

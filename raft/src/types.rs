@@ -64,10 +64,7 @@ pub struct ConfState {
 
 impl ConfState {
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> ConfState {
-        ConfState {
-            voters: voters.into_iter().collect(),
-            learners: BTreeSet::new(),
-        }
+        ConfState { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
@@ -105,10 +102,7 @@ impl ConfState {
                 }
             }
         }
-        assert!(
-            next.voters.is_disjoint(&next.learners),
-            "voters and learners overlap"
-        );
+        assert!(next.voters.is_disjoint(&next.learners), "voters and learners overlap");
         Ok(next)
     }
 }

@@ -10,11 +10,7 @@ use crate::types::{ConfState, Entry, HardState, Payload, Snapshot, SnapshotMeta}
 const BYTES_UNLIMITED: u64 = u64::MAX;
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        payload: Payload::Data(vec![index as u8; 10]),
-    }
+    Entry { index, term, payload: Payload::Data(vec![index as u8; 10]) }
 }
 
 fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
@@ -35,24 +31,12 @@ pub fn run_all<S: Storage>(mut make: impl FnMut() -> S) {
 }
 
 pub fn empty_store_has_no_entries<S: Storage>(store: S) {
-    assert_eq!(
-        store.first_index().expect("first_index"),
-        1,
-        "empty store first_index"
-    );
-    assert_eq!(
-        store.last_index().expect("last_index"),
-        0,
-        "empty store last_index"
-    );
+    assert_eq!(store.first_index().expect("first_index"), 1, "empty store first_index");
+    assert_eq!(store.last_index().expect("last_index"), 0, "empty store last_index");
     assert_eq!(store.term(0).expect("term(0)"), 0, "term of index 0 is 0");
     assert_eq!(store.snapshot().expect("snapshot").meta.index, 0);
     let state = store.initial_state().expect("initial_state");
-    assert_eq!(
-        state.hard_state,
-        HardState::default(),
-        "empty store hard state"
-    );
+    assert_eq!(state.hard_state, HardState::default(), "empty store hard state");
 }
 
 pub fn append_then_read_back<S: Storage>(mut store: S) {
@@ -64,20 +48,13 @@ pub fn append_then_read_back<S: Storage>(mut store: S) {
     let read = store.entries(2, 8, BYTES_UNLIMITED).expect("entries");
     let mut expected = entries(2..=5, 1);
     expected.extend(entries(6..=7, 2));
-    assert_eq!(
-        read, expected,
-        "entries read back differ from those appended"
-    );
+    assert_eq!(read, expected, "entries read back differ from those appended");
 }
 
 pub fn append_truncates_from_first_conflicting_index<S: Storage>(mut store: S) {
     store.append(&entries(1..=6, 1)).expect("append");
     store.append(&entries(4..=5, 2)).expect("overwrite 4..=5");
-    assert_eq!(
-        store.last_index().expect("last_index"),
-        5,
-        "tail after 5 must be dropped"
-    );
+    assert_eq!(store.last_index().expect("last_index"), 5, "tail after 5 must be dropped");
     assert_eq!(store.term(3).expect("term 3"), 1, "prefix must be kept");
     assert_eq!(store.term(4).expect("term 4"), 2);
     assert!(store.term(6).is_err(), "index 6 must be gone");
@@ -87,11 +64,7 @@ pub fn append_refuses_a_gap<S: Storage>(mut store: S) {
     store.append(&entries(1..=3, 1)).expect("append");
     let gap = store.append(&entries(5..=6, 1));
     assert!(gap.is_err(), "appending after a gap must fail");
-    assert_eq!(
-        store.last_index().expect("last_index"),
-        3,
-        "failed append changed the log"
-    );
+    assert_eq!(store.last_index().expect("last_index"), 3, "failed append changed the log");
 }
 
 pub fn entries_respects_bytes_max_but_returns_one<S: Storage>(mut store: S) {
@@ -105,36 +78,21 @@ pub fn entries_respects_bytes_max_but_returns_one<S: Storage>(mut store: S) {
 
 pub fn entries_out_of_range_are_errors<S: Storage>(mut store: S) {
     store.append(&entries(1..=5, 1)).expect("append");
-    store
-        .create_snapshot(3, ConfState::with_voters([1]), vec![])
-        .expect("create_snapshot");
+    store.create_snapshot(3, ConfState::with_voters([1]), vec![]).expect("create_snapshot");
     assert!(
-        matches!(
-            store.entries(2, 5, BYTES_UNLIMITED),
-            Err(StorageError::Compacted { .. })
-        ),
+        matches!(store.entries(2, 5, BYTES_UNLIMITED), Err(StorageError::Compacted { .. })),
         "reading compacted entries must report Compacted"
     );
     assert!(
-        matches!(
-            store.entries(4, 7, BYTES_UNLIMITED),
-            Err(StorageError::Unavailable { .. })
-        ),
+        matches!(store.entries(4, 7, BYTES_UNLIMITED), Err(StorageError::Unavailable { .. })),
         "reading past the end must report Unavailable"
     );
     assert!(matches!(store.term(2), Err(StorageError::Compacted { .. })));
-    assert!(matches!(
-        store.term(6),
-        Err(StorageError::Unavailable { .. })
-    ));
+    assert!(matches!(store.term(6), Err(StorageError::Unavailable { .. })));
 }
 
 pub fn hard_state_round_trips<S: Storage>(mut store: S) {
-    let hard_state = HardState {
-        term: 7,
-        vote: Some(3),
-        commit: 0,
-    };
+    let hard_state = HardState { term: 7, vote: Some(3), commit: 0 };
     store.set_hard_state(hard_state).expect("set_hard_state");
     let state = store.initial_state().expect("initial_state");
     assert_eq!(state.hard_state, hard_state);
@@ -144,15 +102,9 @@ pub fn create_snapshot_compacts_prefix<S: Storage>(mut store: S) {
     store.append(&entries(1..=4, 1)).expect("append");
     store.append(&entries(5..=8, 2)).expect("append");
     let conf = ConfState::with_voters([1, 2, 3]);
-    store
-        .create_snapshot(5, conf.clone(), b"state@5".to_vec())
-        .expect("create_snapshot");
+    store.create_snapshot(5, conf.clone(), b"state@5".to_vec()).expect("create_snapshot");
     assert_eq!(store.first_index().expect("first_index"), 6);
-    assert_eq!(
-        store.last_index().expect("last_index"),
-        8,
-        "entries after the snapshot stay"
-    );
+    assert_eq!(store.last_index().expect("last_index"), 8, "entries after the snapshot stay");
     assert_eq!(store.term(5).expect("snapshot term stays readable"), 2);
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(snapshot.meta.index, 5);
@@ -160,63 +112,34 @@ pub fn create_snapshot_compacts_prefix<S: Storage>(mut store: S) {
     assert_eq!(snapshot.meta.conf_state, conf);
     assert_eq!(snapshot.data, b"state@5".to_vec());
     assert_eq!(store.initial_state().expect("state").conf_state, conf);
-    store
-        .append(&entries(9..=9, 2))
-        .expect("append after compaction");
+    store.append(&entries(9..=9, 2)).expect("append after compaction");
     assert_eq!(store.last_index().expect("last_index"), 9);
 }
 
 pub fn apply_snapshot_replaces_log<S: Storage>(mut store: S) {
     store.append(&entries(1..=3, 1)).expect("append");
     let snapshot = Snapshot {
-        meta: SnapshotMeta {
-            index: 10,
-            term: 4,
-            conf_state: ConfState::with_voters([1, 2]),
-        },
+        meta: SnapshotMeta { index: 10, term: 4, conf_state: ConfState::with_voters([1, 2]) },
         data: b"state@10".to_vec(),
     };
-    store
-        .apply_snapshot(snapshot.clone())
-        .expect("apply_snapshot");
+    store.apply_snapshot(snapshot.clone()).expect("apply_snapshot");
     assert_eq!(store.first_index().expect("first_index"), 11);
     assert_eq!(store.last_index().expect("last_index"), 10);
     assert_eq!(store.term(10).expect("term"), 4);
     assert_eq!(store.snapshot().expect("snapshot"), snapshot);
-    store
-        .append(&entries(11..=12, 4))
-        .expect("append after snapshot");
+    store.append(&entries(11..=12, 4)).expect("append after snapshot");
     assert_eq!(store.last_index().expect("last_index"), 12);
 }
 
 pub fn stale_snapshot_is_refused<S: Storage>(mut store: S) {
-    let newer = Snapshot {
-        meta: SnapshotMeta {
-            index: 10,
-            term: 3,
-            conf_state: ConfState::with_voters([1]),
-        },
-        data: vec![1],
-    };
+    let newer =
+        Snapshot { meta: SnapshotMeta { index: 10, term: 3, conf_state: ConfState::with_voters([1]) }, data: vec![1] };
     store.apply_snapshot(newer.clone()).expect("apply newer");
-    let older = Snapshot {
-        meta: SnapshotMeta {
-            index: 5,
-            term: 2,
-            conf_state: ConfState::with_voters([1]),
-        },
-        data: vec![2],
-    };
+    let older =
+        Snapshot { meta: SnapshotMeta { index: 5, term: 2, conf_state: ConfState::with_voters([1]) }, data: vec![2] };
     assert!(
-        matches!(
-            store.apply_snapshot(older),
-            Err(StorageError::SnapshotOutOfDate { .. })
-        ),
+        matches!(store.apply_snapshot(older), Err(StorageError::SnapshotOutOfDate { .. })),
         "an older snapshot must be refused"
     );
-    assert_eq!(
-        store.snapshot().expect("snapshot"),
-        newer,
-        "refused snapshot changed state"
-    );
+    assert_eq!(store.snapshot().expect("snapshot"), newer, "refused snapshot changed state");
 }

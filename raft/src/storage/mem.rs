@@ -30,41 +30,27 @@ impl MemStorage {
 
     fn check_invariants(&self) {
         for (i, entry) in self.entries.iter().enumerate() {
-            assert_eq!(
-                entry.index,
-                self.offset() + i as u64,
-                "mem storage not contiguous"
-            );
+            assert_eq!(entry.index, self.offset() + i as u64, "mem storage not contiguous");
         }
     }
 }
 
 impl Storage for MemStorage {
     fn initial_state(&self) -> StorageResult<RaftState> {
-        Ok(RaftState {
-            hard_state: self.hard_state,
-            conf_state: self.snapshot.meta.conf_state.clone(),
-        })
+        Ok(RaftState { hard_state: self.hard_state, conf_state: self.snapshot.meta.conf_state.clone() })
     }
 
     fn entries(&self, low: u64, high: u64, bytes_max: u64) -> StorageResult<Vec<Entry>> {
         let last_index = self.last_index()?;
         if low < self.offset() {
-            return Err(StorageError::Compacted {
-                index: low,
-                first_index: self.offset(),
-            });
+            return Err(StorageError::Compacted { index: low, first_index: self.offset() });
         }
         if high > last_index + 1 {
-            return Err(StorageError::Unavailable {
-                index: high - 1,
-                last_index,
-            });
+            return Err(StorageError::Unavailable { index: high - 1, last_index });
         }
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        for entry in &self.entries[(low - self.offset()) as usize..(high - self.offset()) as usize]
-        {
+        for entry in &self.entries[(low - self.offset()) as usize..(high - self.offset()) as usize] {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
                 break;
@@ -79,10 +65,7 @@ impl Storage for MemStorage {
             return Ok(self.snapshot.meta.term);
         }
         if index < self.offset() {
-            return Err(StorageError::Compacted {
-                index,
-                first_index: self.offset(),
-            });
+            return Err(StorageError::Compacted { index, first_index: self.offset() });
         }
         let last_index = self.last_index()?;
         if index > last_index {
@@ -109,27 +92,17 @@ impl Storage for MemStorage {
         };
         for pair in entries.windows(2) {
             if pair[1].index != pair[0].index + 1 {
-                return Err(StorageError::NotContiguous {
-                    expected: pair[0].index + 1,
-                    got: pair[1].index,
-                });
+                return Err(StorageError::NotContiguous { expected: pair[0].index + 1, got: pair[1].index });
             }
         }
         let last_index = self.last_index()?;
         if first.index > last_index + 1 {
-            return Err(StorageError::NotContiguous {
-                expected: last_index + 1,
-                got: first.index,
-            });
+            return Err(StorageError::NotContiguous { expected: last_index + 1, got: first.index });
         }
         if first.index < self.offset() {
-            return Err(StorageError::Compacted {
-                index: first.index,
-                first_index: self.offset(),
-            });
+            return Err(StorageError::Compacted { index: first.index, first_index: self.offset() });
         }
-        self.entries
-            .truncate((first.index - self.offset()) as usize);
+        self.entries.truncate((first.index - self.offset()) as usize);
         self.entries.extend_from_slice(entries);
         self.check_invariants();
         Ok(())
@@ -152,29 +125,14 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn create_snapshot(
-        &mut self,
-        index: u64,
-        conf_state: ConfState,
-        data: Vec<u8>,
-    ) -> StorageResult<()> {
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
         if index < self.snapshot.meta.index {
-            return Err(StorageError::SnapshotOutOfDate {
-                index,
-                current_index: self.snapshot.meta.index,
-            });
+            return Err(StorageError::SnapshotOutOfDate { index, current_index: self.snapshot.meta.index });
         }
         let term = self.term(index)?;
         let drop_count = (index - self.snapshot.meta.index) as usize;
         self.entries.drain(..drop_count);
-        self.snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        };
+        self.snapshot = Snapshot { meta: SnapshotMeta { index, term, conf_state }, data };
         self.check_invariants();
         Ok(())
     }

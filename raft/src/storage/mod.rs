@@ -43,10 +43,5 @@ pub trait Storage {
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> StorageResult<()>;
     /// Records a snapshot of the application state at `index` (which must be in the log) and
     /// drops the log prefix up to `index`.
-    fn create_snapshot(
-        &mut self,
-        index: u64,
-        conf_state: ConfState,
-        data: Vec<u8>,
-    ) -> StorageResult<()>;
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()>;
 }

@@ -80,11 +80,7 @@ impl Checker {
 
     /// A replica holds `entry` as committed while in `node_term`.
     pub fn committed(&mut self, entry: &Entry, node_term: u64) -> Result<(), Violation> {
-        let record = CommittedEntry {
-            term: entry.term,
-            payload_hash: payload_hash(entry),
-            observed_term: node_term,
-        };
+        let record = CommittedEntry { term: entry.term, payload_hash: payload_hash(entry), observed_term: node_term };
         match self.committed.get_mut(&entry.index) {
             None => {
                 self.committed.insert(entry.index, record);
@@ -112,10 +108,7 @@ impl Checker {
     ) -> Result<(), Violation> {
         for (&index, record) in self.committed.range(first_index..) {
             if record.observed_term < term && term_of(index) != Some(record.term) {
-                return Err(format!(
-                    "leader {id} of term {term} lacks committed entry {index} (term {})",
-                    record.term
-                ));
+                return Err(format!("leader {id} of term {term} lacks committed entry {index} (term {})", record.term));
             }
         }
         Ok(())
@@ -133,9 +126,7 @@ impl Checker {
     pub fn durable_vote(&mut self, id: NodeId, term: u64, vote: NodeId) -> Result<(), Violation> {
         let known = *self.votes.entry((id, term)).or_insert(vote);
         if known != vote {
-            return Err(format!(
-                "node {id} voted for {known} and {vote} in term {term}"
-            ));
+            return Err(format!("node {id} voted for {known} and {vote} in term {term}"));
         }
         Ok(())
     }

@@ -3,9 +3,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use raft::{
-    Config, Entry, HardState, MemStorage, Message, NodeId, RawNode, Ready, Role, Snapshot, Storage,
-};
+use raft::{Config, Entry, HardState, MemStorage, Message, NodeId, RawNode, Ready, Role, Snapshot, Storage};
 
 use crate::checker::{chain_digest, Checker, Violation};
 use crate::rng::Rng;
@@ -105,17 +103,10 @@ impl StateMachine {
         if snapshot.meta.index == 0 {
             return StateMachine::default();
         }
-        let word = |range: std::ops::Range<usize>| {
-            u64::from_le_bytes(snapshot.data[range].try_into().expect("8 bytes"))
-        };
-        let state = StateMachine {
-            applied: word(0..8),
-            digest: word(8..16),
-        };
-        assert_eq!(
-            state.applied, snapshot.meta.index,
-            "snapshot data/index mismatch"
-        );
+        let word =
+            |range: std::ops::Range<usize>| u64::from_le_bytes(snapshot.data[range].try_into().expect("8 bytes"));
+        let state = StateMachine { applied: word(0..8), digest: word(8..16) };
+        assert_eq!(state.applied, snapshot.meta.index, "snapshot data/index mismatch");
         state
     }
 }
@@ -198,10 +189,8 @@ impl Sim {
         let nodes = voters
             .iter()
             .map(|&id| {
-                let storage =
-                    MemStorage::new_with_conf(raft::ConfState::with_voters(voters.clone()));
-                let raw = RawNode::new(node_config(id, seed, &options), storage)
-                    .expect("valid simulator config");
+                let storage = MemStorage::new_with_conf(raft::ConfState::with_voters(voters.clone()));
+                let raw = RawNode::new(node_config(id, seed, &options), storage).expect("valid simulator config");
                 let jitter = 1000 - options.tick_per_mille_min;
                 Node {
                     id,
@@ -209,8 +198,7 @@ impl Sim {
                     disk: None,
                     writes: VecDeque::new(),
                     state: StateMachine::default(),
-                    tick_per_mille: options.tick_per_mille_min
-                        + rng.below(u64::from(jitter) + 1) as u32,
+                    tick_per_mille: options.tick_per_mille_min + rng.below(u64::from(jitter) + 1) as u32,
                     seen_term: 0,
                     seen_commit: 0,
                     checked_commit: 0,
@@ -234,13 +222,7 @@ impl Sim {
             next_payload: 1,
             reads: Vec::new(),
             next_read: 1,
-            stats: Stats {
-                steps: 0,
-                committed_index: 0,
-                elections: 0,
-                crashes: 0,
-                messages: 0,
-            },
+            stats: Stats { steps: 0, committed_index: 0, elections: 0, crashes: 0, messages: 0 },
         }
     }
 
@@ -309,10 +291,7 @@ impl Sim {
             if let Some(raw) = self.nodes[index].raw.as_mut() {
                 if raw.read_index(context).is_ok() {
                     self.next_read += 1;
-                    self.reads.push(PendingRead {
-                        context,
-                        committed_at_request,
-                    });
+                    self.reads.push(PendingRead { context, committed_at_request });
                 }
             }
         }
@@ -354,29 +333,17 @@ impl Sim {
 
     fn send(&mut self, message: Message) {
         self.stats.messages += 1;
-        let copies = if self.faults && self.rng.chance(self.options.duplicate_per_mille) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.faults && self.rng.chance(self.options.duplicate_per_mille) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = 1 + self.rng.below(self.options.delay_steps_max);
-            self.network.push(InFlight {
-                deliver_at: self.now + delay,
-                message: message.clone(),
-            });
+            self.network.push(InFlight { deliver_at: self.now + delay, message: message.clone() });
         }
     }
 
     fn complete_writes(&mut self) -> Result<(), Violation> {
         for index in 0..self.nodes.len() {
-            while !self.nodes[index].writes.is_empty()
-                && self.rng.chance(self.options.write_complete_per_mille)
-            {
-                let write = self.nodes[index]
-                    .writes
-                    .pop_front()
-                    .expect("checked non-empty");
+            while !self.nodes[index].writes.is_empty() && self.rng.chance(self.options.write_complete_per_mille) {
+                let write = self.nodes[index].writes.pop_front().expect("checked non-empty");
                 self.persist(index, write)?;
             }
         }
@@ -388,15 +355,12 @@ impl Sim {
         let raw = node.raw.as_mut().expect("writes exist only on live nodes");
         if let Some(snapshot) = write.snapshot {
             node.state = StateMachine::decode(&snapshot);
-            self.checker
-                .applied(node.state.applied, node.state.digest)?;
+            self.checker.applied(node.state.applied, node.state.digest)?;
             raw.storage_mut()
                 .apply_snapshot(snapshot)
                 .map_err(|e| format!("node {}: apply_snapshot failed: {e}", node.id))?;
         }
-        raw.storage_mut()
-            .append(&write.entries)
-            .map_err(|e| format!("node {}: append failed: {e}", node.id))?;
+        raw.storage_mut().append(&write.entries).map_err(|e| format!("node {}: append failed: {e}", node.id))?;
         if let Some(hard_state) = write.hard_state {
             raw.storage_mut()
                 .set_hard_state(hard_state)
@@ -441,11 +405,7 @@ impl Sim {
             let node = &self.nodes[index];
             let raw = node.raw.as_ref().expect("ready only from live nodes");
             for entry in &ready.entries {
-                let prev_term = if entry.index == 1 {
-                    Some(0)
-                } else {
-                    raw.term(entry.index - 1)
-                };
+                let prev_term = if entry.index == 1 { Some(0) } else { raw.term(entry.index - 1) };
                 self.checker.appended(entry, prev_term)?;
             }
         }
@@ -466,10 +426,7 @@ impl Sim {
             let last_index = last.index;
             for entry in &ready.committed_entries {
                 if entry.index != node.state.applied + 1 {
-                    return Err(format!(
-                        "node {} applies {} after {}",
-                        node.id, entry.index, node.state.applied
-                    ));
+                    return Err(format!("node {} applies {} after {}", node.id, entry.index, node.state.applied));
                 }
                 node.state.digest = chain_digest(node.state.digest, entry);
                 node.state.applied = entry.index;
@@ -542,8 +499,7 @@ impl Sim {
                 && self.rng.chance(self.options.torn_write_per_mille)
             {
                 let kept = 1 + self.rng.below(write.entries.len() as u64) as usize;
-                disk.append(&write.entries[..kept])
-                    .expect("a torn prefix of an in-order write appends cleanly");
+                disk.append(&write.entries[..kept]).expect("a torn prefix of an in-order write appends cleanly");
             }
         }
         node.writes.clear();
@@ -615,12 +571,7 @@ impl Sim {
                 if node.leader_checked_term != status.term {
                     node.leader_checked_term = status.term;
                     self.stats.elections += 1;
-                    self.checker.leader_complete(
-                        node.id,
-                        status.term,
-                        status.first_index,
-                        |i| raw.term(i),
-                    )?;
+                    self.checker.leader_complete(node.id, status.term, status.first_index, |i| raw.term(i))?;
                 }
             }
         }
@@ -632,10 +583,8 @@ impl Sim {
     fn heal_all(&mut self) {
         self.faults = false;
         self.options.delay_steps_max = self.options.delay_steps_max.min(LIVENESS_DELAY_STEPS_MAX);
-        self.options.write_complete_per_mille = self
-            .options
-            .write_complete_per_mille
-            .max(LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN);
+        self.options.write_complete_per_mille =
+            self.options.write_complete_per_mille.max(LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN);
         self.cut.clear();
         for index in 0..self.nodes.len() {
             if self.nodes[index].raw.is_none() {
@@ -651,11 +600,8 @@ impl Sim {
         let mut marker: Option<(u64, u64)> = None;
         while self.now - start < self.options.liveness_steps_max {
             self.step()?;
-            let leader = self.nodes.iter_mut().find_map(|n| {
-                n.raw
-                    .as_mut()
-                    .filter(|raw| raw.status().role == Role::Leader)
-            });
+            let leader =
+                self.nodes.iter_mut().find_map(|n| n.raw.as_mut().filter(|raw| raw.status().role == Role::Leader));
             if let Some(leader) = leader {
                 let term = leader.status().term;
                 if marker.is_none_or(|(_, marker_term)| marker_term < term) {

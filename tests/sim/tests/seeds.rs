@@ -37,9 +37,8 @@ fn replay_seed() {
         return;
     };
     let seed: u64 = seed.parse().expect("RAFT_SIM_SEED must be a u64");
-    let replicas = std::env::var("RAFT_SIM_REPLICAS").ok().map_or(3, |r| {
-        r.parse().expect("RAFT_SIM_REPLICAS must be a number")
-    });
+    let replicas =
+        std::env::var("RAFT_SIM_REPLICAS").ok().map_or(3, |r| r.parse().expect("RAFT_SIM_REPLICAS must be a number"));
     match run_seed(seed, replicas) {
         Ok(stats) => println!(
             "seed {seed}: ok, {} steps, committed {}, {} elections, {} crashes",

@@ -35,11 +35,7 @@ fn main() {
             }
         }
         if (seed - first + 1) % 10_000 == 0 {
-            eprintln!(
-                "{} seeds ok, {:.0} steps/s",
-                seed - first + 1,
-                rate(steps, started)
-            );
+            eprintln!("{} seeds ok, {:.0} steps/s", seed - first + 1, rate(steps, started));
         }
     }
     println!(
