@@ -42,8 +42,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use net::types::{
-    partition_of, Account, AccountId, CreateAccount, HistoryEntry, HistoryKind, ItemResult,
-    ResultCode, Transfer, ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
+    partition_of, Account, AccountId, CreateAccount, HistoryEntry, HistoryKind, ItemResult, ResultCode, Transfer,
+    ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
 };
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
@@ -51,6 +51,11 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::event::{Event, EventBatchView, EventBody, EventBuffer};
 use crate::fast_hash::FastBuildHasher;
 use crate::idempotency::{transfer_fingerprint, IdEntry, IdRestoreError, IdTable};
+
+/// How many transfers' memory is touched ahead of deciding them (see `PartitionState::warm`): enough
+/// independent cache misses in flight to cover DRAM latency, few enough to stay inside the CPU's
+/// out-of-order window.
+const WARM_AHEAD_TRANSFERS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionConfig {
@@ -64,16 +69,10 @@ pub struct PartitionConfig {
 pub enum ApplyError {
     #[error("batch is for partition {batch}, this state is partition {state}")]
     WrongPartition { batch: u32, state: u32 },
-    #[error(
-        "batch starts at seq {first_seq} but the state has applied only up to {last_seq}: a gap"
-    )]
+    #[error("batch starts at seq {first_seq} but the state has applied only up to {last_seq}: a gap")]
     Gap { first_seq: u64, last_seq: u64 },
     #[error("batch {first_seq}..={batch_last_seq} straddles the applied seq {last_seq}")]
-    PartialOverlap {
-        first_seq: u64,
-        batch_last_seq: u64,
-        last_seq: u64,
-    },
+    PartialOverlap { first_seq: u64, batch_last_seq: u64, last_seq: u64 },
     #[error("batch starts at timestamp {first_ns} ns, not after the state's {last_ns} ns")]
     TimestampNotIncreasing { first_ns: u64, last_ns: u64 },
 }
@@ -83,17 +82,9 @@ pub enum RestoreError {
     #[error("account {id} is persisted twice")]
     DuplicateAccount { id: AccountId },
     #[error("account {id} belongs to partition {owner}, not {partition}")]
-    ForeignAccount {
-        id: AccountId,
-        owner: u32,
-        partition: u32,
-    },
+    ForeignAccount { id: AccountId, owner: u32, partition: u32 },
     #[error("account {id} has seq {seq}, beyond the persisted last_seq {last_seq}")]
-    AccountAhead {
-        id: AccountId,
-        seq: u64,
-        last_seq: u64,
-    },
+    AccountAhead { id: AccountId, seq: u64, last_seq: u64 },
     #[error("account {id} is malformed (reserved id, unknown flags, ledger 0 or negative ordinary balance)")]
     InvalidAccount { id: AccountId },
     #[error("id entry seq {seq} is beyond the persisted last_seq {last_seq}")]
@@ -161,10 +152,7 @@ struct Posting {
 
 impl PartitionState {
     pub fn new(config: PartitionConfig) -> Self {
-        assert!(
-            config.partitions > 0 && config.partition < config.partitions,
-            "partition out of range"
-        );
+        assert!(config.partitions > 0 && config.partition < config.partitions, "partition out of range");
         PartitionState {
             config,
             accounts: Vec::new(),
@@ -207,9 +195,7 @@ impl PartitionState {
     }
 
     pub fn account(&self, id: AccountId) -> Option<Account> {
-        self.account_index
-            .get(&id)
-            .map(|&index| self.accounts[index as usize])
+        self.account_index.get(&id).map(|&index| self.accounts[index as usize])
     }
 
     /// In creation order.
@@ -256,80 +242,34 @@ impl PartitionState {
     ) {
         self.begin_or_continue(events);
         for (index, transfer) in transfers.iter().enumerate() {
+            if index % WARM_AHEAD_TRANSFERS == 0 {
+                let end = transfers.len().min(index + WARM_AHEAD_TRANSFERS);
+                self.warm(transfers[index..end].iter());
+            }
             let result = match self.decide_transfer(transfer) {
-                TransferDecision::Replayed(entry) => ItemResult {
-                    index: 0,
-                    code: entry.code,
-                    flags: RESULT_FLAG_REPLAYED,
-                    seq: entry.seq,
-                },
+                TransferDecision::Replayed(entry) => {
+                    ItemResult { index: 0, code: entry.code, flags: RESULT_FLAG_REPLAYED, seq: entry.seq }
+                }
                 TransferDecision::RejectedUnrecorded(code) => {
-                    let seq = self.log_event(
-                        now_ns,
-                        EventBody::TransferRejected {
-                            transfer: *transfer,
-                            code,
-                        },
-                        events,
-                    );
-                    ItemResult {
-                        index: 0,
-                        code,
-                        flags: 0,
-                        seq,
-                    }
+                    let seq = self.log_event(now_ns, EventBody::TransferRejected { transfer: *transfer, code }, events);
+                    ItemResult { index: 0, code, flags: 0, seq }
                 }
                 TransferDecision::Rejected { code, fingerprint } => {
-                    let seq = self.log_event(
-                        now_ns,
-                        EventBody::TransferRejected {
-                            transfer: *transfer,
-                            code,
-                        },
-                        events,
-                    );
+                    let seq = self.log_event(now_ns, EventBody::TransferRejected { transfer: *transfer, code }, events);
                     let recorded_ns = self.last_timestamp_ns;
-                    self.ids.insert(IdEntry {
-                        id: transfer.id,
-                        fingerprint,
-                        code,
-                        seq,
-                        recorded_ns,
-                    });
-                    ItemResult {
-                        index: 0,
-                        code,
-                        flags: 0,
-                        seq,
-                    }
+                    self.ids.insert(IdEntry { id: transfer.id, fingerprint, code, seq, recorded_ns });
+                    ItemResult { index: 0, code, flags: 0, seq }
                 }
-                TransferDecision::Posted {
-                    fingerprint,
-                    posting,
-                } => {
+                TransferDecision::Posted { fingerprint, posting } => {
                     let body = posted_body(transfer, &posting);
                     let seq = self.log_event(now_ns, body, events);
                     self.post(&posting, seq);
                     let recorded_ns = self.last_timestamp_ns;
-                    self.ids.insert(IdEntry {
-                        id: transfer.id,
-                        fingerprint,
-                        code: ResultCode::Ok,
-                        seq,
-                        recorded_ns,
-                    });
-                    ItemResult {
-                        index: 0,
-                        code: ResultCode::Ok,
-                        flags: 0,
-                        seq,
-                    }
+                    self.ids.insert(IdEntry { id: transfer.id, fingerprint, code: ResultCode::Ok, seq, recorded_ns });
+                    ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq }
                 }
             };
-            results.push(ItemResult {
-                index: index as u32,
-                ..result
-            });
+            results.push(ItemResult { index: index as u32, ..result });
         }
     }
 
@@ -347,21 +287,13 @@ impl PartitionState {
             let body = if code == ResultCode::Ok {
                 EventBody::AccountCreated { account: *account }
             } else {
-                EventBody::AccountRejected {
-                    account: *account,
-                    code,
-                }
+                EventBody::AccountRejected { account: *account, code }
             };
             let seq = self.log_event(now_ns, body, events);
             if code == ResultCode::Ok {
                 self.create_account(account, seq);
             }
-            results.push(ItemResult {
-                index: index as u32,
-                code,
-                flags: 0,
-                seq,
-            });
+            results.push(ItemResult { index: index as u32, code, flags: 0, seq });
         }
     }
 
@@ -371,10 +303,7 @@ impl PartitionState {
     /// balances differ, a created account that exists) mean divergence: assert.
     pub fn apply_batch(&mut self, batch: &EventBatchView) -> Result<(), ApplyError> {
         if batch.partition() != self.config.partition {
-            return Err(ApplyError::WrongPartition {
-                batch: batch.partition(),
-                state: self.config.partition,
-            });
+            return Err(ApplyError::WrongPartition { batch: batch.partition(), state: self.config.partition });
         }
         if batch.last_seq() <= self.last_seq {
             return Ok(());
@@ -387,20 +316,28 @@ impl PartitionState {
             });
         }
         if batch.first_seq() != self.last_seq + 1 {
-            return Err(ApplyError::Gap {
-                first_seq: batch.first_seq(),
-                last_seq: self.last_seq,
-            });
+            return Err(ApplyError::Gap { first_seq: batch.first_seq(), last_seq: self.last_seq });
         }
         let first_ns = batch.first_timestamp_ns();
         if self.last_seq > 0 && first_ns <= self.last_timestamp_ns {
-            return Err(ApplyError::TimestampNotIncreasing {
-                first_ns,
-                last_ns: self.last_timestamp_ns,
-            });
+            return Err(ApplyError::TimestampNotIncreasing { first_ns, last_ns: self.last_timestamp_ns });
         }
-        for event in batch.iter() {
-            self.apply_event(&event);
+        let mut ahead: [Option<Event>; WARM_AHEAD_TRANSFERS] = [None; WARM_AHEAD_TRANSFERS];
+        for start in (0..batch.event_count()).step_by(WARM_AHEAD_TRANSFERS) {
+            let end = batch.event_count().min(start + WARM_AHEAD_TRANSFERS as u32);
+            for (slot, index) in ahead.iter_mut().zip(start..end) {
+                *slot = Some(batch.event(index));
+            }
+            let chunk = &ahead[..(end - start) as usize];
+            self.warm(chunk.iter().filter_map(|event| match event.as_ref()?.body {
+                EventBody::TransferPosted { ref transfer, .. } | EventBody::TransferRejected { ref transfer, .. } => {
+                    Some(transfer)
+                }
+                _ => None,
+            }));
+            for event in chunk.iter().flatten() {
+                self.apply_event(event);
+            }
         }
         assert_eq!(self.last_seq, batch.last_seq());
         Ok(())
@@ -423,11 +360,7 @@ impl PartitionState {
         }
         self.dirty_accounts.clear();
         let id_watermark_ms = self.ids.drain_changes(id_inserted, id_evicted);
-        CheckpointMark {
-            last_seq: self.last_seq,
-            last_timestamp_ns: self.last_timestamp_ns,
-            id_watermark_ms,
-        }
+        CheckpointMark { last_seq: self.last_seq, last_timestamp_ns: self.last_timestamp_ns, id_watermark_ms }
     }
 
     /// A full image of the state (for snapshots and tests); allocates.
@@ -444,25 +377,9 @@ impl PartitionState {
     }
 
     /// [`PartitionState::restore`] from an exported image.
-    pub fn restore_rows(
-        config: PartitionConfig,
-        rows: PartitionRows,
-    ) -> Result<Self, RestoreError> {
-        let PartitionRows {
-            last_seq,
-            last_timestamp_ns,
-            id_watermark_ms,
-            accounts,
-            ids,
-        } = rows;
-        PartitionState::restore(
-            config,
-            last_seq,
-            last_timestamp_ns,
-            id_watermark_ms,
-            accounts,
-            ids,
-        )
+    pub fn restore_rows(config: PartitionConfig, rows: PartitionRows) -> Result<Self, RestoreError> {
+        let PartitionRows { last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids } = rows;
+        PartitionState::restore(config, last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids)
     }
 
     /// Rebuilds a state from persisted rows (what `drain_dirty` reported, accumulated); the result has nothing dirty. Accounts are re-ordered by
@@ -478,18 +395,10 @@ impl PartitionState {
         let mut state = PartitionState::new(config);
         for entry in &ids {
             if entry.seq > last_seq {
-                return Err(RestoreError::IdEntryAhead {
-                    seq: entry.seq,
-                    last_seq,
-                });
+                return Err(RestoreError::IdEntryAhead { seq: entry.seq, last_seq });
             }
         }
-        state.ids = IdTable::restore(
-            config.idempotency_window_ms,
-            config.idempotency_ids_max,
-            ids,
-            id_watermark_ms,
-        )?;
+        state.ids = IdTable::restore(config.idempotency_window_ms, config.idempotency_ids_max, ids, id_watermark_ms)?;
         accounts.sort_unstable_by_key(|account| (account.created_seq, account.id));
         for account in accounts {
             let id = account.id;
@@ -503,18 +412,10 @@ impl PartitionState {
             }
             let owner = partition_of(id, config.partitions);
             if owner != config.partition {
-                return Err(RestoreError::ForeignAccount {
-                    id,
-                    owner,
-                    partition: config.partition,
-                });
+                return Err(RestoreError::ForeignAccount { id, owner, partition: config.partition });
             }
             if account.last_seq > last_seq {
-                return Err(RestoreError::AccountAhead {
-                    id,
-                    seq: account.last_seq,
-                    last_seq,
-                });
+                return Err(RestoreError::AccountAhead { id, seq: account.last_seq, last_seq });
             }
             if state.account(id).is_some() {
                 return Err(RestoreError::DuplicateAccount { id });
@@ -522,27 +423,38 @@ impl PartitionState {
             state.insert_account(account);
         }
         state.dirty_accounts.clear();
-        state
-            .account_dirty
-            .iter_mut()
-            .for_each(|dirty| *dirty = false);
+        state.account_dirty.iter_mut().for_each(|dirty| *dirty = false);
         state.last_seq = last_seq;
         state.last_timestamp_ns = last_timestamp_ns;
         Ok(state)
     }
 
+    /// Touches what deciding `transfers` will read — their id-table slots, both accounts' index slots
+    /// and rows, and the id-table slots of the entries about to be evicted — in a loop of independent
+    /// loads. The CPU overlaps those cache misses instead of taking them one after another inside the
+    /// dependent decision logic. Reads only: the decisions themselves are unaffected.
+    #[inline]
+    fn warm<'t>(&self, transfers: impl Iterator<Item = &'t Transfer>) {
+        let mut rows = [u32::MAX; 2 * WARM_AHEAD_TRANSFERS];
+        let mut count = 0;
+        for (slot, transfer) in rows.chunks_exact_mut(2).zip(transfers) {
+            slot[0] = self.account_index.get(&transfer.debit_account_id).copied().unwrap_or(u32::MAX);
+            slot[1] = self.account_index.get(&transfer.credit_account_id).copied().unwrap_or(u32::MAX);
+            std::hint::black_box(self.ids.contains(transfer.id));
+            count += 1;
+        }
+        for &row in &rows {
+            if let Some(account) = self.accounts.get(row as usize) {
+                std::hint::black_box(account.balance);
+            }
+        }
+        self.ids.warm_evictions(count);
+    }
+
     fn begin_or_continue(&self, events: &mut EventBuffer) {
         if events.is_started() {
-            assert_eq!(
-                events.partition(),
-                Some(self.config.partition),
-                "event batch of another partition"
-            );
-            assert_eq!(
-                events.next_seq(),
-                self.last_seq + 1,
-                "event batch does not continue this state"
-            );
+            assert_eq!(events.partition(), Some(self.config.partition), "event batch of another partition");
+            assert_eq!(events.next_seq(), self.last_seq + 1, "event batch does not continue this state");
         } else {
             events.begin(self.config.partition, self.last_seq + 1);
         }
@@ -553,11 +465,7 @@ impl PartitionState {
         let seq = self.last_seq + 1;
         // Strictly increasing even if the leader's clock steps back (or a new leader's clock is behind).
         let timestamp_ns = now_ns.max(self.last_timestamp_ns + 1);
-        events.push(&Event {
-            seq,
-            timestamp_ns,
-            body,
-        });
+        events.push(&Event { seq, timestamp_ns, body });
         self.last_seq = seq;
         self.last_timestamp_ns = timestamp_ns;
         seq
@@ -583,10 +491,7 @@ impl PartitionState {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdExpired);
         }
         match self.check_posting(transfer) {
-            Ok(posting) => TransferDecision::Posted {
-                fingerprint,
-                posting,
-            },
+            Ok(posting) => TransferDecision::Posted { fingerprint, posting },
             Err(code) => TransferDecision::Rejected { code, fingerprint },
         }
     }
@@ -603,21 +508,15 @@ impl PartitionState {
         let amount = i64::try_from(transfer.amount).map_err(|_| ResultCode::Overflow)?;
         // With one partition everything is local; skip the two hashes.
         if self.config.partitions > 1
-            && (partition_of(transfer.debit_account_id, self.config.partitions)
-                != self.config.partition
-                || partition_of(transfer.credit_account_id, self.config.partitions)
-                    != self.config.partition)
+            && (partition_of(transfer.debit_account_id, self.config.partitions) != self.config.partition
+                || partition_of(transfer.credit_account_id, self.config.partitions) != self.config.partition)
         {
             return Err(ResultCode::CrossPartitionUnsupported);
         }
-        let debit_index = *self
-            .account_index
-            .get(&transfer.debit_account_id)
-            .ok_or(ResultCode::DebitAccountNotFound)?;
-        let credit_index = *self
-            .account_index
-            .get(&transfer.credit_account_id)
-            .ok_or(ResultCode::CreditAccountNotFound)?;
+        let debit_index =
+            *self.account_index.get(&transfer.debit_account_id).ok_or(ResultCode::DebitAccountNotFound)?;
+        let credit_index =
+            *self.account_index.get(&transfer.credit_account_id).ok_or(ResultCode::CreditAccountNotFound)?;
         let debit = &self.accounts[debit_index as usize];
         let credit = &self.accounts[credit_index as usize];
         if transfer.ledger != debit.ledger || transfer.ledger != credit.ledger {
@@ -629,14 +528,8 @@ impl PartitionState {
         Ok(Posting {
             debit_index,
             credit_index,
-            debit_balance_after: debit
-                .balance
-                .checked_sub(amount)
-                .ok_or(ResultCode::Overflow)?,
-            credit_balance_after: credit
-                .balance
-                .checked_add(amount)
-                .ok_or(ResultCode::Overflow)?,
+            debit_balance_after: debit.balance.checked_sub(amount).ok_or(ResultCode::Overflow)?,
+            credit_balance_after: credit.balance.checked_add(amount).ok_or(ResultCode::Overflow)?,
             debit_prev_seq: debit.last_seq,
             credit_prev_seq: credit.last_seq,
         })
@@ -673,17 +566,11 @@ impl PartitionState {
 
     #[inline]
     fn account_ref(&self, id: AccountId) -> Option<&Account> {
-        self.account_index
-            .get(&id)
-            .map(|&index| &self.accounts[index as usize])
+        self.account_index.get(&id).map(|&index| &self.accounts[index as usize])
     }
 
     fn create_account(&mut self, account: &CreateAccount, seq: u64) {
-        assert!(
-            self.account(account.id).is_none(),
-            "account {} created twice",
-            account.id
-        );
+        assert!(self.account(account.id).is_none(), "account {} created twice", account.id);
         self.insert_account(Account {
             id: account.id,
             ledger: account.ledger,
@@ -696,8 +583,7 @@ impl PartitionState {
     }
 
     fn insert_account(&mut self, account: Account) {
-        let index =
-            u32::try_from(self.accounts.len()).expect("a partition holds fewer than 2^32 accounts");
+        let index = u32::try_from(self.accounts.len()).expect("a partition holds fewer than 2^32 accounts");
         let previous = self.account_index.insert(account.id, index);
         assert!(previous.is_none());
         self.accounts.push(account);
@@ -719,71 +605,37 @@ impl PartitionState {
     fn post(&mut self, posting: &Posting, seq: u64) {
         assert_ne!(posting.debit_index, posting.credit_index);
         let sides = [
-            (
-                posting.debit_index,
-                posting.debit_balance_after,
-                posting.debit_prev_seq,
-            ),
-            (
-                posting.credit_index,
-                posting.credit_balance_after,
-                posting.credit_prev_seq,
-            ),
+            (posting.debit_index, posting.debit_balance_after, posting.debit_prev_seq),
+            (posting.credit_index, posting.credit_balance_after, posting.credit_prev_seq),
         ];
         for (index, balance_after, prev_seq) in sides {
             let account = &mut self.accounts[index as usize];
-            assert_eq!(
-                account.last_seq, prev_seq,
-                "the posting was checked against the current state"
-            );
+            assert_eq!(account.last_seq, prev_seq, "the posting was checked against the current state");
             assert!(prev_seq < seq);
             account.balance = balance_after;
             account.last_seq = seq;
-            assert!(
-                account.is_external() || account.balance >= 0,
-                "ordinary account {} went negative",
-                account.id
-            );
+            assert!(account.is_external() || account.balance >= 0, "ordinary account {} went negative", account.id);
             self.mark_dirty(index);
         }
     }
 
     fn apply_event(&mut self, event: &Event) {
-        assert_eq!(
-            event.seq,
-            self.last_seq + 1,
-            "validated by apply_batch and the decoder"
-        );
+        assert_eq!(event.seq, self.last_seq + 1, "validated by apply_batch and the decoder");
         assert!(self.last_seq == 0 || event.timestamp_ns > self.last_timestamp_ns);
         match event.body {
             EventBody::AccountCreated { account } => {
-                assert_eq!(
-                    self.decide_account(&account),
-                    ResultCode::Ok,
-                    "replayed creation diverges"
-                );
+                assert_eq!(self.decide_account(&account), ResultCode::Ok, "replayed creation diverges");
                 self.create_account(&account, event.seq);
             }
             EventBody::AccountRejected { account, code } => {
-                assert_eq!(
-                    self.decide_account(&account),
-                    code,
-                    "replayed account rejection diverges"
-                );
+                assert_eq!(self.decide_account(&account), code, "replayed account rejection diverges");
             }
-            EventBody::TransferPosted { transfer, .. }
-            | EventBody::TransferRejected { transfer, .. } => {
+            EventBody::TransferPosted { transfer, .. } | EventBody::TransferRejected { transfer, .. } => {
                 // Re-decide the transfer against this replica's state: the log must say exactly what the
                 // leader decided from the same state, or the replicas have diverged.
                 let decision = self.decide_transfer(&transfer);
                 match (decision, event.body) {
-                    (
-                        TransferDecision::Posted {
-                            fingerprint,
-                            posting,
-                        },
-                        logged @ EventBody::TransferPosted { .. },
-                    ) => {
+                    (TransferDecision::Posted { fingerprint, posting }, logged @ EventBody::TransferPosted { .. }) => {
                         assert_eq!(
                             posted_body(&transfer, &posting),
                             logged,
@@ -799,10 +651,8 @@ impl PartitionState {
                     ) if code == logged => {
                         self.record_id(&transfer, fingerprint, code, event);
                     }
-                    (
-                        TransferDecision::RejectedUnrecorded(code),
-                        EventBody::TransferRejected { code: logged, .. },
-                    ) if code == logged => {}
+                    (TransferDecision::RejectedUnrecorded(code), EventBody::TransferRejected { code: logged, .. })
+                        if code == logged => {}
                     (decision, body) => {
                         panic!("replayed event {body:?} diverges from this replica's decision {decision:?}")
                     }
@@ -813,13 +663,7 @@ impl PartitionState {
         self.last_timestamp_ns = event.timestamp_ns;
     }
 
-    fn record_id(
-        &mut self,
-        transfer: &Transfer,
-        fingerprint: u128,
-        code: ResultCode,
-        event: &Event,
-    ) {
+    fn record_id(&mut self, transfer: &Transfer, fingerprint: u128, code: ResultCode, event: &Event) {
         self.ids.insert(IdEntry {
             id: transfer.id,
             fingerprint,
@@ -862,32 +706,13 @@ pub fn history_entries(batch: &EventBatchView, mut f: impl FnMut(AccountId, Hist
         };
         match event.body {
             EventBody::AccountCreated { account } => {
-                f(
-                    account.id,
-                    entry(
-                        HistoryKind::AccountCreated,
-                        ResultCode::Ok,
-                        Transfer::default(),
-                        0,
-                    ),
-                );
+                f(account.id, entry(HistoryKind::AccountCreated, ResultCode::Ok, Transfer::default(), 0));
             }
             EventBody::AccountRejected { .. } => {}
-            EventBody::TransferPosted {
-                transfer,
-                debit_balance_after,
-                credit_balance_after,
-                ..
-            } => {
+            EventBody::TransferPosted { transfer, debit_balance_after, credit_balance_after, .. } => {
                 let kind = HistoryKind::TransferPosted;
-                f(
-                    transfer.debit_account_id,
-                    entry(kind, ResultCode::Ok, transfer, debit_balance_after),
-                );
-                f(
-                    transfer.credit_account_id,
-                    entry(kind, ResultCode::Ok, transfer, credit_balance_after),
-                );
+                f(transfer.debit_account_id, entry(kind, ResultCode::Ok, transfer, debit_balance_after));
+                f(transfer.credit_account_id, entry(kind, ResultCode::Ok, transfer, credit_balance_after));
             }
             EventBody::TransferRejected { transfer, code } => {
                 let kind = HistoryKind::TransferRejected;
@@ -947,20 +772,14 @@ mod tests {
 
         fn create(&mut self, accounts: &[CreateAccount]) -> Vec<ItemResult> {
             let mut results = Vec::new();
-            self.state.execute_create_accounts(
-                self.now_ns,
-                accounts,
-                &mut self.events,
-                &mut results,
-            );
+            self.state.execute_create_accounts(self.now_ns, accounts, &mut self.events, &mut results);
             self.seal();
             results
         }
 
         fn transfer(&mut self, transfers: &[Transfer]) -> Vec<ItemResult> {
             let mut results = Vec::new();
-            self.state
-                .execute_transfers(self.now_ns, transfers, &mut self.events, &mut results);
+            self.state.execute_transfers(self.now_ns, transfers, &mut self.events, &mut results);
             self.seal();
             results
         }
@@ -974,41 +793,25 @@ mod tests {
         }
 
         fn last_event(&self) -> Event {
-            let view =
-                EventBatchView::new(self.log.last().expect("something was logged")).expect("valid");
+            let view = EventBatchView::new(self.log.last().expect("something was logged")).expect("valid");
             view.event(view.event_count() - 1)
         }
 
         fn replayed(&self) -> PartitionState {
             let mut replica = PartitionState::new(self.state.config());
             for bytes in &self.log {
-                replica
-                    .apply_batch(&EventBatchView::new(bytes).expect("valid"))
-                    .expect("applies");
+                replica.apply_batch(&EventBatchView::new(bytes).expect("valid")).expect("applies");
             }
             replica
         }
     }
 
     fn account(id: u64, ledger: u32, flags: u32) -> CreateAccount {
-        CreateAccount {
-            id,
-            ledger,
-            flags,
-            user_data: id as u128 * 10,
-        }
+        CreateAccount { id, ledger, flags, user_data: id as u128 * 10 }
     }
 
     fn transfer(id: u128, debit: u64, credit: u64, amount: u64) -> Transfer {
-        Transfer {
-            id,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: USD,
-            flags: 0,
-            user_data: 0,
-        }
+        Transfer { id, debit_account_id: debit, credit_account_id: credit, amount, ledger: USD, flags: 0, user_data: 0 }
     }
 
     /// External account 1 and ordinary 2, 3 in USD; ordinary 4 in EUR. Account 2 holds 100.
@@ -1021,10 +824,7 @@ mod tests {
             account(4, EUR, 0),
         ]);
         assert!(results.iter().all(|r| r.code == ResultCode::Ok));
-        assert_eq!(
-            h.codes(&[transfer(1_000, EXTERNAL, 2, 100)]),
-            vec![ResultCode::Ok]
-        );
+        assert_eq!(h.codes(&[transfer(1_000, EXTERNAL, 2, 100)]), vec![ResultCode::Ok]);
         h
     }
 
@@ -1038,10 +838,7 @@ mod tests {
             account(5, 0, 0),
             account(5, USD, 0),
             account(5, USD, 0),
-            CreateAccount {
-                user_data: 1,
-                ..account(5, USD, 0)
-            },
+            CreateAccount { user_data: 1, ..account(5, USD, 0) },
             account(5, EUR, 0),
             account(5, USD, ACCOUNT_FLAG_EXTERNAL),
         ]);
@@ -1061,42 +858,19 @@ mod tests {
                 ExistsWithDifferentFields
             ]
         );
-        assert_eq!(
-            results.iter().map(|r| r.index).collect::<Vec<_>>(),
-            (0..9).collect::<Vec<_>>()
-        );
+        assert_eq!(results.iter().map(|r| r.index).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
         assert_eq!(
             results.iter().map(|r| r.seq).collect::<Vec<_>>(),
             (1..=9).collect::<Vec<_>>(),
             "every command is logged"
         );
         let created = h.state.account(5).expect("created");
-        assert_eq!(
-            (
-                created.balance,
-                created.created_seq,
-                created.last_seq,
-                created.user_data
-            ),
-            (0, 5, 5, 50)
-        );
+        assert_eq!((created.balance, created.created_seq, created.last_seq, created.user_data), (0, 5, 5, 50));
         assert_eq!(h.state.accounts_len(), 1);
         let view = EventBatchView::new(&h.log[0]).expect("valid");
         let kinds: Vec<EventKind> = view.iter().map(|e| e.kind()).collect();
-        assert_eq!(
-            kinds
-                .iter()
-                .filter(|&&k| k == EventKind::AccountCreated)
-                .count(),
-            1
-        );
-        assert_eq!(
-            kinds
-                .iter()
-                .filter(|&&k| k == EventKind::AccountRejected)
-                .count(),
-            8
-        );
+        assert_eq!(kinds.iter().filter(|&&k| k == EventKind::AccountCreated).count(), 1);
+        assert_eq!(kinds.iter().filter(|&&k| k == EventKind::AccountRejected).count(), 8);
     }
 
     #[test]
@@ -1108,9 +882,7 @@ mod tests {
             idempotency_window_ms: 1,
             idempotency_ids_max: 1,
         });
-        let foreign = (1..)
-            .find(|&id| partition_of(id, 8) != 0)
-            .expect("some id hashes elsewhere");
+        let foreign = (1..).find(|&id| partition_of(id, 8) != 0).expect("some id hashes elsewhere");
         h.create(&[account(foreign, USD, 0)]);
     }
 
@@ -1119,13 +891,7 @@ mod tests {
         use ResultCode::*;
         let mut h = funded();
         let cases = [
-            (
-                Transfer {
-                    flags: 1,
-                    ..transfer(10, 2, 3, 1)
-                },
-                InvalidFlags,
-            ),
+            (Transfer { flags: 1, ..transfer(10, 2, 3, 1) }, InvalidFlags),
             (transfer(0, 2, 3, 1), ReservedId),
             (transfer(11, 2, 2, 1), SameAccount),
             (transfer(12, 2, 3, 0), ZeroAmount),
@@ -1133,13 +899,7 @@ mod tests {
             (transfer(14, 99, 3, 1), DebitAccountNotFound),
             (transfer(15, 2, 99, 1), CreditAccountNotFound),
             (transfer(16, 2, 4, 1), LedgerMismatch),
-            (
-                Transfer {
-                    ledger: EUR,
-                    ..transfer(17, 2, 3, 1)
-                },
-                LedgerMismatch,
-            ),
+            (Transfer { ledger: EUR, ..transfer(17, 2, 3, 1) }, LedgerMismatch),
             (transfer(18, 2, 3, 101), InsufficientFunds),
             (transfer(19, 2, 3, 100), Ok),
         ];
@@ -1147,23 +907,12 @@ mod tests {
             let before_seq = h.state.last_seq();
             let results = h.transfer(&[t]);
             assert_eq!(results[0].code, expected, "{t:?}");
-            assert_eq!(
-                results[0].seq,
-                before_seq + 1,
-                "every decision is logged with the next seq"
-            );
+            assert_eq!(results[0].seq, before_seq + 1, "every decision is logged with the next seq");
             assert_eq!(h.last_event().code(), expected);
         }
-        assert_eq!(
-            (h.balance(2), h.balance(3), h.balance(EXTERNAL)),
-            (0, 100, -100)
-        );
+        assert_eq!((h.balance(2), h.balance(3), h.balance(EXTERNAL)), (0, 100, -100));
         let account_3 = h.state.account(3).expect("exists");
-        assert_eq!(
-            account_3.last_seq,
-            h.state.last_seq(),
-            "a posting stamps both accounts"
-        );
+        assert_eq!(account_3.last_seq, h.state.last_seq(), "a posting stamps both accounts");
     }
 
     #[test]
@@ -1171,32 +920,14 @@ mod tests {
         use ResultCode::*;
         let mut h = funded();
         let cases = [
-            (
-                Transfer {
-                    flags: 4,
-                    ..transfer(0, 2, 2, 0)
-                },
-                InvalidFlags,
-            ),
+            (Transfer { flags: 4, ..transfer(0, 2, 2, 0) }, InvalidFlags),
             (transfer(0, 2, 2, 0), ReservedId),
             (transfer(20, 2, 2, 0), SameAccount),
             (transfer(21, 98, 99, 0), ZeroAmount),
             (transfer(22, 98, 99, u64::MAX), Overflow),
             (transfer(23, 98, 99, 1), DebitAccountNotFound),
-            (
-                Transfer {
-                    ledger: EUR,
-                    ..transfer(24, 2, 99, 1_000)
-                },
-                CreditAccountNotFound,
-            ),
-            (
-                Transfer {
-                    ledger: EUR,
-                    ..transfer(25, 2, 3, 1_000)
-                },
-                LedgerMismatch,
-            ),
+            (Transfer { ledger: EUR, ..transfer(24, 2, 99, 1_000) }, CreditAccountNotFound),
+            (Transfer { ledger: EUR, ..transfer(25, 2, 3, 1_000) }, LedgerMismatch),
         ];
         for (t, expected) in cases {
             assert_eq!(h.codes(&[t]), vec![expected], "{t:?}");
@@ -1212,17 +943,9 @@ mod tests {
             idempotency_window_ms: 1_000,
             idempotency_ids_max: 100,
         });
-        let local: Vec<u64> = (2..)
-            .filter(|&id| partition_of(id, partitions) == 0)
-            .take(2)
-            .collect();
-        let foreign = (2..)
-            .find(|&id| partition_of(id, partitions) != 0)
-            .expect("some id hashes elsewhere");
-        h.create(&[
-            account(local[0], USD, ACCOUNT_FLAG_EXTERNAL),
-            account(local[1], USD, 0),
-        ]);
+        let local: Vec<u64> = (2..).filter(|&id| partition_of(id, partitions) == 0).take(2).collect();
+        let foreign = (2..).find(|&id| partition_of(id, partitions) != 0).expect("some id hashes elsewhere");
+        h.create(&[account(local[0], USD, ACCOUNT_FLAG_EXTERNAL), account(local[1], USD, 0)]);
         use ResultCode::*;
         assert_eq!(
             h.codes(&[
@@ -1237,32 +960,16 @@ mod tests {
     #[test]
     fn overflow_on_either_side_is_rejected_without_change() {
         let mut h = Harness::single(60_000, 100);
-        h.create(&[
-            account(EXTERNAL, USD, ACCOUNT_FLAG_EXTERNAL),
-            account(2, USD, 0),
-            account(3, USD, 0),
-        ]);
+        h.create(&[account(EXTERNAL, USD, ACCOUNT_FLAG_EXTERNAL), account(2, USD, 0), account(3, USD, 0)]);
         let max = i64::MAX as u64;
-        assert_eq!(
-            h.codes(&[transfer(30, EXTERNAL, 3, max), transfer(31, EXTERNAL, 2, 1)]),
-            vec![ResultCode::Ok; 2]
-        );
-        assert_eq!(
-            (h.balance(EXTERNAL), h.balance(2), h.balance(3)),
-            (i64::MIN, 1, i64::MAX)
-        );
+        assert_eq!(h.codes(&[transfer(30, EXTERNAL, 3, max), transfer(31, EXTERNAL, 2, 1)]), vec![ResultCode::Ok; 2]);
+        assert_eq!((h.balance(EXTERNAL), h.balance(2), h.balance(3)), (i64::MIN, 1, i64::MAX));
         let digest = h.state.digest();
         // Debit side: the external account cannot go below i64::MIN. Credit side: 3 cannot exceed MAX.
         let debit_side = h.transfer(&[transfer(32, EXTERNAL, 2, 1)])[0];
         let credit_side = h.transfer(&[transfer(33, 2, 3, 1)])[0];
-        assert_eq!(
-            (debit_side.code, credit_side.code),
-            (ResultCode::Overflow, ResultCode::Overflow)
-        );
-        assert_eq!(
-            (h.balance(EXTERNAL), h.balance(2), h.balance(3)),
-            (i64::MIN, 1, i64::MAX)
-        );
+        assert_eq!((debit_side.code, credit_side.code), (ResultCode::Overflow, ResultCode::Overflow));
+        assert_eq!((h.balance(EXTERNAL), h.balance(2), h.balance(3)), (i64::MIN, 1, i64::MAX));
         assert_ne!(h.state.digest(), digest, "the rejections are recorded");
         assert_eq!(h.state.ledger_sums(), vec![(USD, 0)]);
     }
@@ -1279,12 +986,7 @@ mod tests {
         for (index, result) in retry.iter().enumerate() {
             assert_eq!(
                 *result,
-                ItemResult {
-                    index: index as u32,
-                    code: ResultCode::Ok,
-                    flags: RESULT_FLAG_REPLAYED,
-                    seq: first.seq
-                }
+                ItemResult { index: index as u32, code: ResultCode::Ok, flags: RESULT_FLAG_REPLAYED, seq: first.seq }
             );
         }
         assert_eq!(h.state.digest(), digest, "a retry changes nothing");
@@ -1303,10 +1005,7 @@ mod tests {
         assert_eq!(conflict.seq, first.seq + 1, "the conflict is logged");
         assert_eq!(h.last_event().kind(), EventKind::TransferRejected);
         let retry = h.transfer(&[t])[0];
-        assert_eq!(
-            (retry.code, retry.seq, retry.is_replayed()),
-            (ResultCode::Ok, first.seq, true)
-        );
+        assert_eq!((retry.code, retry.seq, retry.is_replayed()), (ResultCode::Ok, first.seq, true));
         assert_eq!((h.balance(2), h.balance(3)), (70, 30));
     }
 
@@ -1317,15 +1016,9 @@ mod tests {
         let first = h.transfer(&[t])[0];
         assert_eq!(first.code, ResultCode::InsufficientFunds);
         // Even once the funds are there, the id stays decided.
-        assert_eq!(
-            h.codes(&[transfer(43, EXTERNAL, 2, 1_000)]),
-            vec![ResultCode::Ok]
-        );
+        assert_eq!(h.codes(&[transfer(43, EXTERNAL, 2, 1_000)]), vec![ResultCode::Ok]);
         let retry = h.transfer(&[t])[0];
-        assert_eq!(
-            (retry.code, retry.seq, retry.is_replayed()),
-            (ResultCode::InsufficientFunds, first.seq, true)
-        );
+        assert_eq!((retry.code, retry.seq, retry.is_replayed()), (ResultCode::InsufficientFunds, first.seq, true));
         assert_eq!(h.balance(3), 0);
     }
 
@@ -1333,15 +1026,8 @@ mod tests {
     fn malformed_commands_do_not_consume_their_id() {
         let mut h = funded();
         let t = transfer(44, 2, 3, 5);
-        assert_eq!(
-            h.codes(&[Transfer { flags: 8, ..t }]),
-            vec![ResultCode::InvalidFlags]
-        );
-        assert_eq!(
-            h.codes(&[t]),
-            vec![ResultCode::Ok],
-            "the fixed transfer may reuse the id"
-        );
+        assert_eq!(h.codes(&[Transfer { flags: 8, ..t }]), vec![ResultCode::InvalidFlags]);
+        assert_eq!(h.codes(&[t]), vec![ResultCode::Ok], "the fixed transfer may reuse the id");
     }
 
     #[test]
@@ -1353,10 +1039,7 @@ mod tests {
         h.now_ns += window_ms * MS;
         let fresh = transfer(transfer_id_from_parts(61_000, 1), 2, 3, 1);
         assert_eq!(h.codes(&[fresh]), vec![ResultCode::Ok]);
-        assert!(
-            h.transfer(&[old])[0].is_replayed(),
-            "at exactly the window the id is still remembered"
-        );
+        assert!(h.transfer(&[old])[0].is_replayed(), "at exactly the window the id is still remembered");
         assert_eq!(h.state.id_watermark_ms(), None);
         h.now_ns += MS;
         let later = transfer(transfer_id_from_parts(61_001, 1), 2, 3, 1);
@@ -1364,15 +1047,8 @@ mod tests {
         // Evicted: the setup transfer (id 1000, timestamp 0) and `old` (timestamp 1000 ms).
         assert_eq!(h.state.id_watermark_ms(), Some(1_000));
         let balance = h.balance(3);
-        assert_eq!(
-            h.codes(&[old, old]),
-            vec![ResultCode::IdExpired, ResultCode::IdExpired],
-            "not recorded either"
-        );
-        assert_eq!(
-            h.codes(&[transfer(transfer_id_from_parts(999, 9), 2, 3, 1)]),
-            vec![ResultCode::IdExpired]
-        );
+        assert_eq!(h.codes(&[old, old]), vec![ResultCode::IdExpired, ResultCode::IdExpired], "not recorded either");
+        assert_eq!(h.codes(&[transfer(transfer_id_from_parts(999, 9), 2, 3, 1)]), vec![ResultCode::IdExpired]);
         assert_eq!(h.balance(3), balance, "an expired id is never applied");
         assert!(h.transfer(&[fresh])[0].is_replayed());
     }
@@ -1380,23 +1056,14 @@ mod tests {
     #[test]
     fn window_eviction_by_count_then_id_expired() {
         let mut h = Harness::single(u64::MAX, 3);
-        h.create(&[
-            account(EXTERNAL, USD, ACCOUNT_FLAG_EXTERNAL),
-            account(2, USD, 0),
-        ]);
+        h.create(&[account(EXTERNAL, USD, ACCOUNT_FLAG_EXTERNAL), account(2, USD, 0)]);
         let ids: Vec<u128> = (1..=4).map(|ms| transfer_id_from_parts(ms, 7)).collect();
         for &id in &ids {
-            assert_eq!(
-                h.codes(&[transfer(id, EXTERNAL, 2, 1)]),
-                vec![ResultCode::Ok]
-            );
+            assert_eq!(h.codes(&[transfer(id, EXTERNAL, 2, 1)]), vec![ResultCode::Ok]);
         }
         assert_eq!(h.state.ids().len(), 3);
         assert_eq!(h.state.id_watermark_ms(), Some(1));
-        assert_eq!(
-            h.codes(&[transfer(ids[0], EXTERNAL, 2, 1)]),
-            vec![ResultCode::IdExpired]
-        );
+        assert_eq!(h.codes(&[transfer(ids[0], EXTERNAL, 2, 1)]), vec![ResultCode::IdExpired]);
         assert!(h.transfer(&[transfer(ids[1], EXTERNAL, 2, 1)])[0].is_replayed());
         assert_eq!(h.balance(2), 4);
     }
@@ -1407,17 +1074,11 @@ mod tests {
         h.now_ns = 5_000 * MS;
         h.transfer(&[transfer(50, 2, 3, 1), transfer(51, 2, 3, 1)]);
         let first = EventBatchView::new(h.log.last().expect("logged")).expect("valid");
-        assert_eq!(
-            first.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(),
-            vec![5_000 * MS, 5_000 * MS + 1]
-        );
+        assert_eq!(first.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(), vec![5_000 * MS, 5_000 * MS + 1]);
         h.now_ns = 10;
         h.transfer(&[transfer(52, 2, 3, 1), transfer(53, 2, 3, 1)]);
         let second = EventBatchView::new(h.log.last().expect("logged")).expect("valid");
-        assert_eq!(
-            second.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(),
-            vec![5_000 * MS + 2, 5_000 * MS + 3]
-        );
+        assert_eq!(second.iter().map(|e| e.timestamp_ns).collect::<Vec<_>>(), vec![5_000 * MS + 2, 5_000 * MS + 3]);
         assert_eq!(h.state.last_timestamp_ns(), 5_000 * MS + 3);
     }
 
@@ -1431,16 +1092,8 @@ mod tests {
             &mut h.events,
             &mut results,
         );
-        h.state.execute_transfers(
-            h.now_ns,
-            &[transfer(7, 1, 2, 9)],
-            &mut h.events,
-            &mut results,
-        );
-        assert_eq!(
-            results.iter().map(|r| (r.index, r.seq)).collect::<Vec<_>>(),
-            vec![(0, 1), (1, 2), (0, 3)]
-        );
+        h.state.execute_transfers(h.now_ns, &[transfer(7, 1, 2, 9)], &mut h.events, &mut results);
+        assert_eq!(results.iter().map(|r| (r.index, r.seq)).collect::<Vec<_>>(), vec![(0, 1), (1, 2), (0, 3)]);
         let view = h.events.view();
         assert_eq!((view.first_seq(), view.last_seq()), (1, 3));
         let mut replica = PartitionState::new(h.state.config());
@@ -1453,55 +1106,30 @@ mod tests {
         let mut h = funded();
         h.transfer(&[transfer(60, 2, 3, 1)]);
         h.transfer(&[transfer(61, 2, 3, 1)]);
-        let views: Vec<EventBatchView> = h
-            .log
-            .iter()
-            .map(|b| EventBatchView::new(b).expect("valid"))
-            .collect();
+        let views: Vec<EventBatchView> = h.log.iter().map(|b| EventBatchView::new(b).expect("valid")).collect();
         let mut replica = PartitionState::new(h.state.config());
         let gap = replica.apply_batch(&views[1]).unwrap_err();
-        assert_eq!(
-            gap,
-            ApplyError::Gap {
-                first_seq: views[1].first_seq(),
-                last_seq: 0
-            }
-        );
+        assert_eq!(gap, ApplyError::Gap { first_seq: views[1].first_seq(), last_seq: 0 });
         for view in &views {
             replica.apply_batch(view).expect("in order");
         }
         let digest = replica.digest();
         for view in &views {
-            replica
-                .apply_batch(view)
-                .expect("already applied batches are skipped");
+            replica.apply_batch(view).expect("already applied batches are skipped");
         }
         assert_eq!(replica.digest(), digest);
         assert_eq!(replica.digest(), h.state.digest());
 
-        let mut other = PartitionState::new(PartitionConfig {
-            partition: 1,
-            partitions: 2,
-            ..h.state.config()
-        });
-        assert_eq!(
-            other.apply_batch(&views[0]).unwrap_err(),
-            ApplyError::WrongPartition { batch: 0, state: 1 }
-        );
+        let mut other = PartitionState::new(PartitionConfig { partition: 1, partitions: 2, ..h.state.config() });
+        assert_eq!(other.apply_batch(&views[0]).unwrap_err(), ApplyError::WrongPartition { batch: 0, state: 1 });
 
         // A batch straddling the applied seq: re-encode the first two batches as one.
         let mut merged = EventBuffer::new();
         merged.begin(0, 1);
-        views[0]
-            .iter()
-            .chain(views[1].iter())
-            .for_each(|e| merged.push(&e));
+        views[0].iter().chain(views[1].iter()).for_each(|e| merged.push(&e));
         let mut partial = PartitionState::new(h.state.config());
         partial.apply_batch(&views[0]).expect("first batch");
-        assert!(matches!(
-            partial.apply_batch(&merged.view()),
-            Err(ApplyError::PartialOverlap { .. })
-        ));
+        assert!(matches!(partial.apply_batch(&merged.view()), Err(ApplyError::PartialOverlap { .. })));
     }
 
     #[test]
@@ -1510,24 +1138,12 @@ mod tests {
         let mut replica = h.replayed();
         let mut late = EventBuffer::new();
         late.begin(0, h.state.last_seq() + 1);
-        let body = EventBody::AccountRejected {
-            account: account(2, USD, 0),
-            code: ResultCode::Exists,
-        };
-        late.push(&Event {
-            seq: h.state.last_seq() + 1,
-            timestamp_ns: h.state.last_timestamp_ns(),
-            body,
-        });
-        assert!(matches!(
-            replica.apply_batch(&late.view()),
-            Err(ApplyError::TimestampNotIncreasing { .. })
-        ));
+        let body = EventBody::AccountRejected { account: account(2, USD, 0), code: ResultCode::Exists };
+        late.push(&Event { seq: h.state.last_seq() + 1, timestamp_ns: h.state.last_timestamp_ns(), body });
+        assert!(matches!(replica.apply_batch(&late.view()), Err(ApplyError::TimestampNotIncreasing { .. })));
         h.now_ns = 0;
         h.create(&[account(2, USD, 0)]);
-        replica
-            .apply_batch(&EventBatchView::new(h.log.last().expect("logged")).expect("valid"))
-            .expect("applies");
+        replica.apply_batch(&EventBatchView::new(h.log.last().expect("logged")).expect("valid")).expect("applies");
         assert_eq!(replica.digest(), h.state.digest());
     }
 
@@ -1540,12 +1156,8 @@ mod tests {
         let offset = crate::event::EVENT_BATCH_HEADER_BYTES + 96;
         bytes[offset] = 101;
         let mut replica = PartitionState::new(h.state.config());
-        replica
-            .apply_batch(&EventBatchView::new(&h.log[0]).expect("valid"))
-            .expect("applies");
-        replica
-            .apply_batch(&EventBatchView::new(&bytes).expect("structurally valid"))
-            .expect("panics first");
+        replica.apply_batch(&EventBatchView::new(&h.log[0]).expect("valid")).expect("applies");
+        replica.apply_batch(&EventBatchView::new(&bytes).expect("structurally valid")).expect("panics first");
     }
 
     #[test]
@@ -1555,11 +1167,7 @@ mod tests {
         let drain = |state: &mut PartitionState, rows: &mut PartitionRows| {
             let mut changed = Vec::new();
             let mut evicted = Vec::new();
-            let mark = state.drain_dirty(
-                |a| changed.push(*a),
-                |e| rows.ids.push(*e),
-                |id| evicted.push(id),
-            );
+            let mark = state.drain_dirty(|a| changed.push(*a), |e| rows.ids.push(*e), |id| evicted.push(id));
             rows.ids.retain(|e| !evicted.contains(&e.id));
             for account in &changed {
                 rows.accounts.retain(|a| a.id != account.id);
@@ -1572,19 +1180,13 @@ mod tests {
         };
         assert_eq!(drain(&mut h.state, &mut rows), vec![EXTERNAL, 2, 3, 4]);
         assert_eq!(drain(&mut h.state, &mut rows), Vec::<u64>::new());
-        h.transfer(&[
-            transfer(70, 2, 3, 1),
-            transfer(71, 3, 2, 1),
-            transfer(72, 2, 99, 1),
-        ]);
+        h.transfer(&[transfer(70, 2, 3, 1), transfer(71, 3, 2, 1), transfer(72, 2, 99, 1)]);
         let mut changed = drain(&mut h.state, &mut rows);
         changed.sort_unstable();
         assert_eq!(changed, vec![2, 3]);
-        let restored =
-            PartitionState::restore_rows(h.state.config(), rows.clone()).expect("consistent rows");
+        let restored = PartitionState::restore_rows(h.state.config(), rows.clone()).expect("consistent rows");
         assert_eq!(restored.digest(), h.state.digest());
-        let exported = PartitionState::restore_rows(h.state.config(), h.state.export_rows())
-            .expect("consistent rows");
+        let exported = PartitionState::restore_rows(h.state.config(), h.state.export_rows()).expect("consistent rows");
         assert_eq!(exported.digest(), h.state.digest());
     }
 
@@ -1595,10 +1197,7 @@ mod tests {
         let rows = h.state.export_rows();
         let mut duplicate = rows.clone();
         duplicate.accounts.push(duplicate.accounts[0]);
-        assert!(matches!(
-            PartitionState::restore_rows(config, duplicate),
-            Err(RestoreError::DuplicateAccount { .. })
-        ));
+        assert!(matches!(PartitionState::restore_rows(config, duplicate), Err(RestoreError::DuplicateAccount { .. })));
         let mut ahead = rows.clone();
         ahead.last_seq -= 1;
         assert!(matches!(
@@ -1606,26 +1205,13 @@ mod tests {
             Err(RestoreError::AccountAhead { .. } | RestoreError::IdEntryAhead { .. })
         ));
         let mut negative = rows.clone();
-        negative
-            .accounts
-            .iter_mut()
-            .filter(|a| a.id == 2)
-            .for_each(|a| a.balance = -1);
-        assert_eq!(
-            PartitionState::restore_rows(config, negative).unwrap_err(),
-            RestoreError::InvalidAccount { id: 2 }
-        );
-        let wide = PartitionConfig {
-            partitions: 64,
-            ..config
-        };
+        negative.accounts.iter_mut().filter(|a| a.id == 2).for_each(|a| a.balance = -1);
+        assert_eq!(PartitionState::restore_rows(config, negative).unwrap_err(), RestoreError::InvalidAccount { id: 2 });
+        let wide = PartitionConfig { partitions: 64, ..config };
         let foreign = (1..).find(|&id| partition_of(id, 64) != 0).expect("exists");
         let mut elsewhere = rows.clone();
         elsewhere.accounts[0].id = foreign;
-        assert!(matches!(
-            PartitionState::restore_rows(wide, elsewhere),
-            Err(RestoreError::ForeignAccount { .. })
-        ));
+        assert!(matches!(PartitionState::restore_rows(wide, elsewhere), Err(RestoreError::ForeignAccount { .. })));
     }
 
     #[test]
@@ -1634,15 +1220,10 @@ mod tests {
         h.transfer(&[transfer(80, 2, 3, 40), transfer(81, 2, 3, 400)]);
         let mut rows = Vec::new();
         for bytes in &h.log {
-            history_entries(
-                &EventBatchView::new(bytes).expect("valid"),
-                |account, entry| rows.push((account, entry)),
-            );
+            history_entries(&EventBatchView::new(bytes).expect("valid"), |account, entry| rows.push((account, entry)));
         }
-        let summary: Vec<(u64, HistoryKind, ResultCode, i64)> = rows
-            .iter()
-            .map(|(a, e)| (*a, e.kind, e.code, e.balance_after))
-            .collect();
+        let summary: Vec<(u64, HistoryKind, ResultCode, i64)> =
+            rows.iter().map(|(a, e)| (*a, e.kind, e.code, e.balance_after)).collect();
         use HistoryKind::*;
         assert_eq!(
             summary,
@@ -1660,31 +1241,16 @@ mod tests {
             ]
         );
         assert_eq!(rows[6].1.transfer.id, 80);
-        assert_eq!(
-            rows.iter().map(|(_, e)| e.seq).max(),
-            Some(h.state.last_seq())
-        );
+        assert_eq!(rows.iter().map(|(_, e)| e.seq).max(), Some(h.state.last_seq()));
     }
 
     #[test]
     fn posted_events_chain_each_accounts_history() {
         let mut h = funded();
-        h.transfer(&[
-            transfer(90, 2, 3, 10),
-            transfer(91, 3, 2, 5),
-            transfer(92, EXTERNAL, 3, 1),
-        ]);
+        h.transfer(&[transfer(90, 2, 3, 10), transfer(91, 3, 2, 5), transfer(92, EXTERNAL, 3, 1)]);
         // Walk account 3's chain backwards from its head and compare with a forward scan.
-        let events: Vec<Event> = h
-            .log
-            .iter()
-            .flat_map(|b| {
-                EventBatchView::new(b)
-                    .expect("valid")
-                    .iter()
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let events: Vec<Event> =
+            h.log.iter().flat_map(|b| EventBatchView::new(b).expect("valid").iter().collect::<Vec<_>>()).collect();
         let touches = |e: &Event| match e.body {
             EventBody::AccountCreated { account } => account.id == 3,
             EventBody::TransferPosted { transfer, .. } => {
@@ -1692,23 +1258,14 @@ mod tests {
             }
             _ => false,
         };
-        let forward: Vec<u64> = events
-            .iter()
-            .filter(|e| touches(e))
-            .map(|e| e.seq)
-            .collect();
+        let forward: Vec<u64> = events.iter().filter(|e| touches(e)).map(|e| e.seq).collect();
         let mut backward = Vec::new();
         let mut seq = h.state.account(3).expect("exists").last_seq;
         while seq != 0 {
             backward.push(seq);
             let event = events[(seq - 1) as usize];
             seq = match event.body {
-                EventBody::TransferPosted {
-                    transfer,
-                    debit_prev_seq,
-                    credit_prev_seq,
-                    ..
-                } => {
+                EventBody::TransferPosted { transfer, debit_prev_seq, credit_prev_seq, .. } => {
                     if transfer.debit_account_id == 3 {
                         debit_prev_seq
                     } else {
@@ -1732,11 +1289,7 @@ mod tests {
         assert_ne!(more.state.digest(), base);
         let mut rejected = funded();
         rejected.transfer(&[transfer(100, 2, 3, 1_000)]);
-        assert_ne!(
-            rejected.state.digest(),
-            base,
-            "a recorded rejection is state too"
-        );
+        assert_ne!(rejected.state.digest(), base, "a recorded rejection is state too");
         assert_eq!(funded().state.digest(), base, "same inputs, same digest");
         assert_eq!(h.replayed().digest(), base);
     }
