@@ -16,14 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use crate::protocol::{
-    encode_request, AccountLookup, Consistency, DecodeError, ErrorCode, FrameDecoder, Message,
-    NodeStatus, ProtocolError, Request, Response,
+    encode_request, AccountLookup, Consistency, DecodeError, ErrorCode, FrameDecoder, Message, NodeStatus,
+    ProtocolError, Request, Response,
 };
 use crate::server::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
-use crate::types::{
-    transfer_id_from_parts, AccountId, CreateAccount, HistoryEntry, ItemResult, Transfer,
-    TransferId,
-};
+use crate::types::{transfer_id_from_parts, AccountId, CreateAccount, HistoryEntry, ItemResult, Transfer, TransferId};
 
 /// Default for [`ClientConfig::connect_timeout_ms`], per address tried.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -45,10 +42,7 @@ pub enum ClientError {
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
     #[error("no server reachable among {addresses} address(es); last error: {last_error}")]
-    Unreachable {
-        addresses: usize,
-        last_error: io::Error,
-    },
+    Unreachable { addresses: usize, last_error: io::Error },
     #[error("the server closed the connection")]
     ConnectionClosed,
     #[error("no answer within {timeout_ms} ms")]
@@ -114,9 +108,7 @@ impl ClientConfig {
 
     fn validate(&self) -> Result<(), ClientError> {
         if self.addresses.is_empty() || self.addresses.len() > ADDRESSES_MAX {
-            return Err(ClientError::InvalidConfig(
-                "addresses must hold 1..=ADDRESSES_MAX entries",
-            ));
+            return Err(ClientError::InvalidConfig("addresses must hold 1..=ADDRESSES_MAX entries"));
         }
         if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
             return Err(ClientError::InvalidConfig("timeouts must be positive"));
@@ -127,9 +119,7 @@ impl ClientConfig {
             ));
         }
         if self.retry_attempts_max == 0 {
-            return Err(ClientError::InvalidConfig(
-                "retry_attempts_max counts the first attempt: at least 1",
-            ));
+            return Err(ClientError::InvalidConfig("retry_attempts_max counts the first attempt: at least 1"));
         }
         Ok(())
     }
@@ -139,8 +129,8 @@ impl ClientConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryPage {
     pub entries: Vec<HistoryEntry>,
-    /// Pass as `after_seq` for the next page; `None` after the last page.
-    pub next_after_seq: Option<u64>,
+    /// Pass as `from_seq` for the next page; `None` after the last page.
+    pub next_from_seq: Option<u64>,
 }
 
 pub struct Client {
@@ -186,9 +176,7 @@ impl Client {
 
     /// The address of the current connection, if connected.
     pub fn connected_address(&self) -> Option<SocketAddr> {
-        self.stream
-            .as_ref()
-            .map(|_| self.config.addresses[self.address_index])
+        self.stream.as_ref().map(|_| self.config.addresses[self.address_index])
     }
 
     /// Requests sent and not yet returned by `recv`.
@@ -216,9 +204,7 @@ impl Client {
             match TcpStream::connect_timeout(&self.config.addresses[index], timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true); // latency only
-                    stream.set_write_timeout(Some(Duration::from_millis(
-                        self.config.request_timeout_ms,
-                    )))?;
+                    stream.set_write_timeout(Some(Duration::from_millis(self.config.request_timeout_ms)))?;
                     self.stream = Some(stream);
                     self.address_index = index;
                     return Ok(());
@@ -226,27 +212,17 @@ impl Client {
                 Err(error) => last_error = error,
             }
         }
-        Err(ClientError::Unreachable {
-            addresses: count,
-            last_error,
-        })
+        Err(ClientError::Unreachable { addresses: count, last_error })
     }
 
     /// Sends one request without waiting; returns its id for matching with [`Client::recv`].
     pub fn send(&mut self, request: &Request) -> Result<u64, ClientError> {
         if self.in_flight() >= self.config.requests_in_flight_max {
-            return Err(ClientError::TooManyInFlight {
-                limit: self.config.requests_in_flight_max,
-            });
+            return Err(ClientError::TooManyInFlight { limit: self.config.requests_in_flight_max });
         }
         self.write_buffer.clear();
         let request_id = self.next_request_id;
-        encode_request(
-            &mut self.write_buffer,
-            self.config.cluster_id,
-            request_id,
-            request,
-        )?;
+        encode_request(&mut self.write_buffer, self.config.cluster_id, request_id, request)?;
         self.ensure_connected()?;
         let stream = self.stream.as_mut().expect("ensure_connected succeeded");
         if let Err(error) = stream.write_all(&self.write_buffer) {
@@ -325,10 +301,7 @@ impl Client {
             self.ready.push_back((answered_id, response));
         }
         self.disconnect();
-        Err(ClientError::UnexpectedResponse {
-            expected: "an answer to the request sent",
-            got: "other ids only".into(),
-        })
+        Err(ClientError::UnexpectedResponse { expected: "an answer to the request sent", got: "other ids only".into() })
     }
 
     pub fn ping(&mut self) -> Result<(), ClientError> {
@@ -345,20 +318,14 @@ impl Client {
         }
     }
 
-    pub fn create_accounts(
-        &mut self,
-        accounts: &[CreateAccount],
-    ) -> Result<Vec<ItemResult>, ClientError> {
+    pub fn create_accounts(&mut self, accounts: &[CreateAccount]) -> Result<Vec<ItemResult>, ClientError> {
         match self.call(&Request::CreateAccounts(accounts.to_vec()))? {
             Response::Results(results) => Ok(results),
             other => Err(unexpected("Results", other)),
         }
     }
 
-    pub fn create_transfers(
-        &mut self,
-        transfers: &[Transfer],
-    ) -> Result<Vec<ItemResult>, ClientError> {
+    pub fn create_transfers(&mut self, transfers: &[Transfer]) -> Result<Vec<ItemResult>, ClientError> {
         match self.call(&Request::CreateTransfers(transfers.to_vec()))? {
             Response::Results(results) => Ok(results),
             other => Err(unexpected("Results", other)),
@@ -369,10 +336,7 @@ impl Client {
     /// connection, at most `retry_attempts_max` attempts with doubling backoff. Safe because
     /// transfer ids are idempotency keys: results of transfers decided by an earlier attempt come
     /// back flagged as replayed. Requests pipelined on a lost connection are abandoned.
-    pub fn create_transfers_retrying(
-        &mut self,
-        transfers: &[Transfer],
-    ) -> Result<Vec<ItemResult>, ClientError> {
+    pub fn create_transfers_retrying(&mut self, transfers: &[Transfer]) -> Result<Vec<ItemResult>, ClientError> {
         let mut backoff_ms = self.config.retry_backoff_ms;
         let mut attempt = 1;
         loop {
@@ -395,10 +359,7 @@ impl Client {
         consistency: Consistency,
         ids: &[AccountId],
     ) -> Result<Vec<AccountLookup>, ClientError> {
-        match self.call(&Request::LookupAccounts {
-            consistency,
-            ids: ids.to_vec(),
-        })? {
+        match self.call(&Request::LookupAccounts { consistency, ids: ids.to_vec() })? {
             Response::Accounts(accounts) => Ok(accounts),
             other => Err(unexpected("Accounts", other)),
         }
@@ -407,31 +368,18 @@ impl Client {
     pub fn account_history(
         &mut self,
         account_id: AccountId,
-        after_seq: u64,
+        from_seq: u64,
         limit: u32,
     ) -> Result<HistoryPage, ClientError> {
-        match self.call(&Request::AccountHistory {
-            account_id,
-            after_seq,
-            limit,
-        })? {
-            Response::History {
-                entries,
-                next_after_seq,
-            } => Ok(HistoryPage {
-                entries,
-                next_after_seq,
-            }),
+        match self.call(&Request::AccountHistory { account_id, from_seq, limit })? {
+            Response::History { entries, next_from_seq } => Ok(HistoryPage { entries, next_from_seq }),
             other => Err(unexpected("History", other)),
         }
     }
 }
 
 fn unexpected(expected: &'static str, got: Response) -> ClientError {
-    ClientError::UnexpectedResponse {
-        expected,
-        got: format!("{got:?}"),
-    }
+    ClientError::UnexpectedResponse { expected, got: format!("{got:?}") }
 }
 
 fn timeout_or_io(error: io::Error, timeout_ms: u64) -> ClientError {
@@ -448,14 +396,10 @@ fn timeout_or_io(error: io::Error, timeout_ms: u64) -> ClientError {
 pub fn new_transfer_id() -> TransferId {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let seed = *SEED.get_or_init(|| {
         let pid = std::process::id() as u64;
-        splitmix64(
-            now.as_nanos() as u64 ^ pid.rotate_left(32) ^ (&COUNTER as *const AtomicU64 as u64),
-        )
+        splitmix64(now.as_nanos() as u64 ^ pid.rotate_left(32) ^ (&COUNTER as *const AtomicU64 as u64))
     });
     let step = COUNTER.fetch_add(2, Ordering::Relaxed);
     let high = splitmix64(seed.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
@@ -479,15 +423,9 @@ mod tests {
 
     #[test]
     fn transfer_ids_are_unique_and_carry_the_time() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64;
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
         let ids: Vec<TransferId> = (0..100_000).map(|_| new_transfer_id()).collect();
-        let after = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64;
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
         for id in &ids {
             assert!((before..=after).contains(&transfer_id_timestamp_ms(*id)));
@@ -497,21 +435,12 @@ mod tests {
     #[test]
     fn config_is_validated() {
         let address: SocketAddr = "127.0.0.1:1".parse().expect("literal");
-        assert!(matches!(
-            Client::new(ClientConfig::new(vec![], 1)),
-            Err(ClientError::InvalidConfig(_))
-        ));
+        assert!(matches!(Client::new(ClientConfig::new(vec![], 1)), Err(ClientError::InvalidConfig(_))));
         let mut config = ClientConfig::new(vec![address], 1);
         config.requests_in_flight_max = REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX + 1;
-        assert!(matches!(
-            Client::new(config),
-            Err(ClientError::InvalidConfig(_))
-        ));
+        assert!(matches!(Client::new(config), Err(ClientError::InvalidConfig(_))));
         let mut config = ClientConfig::new(vec![address], 1);
         config.retry_attempts_max = 0;
-        assert!(matches!(
-            Client::new(config),
-            Err(ClientError::InvalidConfig(_))
-        ));
+        assert!(matches!(Client::new(config), Err(ClientError::InvalidConfig(_))));
     }
 }

@@ -52,9 +52,7 @@ pub enum AmountError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CurrencyError {
-    #[error(
-        "invalid currency name {0:?} (1..={CURRENCY_NAME_BYTES_MAX} ASCII letters, digits or '_')"
-    )]
+    #[error("invalid currency name {0:?} (1..={CURRENCY_NAME_BYTES_MAX} ASCII letters, digits or '_')")]
     InvalidName(String),
     #[error("ledger 0 is reserved")]
     LedgerZero,
@@ -113,28 +111,19 @@ impl Default for CurrencyRegistry {
 
 impl CurrencyRegistry {
     pub fn empty() -> CurrencyRegistry {
-        CurrencyRegistry {
-            currencies: Vec::new(),
-        }
+        CurrencyRegistry { currencies: Vec::new() }
     }
 
     pub fn with_iso_4217() -> CurrencyRegistry {
         let mut registry = CurrencyRegistry::empty();
         for (name, ledger, minor_units) in ISO_4217 {
-            registry
-                .register(name, ledger, minor_units)
-                .expect("the built-in table is valid and has no duplicates");
+            registry.register(name, ledger, minor_units).expect("the built-in table is valid and has no duplicates");
         }
         registry
     }
 
     /// Adds a ledger. Names are stored upper-case and must be unique, as must ledger numbers.
-    pub fn register(
-        &mut self,
-        name: &str,
-        ledger: Ledger,
-        minor_units: u8,
-    ) -> Result<&Currency, CurrencyError> {
+    pub fn register(&mut self, name: &str, ledger: Ledger, minor_units: u8) -> Result<&Currency, CurrencyError> {
         let valid_name = !name.is_empty()
             && name.len() <= CURRENCY_NAME_BYTES_MAX
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -157,11 +146,7 @@ impl CurrencyRegistry {
         if self.currencies.len() >= CURRENCIES_MAX {
             return Err(CurrencyError::RegistryFull);
         }
-        self.currencies.push(Currency {
-            name,
-            ledger,
-            minor_units,
-        });
+        self.currencies.push(Currency { name, ledger, minor_units });
         Ok(self.currencies.last().expect("just pushed"))
     }
 
@@ -181,9 +166,7 @@ impl CurrencyRegistry {
 
     /// Case-insensitive lookup by name.
     pub fn by_name(&self, name: &str) -> Option<&Currency> {
-        self.currencies
-            .iter()
-            .find(|c| c.name.eq_ignore_ascii_case(name))
+        self.currencies.iter().find(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     pub fn by_ledger(&self, ledger: Ledger) -> Option<&Currency> {
@@ -191,13 +174,11 @@ impl CurrencyRegistry {
     }
 
     pub fn get(&self, name: &str) -> Result<&Currency, CurrencyError> {
-        self.by_name(name)
-            .ok_or_else(|| CurrencyError::UnknownName(name.to_owned()))
+        self.by_name(name).ok_or_else(|| CurrencyError::UnknownName(name.to_owned()))
     }
 
     pub fn get_ledger(&self, ledger: Ledger) -> Result<&Currency, CurrencyError> {
-        self.by_ledger(ledger)
-            .ok_or(CurrencyError::UnknownLedger(ledger))
+        self.by_ledger(ledger).ok_or(CurrencyError::UnknownLedger(ledger))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Currency> {
@@ -235,27 +216,18 @@ pub fn parse_minor_units(text: &str, minor_units: u8) -> Result<u64, AmountError
     }
     let fraction = fraction.unwrap_or("");
     if fraction.len() > minor_units as usize {
-        return Err(AmountError::TooManyDecimals {
-            found: fraction.len(),
-            allowed: minor_units,
-        });
+        return Err(AmountError::TooManyDecimals { found: fraction.len(), allowed: minor_units });
     }
     let whole_value = digits_value(whole)?;
     // "0.5" with 2 minor units is 50: pad the fraction with the decimals it left out.
     let fraction_scale = 10u64.pow((minor_units as usize - fraction.len()) as u32);
     let fraction_value = digits_value(fraction)? * fraction_scale;
-    whole_value
-        .checked_mul(scale)
-        .and_then(|v| v.checked_add(fraction_value))
-        .ok_or(AmountError::Overflow)
+    whole_value.checked_mul(scale).and_then(|v| v.checked_add(fraction_value)).ok_or(AmountError::Overflow)
 }
 
 fn digits_value(digits: &str) -> Result<u64, AmountError> {
     digits.bytes().try_fold(0u64, |value, digit| {
-        value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add((digit - b'0') as u64))
-            .ok_or(AmountError::Overflow)
+        value.checked_mul(10).and_then(|v| v.checked_add((digit - b'0') as u64)).ok_or(AmountError::Overflow)
     })
 }
 
@@ -267,12 +239,7 @@ pub fn format_minor_units(minor: u64, minor_units: u8) -> String {
     if minor_units == 0 {
         return minor.to_string();
     }
-    format!(
-        "{}.{:0width$}",
-        minor / scale,
-        minor % scale,
-        width = minor_units as usize
-    )
+    format!("{}.{:0width$}", minor / scale, minor % scale, width = minor_units as usize)
 }
 
 /// Signed variant for balances: `-150` with 2 gives `"-1.50"`.
@@ -308,49 +275,16 @@ mod tests {
         assert_eq!(parse_minor_units("", 2), Err(AmountError::Empty));
         assert_eq!(parse_minor_units("-", 2), Err(AmountError::Negative));
         assert_eq!(parse_minor_units("-1", 2), Err(AmountError::Negative));
-        for text in [
-            ".", "1.", ".5", "+1", "1e3", " 1", "1 ", "1,00", "1.2.3", "0x10", "１",
-        ] {
-            assert_eq!(
-                parse_minor_units(text, 2),
-                Err(AmountError::InvalidSyntax),
-                "{text:?}"
-            );
+        for text in [".", "1.", ".5", "+1", "1e3", " 1", "1 ", "1,00", "1.2.3", "0x10", "１"] {
+            assert_eq!(parse_minor_units(text, 2), Err(AmountError::InvalidSyntax), "{text:?}");
         }
-        assert_eq!(
-            parse_minor_units("1.001", 2),
-            Err(AmountError::TooManyDecimals {
-                found: 3,
-                allowed: 2
-            })
-        );
-        assert_eq!(
-            parse_minor_units("1.0", 0),
-            Err(AmountError::TooManyDecimals {
-                found: 1,
-                allowed: 0
-            })
-        );
-        assert_eq!(
-            parse_minor_units("18446744073709551616", 0),
-            Err(AmountError::Overflow)
-        );
-        assert_eq!(
-            parse_minor_units("184467440737095516.16", 2),
-            Err(AmountError::Overflow)
-        );
-        assert_eq!(
-            parse_minor_units("99999999999999999999999", 2),
-            Err(AmountError::Overflow)
-        );
-        assert_eq!(
-            parse_minor_units(&"1".repeat(65), 0),
-            Err(AmountError::TooLong)
-        );
-        assert_eq!(
-            parse_minor_units("1", 19),
-            Err(AmountError::MinorUnitsTooLarge(19))
-        );
+        assert_eq!(parse_minor_units("1.001", 2), Err(AmountError::TooManyDecimals { found: 3, allowed: 2 }));
+        assert_eq!(parse_minor_units("1.0", 0), Err(AmountError::TooManyDecimals { found: 1, allowed: 0 }));
+        assert_eq!(parse_minor_units("18446744073709551616", 0), Err(AmountError::Overflow));
+        assert_eq!(parse_minor_units("184467440737095516.16", 2), Err(AmountError::Overflow));
+        assert_eq!(parse_minor_units("99999999999999999999999", 2), Err(AmountError::Overflow));
+        assert_eq!(parse_minor_units(&"1".repeat(65), 0), Err(AmountError::TooLong));
+        assert_eq!(parse_minor_units("1", 19), Err(AmountError::MinorUnitsTooLarge(19)));
     }
 
     #[test]
@@ -361,10 +295,7 @@ mod tests {
         assert_eq!(format_minor_units(1234, 0), "1234");
         assert_eq!(format_minor_units(u64::MAX, 2), "184467440737095516.15");
         assert_eq!(format_signed_minor_units(-150, 2), "-1.50");
-        assert_eq!(
-            format_signed_minor_units(i64::MIN, 2),
-            "-92233720368547758.08"
-        );
+        assert_eq!(format_signed_minor_units(i64::MIN, 2), "-92233720368547758.08");
         assert_eq!(format_signed_minor_units(7, 3), "0.007");
     }
 
@@ -377,82 +308,31 @@ mod tests {
             assert_eq!(registry.get_ledger(ledger).expect("built in").name, name);
         }
         assert_eq!(registry.get("usd").expect("case-insensitive").ledger, 840);
-        assert_eq!(
-            registry.get("KWD").expect("built in").parse_amount("1.5"),
-            Ok(1500)
-        );
-        assert_eq!(
-            registry.get("JPY").expect("built in").format_amount(500),
-            "500"
-        );
+        assert_eq!(registry.get("KWD").expect("built in").parse_amount("1.5"), Ok(1500));
+        assert_eq!(registry.get("JPY").expect("built in").format_amount(500), "500");
 
-        let points = registry
-            .register_spec("points:100001:0")
-            .expect("valid spec")
-            .clone();
-        assert_eq!(
-            points,
-            Currency {
-                name: "POINTS".into(),
-                ledger: 100_001,
-                minor_units: 0
-            }
-        );
-        assert_eq!(
-            registry.register("Points", 7, 0).err(),
-            Some(CurrencyError::DuplicateName("POINTS".into()))
-        );
-        assert_eq!(
-            registry.register("GOLD", 840, 0).err(),
-            Some(CurrencyError::DuplicateLedger(840))
-        );
-        assert_eq!(
-            registry.register("GOLD", 0, 0).err(),
-            Some(CurrencyError::LedgerZero)
-        );
-        assert_eq!(
-            registry.register("GOLD", 9, 19).err(),
-            Some(CurrencyError::MinorUnitsTooLarge(19))
-        );
-        assert!(matches!(
-            registry.register("", 9, 2),
-            Err(CurrencyError::InvalidName(_))
-        ));
-        assert!(matches!(
-            registry.register("A-B", 9, 2),
-            Err(CurrencyError::InvalidName(_))
-        ));
+        let points = registry.register_spec("points:100001:0").expect("valid spec").clone();
+        assert_eq!(points, Currency { name: "POINTS".into(), ledger: 100_001, minor_units: 0 });
+        assert_eq!(registry.register("Points", 7, 0).err(), Some(CurrencyError::DuplicateName("POINTS".into())));
+        assert_eq!(registry.register("GOLD", 840, 0).err(), Some(CurrencyError::DuplicateLedger(840)));
+        assert_eq!(registry.register("GOLD", 0, 0).err(), Some(CurrencyError::LedgerZero));
+        assert_eq!(registry.register("GOLD", 9, 19).err(), Some(CurrencyError::MinorUnitsTooLarge(19)));
+        assert!(matches!(registry.register("", 9, 2), Err(CurrencyError::InvalidName(_))));
+        assert!(matches!(registry.register("A-B", 9, 2), Err(CurrencyError::InvalidName(_))));
         for bad in ["GOLD", "GOLD:1", "GOLD:x:2", "GOLD:5:2:1", "GOLD:5:300"] {
-            assert!(
-                matches!(
-                    registry.register_spec(bad),
-                    Err(CurrencyError::InvalidSpec(_))
-                ),
-                "{bad}"
-            );
+            assert!(matches!(registry.register_spec(bad), Err(CurrencyError::InvalidSpec(_))), "{bad}");
         }
-        assert_eq!(
-            registry.get("XXX").err(),
-            Some(CurrencyError::UnknownName("XXX".into()))
-        );
-        assert_eq!(
-            registry.get_ledger(1).err(),
-            Some(CurrencyError::UnknownLedger(1))
-        );
+        assert_eq!(registry.get("XXX").err(), Some(CurrencyError::UnknownName("XXX".into())));
+        assert_eq!(registry.get_ledger(1).err(), Some(CurrencyError::UnknownLedger(1)));
     }
 
     #[test]
     fn registry_is_bounded() {
         let mut registry = CurrencyRegistry::empty();
         for ledger in 1..=CURRENCIES_MAX as u32 {
-            registry
-                .register(&format!("L{ledger}"), ledger, 2)
-                .expect("room left");
+            registry.register(&format!("L{ledger}"), ledger, 2).expect("room left");
         }
-        assert_eq!(
-            registry.register("ONEMORE", 99_999, 2).err(),
-            Some(CurrencyError::RegistryFull)
-        );
+        assert_eq!(registry.register("ONEMORE", 99_999, 2).err(), Some(CurrencyError::RegistryFull));
     }
 
     proptest! {

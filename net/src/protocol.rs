@@ -28,9 +28,7 @@ use std::fmt;
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::types::{
-    Account, AccountId, CreateAccount, HistoryEntry, ItemResult, ResultCode, Transfer,
-};
+use crate::types::{Account, AccountId, CreateAccount, HistoryEntry, ItemResult, ResultCode, Transfer};
 
 /// The first four bytes of every frame: `WALT`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"WALT");
@@ -76,7 +74,7 @@ pub mod kind {
 
 /// Partition record flag in a Status response: this node leads the partition.
 pub const PARTITION_FLAG_LEADER: u32 = 1 << 0;
-/// History body flag: `next_after_seq` is present (there are more entries).
+/// History body flag: `next_from_seq` is present (there are more entries).
 const HISTORY_FLAG_HAS_NEXT: u32 = 1 << 0;
 
 /// Error codes carried by Error responses. Stable numbers: they are on the wire.
@@ -125,20 +123,14 @@ impl ErrorCode {
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
-        ErrorCode::ALL
-            .iter()
-            .copied()
-            .find(|code| *code as u16 == value)
+        ErrorCode::ALL.iter().copied().find(|code| *code as u16 == value)
     }
 
     /// Whether resending the same request (same ids) later may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::ServerBusy
-                | ErrorCode::NotLeader
-                | ErrorCode::Unavailable
-                | ErrorCode::TooManyConnections
+            ErrorCode::ServerBusy | ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::TooManyConnections
         )
     }
 }
@@ -221,10 +213,11 @@ pub enum Request {
         consistency: Consistency,
         ids: Vec<AccountId>,
     },
-    /// Entries with `seq > after_seq`, oldest first, at most `limit` (1..=[`HISTORY_LIMIT_MAX`]).
+    /// The account's history newest first: entries with `seq <= from_seq` (`0` = from the newest), at
+    /// most `limit` (1..=[`HISTORY_LIMIT_MAX`]). Each entry carries the balance right after it.
     AccountHistory {
         account_id: AccountId,
-        after_seq: u64,
+        from_seq: u64,
         limit: u32,
     },
 }
@@ -281,10 +274,11 @@ pub enum Response {
     /// Per-item results of CreateAccounts / CreateTransfers.
     Results(Vec<ItemResult>),
     Accounts(Vec<AccountLookup>),
-    /// `next_after_seq`: pass it as `after_seq` to get the next page; `None` when this was the last.
+    /// `next_from_seq`: pass it as `from_seq` to get the next (older) page; `None` when this page
+    /// reached the account's creation.
     History {
         entries: Vec<HistoryEntry>,
-        next_after_seq: Option<u64>,
+        next_from_seq: Option<u64>,
     },
     Error {
         code: ErrorCode,
@@ -294,10 +288,7 @@ pub enum Response {
 
 impl Response {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-        Response::Error {
-            code,
-            message: message.into(),
-        }
+        Response::Error { code, message: message.into() }
     }
 }
 
@@ -368,13 +359,7 @@ pub fn seal_frame(frame: &mut [u8]) {
 }
 
 /// Appends one frame with a raw body. Used for peer messages and for crafted frames in tests.
-pub fn encode_raw_frame(
-    out: &mut Vec<u8>,
-    kind: u16,
-    cluster_id: u128,
-    request_id: u64,
-    body: &[u8],
-) {
+pub fn encode_raw_frame(out: &mut Vec<u8>, kind: u16, cluster_id: u128, request_id: u64, body: &[u8]) {
     let start = out.len();
     out.resize(start + HEADER_BYTES, 0);
     out.extend_from_slice(body);
@@ -419,10 +404,7 @@ fn finish_frame(
     let frame_bytes = out.len() - start;
     let result = result.and_then(|kind| {
         if frame_bytes > FRAME_BYTES_MAX {
-            return Err(ProtocolError::FrameTooLarge {
-                bytes: frame_bytes as u64,
-                limit: FRAME_BYTES_MAX,
-            });
+            return Err(ProtocolError::FrameTooLarge { bytes: frame_bytes as u64, limit: FRAME_BYTES_MAX });
         }
         Ok(kind)
     });
@@ -444,10 +426,7 @@ fn check_batch(count: usize, limit: usize, empty_allowed: bool) -> Result<(), Pr
         return Err(ProtocolError::EmptyBatch);
     }
     if count > limit {
-        return Err(ProtocolError::TooManyItems {
-            count: count as u64,
-            limit,
-        });
+        return Err(ProtocolError::TooManyItems { count: count as u64, limit });
     }
     Ok(())
 }
@@ -469,10 +448,7 @@ fn write_request_body(out: &mut Vec<u8>, request: &Request) -> Result<u16, Proto
         Request::CreateAccounts(accounts) => {
             check_batch(accounts.len(), BATCH_ITEMS_MAX, false)?;
             let at = put_items_prefix(out, accounts.len(), 0, CreateAccount::WIRE_BYTES);
-            for (item, chunk) in accounts
-                .iter()
-                .zip(out[at..].chunks_exact_mut(CreateAccount::WIRE_BYTES))
-            {
+            for (item, chunk) in accounts.iter().zip(out[at..].chunks_exact_mut(CreateAccount::WIRE_BYTES)) {
                 item.encode_into(chunk);
             }
             Ok(kind::CREATE_ACCOUNTS)
@@ -480,10 +456,7 @@ fn write_request_body(out: &mut Vec<u8>, request: &Request) -> Result<u16, Proto
         Request::CreateTransfers(transfers) => {
             check_batch(transfers.len(), BATCH_ITEMS_MAX, false)?;
             let at = put_items_prefix(out, transfers.len(), 0, Transfer::WIRE_BYTES);
-            for (item, chunk) in transfers
-                .iter()
-                .zip(out[at..].chunks_exact_mut(Transfer::WIRE_BYTES))
-            {
+            for (item, chunk) in transfers.iter().zip(out[at..].chunks_exact_mut(Transfer::WIRE_BYTES)) {
                 item.encode_into(chunk);
             }
             Ok(kind::CREATE_TRANSFERS)
@@ -503,14 +476,10 @@ fn write_request_body(out: &mut Vec<u8>, request: &Request) -> Result<u16, Proto
             }
             Ok(kind::LOOKUP_ACCOUNTS)
         }
-        Request::AccountHistory {
-            account_id,
-            after_seq,
-            limit,
-        } => {
+        Request::AccountHistory { account_id, from_seq, limit } => {
             check_batch(*limit as usize, HISTORY_LIMIT_MAX as usize, false)?;
             out.extend_from_slice(&account_id.to_le_bytes());
-            out.extend_from_slice(&after_seq.to_le_bytes());
+            out.extend_from_slice(&from_seq.to_le_bytes());
             out.extend_from_slice(&limit.to_le_bytes());
             out.extend_from_slice(&0u32.to_le_bytes());
             Ok(kind::ACCOUNT_HISTORY)
@@ -539,10 +508,7 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
         Response::Results(items) => {
             check_batch(items.len(), BATCH_ITEMS_MAX, true)?;
             let at = put_items_prefix(out, items.len(), 0, ItemResult::WIRE_BYTES);
-            for (item, chunk) in items
-                .iter()
-                .zip(out[at..].chunks_exact_mut(ItemResult::WIRE_BYTES))
-            {
+            for (item, chunk) in items.iter().zip(out[at..].chunks_exact_mut(ItemResult::WIRE_BYTES)) {
                 item.encode_into(chunk);
             }
             Ok(kind::RESULTS)
@@ -550,44 +516,25 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
         Response::Accounts(lookups) => {
             check_batch(lookups.len(), BATCH_ITEMS_MAX, true)?;
             let at = put_items_prefix(out, lookups.len(), 0, AccountLookup::WIRE_BYTES);
-            for (item, chunk) in lookups
-                .iter()
-                .zip(out[at..].chunks_exact_mut(AccountLookup::WIRE_BYTES))
-            {
+            for (item, chunk) in lookups.iter().zip(out[at..].chunks_exact_mut(AccountLookup::WIRE_BYTES)) {
                 let (code, account) = match item {
                     AccountLookup::Found(account) => (ResultCode::Ok, *account),
-                    AccountLookup::NotFound { id, code } => (
-                        *code,
-                        Account {
-                            id: *id,
-                            ..Account::default()
-                        },
-                    ),
+                    AccountLookup::NotFound { id, code } => (*code, Account { id: *id, ..Account::default() }),
                 };
                 chunk[0..2].copy_from_slice(&(code as u16).to_le_bytes());
                 account.encode_into(&mut chunk[8..]);
             }
             Ok(kind::ACCOUNTS)
         }
-        Response::History {
-            entries,
-            next_after_seq,
-        } => {
+        Response::History { entries, next_from_seq } => {
             check_batch(entries.len(), BATCH_ITEMS_MAX, true)?;
-            let flags = if next_after_seq.is_some() {
-                HISTORY_FLAG_HAS_NEXT
-            } else {
-                0
-            };
+            let flags = if next_from_seq.is_some() { HISTORY_FLAG_HAS_NEXT } else { 0 };
             out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             out.extend_from_slice(&flags.to_le_bytes());
-            out.extend_from_slice(&next_after_seq.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&next_from_seq.unwrap_or(0).to_le_bytes());
             let at = out.len();
             out.resize(at + entries.len() * HistoryEntry::WIRE_BYTES, 0);
-            for (item, chunk) in entries
-                .iter()
-                .zip(out[at..].chunks_exact_mut(HistoryEntry::WIRE_BYTES))
-            {
+            for (item, chunk) in entries.iter().zip(out[at..].chunks_exact_mut(HistoryEntry::WIRE_BYTES)) {
                 item.encode_into(chunk);
             }
             Ok(kind::HISTORY)
@@ -624,10 +571,7 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(cluster_id: u128) -> FrameDecoder {
-        FrameDecoder {
-            cluster_id,
-            frame_bytes_max: FRAME_BYTES_MAX,
-        }
+        FrameDecoder { cluster_id, frame_bytes_max: FRAME_BYTES_MAX }
     }
 
     /// `Ok(Some((frame, consumed)))` for a complete valid frame at the start of `bytes`;
@@ -635,10 +579,7 @@ impl FrameDecoder {
     /// bytes can never become a valid frame: the connection must then be closed, since framing is
     /// lost.
     pub fn decode(&self, bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
-        let untrusted = |error| DecodeError {
-            request_id: 0,
-            error,
-        };
+        let untrusted = |error| DecodeError { request_id: 0, error };
         let magic = MAGIC.to_le_bytes();
         let prefix = bytes.len().min(4);
         if bytes[..prefix] != magic[..prefix] {
@@ -660,9 +601,7 @@ impl FrameDecoder {
             return Err(trusted(ProtocolError::UnsupportedVersion(version)));
         }
         if read_u32(head, 36) != 0 || read_u64(head, 48) != 0 {
-            return Err(trusted(ProtocolError::Malformed(
-                "reserved header fields must be zero",
-            )));
+            return Err(trusted(ProtocolError::Malformed("reserved header fields must be zero")));
         }
         let cluster_id = read_u128(head, 8);
         if cluster_id != self.cluster_id {
@@ -672,10 +611,7 @@ impl FrameDecoder {
         let frame_bytes = HEADER_BYTES as u64 + body_bytes as u64;
         let limit = self.frame_bytes_max.min(FRAME_BYTES_MAX);
         if frame_bytes > limit as u64 {
-            return Err(trusted(ProtocolError::FrameTooLarge {
-                bytes: frame_bytes,
-                limit,
-            }));
+            return Err(trusted(ProtocolError::FrameTooLarge { bytes: frame_bytes, limit }));
         }
         let message_kind = read_u16(head, 6);
         if !kind::is_known(message_kind) {
@@ -690,36 +626,24 @@ impl FrameDecoder {
             return Err(trusted(ProtocolError::BodyChecksum));
         }
         let message = decode_body(message_kind, body).map_err(trusted)?;
-        let header = FrameHeader {
-            kind: message_kind,
-            cluster_id,
-            request_id,
-            body_bytes,
-        };
+        let header = FrameHeader { kind: message_kind, cluster_id, request_id, body_bytes };
         Ok(Some((Frame { header, message }, frame_bytes)))
     }
 }
 
 fn decode_body(message_kind: u16, body: &[u8]) -> Result<Message, ProtocolError> {
     if message_kind >= kind::PEER_MIN {
-        return Ok(Message::Peer {
-            kind: message_kind,
-            body: body.to_vec(),
-        });
+        return Ok(Message::Peer { kind: message_kind, body: body.to_vec() });
     }
     let message = match message_kind {
         kind::PING => Message::Request(expect_empty(body, Request::Ping)?),
         kind::STATUS => Message::Request(expect_empty(body, Request::Status)?),
         kind::CREATE_ACCOUNTS => {
-            let items = decode_items(body, CreateAccount::WIRE_BYTES, false, |b| {
-                Ok(CreateAccount::decode(b))
-            })?;
+            let items = decode_items(body, CreateAccount::WIRE_BYTES, false, |b| Ok(CreateAccount::decode(b)))?;
             Message::Request(Request::CreateAccounts(items))
         }
         kind::CREATE_TRANSFERS => {
-            let items = decode_items(body, Transfer::WIRE_BYTES, false, |b| {
-                Ok(Transfer::decode(b))
-            })?;
+            let items = decode_items(body, Transfer::WIRE_BYTES, false, |b| Ok(Transfer::decode(b)))?;
             Message::Request(Request::CreateTransfers(items))
         }
         kind::LOOKUP_ACCOUNTS => Message::Request(decode_lookup(body)?),
@@ -762,19 +686,14 @@ fn check_count(
     item_bytes: usize,
 ) -> Result<usize, ProtocolError> {
     if count as u64 > limit as u64 {
-        return Err(ProtocolError::TooManyItems {
-            count: count as u64,
-            limit,
-        });
+        return Err(ProtocolError::TooManyItems { count: count as u64, limit });
     }
     let count = count as usize;
     if count == 0 && !empty_allowed {
         return Err(ProtocolError::EmptyBatch);
     }
     if count * item_bytes != items_bytes {
-        return Err(ProtocolError::Malformed(
-            "body length does not match the item count",
-        ));
+        return Err(ProtocolError::Malformed("body length does not match the item count"));
     }
     Ok(count)
 }
@@ -787,22 +706,12 @@ fn decode_items<T>(
     decode_item: impl Fn(&[u8]) -> Result<T, ProtocolError>,
 ) -> Result<Vec<T>, ProtocolError> {
     if body.len() < 8 {
-        return Err(ProtocolError::Malformed(
-            "body shorter than its batch prefix",
-        ));
+        return Err(ProtocolError::Malformed("body shorter than its batch prefix"));
     }
     if read_u32(body, 4) != 0 {
-        return Err(ProtocolError::Malformed(
-            "reserved batch field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved batch field must be zero"));
     }
-    let count = check_count(
-        read_u32(body, 0),
-        BATCH_ITEMS_MAX,
-        empty_allowed,
-        body.len() - 8,
-        item_bytes,
-    )?;
+    let count = check_count(read_u32(body, 0), BATCH_ITEMS_MAX, empty_allowed, body.len() - 8, item_bytes)?;
     let mut items = Vec::with_capacity(count);
     for chunk in body[8..].chunks_exact(item_bytes) {
         items.push(decode_item(chunk)?);
@@ -812,33 +721,19 @@ fn decode_items<T>(
 
 fn decode_lookup(body: &[u8]) -> Result<Request, ProtocolError> {
     if body.len() < 16 {
-        return Err(ProtocolError::Malformed(
-            "lookup body shorter than its prefix",
-        ));
+        return Err(ProtocolError::Malformed("lookup body shorter than its prefix"));
     }
     if body[1..4] != [0, 0, 0] {
-        return Err(ProtocolError::Malformed(
-            "reserved lookup field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved lookup field must be zero"));
     }
     let seq = read_u64(body, 8);
     let consistency = match (body[0], seq) {
         (0, 0) => Consistency::Linearizable,
         (1, seq) => Consistency::AtLeast(seq),
         (2, 0) => Consistency::Any,
-        _ => {
-            return Err(ProtocolError::Malformed(
-                "unknown consistency or stray sequence",
-            ))
-        }
+        _ => return Err(ProtocolError::Malformed("unknown consistency or stray sequence")),
     };
-    let count = check_count(
-        read_u32(body, 4),
-        BATCH_ITEMS_MAX,
-        false,
-        body.len() - 16,
-        8,
-    )?;
+    let count = check_count(read_u32(body, 4), BATCH_ITEMS_MAX, false, body.len() - 16, 8)?;
     let mut ids = Vec::with_capacity(count);
     ids.extend(body[16..].chunks_exact(8).map(|chunk| read_u64(chunk, 0)));
     Ok(Request::LookupAccounts { consistency, ids })
@@ -846,61 +741,37 @@ fn decode_lookup(body: &[u8]) -> Result<Request, ProtocolError> {
 
 fn decode_history_request(body: &[u8]) -> Result<Request, ProtocolError> {
     if body.len() != 24 {
-        return Err(ProtocolError::Malformed(
-            "history request body must be 24 bytes",
-        ));
+        return Err(ProtocolError::Malformed("history request body must be 24 bytes"));
     }
     if read_u32(body, 20) != 0 {
-        return Err(ProtocolError::Malformed(
-            "reserved history field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved history field must be zero"));
     }
     let limit = read_u32(body, 16);
     if limit == 0 {
         return Err(ProtocolError::EmptyBatch);
     }
     if limit > HISTORY_LIMIT_MAX {
-        return Err(ProtocolError::TooManyItems {
-            count: limit as u64,
-            limit: HISTORY_LIMIT_MAX as usize,
-        });
+        return Err(ProtocolError::TooManyItems { count: limit as u64, limit: HISTORY_LIMIT_MAX as usize });
     }
-    Ok(Request::AccountHistory {
-        account_id: read_u64(body, 0),
-        after_seq: read_u64(body, 8),
-        limit,
-    })
+    Ok(Request::AccountHistory { account_id: read_u64(body, 0), from_seq: read_u64(body, 8), limit })
 }
 
 fn decode_status(body: &[u8]) -> Result<Response, ProtocolError> {
     if body.len() < 24 {
-        return Err(ProtocolError::Malformed(
-            "status body shorter than its prefix",
-        ));
+        return Err(ProtocolError::Malformed("status body shorter than its prefix"));
     }
     if read_u32(body, 20) != 0 {
-        return Err(ProtocolError::Malformed(
-            "reserved status field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved status field must be zero"));
     }
-    let count = check_count(
-        read_u32(body, 16),
-        STATUS_PARTITIONS_MAX,
-        true,
-        body.len() - 24,
-        PartitionStatus::WIRE_BYTES,
-    )?;
+    let count =
+        check_count(read_u32(body, 16), STATUS_PARTITIONS_MAX, true, body.len() - 24, PartitionStatus::WIRE_BYTES)?;
     let mut partition_states = Vec::with_capacity(count);
-    partition_states.extend(
-        body[24..]
-            .chunks_exact(PartitionStatus::WIRE_BYTES)
-            .map(|b| PartitionStatus {
-                partition: read_u32(b, 0),
-                flags: read_u32(b, 4),
-                last_seq: read_u64(b, 8),
-                commit_seq: read_u64(b, 16),
-            }),
-    );
+    partition_states.extend(body[24..].chunks_exact(PartitionStatus::WIRE_BYTES).map(|b| PartitionStatus {
+        partition: read_u32(b, 0),
+        flags: read_u32(b, 4),
+        last_seq: read_u64(b, 8),
+        commit_seq: read_u64(b, 16),
+    }));
     Ok(Response::Status(NodeStatus {
         node_id: read_u64(body, 0),
         partitions: read_u32(body, 8),
@@ -910,97 +781,56 @@ fn decode_status(body: &[u8]) -> Result<Response, ProtocolError> {
 }
 
 fn decode_lookup_item(b: &[u8]) -> Result<AccountLookup, ProtocolError> {
-    let code = ResultCode::from_u16(read_u16(b, 0))
-        .ok_or(ProtocolError::Malformed("unknown lookup code"))?;
+    let code = ResultCode::from_u16(read_u16(b, 0)).ok_or(ProtocolError::Malformed("unknown lookup code"))?;
     if read_u16(b, 2) != 0 || read_u32(b, 4) != 0 {
-        return Err(ProtocolError::Malformed(
-            "reserved lookup item field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved lookup item field must be zero"));
     }
     let account = Account::decode(&b[8..]);
     match code {
         ResultCode::Ok => Ok(AccountLookup::Found(account)),
         // Only the id is meaningful when not found; anything else there would not re-encode the same.
-        code if account
-            == (Account {
-                id: account.id,
-                ..Account::default()
-            }) =>
-        {
-            Ok(AccountLookup::NotFound {
-                id: account.id,
-                code,
-            })
+        code if account == (Account { id: account.id, ..Account::default() }) => {
+            Ok(AccountLookup::NotFound { id: account.id, code })
         }
-        _ => Err(ProtocolError::Malformed(
-            "not-found lookup item carries account fields",
-        )),
+        _ => Err(ProtocolError::Malformed("not-found lookup item carries account fields")),
     }
 }
 
 fn decode_history(body: &[u8]) -> Result<Response, ProtocolError> {
     if body.len() < 16 {
-        return Err(ProtocolError::Malformed(
-            "history body shorter than its prefix",
-        ));
+        return Err(ProtocolError::Malformed("history body shorter than its prefix"));
     }
-    let next_after_seq = match (read_u32(body, 4), read_u64(body, 8)) {
+    let next_from_seq = match (read_u32(body, 4), read_u64(body, 8)) {
         (HISTORY_FLAG_HAS_NEXT, seq) => Some(seq),
         (0, 0) => None,
-        _ => {
-            return Err(ProtocolError::Malformed(
-                "unknown history flags or stray cursor",
-            ))
-        }
+        _ => return Err(ProtocolError::Malformed("unknown history flags or stray cursor")),
     };
-    let count = check_count(
-        read_u32(body, 0),
-        BATCH_ITEMS_MAX,
-        true,
-        body.len() - 16,
-        HistoryEntry::WIRE_BYTES,
-    )?;
+    let count = check_count(read_u32(body, 0), BATCH_ITEMS_MAX, true, body.len() - 16, HistoryEntry::WIRE_BYTES)?;
     let mut entries = Vec::with_capacity(count);
     for chunk in body[16..].chunks_exact(HistoryEntry::WIRE_BYTES) {
         if chunk[17] != 0 || chunk[20..24] != [0; 4] {
-            return Err(ProtocolError::Malformed(
-                "reserved history entry field must be zero",
-            ));
+            return Err(ProtocolError::Malformed("reserved history entry field must be zero"));
         }
-        entries.push(
-            HistoryEntry::decode(chunk)
-                .ok_or(ProtocolError::Malformed("unknown history kind or code"))?,
-        );
+        entries.push(HistoryEntry::decode(chunk).ok_or(ProtocolError::Malformed("unknown history kind or code"))?);
     }
-    Ok(Response::History {
-        entries,
-        next_after_seq,
-    })
+    Ok(Response::History { entries, next_from_seq })
 }
 
 fn decode_error(body: &[u8]) -> Result<Response, ProtocolError> {
     if body.len() < 8 {
-        return Err(ProtocolError::Malformed(
-            "error body shorter than its prefix",
-        ));
+        return Err(ProtocolError::Malformed("error body shorter than its prefix"));
     }
-    let code = ErrorCode::from_u16(read_u16(body, 0))
-        .ok_or(ProtocolError::Malformed("unknown error code"))?;
+    let code = ErrorCode::from_u16(read_u16(body, 0)).ok_or(ProtocolError::Malformed("unknown error code"))?;
     let message_bytes = read_u16(body, 2) as usize;
     if read_u32(body, 4) != 0 {
-        return Err(ProtocolError::Malformed(
-            "reserved error field must be zero",
-        ));
+        return Err(ProtocolError::Malformed("reserved error field must be zero"));
     }
     if message_bytes > ERROR_MESSAGE_BYTES_MAX || body.len() != 8 + message_bytes {
         return Err(ProtocolError::Malformed("error message length"));
     }
-    let message = std::str::from_utf8(&body[8..])
-        .map_err(|_| ProtocolError::Malformed("error message is not UTF-8"))?;
-    Ok(Response::Error {
-        code,
-        message: message.to_owned(),
-    })
+    let message =
+        std::str::from_utf8(&body[8..]).map_err(|_| ProtocolError::Malformed("error message is not UTF-8"))?;
+    Ok(Response::Error { code, message: message.to_owned() })
 }
 
 fn read_u16(b: &[u8], at: usize) -> u16 {

@@ -20,9 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
-use crate::protocol::{
-    encode_response, ErrorCode, Frame, FrameDecoder, Message, Request, Response, FRAME_BYTES_MAX,
-};
+use crate::protocol::{encode_response, ErrorCode, Frame, FrameDecoder, Message, Request, Response, FRAME_BYTES_MAX};
 
 /// Default and ceiling for [`ServerConfig::connections_max`].
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -91,27 +89,18 @@ impl ServerConfig {
     fn validate(&self) -> Result<(), ServerError> {
         let within = |value: usize, max: usize| (1..=max).contains(&value);
         if !within(self.connections_max, CONNECTIONS_MAX) {
-            return Err(ServerError::InvalidConfig(
-                "connections_max must be 1..=CONNECTIONS_MAX",
-            ));
+            return Err(ServerError::InvalidConfig("connections_max must be 1..=CONNECTIONS_MAX"));
         }
-        if !within(
-            self.requests_in_flight_per_connection_max,
-            REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
-        ) {
+        if !within(self.requests_in_flight_per_connection_max, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX) {
             return Err(ServerError::InvalidConfig(
                 "requests_in_flight_per_connection_max must be 1..=REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX",
             ));
         }
         if !(crate::protocol::HEADER_BYTES..=FRAME_BYTES_MAX).contains(&self.frame_bytes_max) {
-            return Err(ServerError::InvalidConfig(
-                "frame_bytes_max must be HEADER_BYTES..=FRAME_BYTES_MAX",
-            ));
+            return Err(ServerError::InvalidConfig("frame_bytes_max must be HEADER_BYTES..=FRAME_BYTES_MAX"));
         }
         if !within(self.write_buffer_bytes_max, WRITE_BUFFER_BYTES_MAX) {
-            return Err(ServerError::InvalidConfig(
-                "write_buffer_bytes_max must be 1..=WRITE_BUFFER_BYTES_MAX",
-            ));
+            return Err(ServerError::InvalidConfig("write_buffer_bytes_max must be 1..=WRITE_BUFFER_BYTES_MAX"));
         }
         Ok(())
     }
@@ -147,34 +136,21 @@ impl Responder {
 
     fn deliver(&self, response: &Response) {
         let mut bytes = Vec::new();
-        if encode_response(
-            &mut bytes,
-            self.shared.cluster_id,
-            self.request_id,
-            response,
-        )
-        .is_err()
-        {
+        if encode_response(&mut bytes, self.shared.cluster_id, self.request_id, response).is_err() {
             // The application built a response beyond protocol limits: tell the client rather
             // than send something it would have to reject.
             let error = Response::error(ErrorCode::Internal, "response exceeds protocol limits");
             encode_response(&mut bytes, self.shared.cluster_id, self.request_id, &error)
                 .expect("an error frame with a bounded message always fits");
         }
-        self.shared.complete(Completion {
-            connection: self.connection,
-            bytes,
-        });
+        self.shared.complete(Completion { connection: self.connection, bytes });
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
         if !self.answered {
-            self.deliver(&Response::error(
-                ErrorCode::Internal,
-                "request dropped without an answer",
-            ));
+            self.deliver(&Response::error(ErrorCode::Internal, "request dropped without an answer"));
         }
     }
 }
@@ -202,10 +178,7 @@ struct Shared {
 impl Shared {
     fn complete(&self, completion: Completion) {
         // A poisoned lock only means another responder panicked mid-push; the Vec is still valid.
-        let mut queue = self
-            .completions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = self.completions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let was_empty = queue.is_empty();
         queue.push(completion);
         drop(queue);
@@ -256,16 +229,12 @@ pub struct Server;
 
 impl Server {
     /// Binds, then runs the event loop on its own thread.
-    pub fn start<H: Handler>(
-        config: ServerConfig,
-        handler: H,
-    ) -> Result<ServerHandle, ServerError> {
+    pub fn start<H: Handler>(config: ServerConfig, handler: H) -> Result<ServerHandle, ServerError> {
         config.validate()?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen_address)?;
         let local_address = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let shared = Arc::new(Shared {
             cluster_id: config.cluster_id,
@@ -279,10 +248,7 @@ impl Server {
             connections: Vec::new(),
             free_slots: Vec::new(),
             next_generation: 1,
-            decoder: FrameDecoder {
-                cluster_id: config.cluster_id,
-                frame_bytes_max: config.frame_bytes_max,
-            },
+            decoder: FrameDecoder { cluster_id: config.cluster_id, frame_bytes_max: config.frame_bytes_max },
             config,
             shared: Arc::clone(&shared),
             handler: Arc::new(handler),
@@ -292,11 +258,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name(format!("net-server-{}", local_address.port()))
             .spawn(move || event_loop.run())?;
-        Ok(ServerHandle {
-            local_address,
-            shared,
-            thread: Some(thread),
-        })
+        Ok(ServerHandle { local_address, shared, thread: Some(thread) })
     }
 }
 
@@ -404,12 +366,11 @@ impl<H: Handler> EventLoop<H> {
 
     fn needs_ticks(&self) -> bool {
         self.drain_deadline.is_some()
-            || self.connections.iter().flatten().any(|c| {
-                matches!(
-                    c.state,
-                    ConnectionState::Lingering { .. } | ConnectionState::Closing { .. }
-                )
-            })
+            || self
+                .connections
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.state, ConnectionState::Lingering { .. } | ConnectionState::Closing { .. }))
     }
 
     fn accept_all(&mut self) {
@@ -434,12 +395,7 @@ impl<H: Handler> EventLoop<H> {
                 self.connections.len() - 1
             });
             let token = Token(slot + FIRST_CONNECTION_TOKEN);
-            if self
-                .poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
+            if self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
                 self.free_slots.push(slot);
                 continue;
             }
@@ -470,11 +426,7 @@ impl<H: Handler> EventLoop<H> {
 
     fn take_completions(&mut self, touched: &mut Vec<usize>) {
         let completions = {
-            let mut queue = self
-                .shared
-                .completions
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut queue = self.shared.completions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             std::mem::take(&mut *queue)
         };
         for completion in completions {
@@ -497,10 +449,7 @@ impl<H: Handler> EventLoop<H> {
         let verdict = match self.connections.get_mut(slot) {
             Some(Some(connection)) => drive_connection(
                 connection,
-                ConnectionKey {
-                    slot,
-                    generation: connection.generation,
-                },
+                ConnectionKey { slot, generation: connection.generation },
                 &Context {
                     decoder: &self.decoder,
                     config: &self.config,
@@ -528,15 +477,11 @@ impl<H: Handler> EventLoop<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.drain_deadline =
-            Some(Instant::now() + Duration::from_millis(self.config.shutdown_drain_ms));
+        self.drain_deadline = Some(Instant::now() + Duration::from_millis(self.config.shutdown_drain_ms));
     }
 
     fn drained(&self) -> bool {
-        self.connections
-            .iter()
-            .flatten()
-            .all(|c| c.in_flight == 0 && c.write_pending_bytes() == 0)
+        self.connections.iter().flatten().all(|c| c.in_flight == 0 && c.write_pending_bytes() == 0)
     }
 
     fn expire_lingering(&mut self) {
@@ -544,14 +489,12 @@ impl<H: Handler> EventLoop<H> {
         let now = Instant::now();
         for slot in 0..self.connections.len() {
             match &self.connections[slot] {
-                Some(Connection {
-                    state: ConnectionState::Lingering { deadline },
-                    ..
-                }) if *deadline <= now => self.close(slot),
-                Some(Connection {
-                    state: ConnectionState::Closing { deadline },
-                    ..
-                }) if *deadline <= now => self.drive(slot),
+                Some(Connection { state: ConnectionState::Lingering { deadline }, .. }) if *deadline <= now => {
+                    self.close(slot)
+                }
+                Some(Connection { state: ConnectionState::Closing { deadline }, .. }) if *deadline <= now => {
+                    self.drive(slot)
+                }
                 _ => {}
             }
         }
@@ -603,9 +546,8 @@ fn drive_connection<H: Handler>(
     match connection.state {
         ConnectionState::Closing { .. } if flushed && connection.pending_error.is_empty() => {
             let _ = connection.stream.shutdown(Shutdown::Write);
-            connection.state = ConnectionState::Lingering {
-                deadline: Instant::now() + Duration::from_millis(CLOSE_LINGER_MS),
-            };
+            connection.state =
+                ConnectionState::Lingering { deadline: Instant::now() + Duration::from_millis(CLOSE_LINGER_MS) };
             discard_input(connection, read_chunk)
         }
         ConnectionState::PeerClosed if flushed && connection.in_flight == 0 => Verdict::Close,
@@ -615,10 +557,7 @@ fn drive_connection<H: Handler>(
 
 fn flush(connection: &mut Connection) -> io::Result<()> {
     while connection.write_offset < connection.write_buffer.len() {
-        match connection
-            .stream
-            .write(&connection.write_buffer[connection.write_offset..])
-        {
+        match connection.stream.write(&connection.write_buffer[connection.write_offset..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => connection.write_offset += written,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -651,12 +590,7 @@ fn read_and_dispatch<H: Handler>(
                 Ok(None) => break,
                 Err(error) => {
                     let message = error.error.to_string();
-                    connection.queue_error(
-                        context.config.cluster_id,
-                        error.request_id,
-                        error.error.code(),
-                        &message,
-                    );
+                    connection.queue_error(context.config.cluster_id, error.request_id, error.error.code(), &message);
                 }
             }
         }
@@ -669,9 +603,7 @@ fn read_and_dispatch<H: Handler>(
                 connection.state = ConnectionState::PeerClosed;
                 return Ok(());
             }
-            Ok(read) => connection
-                .read_buffer
-                .extend_from_slice(&read_chunk[..read]),
+            Ok(read) => connection.read_buffer.extend_from_slice(&read_chunk[..read]),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
@@ -684,22 +616,13 @@ fn paused(connection: &Connection, config: &ServerConfig) -> bool {
         || connection.write_pending_bytes() > config.write_buffer_bytes_max
 }
 
-fn dispatch<H: Handler>(
-    connection: &mut Connection,
-    key: ConnectionKey,
-    context: &Context<'_, H>,
-    frame: Frame,
-) {
+fn dispatch<H: Handler>(connection: &mut Connection, key: ConnectionKey, context: &Context<'_, H>, frame: Frame) {
     let request_id = frame.header.request_id;
     match frame.message {
         Message::Request(request) => {
             connection.in_flight += 1;
-            let responder = Responder {
-                shared: Arc::clone(context.shared),
-                connection: key,
-                request_id,
-                answered: false,
-            };
+            let responder =
+                Responder { shared: Arc::clone(context.shared), connection: key, request_id, answered: false };
             context.handler.handle(request, responder);
         }
         // Responses and node-to-node kinds are valid frames but not requests on a client port.

@@ -40,8 +40,7 @@ pub fn transfer_id_timestamp_ms(id: TransferId) -> u64 {
 pub fn transfer_id_from_parts(timestamp_ms: u64, entropy: u128) -> TransferId {
     let timestamp_mask = (1u64 << TRANSFER_ID_TIMESTAMP_BITS) - 1;
     let entropy_mask = (1u128 << (128 - TRANSFER_ID_TIMESTAMP_BITS)) - 1;
-    (((timestamp_ms & timestamp_mask) as u128) << (128 - TRANSFER_ID_TIMESTAMP_BITS))
-        | (entropy & entropy_mask)
+    (((timestamp_ms & timestamp_mask) as u128) << (128 - TRANSFER_ID_TIMESTAMP_BITS)) | (entropy & entropy_mask)
 }
 
 /// The partition that owns an account: `xxh3(account_id as 8 LE bytes) % partitions`.
@@ -336,21 +335,12 @@ mod tests {
         let mut buf = [0u8; Account::WIRE_BYTES];
         a.encode_into(&mut buf);
         assert_eq!(Account::decode(&buf), a);
-        let r = ItemResult {
-            index: 3,
-            code: ResultCode::InsufficientFunds,
-            flags: RESULT_FLAG_REPLAYED,
-            seq: 99,
-        };
+        let r = ItemResult { index: 3, code: ResultCode::InsufficientFunds, flags: RESULT_FLAG_REPLAYED, seq: 99 };
         let mut buf = [0u8; ItemResult::WIRE_BYTES];
         r.encode_into(&mut buf);
         assert_eq!(ItemResult::decode(&buf), Some(r));
         buf[4] = 200;
-        assert_eq!(
-            ItemResult::decode(&buf),
-            None,
-            "unknown codes are refused, not guessed"
-        );
+        assert_eq!(ItemResult::decode(&buf), None, "unknown codes are refused, not guessed");
     }
 
     #[test]

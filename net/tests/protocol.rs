@@ -16,62 +16,36 @@ fn arb_code() -> impl Strategy<Value = ResultCode> {
 }
 
 fn arb_transfer() -> impl Strategy<Value = Transfer> {
-    (
-        any::<u128>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u128>(),
-    )
-        .prop_map(
-            |(id, debit_account_id, credit_account_id, amount, ledger, flags, user_data)| {
-                Transfer {
-                    id,
-                    debit_account_id,
-                    credit_account_id,
-                    amount,
-                    ledger,
-                    flags,
-                    user_data,
-                }
-            },
-        )
-}
-
-fn arb_account() -> impl Strategy<Value = Account> {
-    (
-        any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u128>(),
-        any::<i64>(),
-        any::<u64>(),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(id, ledger, flags, user_data, balance, created_seq, last_seq)| Account {
-                id,
-                ledger,
-                flags,
-                user_data,
-                balance,
-                created_seq,
-                last_seq,
-            },
-        )
-}
-
-fn arb_request() -> impl Strategy<Value = Request> {
-    let create_account = (any::<u64>(), any::<u32>(), any::<u32>(), any::<u128>()).prop_map(
-        |(id, ledger, flags, user_data)| CreateAccount {
+    (any::<u128>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u128>()).prop_map(
+        |(id, debit_account_id, credit_account_id, amount, ledger, flags, user_data)| Transfer {
             id,
+            debit_account_id,
+            credit_account_id,
+            amount,
             ledger,
             flags,
             user_data,
         },
-    );
+    )
+}
+
+fn arb_account() -> impl Strategy<Value = Account> {
+    (any::<u64>(), any::<u32>(), any::<u32>(), any::<u128>(), any::<i64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(id, ledger, flags, user_data, balance, created_seq, last_seq)| Account {
+            id,
+            ledger,
+            flags,
+            user_data,
+            balance,
+            created_seq,
+            last_seq,
+        },
+    )
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    let create_account = (any::<u64>(), any::<u32>(), any::<u32>(), any::<u128>())
+        .prop_map(|(id, ledger, flags, user_data)| CreateAccount { id, ledger, flags, user_data });
     let consistency = prop_oneof![
         Just(Consistency::Linearizable),
         any::<u64>().prop_map(Consistency::AtLeast),
@@ -84,53 +58,23 @@ fn arb_request() -> impl Strategy<Value = Request> {
         prop::collection::vec(arb_transfer(), 1..40).prop_map(Request::CreateTransfers),
         (consistency, prop::collection::vec(any::<u64>(), 1..40))
             .prop_map(|(consistency, ids)| Request::LookupAccounts { consistency, ids }),
-        (any::<u64>(), any::<u64>(), 1..=HISTORY_LIMIT_MAX).prop_map(
-            |(account_id, after_seq, limit)| Request::AccountHistory {
-                account_id,
-                after_seq,
-                limit
-            }
-        ),
+        (any::<u64>(), any::<u64>(), 1..=HISTORY_LIMIT_MAX)
+            .prop_map(|(account_id, from_seq, limit)| Request::AccountHistory { account_id, from_seq, limit }),
     ]
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {
     let partition = (any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-        |(partition, flags, last_seq, commit_seq)| PartitionStatus {
-            partition,
-            flags,
-            last_seq,
-            commit_seq,
-        },
+        |(partition, flags, last_seq, commit_seq)| PartitionStatus { partition, flags, last_seq, commit_seq },
     );
-    let status = (
-        any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        prop::collection::vec(partition, 0..20),
-    )
-        .prop_map(
-            |(node_id, partitions, shards, partition_states)| NodeStatus {
-                node_id,
-                partitions,
-                shards,
-                partition_states,
-            },
-        );
-    let item = (any::<u32>(), arb_code(), any::<u16>(), any::<u64>()).prop_map(
-        |(index, code, flags, seq)| ItemResult {
-            index,
-            code,
-            flags,
-            seq,
-        },
+    let status = (any::<u64>(), any::<u32>(), any::<u32>(), prop::collection::vec(partition, 0..20)).prop_map(
+        |(node_id, partitions, shards, partition_states)| NodeStatus { node_id, partitions, shards, partition_states },
     );
+    let item = (any::<u32>(), arb_code(), any::<u16>(), any::<u64>())
+        .prop_map(|(index, code, flags, seq)| ItemResult { index, code, flags, seq });
     let lookup = prop_oneof![
         arb_account().prop_map(AccountLookup::Found),
-        (
-            any::<u64>(),
-            arb_code().prop_filter("not ok", |c| *c != ResultCode::Ok)
-        )
+        (any::<u64>(), arb_code().prop_filter("not ok", |c| *c != ResultCode::Ok))
             .prop_map(|(id, code)| AccountLookup::NotFound { id, code }),
     ];
     let history_kind = prop_oneof![
@@ -138,39 +82,25 @@ fn arb_response() -> impl Strategy<Value = Response> {
         Just(HistoryKind::TransferPosted),
         Just(HistoryKind::TransferRejected)
     ];
-    let entry = (
-        any::<u64>(),
-        any::<u64>(),
-        history_kind,
-        arb_code(),
-        arb_transfer(),
-        any::<i64>(),
-    )
-        .prop_map(
-            |(seq, timestamp_ns, kind, code, transfer, balance_after)| HistoryEntry {
-                seq,
-                timestamp_ns,
-                kind,
-                code,
-                transfer,
-                balance_after,
-            },
-        );
+    let entry = (any::<u64>(), any::<u64>(), history_kind, arb_code(), arb_transfer(), any::<i64>()).prop_map(
+        |(seq, timestamp_ns, kind, code, transfer, balance_after)| HistoryEntry {
+            seq,
+            timestamp_ns,
+            kind,
+            code,
+            transfer,
+            balance_after,
+        },
+    );
     prop_oneof![
         Just(Response::Pong),
         status.prop_map(Response::Status),
         prop::collection::vec(item, 0..40).prop_map(Response::Results),
         prop::collection::vec(lookup, 0..40).prop_map(Response::Accounts),
-        (prop::collection::vec(entry, 0..20), any::<Option<u64>>()).prop_map(
-            |(entries, next_after_seq)| Response::History {
-                entries,
-                next_after_seq
-            }
-        ),
-        ((0..ErrorCode::ALL.len()), "[a-zA-Zé ]{0,80}").prop_map(|(i, message)| Response::Error {
-            code: ErrorCode::ALL[i],
-            message
-        }),
+        (prop::collection::vec(entry, 0..20), any::<Option<u64>>())
+            .prop_map(|(entries, next_from_seq)| Response::History { entries, next_from_seq }),
+        ((0..ErrorCode::ALL.len()), "[a-zA-Zé ]{0,80}")
+            .prop_map(|(i, message)| Response::Error { code: ErrorCode::ALL[i], message }),
     ]
 }
 
@@ -221,10 +151,7 @@ fn back_to_back_frames_decode_one_at_a_time() {
     encode_request(&mut out, CLUSTER, 2, &Request::Status).expect("ok");
     let (first, used) = decoder().decode(&out).expect("valid").expect("complete");
     assert_eq!((first.header.request_id, used), (1, HEADER_BYTES));
-    let (second, used_2) = decoder()
-        .decode(&out[used..])
-        .expect("valid")
-        .expect("complete");
+    let (second, used_2) = decoder().decode(&out[used..]).expect("valid").expect("complete");
     assert_eq!(second.header.request_id, 2);
     assert_eq!(used + used_2, out.len());
 }
@@ -233,8 +160,7 @@ fn back_to_back_frames_decode_one_at_a_time() {
 fn largest_batches_fit_in_a_frame() {
     let transfers = vec![Transfer::default(); BATCH_ITEMS_MAX];
     let mut out = Vec::new();
-    encode_request(&mut out, CLUSTER, 1, &Request::CreateTransfers(transfers))
-        .expect("max batch fits");
+    encode_request(&mut out, CLUSTER, 1, &Request::CreateTransfers(transfers)).expect("max batch fits");
     let entry = HistoryEntry {
         seq: 1,
         timestamp_ns: 2,
@@ -243,10 +169,7 @@ fn largest_batches_fit_in_a_frame() {
         transfer: Transfer::default(),
         balance_after: 3,
     };
-    let history = Response::History {
-        entries: vec![entry; BATCH_ITEMS_MAX],
-        next_after_seq: Some(7),
-    };
+    let history = Response::History { entries: vec![entry; BATCH_ITEMS_MAX], next_from_seq: Some(7) };
     out.clear();
     encode_response(&mut out, CLUSTER, 1, &history).expect("max history fits");
     assert!(out.len() <= FRAME_BYTES_MAX);
@@ -258,62 +181,24 @@ fn largest_batches_fit_in_a_frame() {
 fn encoder_refuses_what_the_decoder_would_refuse() {
     let mut out = vec![1, 2, 3];
     let too_many = Request::CreateTransfers(vec![Transfer::default(); BATCH_ITEMS_MAX + 1]);
-    assert!(matches!(
-        encode_request(&mut out, CLUSTER, 1, &too_many),
-        Err(ProtocolError::TooManyItems { .. })
-    ));
-    assert_eq!(
-        encode_request(&mut out, CLUSTER, 1, &Request::CreateAccounts(vec![])),
-        Err(ProtocolError::EmptyBatch)
-    );
-    let lookup = Request::LookupAccounts {
-        consistency: Consistency::Any,
-        ids: vec![],
-    };
-    assert_eq!(
-        encode_request(&mut out, CLUSTER, 1, &lookup),
-        Err(ProtocolError::EmptyBatch)
-    );
-    let history = Request::AccountHistory {
-        account_id: 1,
-        after_seq: 0,
-        limit: 0,
-    };
-    assert_eq!(
-        encode_request(&mut out, CLUSTER, 1, &history),
-        Err(ProtocolError::EmptyBatch)
-    );
-    let history = Request::AccountHistory {
-        account_id: 1,
-        after_seq: 0,
-        limit: HISTORY_LIMIT_MAX + 1,
-    };
-    assert!(matches!(
-        encode_request(&mut out, CLUSTER, 1, &history),
-        Err(ProtocolError::TooManyItems { .. })
-    ));
-    assert_eq!(
-        out,
-        vec![1, 2, 3],
-        "a refused frame leaves the buffer as it was"
-    );
+    assert!(matches!(encode_request(&mut out, CLUSTER, 1, &too_many), Err(ProtocolError::TooManyItems { .. })));
+    assert_eq!(encode_request(&mut out, CLUSTER, 1, &Request::CreateAccounts(vec![])), Err(ProtocolError::EmptyBatch));
+    let lookup = Request::LookupAccounts { consistency: Consistency::Any, ids: vec![] };
+    assert_eq!(encode_request(&mut out, CLUSTER, 1, &lookup), Err(ProtocolError::EmptyBatch));
+    let history = Request::AccountHistory { account_id: 1, from_seq: 0, limit: 0 };
+    assert_eq!(encode_request(&mut out, CLUSTER, 1, &history), Err(ProtocolError::EmptyBatch));
+    let history = Request::AccountHistory { account_id: 1, from_seq: 0, limit: HISTORY_LIMIT_MAX + 1 };
+    assert!(matches!(encode_request(&mut out, CLUSTER, 1, &history), Err(ProtocolError::TooManyItems { .. })));
+    assert_eq!(out, vec![1, 2, 3], "a refused frame leaves the buffer as it was");
 }
 
 #[test]
 fn long_error_messages_are_truncated_at_a_character_boundary() {
     let message = "é".repeat(ERROR_MESSAGE_BYTES_MAX); // 2 bytes per character
     let mut out = Vec::new();
-    encode_response(
-        &mut out,
-        CLUSTER,
-        1,
-        &Response::error(ErrorCode::Internal, message),
-    )
-    .expect("ok");
+    encode_response(&mut out, CLUSTER, 1, &Response::error(ErrorCode::Internal, message)).expect("ok");
     let (frame, _) = decoder().decode(&out).expect("valid").expect("complete");
-    let Message::Response(Response::Error { message, .. }) = frame.message else {
-        panic!("not an error")
-    };
+    let Message::Response(Response::Error { message, .. }) = frame.message else { panic!("not an error") };
     assert_eq!(message, "é".repeat(ERROR_MESSAGE_BYTES_MAX / 2));
 }
 
@@ -351,142 +236,53 @@ fn every_error_kind_from_a_crafted_frame() {
     use ErrorCode::*;
     let ping = kind::PING;
     // Magic: refused from the first wrong byte, before a whole header arrives.
-    assert_eq!(
-        error_of(decoder().decode(b"GET / HTTP/1.1\r\n")),
-        (BadMagic, 0)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[0] = b'X', true)),
-        (BadMagic, 0)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[10] ^= 1, false)),
-        (HeaderChecksum, 0)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[4] = 2, true)),
-        (UnsupportedVersion, 77)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[36] = 1, true)),
-        (MalformedFrame, 77)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[50] = 1, true)),
-        (MalformedFrame, 77)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[], |f| f[8] ^= 1, true)),
-        (WrongClusterId, 77)
-    );
+    assert_eq!(error_of(decoder().decode(b"GET / HTTP/1.1\r\n")), (BadMagic, 0));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[0] = b'X', true)), (BadMagic, 0));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[10] ^= 1, false)), (HeaderChecksum, 0));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[4] = 2, true)), (UnsupportedVersion, 77));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[36] = 1, true)), (MalformedFrame, 77));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[50] = 1, true)), (MalformedFrame, 77));
+    assert_eq!(error_of(crafted(ping, &[], |f| f[8] ^= 1, true)), (WrongClusterId, 77));
     let too_large = (FRAME_BYTES_MAX - HEADER_BYTES + 1) as u32;
     assert_eq!(
-        error_of(crafted(
-            ping,
-            &[],
-            |f| f[32..36].copy_from_slice(&too_large.to_le_bytes()),
-            true
-        )),
+        error_of(crafted(ping, &[], |f| f[32..36].copy_from_slice(&too_large.to_le_bytes()), true)),
         (FrameTooLarge, 77)
     );
     assert_eq!(
-        error_of(crafted(
-            ping,
-            &[],
-            |f| f[32..36].copy_from_slice(&u32::MAX.to_le_bytes()),
-            true
-        )),
+        error_of(crafted(ping, &[], |f| f[32..36].copy_from_slice(&u32::MAX.to_le_bytes()), true)),
         (FrameTooLarge, 77)
     );
-    assert_eq!(
-        error_of(crafted(0x0007, &[], |_| {}, false)),
-        (UnknownMessageKind, 77)
-    );
-    assert_eq!(
-        error_of(crafted(0x7FFF, &[], |_| {}, false)),
-        (UnknownMessageKind, 77)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[1, 2, 3], |f| f[HEADER_BYTES] ^= 1, false)),
-        (BodyChecksum, 77)
-    );
-    assert_eq!(
-        error_of(crafted(ping, &[0], |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(0x0007, &[], |_| {}, false)), (UnknownMessageKind, 77));
+    assert_eq!(error_of(crafted(0x7FFF, &[], |_| {}, false)), (UnknownMessageKind, 77));
+    assert_eq!(error_of(crafted(ping, &[1, 2, 3], |f| f[HEADER_BYTES] ^= 1, false)), (BodyChecksum, 77));
+    assert_eq!(error_of(crafted(ping, &[0], |_| {}, false)), (MalformedFrame, 77));
 
     let transfers = kind::CREATE_TRANSFERS;
     let over = BATCH_ITEMS_MAX as u32 + 1;
-    assert_eq!(
-        error_of(crafted(
-            transfers,
-            &batch_body(over, 64, over as usize),
-            |_| {},
-            false
-        )),
-        (TooManyItems, 77)
-    );
-    assert_eq!(
-        error_of(crafted(
-            transfers,
-            &batch_body(u32::MAX, 64, 1),
-            |_| {},
-            false
-        )),
-        (TooManyItems, 77)
-    );
-    assert_eq!(
-        error_of(crafted(transfers, &batch_body(0, 64, 0), |_| {}, false)),
-        (EmptyBatch, 77)
-    );
-    assert_eq!(
-        error_of(crafted(transfers, &batch_body(2, 64, 1), |_| {}, false)),
-        (MalformedFrame, 77)
-    );
-    assert_eq!(
-        error_of(crafted(transfers, &batch_body(1, 64, 2), |_| {}, false)),
-        (MalformedFrame, 77)
-    );
-    assert_eq!(
-        error_of(crafted(transfers, &[1, 0, 0], |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(transfers, &batch_body(over, 64, over as usize), |_| {}, false)), (TooManyItems, 77));
+    assert_eq!(error_of(crafted(transfers, &batch_body(u32::MAX, 64, 1), |_| {}, false)), (TooManyItems, 77));
+    assert_eq!(error_of(crafted(transfers, &batch_body(0, 64, 0), |_| {}, false)), (EmptyBatch, 77));
+    assert_eq!(error_of(crafted(transfers, &batch_body(2, 64, 1), |_| {}, false)), (MalformedFrame, 77));
+    assert_eq!(error_of(crafted(transfers, &batch_body(1, 64, 2), |_| {}, false)), (MalformedFrame, 77));
+    assert_eq!(error_of(crafted(transfers, &[1, 0, 0], |_| {}, false)), (MalformedFrame, 77));
     let mut reserved = batch_body(1, 64, 1);
     reserved[5] = 1;
-    assert_eq!(
-        error_of(crafted(transfers, &reserved, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(transfers, &reserved, |_| {}, false)), (MalformedFrame, 77));
 
     let mut lookup = vec![3, 0, 0, 0, 1, 0, 0, 0];
     lookup.extend_from_slice(&[0; 16]);
-    assert_eq!(
-        error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)), (MalformedFrame, 77));
     lookup[0] = 0;
     lookup[8] = 5; // a sequence with Linearizable is not canonical
-    assert_eq!(
-        error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)), (MalformedFrame, 77));
 
     let mut results = batch_body(1, 16, 1);
     results[12] = 200; // unknown result code
-    assert_eq!(
-        error_of(crafted(kind::RESULTS, &results, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(kind::RESULTS, &results, |_| {}, false)), (MalformedFrame, 77));
     let mut error_body = vec![99, 0, 0, 0, 0, 0, 0, 0];
-    assert_eq!(
-        error_of(crafted(kind::ERROR, &error_body, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(kind::ERROR, &error_body, |_| {}, false)), (MalformedFrame, 77));
     error_body = vec![1, 0, 2, 0, 0, 0, 0, 0, 0xFF, 0xFE];
-    assert_eq!(
-        error_of(crafted(kind::ERROR, &error_body, |_| {}, false)),
-        (MalformedFrame, 77)
-    );
+    assert_eq!(error_of(crafted(kind::ERROR, &error_body, |_| {}, false)), (MalformedFrame, 77));
 }
 
 #[test]
@@ -499,21 +295,10 @@ fn a_correct_magic_prefix_waits_for_more() {
 
 #[test]
 fn a_lower_frame_limit_is_enforced() {
-    let small = FrameDecoder {
-        cluster_id: CLUSTER,
-        frame_bytes_max: 1024,
-    };
+    let small = FrameDecoder { cluster_id: CLUSTER, frame_bytes_max: 1024 };
     let mut out = Vec::new();
-    encode_request(
-        &mut out,
-        CLUSTER,
-        1,
-        &Request::CreateTransfers(vec![Transfer::default(); 20]),
-    )
-    .expect("ok");
-    let error = small
-        .decode(&out[..HEADER_BYTES])
-        .expect_err("over the configured limit");
+    encode_request(&mut out, CLUSTER, 1, &Request::CreateTransfers(vec![Transfer::default(); 20])).expect("ok");
+    let error = small.decode(&out[..HEADER_BYTES]).expect_err("over the configured limit");
     assert_eq!(error.error.code(), ErrorCode::FrameTooLarge);
 }
 
@@ -540,29 +325,10 @@ fn randomized_frames_never_panic_and_decode_consistently() {
     let mut seeds = Vec::new();
     let samples: Vec<Request> = vec![
         Request::Ping,
-        Request::CreateTransfers(vec![
-            Transfer {
-                id: 5,
-                amount: 9,
-                ..Transfer::default()
-            };
-            3
-        ]),
-        Request::LookupAccounts {
-            consistency: Consistency::AtLeast(4),
-            ids: vec![1, 2, 3],
-        },
-        Request::AccountHistory {
-            account_id: 1,
-            after_seq: 2,
-            limit: 3,
-        },
-        Request::CreateAccounts(vec![CreateAccount {
-            id: 1,
-            ledger: 840,
-            flags: 0,
-            user_data: 0,
-        }]),
+        Request::CreateTransfers(vec![Transfer { id: 5, amount: 9, ..Transfer::default() }; 3]),
+        Request::LookupAccounts { consistency: Consistency::AtLeast(4), ids: vec![1, 2, 3] },
+        Request::AccountHistory { account_id: 1, from_seq: 2, limit: 3 },
+        Request::CreateAccounts(vec![CreateAccount { id: 1, ledger: 840, flags: 0, user_data: 0 }]),
     ];
     for (i, request) in samples.iter().enumerate() {
         let mut out = Vec::new();
@@ -574,12 +340,7 @@ fn randomized_frames_never_panic_and_decode_consistently() {
         &mut out,
         CLUSTER,
         1,
-        &Response::Results(vec![ItemResult {
-            index: 0,
-            code: ResultCode::Ok,
-            flags: 0,
-            seq: 1,
-        }]),
+        &Response::Results(vec![ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq: 1 }]),
     )
     .expect("ok");
     seeds.push(out);
@@ -626,20 +387,12 @@ fn randomized_frames_never_panic_and_decode_consistently() {
             assert!(consumed <= bytes.len() && consumed >= HEADER_BYTES);
             reencoded.clear();
             match &frame.message {
-                Message::Request(request) => {
-                    encode_request(&mut reencoded, CLUSTER, frame.header.request_id, request)
-                }
+                Message::Request(request) => encode_request(&mut reencoded, CLUSTER, frame.header.request_id, request),
                 Message::Response(response) => {
                     encode_response(&mut reencoded, CLUSTER, frame.header.request_id, response)
                 }
                 Message::Peer { kind, body } => {
-                    encode_raw_frame(
-                        &mut reencoded,
-                        *kind,
-                        CLUSTER,
-                        frame.header.request_id,
-                        body,
-                    );
+                    encode_raw_frame(&mut reencoded, *kind, CLUSTER, frame.header.request_id, body);
                     Ok(())
                 }
             }
@@ -647,10 +400,7 @@ fn randomized_frames_never_panic_and_decode_consistently() {
             assert_eq!(&reencoded[..], &bytes[..consumed], "the codec is canonical");
         }
     }
-    assert!(
-        accepted > 1_000,
-        "the mutations must also exercise the success path ({accepted})"
-    );
+    assert!(accepted > 1_000, "the mutations must also exercise the success path ({accepted})");
 }
 
 #[test]
@@ -658,17 +408,11 @@ fn reserved_bytes_inside_items_are_refused_so_the_codec_stays_canonical() {
     let mut lookup = batch_body(1, AccountLookup::WIRE_BYTES, 1);
     lookup[8] = ResultCode::AccountNotFound as u8;
     lookup[8 + 8 + 40] = 1; // a balance on a not-found item
-    assert_eq!(
-        error_of(crafted(kind::ACCOUNTS, &lookup, |_| {}, false)).0,
-        ErrorCode::MalformedFrame
-    );
+    assert_eq!(error_of(crafted(kind::ACCOUNTS, &lookup, |_| {}, false)).0, ErrorCode::MalformedFrame);
     let mut history = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     history.resize(16 + HistoryEntry::WIRE_BYTES, 0);
     history[16 + 16] = HistoryKind::TransferPosted as u8;
     assert!(crafted(kind::HISTORY, &history, |_| {}, false).is_ok());
     history[16 + 21] = 1;
-    assert_eq!(
-        error_of(crafted(kind::HISTORY, &history, |_| {}, false)).0,
-        ErrorCode::MalformedFrame
-    );
+    assert_eq!(error_of(crafted(kind::HISTORY, &history, |_| {}, false)).0, ErrorCode::MalformedFrame);
 }

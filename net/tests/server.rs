@@ -66,35 +66,19 @@ impl Bank {
                 ids.iter()
                     .map(|id| match state.accounts.get(id) {
                         Some(account) => AccountLookup::Found(*account),
-                        None => AccountLookup::NotFound {
-                            id: *id,
-                            code: ResultCode::AccountNotFound,
-                        },
+                        None => AccountLookup::NotFound { id: *id, code: ResultCode::AccountNotFound },
                     })
                     .collect(),
             ),
-            Request::AccountHistory {
-                account_id,
-                after_seq,
-                limit,
-            } => {
-                let all = state.history.get(&account_id).cloned().unwrap_or_default();
-                let entries: Vec<HistoryEntry> = all
-                    .iter()
-                    .filter(|e| e.seq > after_seq)
-                    .take(limit as usize)
-                    .copied()
-                    .collect();
-                let more = all.iter().filter(|e| e.seq > after_seq).count() > entries.len();
-                let next_after_seq = if more {
-                    entries.last().map(|e| e.seq)
-                } else {
-                    None
-                };
-                Response::History {
-                    entries,
-                    next_after_seq,
-                }
+            Request::AccountHistory { account_id, from_seq, limit } => {
+                // Newest first from `from_seq` (0 = newest), as the engine serves it.
+                let mut all = state.history.get(&account_id).cloned().unwrap_or_default();
+                all.reverse();
+                let start = if from_seq == 0 { u64::MAX } else { from_seq };
+                let eligible: Vec<HistoryEntry> = all.into_iter().filter(|e| e.seq <= start).collect();
+                let entries: Vec<HistoryEntry> = eligible.iter().take(limit as usize).copied().collect();
+                let next_from_seq = eligible.get(entries.len()).map(|e| e.seq);
+                Response::History { entries, next_from_seq }
             }
         }
     }
@@ -116,35 +100,16 @@ impl BankState {
                 last_seq: self.seq,
             };
             self.accounts.insert(create.id, account);
-            self.record(
-                create.id,
-                HistoryKind::AccountCreated,
-                ResultCode::Ok,
-                Transfer::default(),
-            );
+            self.record(create.id, HistoryKind::AccountCreated, ResultCode::Ok, Transfer::default());
             ResultCode::Ok
         };
-        ItemResult {
-            index,
-            code,
-            flags: 0,
-            seq: self.seq,
-        }
+        ItemResult { index, code, flags: 0, seq: self.seq }
     }
 
     fn create_transfer(&mut self, index: u32, transfer: &Transfer) -> ItemResult {
         if let Some((original, result)) = self.transfers.get(&transfer.id) {
-            let code = if original == transfer {
-                result.code
-            } else {
-                ResultCode::ExistsWithDifferentFields
-            };
-            return ItemResult {
-                index,
-                code,
-                flags: RESULT_FLAG_REPLAYED,
-                seq: result.seq,
-            };
+            let code = if original == transfer { result.code } else { ResultCode::ExistsWithDifferentFields };
+            return ItemResult { index, code, flags: RESULT_FLAG_REPLAYED, seq: result.seq };
         }
         self.seq += 1;
         let debit = self.accounts.get(&transfer.debit_account_id).copied();
@@ -152,66 +117,30 @@ impl BankState {
         let code = match (debit, credit) {
             (None, _) => ResultCode::DebitAccountNotFound,
             (_, None) => ResultCode::CreditAccountNotFound,
-            (Some(debit), Some(_))
-                if !debit.is_external() && debit.balance < transfer.amount as i64 =>
-            {
+            (Some(debit), Some(_)) if !debit.is_external() && debit.balance < transfer.amount as i64 => {
                 ResultCode::InsufficientFunds
             }
             _ => ResultCode::Ok,
         };
         if code == ResultCode::Ok {
             let seq = self.seq;
-            let debit = self
-                .accounts
-                .get_mut(&transfer.debit_account_id)
-                .expect("checked");
+            let debit = self.accounts.get_mut(&transfer.debit_account_id).expect("checked");
             debit.balance -= transfer.amount as i64;
             debit.last_seq = seq;
-            let credit = self
-                .accounts
-                .get_mut(&transfer.credit_account_id)
-                .expect("checked");
+            let credit = self.accounts.get_mut(&transfer.credit_account_id).expect("checked");
             credit.balance += transfer.amount as i64;
             credit.last_seq = seq;
-            self.record(
-                transfer.debit_account_id,
-                HistoryKind::TransferPosted,
-                code,
-                *transfer,
-            );
-            self.record(
-                transfer.credit_account_id,
-                HistoryKind::TransferPosted,
-                code,
-                *transfer,
-            );
+            self.record(transfer.debit_account_id, HistoryKind::TransferPosted, code, *transfer);
+            self.record(transfer.credit_account_id, HistoryKind::TransferPosted, code, *transfer);
         }
-        let result = ItemResult {
-            index,
-            code,
-            flags: 0,
-            seq: self.seq,
-        };
+        let result = ItemResult { index, code, flags: 0, seq: self.seq };
         self.transfers.insert(transfer.id, (*transfer, result));
         result
     }
 
-    fn record(
-        &mut self,
-        account_id: AccountId,
-        kind: HistoryKind,
-        code: ResultCode,
-        transfer: Transfer,
-    ) {
+    fn record(&mut self, account_id: AccountId, kind: HistoryKind, code: ResultCode, transfer: Transfer) {
         let balance_after = self.accounts[&account_id].balance;
-        let entry = HistoryEntry {
-            seq: self.seq,
-            timestamp_ns: self.seq * 1000,
-            kind,
-            code,
-            transfer,
-            balance_after,
-        };
+        let entry = HistoryEntry { seq: self.seq, timestamp_ns: self.seq * 1000, kind, code, transfer, balance_after };
         self.history.entry(account_id).or_default().push(entry);
     }
 }
@@ -249,11 +178,7 @@ impl Reversing {
 }
 impl Handler for Reversing {
     fn handle(&self, request: Request, responder: Responder) {
-        self.0
-            .lock()
-            .expect("test lock")
-            .send((request, responder))
-            .expect("worker alive");
+        self.0.lock().expect("test lock").send((request, responder)).expect("worker alive");
     }
 }
 
@@ -296,11 +221,7 @@ fn open_accounts(client: &mut Client, ids: &[AccountId], external: AccountId) {
         .map(|id| CreateAccount {
             id: *id,
             ledger: 840,
-            flags: if *id == external {
-                ACCOUNT_FLAG_EXTERNAL
-            } else {
-                0
-            },
+            flags: if *id == external { ACCOUNT_FLAG_EXTERNAL } else { 0 },
             user_data: 0,
         })
         .collect();
@@ -331,9 +252,7 @@ fn read_frame(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Frame {
             buffer.drain(..used);
             return frame;
         }
-        let read = stream
-            .read(&mut chunk)
-            .expect("frame arrives before the timeout");
+        let read = stream.read(&mut chunk).expect("frame arrives before the timeout");
         assert!(read > 0, "connection closed before a whole frame arrived");
         buffer.extend_from_slice(&chunk[..read]);
     }
@@ -374,32 +293,19 @@ fn pipelined_requests_complete_out_of_order_and_match_by_id() {
     for _round in 0..10 {
         let mut expected = HashMap::new();
         for id in &ids {
-            let request = Request::LookupAccounts {
-                consistency: Consistency::Any,
-                ids: vec![*id, 1000 + *id],
-            };
+            let request = Request::LookupAccounts { consistency: Consistency::Any, ids: vec![*id, 1000 + *id] };
             expected.insert(client.send(&request).expect("sent"), *id);
         }
-        assert!(matches!(
-            client.send(&Request::Ping),
-            Err(ClientError::TooManyInFlight { limit: 64 })
-        ));
+        assert!(matches!(client.send(&Request::Ping), Err(ClientError::TooManyInFlight { limit: 64 })));
         let mut last_id = 0;
         for _ in 0..ids.len() {
             let (request_id, response) = client.recv().expect("answer");
-            let account_id = expected
-                .remove(&request_id)
-                .expect("each request answered once");
-            let Response::Accounts(lookups) = response else {
-                panic!("not accounts")
-            };
+            let account_id = expected.remove(&request_id).expect("each request answered once");
+            let Response::Accounts(lookups) = response else { panic!("not accounts") };
             assert!(matches!(lookups[0], AccountLookup::Found(a) if a.id == account_id));
             assert_eq!(
                 lookups[1],
-                AccountLookup::NotFound {
-                    id: 1000 + account_id,
-                    code: ResultCode::AccountNotFound
-                }
+                AccountLookup::NotFound { id: 1000 + account_id, code: ResultCode::AccountNotFound }
             );
             if request_id < last_id {
                 out_of_order += 1;
@@ -408,10 +314,7 @@ fn pipelined_requests_complete_out_of_order_and_match_by_id() {
         }
         assert!(matches!(client.recv(), Err(ClientError::NothingInFlight)));
     }
-    assert!(
-        out_of_order > 0,
-        "the reversing handler must have reordered some answers"
-    );
+    assert!(out_of_order > 0, "the reversing handler must have reordered some answers");
     server.shutdown().expect("clean shutdown");
 }
 
@@ -424,11 +327,7 @@ fn many_connections_move_money_concurrently_and_conserve_it() {
     let accounts: Vec<AccountId> = (1..=33).collect();
     open_accounts(&mut setup, &accounts, 1);
     let funding: Vec<Transfer> = (2..=33).map(|id| transfer(1, id, 1_000)).collect();
-    assert!(setup
-        .create_transfers(&funding)
-        .expect("funded")
-        .iter()
-        .all(|r| r.code == ResultCode::Ok));
+    assert!(setup.create_transfers(&funding).expect("funded").iter().all(|r| r.code == ResultCode::Ok));
 
     let workers: Vec<_> = (2..=33u64)
         .map(|id| {
@@ -436,10 +335,7 @@ fn many_connections_move_money_concurrently_and_conserve_it() {
                 let mut client = client(address);
                 for round in 0..50u64 {
                     let to = 2 + (id + round) % 32;
-                    let batch = [
-                        transfer(id, to, 3),
-                        transfer(id, if to == id { 1 } else { to }, 2),
-                    ];
+                    let batch = [transfer(id, to, 3), transfer(id, if to == id { 1 } else { to }, 2)];
                     let results = client.create_transfers(&batch).expect("answered");
                     assert_eq!(results.len(), 2);
                 }
@@ -449,9 +345,7 @@ fn many_connections_move_money_concurrently_and_conserve_it() {
     for worker in workers {
         worker.join().expect("worker ok");
     }
-    let lookups = setup
-        .lookup_accounts(Consistency::Linearizable, &accounts)
-        .expect("lookups");
+    let lookups = setup.lookup_accounts(Consistency::Linearizable, &accounts).expect("lookups");
     let total: i64 = lookups
         .iter()
         .map(|l| match l {
@@ -462,15 +356,12 @@ fn many_connections_move_money_concurrently_and_conserve_it() {
     assert_eq!(total, 0, "money only moves");
     let history = setup.account_history(2, 0, 3).expect("history");
     assert_eq!(history.entries.len(), 3);
-    assert_eq!(history.entries[0].kind, HistoryKind::AccountCreated);
+    assert!(history.entries.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
     let next = setup
-        .account_history(
-            2,
-            history.next_after_seq.expect("more pages"),
-            10_000.min(HISTORY_LIMIT_MAX),
-        )
+        .account_history(2, history.next_from_seq.expect("more pages"), 10_000.min(HISTORY_LIMIT_MAX))
         .expect("page 2");
-    assert!(next.entries.iter().all(|e| e.seq > history.entries[2].seq));
+    assert!(next.entries.iter().all(|e| e.seq < history.entries[2].seq));
+    assert_eq!(next.entries.last().expect("older page").kind, HistoryKind::AccountCreated);
     server.shutdown().expect("clean shutdown");
 }
 
@@ -498,50 +389,20 @@ fn each_bad_frame_gets_its_error_code_and_closes_only_its_connection() {
     let mut pong = Vec::new();
     encode_response(&mut pong, CLUSTER, 41, &Response::Pong).expect("ok");
     let cases: Vec<(&str, Vec<u8>, ErrorCode, u64)> = vec![
-        (
-            "http",
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-            ErrorCode::BadMagic,
-            0,
-        ),
-        (
-            "version",
-            crafted_frame(kind::PING, &[], |f| f[4] = 9, true),
-            ErrorCode::UnsupportedVersion,
-            41,
-        ),
-        (
-            "cluster",
-            crafted_frame(kind::PING, &[], |f| f[8] ^= 0xFF, true),
-            ErrorCode::WrongClusterId,
-            41,
-        ),
-        (
-            "header checksum",
-            crafted_frame(kind::PING, &[], |f| f[24] ^= 1, false),
-            ErrorCode::HeaderChecksum,
-            0,
-        ),
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), ErrorCode::BadMagic, 0),
+        ("version", crafted_frame(kind::PING, &[], |f| f[4] = 9, true), ErrorCode::UnsupportedVersion, 41),
+        ("cluster", crafted_frame(kind::PING, &[], |f| f[8] ^= 0xFF, true), ErrorCode::WrongClusterId, 41),
+        ("header checksum", crafted_frame(kind::PING, &[], |f| f[24] ^= 1, false), ErrorCode::HeaderChecksum, 0),
         (
             "body checksum",
-            crafted_frame(
-                kind::CREATE_TRANSFERS,
-                &[1, 0, 0, 0],
-                |f| f[HEADER_BYTES] = 2,
-                false,
-            ),
+            crafted_frame(kind::CREATE_TRANSFERS, &[1, 0, 0, 0], |f| f[HEADER_BYTES] = 2, false),
             ErrorCode::BodyChecksum,
             41,
         ),
         // Only a header claiming 2 MiB: refused before any body is buffered.
         (
             "too large",
-            crafted_frame(
-                kind::PING,
-                &[],
-                |f| f[32..36].copy_from_slice(&(2u32 << 20).to_le_bytes()),
-                true,
-            ),
+            crafted_frame(kind::PING, &[], |f| f[32..36].copy_from_slice(&(2u32 << 20).to_le_bytes()), true),
             ErrorCode::FrameTooLarge,
             41,
         ),
@@ -551,24 +412,9 @@ fn each_bad_frame_gets_its_error_code_and_closes_only_its_connection() {
             ErrorCode::TooManyItems,
             41,
         ),
-        (
-            "empty batch",
-            crafted_frame(kind::CREATE_ACCOUNTS, &empty_batch, |_| {}, false),
-            ErrorCode::EmptyBatch,
-            41,
-        ),
-        (
-            "unknown kind",
-            crafted_frame(0x0042, &[], |_| {}, false),
-            ErrorCode::UnknownMessageKind,
-            41,
-        ),
-        (
-            "response sent to server",
-            pong,
-            ErrorCode::UnknownMessageKind,
-            41,
-        ),
+        ("empty batch", crafted_frame(kind::CREATE_ACCOUNTS, &empty_batch, |_| {}, false), ErrorCode::EmptyBatch, 41),
+        ("unknown kind", crafted_frame(0x0042, &[], |_| {}, false), ErrorCode::UnknownMessageKind, 41),
+        ("response sent to server", pong, ErrorCode::UnknownMessageKind, 41),
         (
             "peer kind on client port",
             crafted_frame(kind::PEER_MIN, &[1], |_| {}, false),
@@ -577,12 +423,7 @@ fn each_bad_frame_gets_its_error_code_and_closes_only_its_connection() {
         ),
         (
             "malformed",
-            crafted_frame(
-                kind::CREATE_ACCOUNTS,
-                &[1, 0, 0, 0, 0, 0, 0, 0, 9],
-                |_| {},
-                false,
-            ),
+            crafted_frame(kind::CREATE_ACCOUNTS, &[1, 0, 0, 0, 0, 0, 0, 0, 9], |_| {}, false),
             ErrorCode::MalformedFrame,
             41,
         ),
@@ -596,18 +437,12 @@ fn each_bad_frame_gets_its_error_code_and_closes_only_its_connection() {
         stream.write_all(&bytes).expect("write");
         let mut buffer = Vec::new();
         let pong = read_frame(&mut stream, &mut buffer);
-        assert_eq!(
-            (pong.header.request_id, pong.message),
-            (7, Message::Response(Response::Pong)),
-            "{name}"
-        );
+        assert_eq!((pong.header.request_id, pong.message), (7, Message::Response(Response::Pong)), "{name}");
         let error = read_frame(&mut stream, &mut buffer);
         assert_eq!(error_code_of(&error), expected, "{name}");
         assert_eq!(error.header.request_id, request_id, "{name}");
         assert_closed(&mut stream);
-        bystander
-            .ping()
-            .unwrap_or_else(|e| panic!("bystander broken after {name}: {e}"));
+        bystander.ping().unwrap_or_else(|e| panic!("bystander broken after {name}: {e}"));
     }
     server.shutdown().expect("clean shutdown");
 }
@@ -621,9 +456,7 @@ fn in_flight_limit_pauses_reading_without_deadlock() {
     for request_id in 1..=40 {
         encode_request(&mut frames, CLUSTER, request_id, &Request::Ping).expect("ok");
     }
-    stream
-        .write_all(&frames)
-        .expect("40 pings fit in the socket buffers");
+    stream.write_all(&frames).expect("40 pings fit in the socket buffers");
     let mut answered = 0;
     let mut buffer = Vec::new();
     // Bounded: each round answers at least one request, 40 in all.
@@ -635,20 +468,14 @@ fn in_flight_limit_pauses_reading_without_deadlock() {
         if held.is_empty() {
             break;
         }
-        assert!(
-            held.len() <= 4,
-            "the server read past its in-flight limit: {}",
-            held.len()
-        );
+        assert!(held.len() <= 4, "the server read past its in-flight limit: {}", held.len());
         for (_, responder) in held.drain(..) {
             responder.respond(Response::Pong);
             answered += 1;
         }
     }
     assert_eq!(answered, 40);
-    let mut seen: Vec<u64> = (0..40)
-        .map(|_| read_frame(&mut stream, &mut buffer).header.request_id)
-        .collect();
+    let mut seen: Vec<u64> = (0..40).map(|_| read_frame(&mut stream, &mut buffer).header.request_id).collect();
     seen.sort_unstable();
     assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
     server.shutdown().expect("clean shutdown");
@@ -659,10 +486,7 @@ fn a_dropped_responder_answers_internal() {
     let server = start(Immediate(Arc::new(Bank::default())), |_| {});
     let mut client = client(server.local_address());
     match client.status() {
-        Err(ClientError::Server {
-            code: ErrorCode::Internal,
-            ..
-        }) => {}
+        Err(ClientError::Server { code: ErrorCode::Internal, .. }) => {}
         other => panic!("expected Internal, got {other:?}"),
     }
     client.ping().expect("the connection stays usable");
@@ -677,10 +501,7 @@ fn unanswered_request_times_out_on_the_client() {
     config.request_timeout_ms = 200;
     let mut client = Client::connect(config).expect("connects");
     let started = Instant::now();
-    assert!(matches!(
-        client.ping(),
-        Err(ClientError::Timeout { timeout_ms: 200 })
-    ));
+    assert!(matches!(client.ping(), Err(ClientError::Timeout { timeout_ms: 200 })));
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(requests);
     server.shutdown().expect("clean shutdown");
@@ -688,19 +509,14 @@ fn unanswered_request_times_out_on_the_client() {
 
 #[test]
 fn connections_beyond_the_limit_are_refused() {
-    let server = start(Immediate(Arc::new(Bank::default())), |c| {
-        c.connections_max = 2
-    });
+    let server = start(Immediate(Arc::new(Bank::default())), |c| c.connections_max = 2);
     let mut first = client(server.local_address());
     let mut second = client(server.local_address());
     first.ping().expect("within limit");
     second.ping().expect("within limit");
     let mut third = client(server.local_address());
     match third.ping() {
-        Err(ClientError::Server {
-            code: ErrorCode::TooManyConnections,
-            ..
-        }) => {}
+        Err(ClientError::Server { code: ErrorCode::TooManyConnections, .. }) => {}
         Err(ClientError::Io(_)) | Err(ClientError::ConnectionClosed) => {} // refusal raced our write
         other => panic!("expected refusal, got {other:?}"),
     }
@@ -723,20 +539,13 @@ fn shutdown_finishes_answers_in_flight() {
     let server = start(handler, |_| {});
     let mut client = client(server.local_address());
     let request_id = client.send(&Request::Ping).expect("sent");
-    let (_, responder) = requests
-        .recv_timeout(WAIT)
-        .expect("request reached the handler");
+    let (_, responder) = requests.recv_timeout(WAIT).expect("request reached the handler");
     let answerer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(100));
         responder.respond(Response::Pong);
     });
-    server
-        .shutdown()
-        .expect("clean shutdown waits for the answer");
-    assert_eq!(
-        client.recv().expect("answered"),
-        (request_id, Response::Pong)
-    );
+    server.shutdown().expect("clean shutdown waits for the answer");
+    assert_eq!(client.recv().expect("answered"), (request_id, Response::Pong));
     answerer.join().expect("answerer ok");
     assert!(client.ping().is_err(), "server is gone");
 }
@@ -749,9 +558,7 @@ fn half_closed_client_still_gets_its_answers() {
     encode_request(&mut frames, CLUSTER, 1, &Request::Ping).expect("ok");
     encode_request(&mut frames, CLUSTER, 2, &Request::Ping).expect("ok");
     stream.write_all(&frames).expect("write");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("half close");
+    stream.shutdown(std::net::Shutdown::Write).expect("half close");
     let mut buffer = Vec::new();
     assert_eq!(read_frame(&mut stream, &mut buffer).header.request_id, 1);
     assert_eq!(read_frame(&mut stream, &mut buffer).header.request_id, 2);
@@ -768,15 +575,11 @@ fn free_address() -> SocketAddr {
 fn client_tries_addresses_in_order() {
     let server = start(Immediate(Arc::new(Bank::default())), |_| {});
     let dead = free_address();
-    let mut client = Client::connect(client_config(vec![dead, server.local_address()]))
-        .expect("second address works");
+    let mut client = Client::connect(client_config(vec![dead, server.local_address()])).expect("second address works");
     assert_eq!(client.connected_address(), Some(server.local_address()));
     client.ping().expect("pong");
     let unreachable = Client::connect(client_config(vec![dead]));
-    assert!(matches!(
-        unreachable,
-        Err(ClientError::Unreachable { addresses: 1, .. })
-    ));
+    assert!(matches!(unreachable, Err(ClientError::Unreachable { addresses: 1, .. })));
     server.shutdown().expect("clean shutdown");
 }
 
@@ -794,31 +597,17 @@ fn client_reconnects_after_restart_and_retries_reuse_transfer_ids() {
         let mut setup = Bank::answer(
             &bank,
             Request::CreateAccounts(vec![
-                CreateAccount {
-                    id: 1,
-                    ledger: 840,
-                    flags: ACCOUNT_FLAG_EXTERNAL,
-                    user_data: 0,
-                },
-                CreateAccount {
-                    id: 2,
-                    ledger: 840,
-                    flags: 0,
-                    user_data: 0,
-                },
+                CreateAccount { id: 1, ledger: 840, flags: ACCOUNT_FLAG_EXTERNAL, user_data: 0 },
+                CreateAccount { id: 2, ledger: 840, flags: 0, user_data: 0 },
             ]),
         );
-        assert!(
-            matches!(&mut setup, Response::Results(r) if r.iter().all(|i| i.code == ResultCode::Ok))
-        );
+        assert!(matches!(&mut setup, Response::Results(r) if r.iter().all(|i| i.code == ResultCode::Ok)));
     }
     let batch = vec![transfer(1, 2, 500), transfer(1, 2, 250)];
 
     // The first server applies the batch but the answer is lost with the server.
     let sender = thread::spawn(move || {
-        let results = client
-            .create_transfers_retrying(&batch)
-            .expect("eventually answered");
+        let results = client.create_transfers_retrying(&batch).expect("eventually answered");
         (client, results)
     });
     let (request, responder) = requests.recv_timeout(WAIT).expect("first attempt arrives");
@@ -826,26 +615,16 @@ fn client_reconnects_after_restart_and_retries_reuse_transfer_ids() {
     let bank_for_restart = Arc::clone(&bank);
     std::mem::forget(responder); // simulate a crash: no answer at all, not even Internal
     first.shutdown().expect("first server stops");
-    let second = Server::start(
-        ServerConfig::new(address, CLUSTER),
-        Immediate(bank_for_restart),
-    )
-    .expect("restart on the same port");
+    let second = Server::start(ServerConfig::new(address, CLUSTER), Immediate(bank_for_restart))
+        .expect("restart on the same port");
 
     let (mut client, results) = sender.join().expect("sender ok");
     assert_eq!(results.len(), 2);
     assert!(
-        results
-            .iter()
-            .all(|r| r.code == ResultCode::Ok && r.is_replayed()),
+        results.iter().all(|r| r.code == ResultCode::Ok && r.is_replayed()),
         "retry replays, never re-applies: {results:?}"
     );
-    let lookups = client
-        .lookup_accounts(Consistency::Linearizable, &[2])
-        .expect("lookup");
-    assert!(
-        matches!(lookups[0], AccountLookup::Found(a) if a.balance == 750),
-        "applied exactly once: {lookups:?}"
-    );
+    let lookups = client.lookup_accounts(Consistency::Linearizable, &[2]).expect("lookup");
+    assert!(matches!(lookups[0], AccountLookup::Found(a) if a.balance == 750), "applied exactly once: {lookups:?}");
     second.shutdown().expect("clean shutdown");
 }
