@@ -1,14 +1,14 @@
 //! A small multiply-mix hasher for the state machine's integer keys (account ids, transfer ids).
 //!
 //! std's SipHash costs ~20 ns per u64 key; at 10 M transfers/s per core we have ~100 ns for the whole
-//! transfer, so the maps on the hot path use this instead. The mix is a 64x64->128 multiply folded back
-//! to 64 bits (high half XOR low half), which spreads sequential client ids over both the low bits
-//! (bucket index) and the high bits (hashbrown's control byte).
+//! transfer, so the account and id indexes on the hot path use this instead. The mix is a 64x64->128
+//! multiply folded back to 64 bits (high half XOR low half), which spreads sequential client ids over
+//! all output bits; the indexes take both their home slot and their tag from the high 32 bits.
 //!
-//! The hasher is fixed-keyed and therefore deterministic across replicas and restarts; nothing in the
-//! state machine lets map iteration order reach an output, so determinism is not what this buys — it is
-//! simply that no randomness source is touched. A fixed key means a client that crafts colliding ids can
-//! slow its own partition down (see the report's "gaps").
+//! The hasher is fixed-keyed, so it is deterministic across replicas and restarts and touches no
+//! randomness source. The price: a client that crafts colliding ids can lengthen probe runs and slow
+//! its own partition down (never change an outcome). A per-cluster key from the configuration would
+//! close that; it is not done yet.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -105,11 +105,7 @@ mod tests {
         let keys = 1..=4096u64;
         let low: HashSet<u64> = keys.clone().map(|k| hash_u64(k) & 0xFFF).collect();
         let high: HashSet<u64> = keys.map(|k| hash_u64(k) >> 57).collect();
-        assert!(
-            low.len() > 2400,
-            "low 12 bits too clustered: {} distinct of 4096",
-            low.len()
-        );
+        assert!(low.len() > 2400, "low 12 bits too clustered: {} distinct of 4096", low.len());
         assert_eq!(high.len(), 128, "every top-7-bit tag value should appear");
     }
 
@@ -118,10 +114,6 @@ mod tests {
         let a = FastBuildHasher.hash_one(1u128 | (2u128 << 64));
         let b = FastBuildHasher.hash_one(2u128 | (1u128 << 64));
         assert_ne!(a, b);
-        assert_eq!(
-            a,
-            FastBuildHasher.hash_one(1u128 | (2u128 << 64)),
-            "hashing is deterministic"
-        );
+        assert_eq!(a, FastBuildHasher.hash_one(1u128 | (2u128 << 64)), "hashing is deterministic");
     }
 }

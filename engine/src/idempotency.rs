@@ -246,8 +246,8 @@ impl IdTable {
     }
 
     /// Every entry in arrival order (a full export, e.g. for a snapshot).
-    pub fn for_each(&self, mut f: impl FnMut(&IdEntry)) {
-        self.entries.iter().for_each(|entry| f(entry));
+    pub fn for_each(&self, f: impl FnMut(&IdEntry)) {
+        self.entries.iter().for_each(f);
     }
 
     /// Changes since the previous drain, for a checkpoint: `inserted` gets the entries added since then
@@ -256,7 +256,7 @@ impl IdTable {
     /// recorded again. Returns the watermark to persist alongside.
     pub fn drain_changes(
         &mut self,
-        mut inserted: impl FnMut(&IdEntry),
+        inserted: impl FnMut(&IdEntry),
         mut evicted: impl FnMut(TransferId),
     ) -> Option<u64> {
         for id in self.evicted_undrained.drain(..) {
@@ -264,7 +264,7 @@ impl IdTable {
         }
         let first_undrained = self.drained_arrival.max(self.head_arrival);
         let skip = (first_undrained - self.head_arrival) as usize;
-        self.entries.iter().skip(skip).for_each(|entry| inserted(entry));
+        self.entries.iter().skip(skip).for_each(inserted);
         self.drained_arrival = self.head_arrival + self.entries.len() as u64;
         self.watermark_ms
     }
