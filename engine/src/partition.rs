@@ -383,15 +383,33 @@ impl PartitionState {
         }
     }
 
-    /// [`PartitionState::restore`] from an exported image.
+    /// [`PartitionState::try_restore`] from an exported image.
     pub fn restore_rows(config: PartitionConfig, rows: PartitionRows) -> Result<Self, RestoreError> {
         let PartitionRows { last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids } = rows;
-        PartitionState::restore(config, last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids)
+        PartitionState::try_restore(config, last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids)
     }
 
-    /// Rebuilds a state from persisted rows (what `drain_dirty` reported, accumulated); the result has nothing dirty. Accounts are re-ordered by
-    /// (created_seq, id) so the in-memory order does not depend on the store's key order.
+    /// [`PartitionState::try_restore`] for a store that is trusted: inconsistent rows stop the process
+    /// (serving from a corrupt image would be worse). Callers that can fall back to replaying the whole
+    /// log use `try_restore`.
     pub fn restore(
+        config: PartitionConfig,
+        last_seq: u64,
+        last_timestamp_ns: u64,
+        id_watermark_ms: Option<u64>,
+        accounts: Vec<Account>,
+        ids: Vec<IdEntry>,
+    ) -> Self {
+        match PartitionState::try_restore(config, last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids) {
+            Ok(state) => state,
+            Err(error) => panic!("partition {} checkpoint rows are inconsistent: {error}", config.partition),
+        }
+    }
+
+    /// Rebuilds a state from persisted rows (what `drain_dirty` reported, accumulated); the result has
+    /// nothing dirty. Accounts are re-ordered by (created_seq, id) so the in-memory order does not
+    /// depend on the store's key order.
+    pub fn try_restore(
         config: PartitionConfig,
         last_seq: u64,
         last_timestamp_ns: u64,
@@ -1224,6 +1242,16 @@ mod tests {
         let mut elsewhere = rows.clone();
         elsewhere.accounts[0].id = foreign;
         assert!(matches!(PartitionState::restore_rows(wide, elsewhere), Err(RestoreError::ForeignAccount { .. })));
+    }
+
+    #[test]
+    #[should_panic(expected = "checkpoint rows are inconsistent")]
+    fn trusted_restore_stops_on_inconsistent_rows() {
+        let h = funded();
+        let mut rows = h.state.export_rows();
+        rows.accounts.push(rows.accounts[0]);
+        let PartitionRows { last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids } = rows;
+        PartitionState::restore(h.state.config(), last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids);
     }
 
     #[test]
