@@ -229,11 +229,10 @@ impl<S: Storage> Raft<S> {
 
     fn answer_stale_term(&mut self, message: &Message) {
         match message.body {
-            // A deposed leader learns our term and steps down (needed when check-quorum or
-            // pre-vote keep us from bumping its term through an election).
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                if self.config.check_quorum || self.config.pre_vote =>
-            {
+            // §5.1: the request is rejected and the reply carries our term, so a deposed leader
+            // steps down. Needed even without check-quorum / pre-vote: a leader removed from the
+            // group, or cut off while the others moved on, never hears a vote request again.
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                 self.send(message.from, MessageBody::HeartbeatResponse { read_seq: 0 });
             }
             // Without this a pre-candidate with a stale term could wait forever.

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use raft::{Config, Entry, HardState, MemStorage, Message, NodeId, RawNode, Ready, Role, Snapshot, Storage};
+use raft::{
+    ConfChange, ConfChangeKind, Config, Entry, HardState, MemStorage, Message, NodeId, RawNode, Ready, Role, Snapshot,
+    Storage,
+};
 
 use crate::checker::{chain_digest, Checker, Violation};
 use crate::rng::Rng;
@@ -25,6 +28,11 @@ pub struct Options {
     pub propose_per_mille: u32,
     pub read_per_mille: u32,
     pub compact_per_mille: u32,
+    /// Leader hands leadership to a random voter.
+    pub transfer_per_mille: u32,
+    /// Leader proposes a single-server membership change (one spare replica cycles through
+    /// learner, voter and removed; original voters may be removed and re-added too).
+    pub membership_per_mille: u32,
     /// Entries kept behind the applied index when compacting.
     pub compact_lag_entries: u64,
     /// A node ticks with this probability per step (clock jitter between nodes).
@@ -52,6 +60,8 @@ impl Options {
         options.write_complete_per_mille = 150 + rng.below(850) as u32;
         options.propose_per_mille = 100 + rng.below(600) as u32;
         options.compact_per_mille = rng.below(40) as u32;
+        options.transfer_per_mille = rng.below(10) as u32;
+        options.membership_per_mille = if rng.chance(500) { rng.below(20) as u32 } else { 0 };
         options.tick_per_mille_min = 500 + rng.below(500) as u32;
         options.pre_vote = rng.chance(500);
         options.check_quorum = rng.chance(500);
@@ -75,6 +85,8 @@ impl Options {
             read_per_mille: 50,
             compact_per_mille: 10,
             compact_lag_entries: 5,
+            transfer_per_mille: 2,
+            membership_per_mille: 5,
             tick_per_mille_min: 700,
             liveness_steps_max: 1_500,
             pre_vote: true,
@@ -152,6 +164,10 @@ pub struct Stats {
     pub elections: u64,
     pub crashes: u64,
     pub messages: u64,
+    pub snapshots_sent: u64,
+    pub reads_served: u64,
+    pub transfers: u64,
+    pub conf_changes: u64,
 }
 
 pub struct Sim {
@@ -186,7 +202,9 @@ impl Sim {
     pub fn new(seed: u64, options: Options) -> Sim {
         let mut rng = Rng::new(seed);
         let voters: Vec<NodeId> = (1..=options.replicas as NodeId).collect();
-        let nodes = voters
+        // One spare replica that starts outside the group, for membership changes.
+        let all: Vec<NodeId> = (1..=options.replicas as NodeId + 1).collect();
+        let nodes = all
             .iter()
             .map(|&id| {
                 let storage = MemStorage::new_with_conf(raft::ConfState::with_voters(voters.clone()));
@@ -222,7 +240,17 @@ impl Sim {
             next_payload: 1,
             reads: Vec::new(),
             next_read: 1,
-            stats: Stats { steps: 0, committed_index: 0, elections: 0, crashes: 0, messages: 0 },
+            stats: Stats {
+                steps: 0,
+                committed_index: 0,
+                elections: 0,
+                crashes: 0,
+                messages: 0,
+                snapshots_sent: 0,
+                reads_served: 0,
+                transfers: 0,
+                conf_changes: 0,
+            },
         }
     }
 
@@ -255,6 +283,7 @@ impl Sim {
         self.complete_writes()?;
         self.process_readies()?;
         if self.faults {
+            self.operator_requests();
             self.inject_faults();
         }
         self.check_nodes()
@@ -267,6 +296,50 @@ impl Sim {
                 if let Some(raw) = self.nodes[index].raw.as_mut() {
                     raw.tick();
                 }
+            }
+        }
+    }
+
+    /// The live leader of the highest term (a deposed one may not know it yet).
+    fn leader_index(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let status = n.raw.as_ref()?.status();
+                (status.role == Role::Leader).then_some((status.term, i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    fn operator_requests(&mut self) {
+        let Some(leader) = self.leader_index() else {
+            return;
+        };
+        let count = self.nodes.len() as u64;
+        if self.rng.chance(self.options.transfer_per_mille) {
+            let target = 1 + self.rng.below(count);
+            let raw = self.nodes[leader].raw.as_mut().expect("leader is live");
+            if raw.transfer_leader(target).is_ok() {
+                self.stats.transfers += 1;
+            }
+        }
+        if self.rng.chance(self.options.membership_per_mille) {
+            let node = 1 + self.rng.below(count);
+            let raw = self.nodes[leader].raw.as_mut().expect("leader is live");
+            let conf = raw.status().conf_state;
+            let kind = if conf.learners.contains(&node) {
+                ConfChangeKind::AddVoter
+            } else if !conf.voters.contains(&node) {
+                ConfChangeKind::AddLearner
+            } else if conf.voters.len() > self.options.replicas {
+                ConfChangeKind::Remove
+            } else {
+                return;
+            };
+            if raw.propose_conf_change(ConfChange { kind, node }).is_ok() {
+                self.stats.conf_changes += 1;
             }
         }
     }
@@ -333,6 +406,9 @@ impl Sim {
 
     fn send(&mut self, message: Message) {
         self.stats.messages += 1;
+        if let raft::MessageBody::Snapshot { .. } = message.body {
+            self.stats.snapshots_sent += 1;
+        }
         let copies = if self.faults && self.rng.chance(self.options.duplicate_per_mille) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = 1 + self.rng.below(self.options.delay_steps_max);
@@ -439,6 +515,7 @@ impl Sim {
                 return Err(format!("unknown read context {}", read.context));
             };
             let pending = self.reads.swap_remove(position);
+            self.stats.reads_served += 1;
             if read.index < pending.committed_at_request {
                 return Err(format!(
                     "stale ReadIndex {} < {} committed when the read arrived",
@@ -600,8 +677,7 @@ impl Sim {
         let mut marker: Option<(u64, u64)> = None;
         while self.now - start < self.options.liveness_steps_max {
             self.step()?;
-            let leader =
-                self.nodes.iter_mut().find_map(|n| n.raw.as_mut().filter(|raw| raw.status().role == Role::Leader));
+            let leader = self.leader_index().and_then(|i| self.nodes[i].raw.as_mut());
             if let Some(leader) = leader {
                 let term = leader.status().term;
                 if marker.is_none_or(|(_, marker_term)| marker_term < term) {
@@ -612,7 +688,12 @@ impl Sim {
             }
             if let Some((index, term)) = marker {
                 let committed = self.checker.committed_term(index) == Some(term);
-                if committed && self.nodes.iter().all(|n| n.state.applied >= index) {
+                let members =
+                    self.leader_index().and_then(|i| self.nodes[i].raw.as_ref().map(|raw| raw.status().conf_state));
+                let all_applied = members.is_some_and(|conf| {
+                    self.nodes.iter().filter(|n| conf.contains(n.id)).all(|n| n.state.applied >= index)
+                });
+                if committed && all_applied {
                     return Ok(());
                 }
             }

@@ -3,7 +3,7 @@
 use raft_sim::run_seed;
 
 /// Seeds per cluster size in the default suite (kept under two minutes in release mode).
-const SEEDS_PER_SIZE: u64 = 150;
+const SEEDS_PER_SIZE: u64 = 400;
 
 fn sweep(replicas: usize, first_seed: u64) {
     let mut committed = 0;
@@ -41,8 +41,15 @@ fn replay_seed() {
         std::env::var("RAFT_SIM_REPLICAS").ok().map_or(3, |r| r.parse().expect("RAFT_SIM_REPLICAS must be a number"));
     match run_seed(seed, replicas) {
         Ok(stats) => println!(
-            "seed {seed}: ok, {} steps, committed {}, {} elections, {} crashes",
-            stats.steps, stats.committed_index, stats.elections, stats.crashes
+            "seed {seed}: ok, {} steps, committed {}, {} elections, {} crashes, {} snapshots, {} reads, {} transfers, {} conf changes",
+            stats.steps,
+            stats.committed_index,
+            stats.elections,
+            stats.crashes,
+            stats.snapshots_sent,
+            stats.reads_served,
+            stats.transfers,
+            stats.conf_changes
         ),
         Err(failure) => panic!("{failure}"),
     }
