@@ -26,6 +26,11 @@ pub struct Config {
     pub snapshot_timeout_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Serve linearizable reads from a leader lease without a heartbeat round. Relies on a clock
+    /// assumption: while any node counts `election_timeout_ticks_min` ticks, no other node's
+    /// count differs by more than `lease_clock_drift_ticks_max`. Requires `check_quorum`.
+    pub lease_read: bool,
+    pub lease_clock_drift_ticks_max: u32,
     /// Seed of the election-timeout randomness: Raft owns no randomness source.
     pub random_seed: u64,
     /// Index the state machine has applied at start (0 = the storage snapshot's index).
@@ -48,6 +53,8 @@ impl Config {
             snapshot_timeout_ticks: 40,
             pre_vote: true,
             check_quorum: true,
+            lease_read: false,
+            lease_clock_drift_ticks_max: 3,
             random_seed: id,
             applied_index: 0,
         }
@@ -74,6 +81,12 @@ impl Config {
         }
         if self.proposal_bytes_max > self.uncommitted_bytes_max {
             return Err(Error::InvalidConfig("proposal_bytes_max must not exceed uncommitted_bytes_max"));
+        }
+        if self.lease_read && !self.check_quorum {
+            return Err(Error::InvalidConfig("lease_read requires check_quorum"));
+        }
+        if self.lease_clock_drift_ticks_max >= self.election_timeout_ticks_min {
+            return Err(Error::InvalidConfig("lease_clock_drift_ticks_max must be below election_timeout_ticks_min"));
         }
         if self.read_index_pending_max == 0 || self.snapshot_timeout_ticks == 0 {
             return Err(Error::InvalidConfig("read/snapshot limits must be > 0"));

@@ -16,6 +16,7 @@ pub mod types;
 
 mod conf_change;
 mod election;
+mod lease;
 mod log;
 mod membership;
 mod progress;

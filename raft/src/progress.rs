@@ -27,6 +27,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// Ticks spent in Snapshot state, to retry a snapshot lost in the network.
     pub snapshot_elapsed_ticks: u32,
+    /// Newest leader tick this follower echoed in a heartbeat response (0 = none this term).
+    pub lease_tick: u64,
 }
 
 impl Progress {
@@ -39,6 +41,7 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             snapshot_elapsed_ticks: 0,
+            lease_tick: 0,
         }
     }
 

@@ -52,6 +52,12 @@ pub struct Raft<S: Storage> {
     pub(crate) uncommitted_bytes: u64,
     /// Proposals appended since the last broadcast; flushed once per Ready to batch them.
     pub(crate) replication_pending: bool,
+    /// Leader only: ticks counted in this term, starting at 1 (0 means "never" in leases).
+    pub(crate) leader_ticks: u64,
+    /// Set once TimeoutNow went out: the transferee may win despite the lease.
+    pub(crate) lease_disabled: bool,
+    /// Ticks since this replica started (saturating), for the post-restart lease quiet period.
+    pub(crate) ticks_since_start: u64,
 }
 
 impl<S: Storage> Raft<S> {
@@ -85,6 +91,9 @@ impl<S: Storage> Raft<S> {
             uncommitted: VecDeque::new(),
             uncommitted_bytes: 0,
             replication_pending: false,
+            leader_ticks: 1,
+            lease_disabled: false,
+            ticks_since_start: 0,
         };
         raft.replay_membership()?;
         let term = raft.term;
@@ -156,6 +165,8 @@ impl<S: Storage> Raft<S> {
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         self.replication_pending = false;
+        self.leader_ticks = 1;
+        self.lease_disabled = false;
     }
 
     pub(crate) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
@@ -211,6 +222,11 @@ impl<S: Storage> Raft<S> {
             let in_lease = self.config.check_quorum
                 && self.leader_id.is_some()
                 && self.election_elapsed_ticks < self.config.election_timeout_ticks_min;
+            // A restarted replica forgot whom it promised; with lease reads it keeps quiet for a
+            // full election timeout so that a lease granted before the crash runs out first.
+            let in_lease = in_lease
+                || (self.config.lease_read
+                    && self.ticks_since_start < u64::from(self.config.election_timeout_ticks_min));
             if in_lease && !transfer {
                 return false;
             }
@@ -233,7 +249,7 @@ impl<S: Storage> Raft<S> {
             // steps down. Needed even without check-quorum / pre-vote: a leader removed from the
             // group, or cut off while the others moved on, never hears a vote request again.
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
-                self.send(message.from, MessageBody::HeartbeatResponse { read_seq: 0 });
+                self.send(message.from, MessageBody::HeartbeatResponse { read_seq: 0, lease_tick: 0 });
             }
             // Without this a pre-candidate with a stale term could wait forever.
             MessageBody::VoteRequest { pre_vote: true, .. } => {
@@ -279,9 +295,9 @@ impl<S: Storage> Raft<S> {
             MessageBody::Append { prev_log_index, prev_log_term, entries, commit } => {
                 self.handle_append(from, prev_log_index, prev_log_term, &entries, commit)
             }
-            MessageBody::Heartbeat { commit, read_seq } => {
+            MessageBody::Heartbeat { commit, read_seq, lease_tick } => {
                 self.log.commit_to(commit);
-                self.send(from, MessageBody::HeartbeatResponse { read_seq });
+                self.send(from, MessageBody::HeartbeatResponse { read_seq, lease_tick });
             }
             MessageBody::Snapshot { snapshot } => self.handle_snapshot(from, snapshot),
             _ => unreachable!("only leader messages are routed here"),
@@ -289,6 +305,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub fn tick(&mut self) {
+        self.ticks_since_start = self.ticks_since_start.saturating_add(1);
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -305,6 +322,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn tick_leader(&mut self) {
+        self.leader_ticks += 1;
         self.heartbeat_elapsed_ticks += 1;
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
@@ -385,6 +403,11 @@ impl<S: Storage> Raft<S> {
             self.reads_waiting_for_commit.push(context);
             return Ok(());
         }
+        if self.lease_valid() {
+            let index = self.log.committed();
+            self.read_states.push(ReadState { context, index });
+            return Ok(());
+        }
         self.register_reads(&[context]);
         Ok(())
     }
@@ -422,7 +445,7 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed_ticks = 0;
         let matched = self.progress.get(&to).map_or(0, |p| p.matched);
         if matched == self.log.last_index() {
-            self.send(to, MessageBody::TimeoutNow);
+            self.send_timeout_now(to);
         } else {
             self.send_appends(to);
         }

@@ -124,7 +124,8 @@ impl<S: Storage> Raft<S> {
             let matched = self.progress[&peer].matched;
             // Never tell a follower to commit beyond what it is known to hold.
             let commit = committed.min(matched);
-            self.send(peer, MessageBody::Heartbeat { commit, read_seq });
+            let lease_tick = self.leader_ticks;
+            self.send(peer, MessageBody::Heartbeat { commit, read_seq, lease_tick });
         }
     }
 
@@ -200,7 +201,11 @@ impl<S: Storage> Raft<S> {
         progress.recent_active = true;
         match message.body {
             MessageBody::AppendResponse { index, reject } => self.handle_append_response(from, index, reject),
-            MessageBody::HeartbeatResponse { read_seq } => self.handle_heartbeat_response(from, read_seq),
+            MessageBody::HeartbeatResponse { read_seq, lease_tick } => {
+                let progress = self.progress.get_mut(&from).expect("checked above");
+                progress.lease_tick = progress.lease_tick.max(lease_tick);
+                self.handle_heartbeat_response(from, read_seq)
+            }
             _ => {}
         }
     }
@@ -265,7 +270,7 @@ impl<S: Storage> Raft<S> {
             && self.lead_transferee == Some(from)
             && self.progress.get(&from).map(|p| p.matched) == Some(self.log.last_index())
         {
-            self.send(from, MessageBody::TimeoutNow);
+            self.send_timeout_now(from);
         }
     }
 

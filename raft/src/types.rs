@@ -169,9 +169,12 @@ pub enum MessageBody {
         commit: u64,
         /// Sequence number of the newest ReadIndex request this heartbeat confirms (0 = none).
         read_seq: u64,
+        /// Leader's tick count when sent, echoed back: the start of a read lease.
+        lease_tick: u64,
     },
     HeartbeatResponse {
         read_seq: u64,
+        lease_tick: u64,
     },
     Snapshot {
         snapshot: Snapshot,

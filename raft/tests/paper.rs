@@ -21,7 +21,7 @@ fn higher_term_converts_leader_and_candidate_to_follower() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);
     let term = cluster.node(1).status().term;
-    cluster.node(1).step(message(2, 1, term + 5, MessageBody::Heartbeat { commit: 0, read_seq: 0 }));
+    cluster.node(1).step(message(2, 1, term + 5, MessageBody::Heartbeat { commit: 0, read_seq: 0, lease_tick: 0 }));
     let status = cluster.node(1).status();
     assert_eq!(status.role, Role::Follower);
     assert_eq!(status.term, term + 5);

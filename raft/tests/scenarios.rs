@@ -403,3 +403,128 @@ fn fast_backoff_skips_a_whole_conflicting_term() {
     assert_eq!(cluster.log_terms(2), cluster.log_terms(1));
     assert!(rejections <= 2, "{rejections} rejections: back-off went entry by entry");
 }
+
+fn with_lease_reads(config: &mut raft::Config) {
+    config.pre_vote = true;
+    config.check_quorum = true;
+    config.lease_read = true;
+    config.lease_clock_drift_ticks_max = 3;
+}
+
+/// Leader read without any message: returns the ReadStates released by `read_index` alone.
+fn read_without_network(cluster: &mut Cluster, leader: u64, context: u64) -> Vec<raft::ReadState> {
+    cluster.node(leader).read_index(context).expect("read accepted");
+    let (_, _, reads) = drain(cluster.node(leader));
+    reads
+}
+
+#[test]
+fn lease_read_is_served_without_a_heartbeat_round() {
+    let mut cluster = Cluster::new(3, with_lease_reads);
+    cluster.tick_all(10); // the post-start quiet period before anyone grants a vote
+    cluster.elect(1);
+    cluster.propose(1, b"a");
+    cluster.tick_all(1); // one heartbeat round starts the lease
+    let commit = cluster.node(1).status().commit;
+    let reads = read_without_network(&mut cluster, 1, 5);
+    assert_eq!(reads, vec![raft::ReadState { context: 5, index: commit }]);
+}
+
+#[test]
+fn lease_read_falls_back_to_read_index_once_the_lease_expires() {
+    let mut cluster = Cluster::new(3, with_lease_reads);
+    cluster.tick_all(10);
+    cluster.elect(1);
+    cluster.tick_all(1);
+    cluster.isolate(1);
+    // Lease window is election_timeout_ticks_min - drift = 7 ticks from the last heartbeat ack.
+    for _ in 0..7 {
+        cluster.node(1).tick();
+    }
+    drain(cluster.node(1));
+    assert!(read_without_network(&mut cluster, 1, 6).is_empty(), "read served on an expired lease");
+}
+
+#[test]
+fn lease_read_stops_once_leadership_transfer_starts() {
+    let mut cluster = Cluster::new(3, with_lease_reads);
+    cluster.tick_all(10);
+    cluster.elect(1);
+    cluster.tick_all(1);
+    cluster.isolate(1);
+    cluster.node(1).transfer_leader(2).expect("transfer");
+    assert!(cluster.node(1).propose(b"x".to_vec()).is_err());
+    assert!(read_without_network(&mut cluster, 1, 7).is_empty(), "lease used after TimeoutNow");
+}
+
+#[test]
+fn restarted_replica_with_lease_reads_ignores_votes_for_an_election_timeout() {
+    let mut cluster = Cluster::new(3, with_lease_reads);
+    cluster.tick_all(10);
+    cluster.elect(1);
+    let term = cluster.node(1).status().term;
+    let storage = cluster.nodes.remove(&2).expect("node 2").into_storage();
+    let mut config = config(2);
+    with_lease_reads(&mut config);
+    let mut restarted = RawNode::new(config, storage).expect("restart");
+    let last = restarted.status().last_index;
+    restarted.step(vote_request(3, 2, term + 1, last, term));
+    let (messages, _, _) = drain(&mut restarted);
+    assert!(messages.is_empty(), "restarted replica voted inside a possible lease");
+    for _ in 0..10 {
+        restarted.tick();
+    }
+    drain(&mut restarted);
+    restarted.step(vote_request(3, 2, term + 1, last, term));
+    let (messages, _, _) = drain(&mut restarted);
+    assert!(messages.iter().any(|m| matches!(m.body, MessageBody::VoteResponse { granted: true, .. })));
+}
+
+#[test]
+fn lease_read_requires_check_quorum() {
+    let mut config = config(1);
+    config.lease_read = true;
+    config.check_quorum = false;
+    assert!(matches!(
+        RawNode::new(config, MemStorage::new_with_conf(ConfState::with_voters([1]))),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn committed_entries_are_handed_out_within_committed_entries_bytes_max() {
+    let mut node = RawNode::new(
+        {
+            let mut c = config(1);
+            c.committed_entries_bytes_max = 100;
+            c
+        },
+        MemStorage::new_with_conf(ConfState::with_voters([1])),
+    )
+    .expect("node");
+    node.campaign();
+    drain(&mut node);
+    for _ in 0..5 {
+        node.propose(vec![0; 40]).expect("propose");
+    }
+    let mut sizes = Vec::new();
+    for _ in 0..20 {
+        if !node.has_ready() {
+            break;
+        }
+        let ready = node.ready();
+        node.storage_mut().append(&ready.entries).expect("append");
+        if let Some(hard_state) = ready.hard_state {
+            node.storage_mut().set_hard_state(hard_state).expect("hard state");
+        }
+        if ready.must_persist() {
+            node.on_persisted(ready.number);
+        }
+        if let Some(last) = ready.committed_entries.last() {
+            node.on_applied(last.index);
+            sizes.push(ready.committed_entries.len());
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 5, "all 5 entries applied (the no-op was before)");
+    assert!(sizes.iter().all(|&n| n <= 2), "64-byte entries, 100-byte budget: {sizes:?}");
+}

@@ -36,7 +36,11 @@ pub struct Options {
     /// Entries kept behind the applied index when compacting.
     pub compact_lag_entries: u64,
     /// A node ticks with this probability per step (clock jitter between nodes).
+    /// Each node ticks at its own fixed rate in [min, 1000] per mille of steps (bounded drift,
+    /// the assumption lease reads rely on).
     pub tick_per_mille_min: u32,
+    /// Leader lease reads (needs check_quorum); the drift bound is derived from the tick rates.
+    pub lease_read: bool,
     /// After faults stop, a leader must commit a proposal on every replica within this bound.
     pub liveness_steps_max: u64,
     pub pre_vote: bool,
@@ -65,6 +69,7 @@ impl Options {
         options.tick_per_mille_min = 500 + rng.below(500) as u32;
         options.pre_vote = rng.chance(500);
         options.check_quorum = rng.chance(500);
+        options.lease_read = options.check_quorum && rng.chance(500);
         options
     }
 
@@ -88,6 +93,7 @@ impl Options {
             transfer_per_mille: 2,
             membership_per_mille: 5,
             tick_per_mille_min: 700,
+            lease_read: false,
             liveness_steps_max: 1_500,
             pre_vote: true,
             check_quorum: true,
@@ -139,6 +145,7 @@ struct Node {
     writes: VecDeque<Write>,
     state: StateMachine,
     tick_per_mille: u32,
+    tick_phase: u32,
     seen_term: u64,
     seen_commit: u64,
     checked_commit: u64,
@@ -195,6 +202,13 @@ fn node_config(id: NodeId, seed: u64, options: &Options) -> Config {
     config.inflight_appends_max = 4;
     config.append_entries_bytes_max = 256;
     config.snapshot_timeout_ticks = 30;
+    config.lease_read = options.lease_read;
+    // In the time the fastest clock counts E ticks a clock at the slowest rate counts at least
+    // E * rate_min - 1; the lease must end before the fastest follower's does.
+    let timeout = u64::from(config.election_timeout_ticks_min);
+    let slow_ticks = timeout * u64::from(options.tick_per_mille_min) / 1000;
+    let drift = (timeout - slow_ticks + 1).min(timeout - 1);
+    config.lease_clock_drift_ticks_max = drift as u32;
     config
 }
 
@@ -217,6 +231,7 @@ impl Sim {
                     writes: VecDeque::new(),
                     state: StateMachine::default(),
                     tick_per_mille: options.tick_per_mille_min + rng.below(u64::from(jitter) + 1) as u32,
+                    tick_phase: rng.below(1000) as u32,
                     seen_term: 0,
                     seen_commit: 0,
                     checked_commit: 0,
@@ -291,9 +306,11 @@ impl Sim {
 
     fn tick_nodes(&mut self) {
         for index in 0..self.nodes.len() {
-            let per_mille = self.nodes[index].tick_per_mille;
-            if self.rng.chance(per_mille) {
-                if let Some(raw) = self.nodes[index].raw.as_mut() {
+            let node = &mut self.nodes[index];
+            node.tick_phase += node.tick_per_mille;
+            if node.tick_phase >= 1000 {
+                node.tick_phase -= 1000;
+                if let Some(raw) = node.raw.as_mut() {
                     raw.tick();
                 }
             }
