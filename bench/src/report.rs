@@ -94,6 +94,8 @@ pub struct ExpectedFailures {
     pub answered: u64,
     /// Of those, answered `insufficient_funds` as they must be.
     pub insufficient_funds: u64,
+    /// Of those, accepted: the server let an account go below zero (or acknowledges everything).
+    pub accepted: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,7 +115,8 @@ pub struct Summary {
     /// Non-ok result codes and batch-level errors over the whole run, by name.
     pub errors: BTreeMap<String, u64>,
     pub expected_failures: ExpectedFailures,
-    /// Non-ok results other than the expected `insufficient_funds`, plus batch-level errors.
+    /// Non-ok results other than the expected `insufficient_funds`, batch-level errors, and deliberate
+    /// overdrafts the server accepted.
     pub unexpected_errors: u64,
     /// Every worker ended by itself, without an unrecoverable error.
     pub complete: bool,
@@ -156,8 +159,10 @@ impl Summary {
             expected_failures: ExpectedFailures {
                 answered: aggregator.expected_failures,
                 insufficient_funds: aggregator.expected_failures_insufficient,
+                accepted: aggregator.expected_failures_accepted,
             },
-            unexpected_errors: error_total - aggregator.expected_failures_insufficient,
+            unexpected_errors: error_total - aggregator.expected_failures_insufficient
+                + aggregator.expected_failures_accepted,
             complete: worker_errors.is_empty(),
             worker_errors,
             verify,
@@ -223,8 +228,8 @@ pub fn human_report(summary: &Summary) -> String {
     let e = &summary.expected_failures;
     let _ = writeln!(
         out,
-        "expected     {} deliberate overdrafts answered, {} of them insufficient_funds; {} unexpected errors",
-        e.answered, e.insufficient_funds, summary.unexpected_errors
+        "expected     {} deliberate overdrafts answered: {} insufficient_funds, {} accepted; {} unexpected outcomes",
+        e.answered, e.insufficient_funds, e.accepted, summary.unexpected_errors
     );
     let _ = writeln!(out, "complete     {}", if summary.complete { "yes" } else { "NO" });
     for error in &summary.worker_errors {

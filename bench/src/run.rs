@@ -22,7 +22,7 @@ use crate::report::{create_results_dir, write_reports, Parameters, Summary};
 use crate::rng::mix64;
 use crate::stats::Aggregator;
 use crate::verify::{check, failed_to_read, VerifyReport};
-use crate::worker::{run_worker, BatchOutcome, WorkerPlan, WorkerReport, Workload};
+use crate::worker::{run_worker, BatchOutcome, WorkerPlan, WorkerReport, Workload, TRANSFER_AMOUNT_MINOR_MAX};
 
 /// Time between setup's end and the first scheduled batch: every worker connects in it, so the first
 /// batches are not charged for connection setup.
@@ -122,7 +122,8 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
         distribution: config.distribution,
         cross_partition_share: config.cross_partition_share,
         fail_share: config.fail_share,
-        fail_amount_minor: supply.saturating_add(1).min(i64::MAX as u64),
+        // Above every balance, and never equal to a normal amount (those are how failures are told apart).
+        fail_amount_minor: supply.saturating_add(1).clamp(TRANSFER_AMOUNT_MINOR_MAX + 1, i64::MAX as u64),
     };
 
     let start = Instant::now() + Duration::from_millis(START_DELAY_MS);
@@ -143,7 +144,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
         let mut deltas = vec![0i64; all_ids.len()];
         for report in &reports {
             for (total, delta) in deltas.iter_mut().zip(&report.deltas) {
-                *total += delta;
+                *total = total.saturating_add(*delta);
             }
         }
         let start_balances = start_balances.as_deref().expect("looked up when verify is on");

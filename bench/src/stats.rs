@@ -37,6 +37,7 @@ pub struct Aggregator {
     pub last_measured_answer: Duration,
     pub expected_failures: u64,
     pub expected_failures_insufficient: u64,
+    pub expected_failures_accepted: u64,
     progress_answered: u64,
     progress_at: Duration,
 }
@@ -57,6 +58,7 @@ impl Aggregator {
             last_measured_answer: Duration::ZERO,
             expected_failures: 0,
             expected_failures_insufficient: 0,
+            expected_failures_accepted: 0,
             progress_answered: 0,
             progress_at: Duration::ZERO,
         }
@@ -87,6 +89,7 @@ impl Aggregator {
         self.batches_answered += 1;
         self.expected_failures += outcome.expected_failures as u64;
         self.expected_failures_insufficient += outcome.expected_failures_insufficient as u64;
+        self.expected_failures_accepted += outcome.expected_failures_accepted as u64;
     }
 
     /// Throughput over the measured phase: transfers answered for batches scheduled after the warmup,
@@ -164,6 +167,7 @@ mod tests {
             codes,
             expected_failures: 1,
             expected_failures_insufficient: 1,
+            expected_failures_accepted: 0,
             batch_error: None,
         }
     }

@@ -80,6 +80,8 @@ pub struct BatchOutcome {
     pub codes: [u32; RESULT_CODES],
     pub expected_failures: u32,
     pub expected_failures_insufficient: u32,
+    /// Deliberate overdrafts the server accepted: a server bug (or the null server).
+    pub expected_failures_accepted: u32,
     /// A batch-level Error answer (the batch was resent).
     pub batch_error: Option<ErrorCode>,
 }
@@ -407,15 +409,22 @@ impl Worker<'_> {
             outcome.codes[result.code as usize] += 1;
             if transfer.amount == self.workload.fail_amount_minor {
                 outcome.expected_failures += 1;
-                if result.code == ResultCode::InsufficientFunds {
-                    outcome.expected_failures_insufficient += 1;
+                match result.code {
+                    ResultCode::InsufficientFunds => outcome.expected_failures_insufficient += 1,
+                    ResultCode::Ok => outcome.expected_failures_accepted += 1,
+                    _ => {}
                 }
             }
             if result.code == ResultCode::Ok {
                 let (debit, credit) = slot.pairs[item];
+                // Saturating: a correct server keeps every balance (and so every net change) in the i64
+                // range; only a server that acknowledged the deliberately impossible amounts pushes a
+                // delta past it, and verify fails on such a server regardless.
                 let amount = transfer.amount as i64;
-                self.deltas[debit as usize] -= amount;
-                self.deltas[credit as usize] += amount;
+                let debit = &mut self.deltas[debit as usize];
+                *debit = debit.saturating_sub(amount);
+                let credit = &mut self.deltas[credit as usize];
+                *credit = credit.saturating_add(amount);
             }
         }
         self.free.push(index);
@@ -440,6 +449,7 @@ impl Worker<'_> {
             codes: [0; RESULT_CODES],
             expected_failures: 0,
             expected_failures_insufficient: 0,
+            expected_failures_accepted: 0,
             batch_error: None,
         }
     }

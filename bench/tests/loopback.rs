@@ -236,6 +236,7 @@ fn fail_share_yields_the_expected_insufficient_funds() {
     assert_eq!(insufficient, summary.expected_failures.answered, "every deliberate overdraft fails, nothing else");
     assert_eq!(insufficient, summary.expected_failures.insufficient_funds);
     assert_eq!(summary.unexpected_errors, 0);
+    assert_eq!(summary.expected_failures.accepted, 0);
     // Binomial(20000, 0.1): mean 2000, sd 42; 5 sd either side.
     assert!((1_790..=2_210).contains(&insufficient), "{insufficient} deliberate failures");
     finish(outcome);
