@@ -289,3 +289,46 @@ fn null_server_acknowledges_every_transfer() {
     assert!(outcome.summary.errors.is_empty());
     finish(outcome);
 }
+
+#[test]
+fn a_second_run_reuses_the_first_runs_accounts_and_still_verifies() {
+    let _turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let server = ModelServer::new().start();
+    let mut config = config_for(&server, "reuse-first");
+    config.account_id_base = Some(7_000_000);
+    config.transfers_max = Some(3_000);
+    config.warmup = Duration::ZERO;
+    config.verify = true;
+    let first = run(&config).expect("first run completes");
+    assert_eq!(first.exit_code(), EXIT_OK);
+    assert_eq!(first.summary.verify.as_ref().map(|verify| verify.created_fresh), Some(true));
+    finish(first);
+    config.reuse_accounts = true;
+    config.out_dir = Some(out_dir("reuse-second"));
+    let second = run(&config).expect("second run completes");
+    assert_eq!(second.exit_code(), EXIT_OK, "{:?}", second.summary.verify);
+    let verify = second.summary.verify.clone().expect("verify requested");
+    assert!(!verify.created_fresh && verify.ledger_sum_start == 0 && verify.ledger_sum_end == 0);
+    assert_eq!(second.summary.transfers_acknowledged_total, 3_000);
+    assert!(second.summary.errors.is_empty(), "{:?}", second.summary.errors);
+    finish(second);
+}
+
+#[test]
+fn cross_partition_share_is_routed_across_partitions() {
+    let _turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let server = ModelServer::new().start();
+    let mut config = config_for(&server, "cross");
+    const TRANSFERS: u64 = 10_000;
+    config.transfers_max = Some(TRANSFERS);
+    config.cross_partition_share = 0.25;
+    config.warmup = Duration::ZERO;
+    config.verify = true;
+    let outcome = run(&config).expect("run completes");
+    assert_eq!(outcome.exit_code(), EXIT_OK, "rejected transfers move no money: {:?}", outcome.summary.verify);
+    let rejected = outcome.summary.errors.get("cross_partition_unsupported").copied().unwrap_or(0);
+    // Binomial(10000, 0.25): mean 2500, sd 43; 5 sd either side.
+    assert!((2_283..=2_717).contains(&rejected), "{rejected} cross-partition transfers");
+    assert_eq!(outcome.summary.errors.len(), 1, "{:?}", outcome.summary.errors);
+    finish(outcome);
+}
