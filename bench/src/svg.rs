@@ -111,7 +111,8 @@ pub fn throughput_plot(title: &str, per_second: &[u64], warmup_seconds: f64, tar
 
 /// The smallest 1, 2 or 5 times a power of ten at or above `value` (at least 1): round axis maxima.
 pub fn nice_ceiling(value: f64) -> f64 {
-    if !(value > 1.0) {
+    // NaN lands here too: an axis of one unit.
+    if value.is_nan() || value <= 1.0 {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());

@@ -5,6 +5,7 @@
 //! The runs share two cores with whatever else is running, so they take turns (one lock) and assert
 //! with margins; every run is bounded by a transfer count or a duration of at most ~1.5 s.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,13 +86,17 @@ impl Handler for ModelServer {
                     .iter()
                     .enumerate()
                     .map(|(index, item)| {
-                        let code = if ledger.accounts.contains_key(&item.id) {
-                            ResultCode::Exists
-                        } else {
-                            let account =
-                                Account { id: item.id, ledger: item.ledger, flags: item.flags, ..Account::default() };
-                            ledger.accounts.insert(item.id, account);
-                            ResultCode::Ok
+                        let code = match ledger.accounts.entry(item.id) {
+                            Entry::Occupied(_) => ResultCode::Exists,
+                            Entry::Vacant(slot) => {
+                                slot.insert(Account {
+                                    id: item.id,
+                                    ledger: item.ledger,
+                                    flags: item.flags,
+                                    ..Account::default()
+                                });
+                                ResultCode::Ok
+                            }
                         };
                         result(index, code)
                     })
