@@ -528,3 +528,29 @@ fn committed_entries_are_handed_out_within_committed_entries_bytes_max() {
     assert_eq!(sizes.iter().sum::<usize>(), 5, "all 5 entries applied (the no-op was before)");
     assert!(sizes.iter().all(|&n| n <= 2), "64-byte entries, 100-byte budget: {sizes:?}");
 }
+
+#[test]
+fn isolated_leader_lease_expires_before_a_new_leader_can_commit() {
+    let mut cluster = Cluster::new(3, with_lease_reads);
+    cluster.tick_all(10);
+    cluster.elect(1);
+    cluster.propose(1, b"a");
+    cluster.tick_all(1);
+    let old_commit = cluster.node(1).status().commit;
+    cluster.isolate(1);
+    // Tick everyone in lockstep until the majority side has a leader that committed more.
+    let mut new_commit = old_commit;
+    for _ in 0..60 {
+        cluster.tick_all(1);
+        let leaders: Vec<u64> = cluster.leaders().into_iter().filter(|&l| l != 1).collect();
+        if let Some(&leader) = leaders.first() {
+            new_commit = cluster.propose(leader, b"b");
+            break;
+        }
+    }
+    assert!(new_commit > old_commit, "majority side never committed");
+    // Check-quorum has not yet deposed it: only the lease arithmetic stands in the way.
+    assert_eq!(cluster.node(1).status().role, Role::Leader);
+    let reads = read_without_network(&mut cluster, 1, 9);
+    assert!(reads.is_empty(), "stale lease read at {old_commit} after {new_commit} committed");
+}

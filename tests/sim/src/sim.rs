@@ -70,6 +70,7 @@ impl Options {
         options.pre_vote = rng.chance(500);
         options.check_quorum = rng.chance(500);
         options.lease_read = options.check_quorum && rng.chance(500);
+        options.read_per_mille = rng.below(300) as u32;
         options
     }
 
