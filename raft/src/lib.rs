@@ -8,6 +8,9 @@
 //! application reported them durable; terms never decrease; an entry is committed only by
 //! counting replicas of an entry of the leader's current term; committed entries are never
 //! truncated; entries are handed out for applying in index order, once, and only when durable.
+//! Linearizable reads use ReadIndex (a heartbeat round after a commit in the leader's term) or,
+//! when configured with an explicit clock-drift bound, a leader lease. Membership changes are
+//! single-server (learners first), in force on append, one uncommitted change at a time.
 
 pub mod config;
 pub mod error;

@@ -266,11 +266,8 @@ impl<S: Storage> Raft<S> {
                 self.leader_id = Some(message.from);
                 self.handle_leader_message(message);
             }
-            MessageBody::TimeoutNow => {
-                if self.is_promotable() {
-                    self.campaign(false, true);
-                }
-            }
+            // Leadership transfer: skip pre-vote and the lease (campaign checks promotability).
+            MessageBody::TimeoutNow => self.campaign(false, true),
             _ => {}
         }
     }

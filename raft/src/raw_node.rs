@@ -6,7 +6,11 @@
 //!    and `hard_state`, possibly asynchronously, Readies in order; when durable call
 //!    `on_persisted(ready.number)`;
 //! 3. apply `committed_entries` (all durable locally), then call `on_applied(last index)`;
-//!    serve each `read_states` entry once applied >= its index.
+//!    serve each `read_states` entry once applied >= its index. A `snapshot` replaces the state
+//!    machine with its `data` (committed entries after it come in later Readies). Membership
+//!    changes take effect inside Raft when appended; applying them is bookkeeping only.
+//!    A proposal is lost if the entry committed at its index has another term.
+//!
 //! Messages that depend on the persisted state (vote grants, append acknowledgements, the
 //! replica's own vote and own acknowledgement) are held back and come out of a later Ready
 //! after `on_persisted` covers the Ready whose state they depend on.

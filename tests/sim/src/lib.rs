@@ -3,6 +3,11 @@
 //! seed. Faults: dropped, delayed, duplicated and reordered messages, partitions, crashes that
 //! lose all unpersisted state, torn writes, clock jitter. Safety is checked after every step
 //! (`checker`), liveness once faults stop. A failure prints the command that replays its seed.
+//!
+//! - suite (800 runs): `cargo test --release -p raft-sim`
+//! - replay: `RAFT_SIM_SEED=<seed> RAFT_SIM_REPLICAS=<3|5> cargo test --release -p raft-sim -- replay_seed --nocapture`
+//! - soak: `cargo run --release -p raft-sim --bin raft-soak -- --seeds 1000000 [--first N] [--replicas 3|5|both]`
+//! - throughput: `cargo run --release -p raft-sim --bin raft-bench`
 
 pub mod checker;
 pub mod rng;

@@ -52,7 +52,7 @@ impl Options {
     /// flapping partitions, with or without pre-vote / check-quorum), which reaches corner cases
     /// that one fixed mix rarely does.
     pub fn for_seed(seed: u64, replicas: usize) -> Options {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_FA17);
+        let mut rng = Rng::new(seed ^ 0x005E_ED0F_FA17);
         let mut options = Options::faulty(replicas);
         options.drop_per_mille = rng.below(200) as u32;
         options.duplicate_per_mille = rng.below(50) as u32;

@@ -34,7 +34,7 @@ fn main() {
                 }
             }
         }
-        if (seed - first + 1) % 10_000 == 0 {
+        if (seed - first + 1).is_multiple_of(10_000) {
             eprintln!("{} seeds ok, {:.0} steps/s", seed - first + 1, rate(steps, started));
         }
     }
