@@ -250,10 +250,34 @@ impl Client {
         result
     }
 
+    /// Like [`Client::recv`], but gives up at `deadline` and returns `Ok(None)`, keeping the connection
+    /// and every request in flight: an open-loop sender waits for answers only until its next batch is
+    /// due. The request timeout still applies when it comes first.
+    pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<(u64, Response)>, ClientError> {
+        if let Some(answer) = self.ready.pop_front() {
+            return Ok(Some(answer));
+        }
+        if self.in_flight.is_empty() {
+            return Err(ClientError::NothingInFlight);
+        }
+        let result = self.read_answer_until(Some(deadline));
+        if result.is_err() {
+            self.disconnect();
+        }
+        result
+    }
+
     fn read_answer(&mut self) -> Result<(u64, Response), ClientError> {
+        let answer = self.read_answer_until(None)?;
+        Ok(answer.expect("without a soft deadline an answer or an error comes back"))
+    }
+
+    /// Reads until one whole answer is decoded. `soft_deadline` (if sooner than the request timeout)
+    /// ends the wait with `Ok(None)` instead of an error.
+    fn read_answer_until(&mut self, soft_deadline: Option<Instant>) -> Result<Option<(u64, Response)>, ClientError> {
         let timeout_ms = self.config.request_timeout_ms;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        // Bounded: every pass reads at least one byte or returns, and the deadline caps the waits.
+        let hard_deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        // Bounded: every pass reads at least one byte or returns, and the deadlines cap the waits.
         loop {
             if let Some((frame, used)) = self.decoder.decode(&self.read_buffer)? {
                 self.read_buffer.drain(..used);
@@ -265,9 +289,14 @@ impl Client {
                     });
                 };
                 self.in_flight.retain(|id| *id != request_id);
-                return Ok((request_id, response));
+                return Ok(Some((request_id, response)));
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if soft_deadline.is_some_and(|soft| soft <= now && soft < hard_deadline) {
+                return Ok(None);
+            }
+            let deadline = soft_deadline.map_or(hard_deadline, |soft| soft.min(hard_deadline));
+            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return Err(ClientError::Timeout { timeout_ms });
             }
@@ -277,6 +306,9 @@ impl Client {
                 Ok(0) => return Err(ClientError::ConnectionClosed),
                 Ok(read) => self.read_buffer.extend_from_slice(&self.read_chunk[..read]),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error)
+                    if soft_deadline.is_some()
+                        && matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(error) => return Err(timeout_or_io(error, timeout_ms)),
             }
         }

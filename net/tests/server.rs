@@ -628,3 +628,24 @@ fn client_reconnects_after_restart_and_retries_reuse_transfer_ids() {
     assert!(matches!(lookups[0], AccountLookup::Found(a) if a.balance == 750), "applied exactly once: {lookups:?}");
     second.shutdown().expect("clean shutdown");
 }
+
+#[test]
+fn recv_until_gives_up_at_its_deadline_and_keeps_the_connection() {
+    let (handler, requests) = holding();
+    let server = start(handler, |_| {});
+    let mut client = client(server.local_address());
+    let id = client.send(&Request::Ping).expect("send");
+    let (_, responder) = requests.recv_timeout(WAIT).expect("the server got the ping");
+    let started = Instant::now();
+    let none = client.recv_until(Instant::now() + Duration::from_millis(100)).expect("no error at the deadline");
+    assert!(none.is_none(), "nothing was answered yet");
+    assert!(started.elapsed() >= Duration::from_millis(100), "it waited until the deadline");
+    assert_eq!(client.in_flight(), 1, "the request is still in flight");
+    responder.respond(Response::Pong);
+    let answer = client.recv_until(Instant::now() + WAIT).expect("answer").expect("arrives before the deadline");
+    assert_eq!(answer, (id, Response::Pong));
+    let second = client.send(&Request::Ping).expect("the connection was kept");
+    requests.recv_timeout(WAIT).expect("second ping reaches the server").1.respond(Response::Pong);
+    assert_eq!(client.recv().expect("second answer"), (second, Response::Pong));
+    server.shutdown().expect("clean shutdown");
+}
