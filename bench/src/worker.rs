@@ -302,7 +302,10 @@ impl Worker<'_> {
                 continue;
             }
             if !self.busy.is_empty() {
-                self.receive_one(&mut client)?;
+                // In open loop, wait for answers only until the next batch falls due, so sends keep
+                // to the timetable instead of bunching up behind a slow answer.
+                let next_send = (may_generate && self.plan.interval.is_some() && !self.free.is_empty()).then_some(due);
+                self.receive_one(&mut client, next_send)?;
                 continue;
             }
             if !may_generate {
@@ -337,9 +340,14 @@ impl Worker<'_> {
         }
     }
 
-    fn receive_one(&mut self, client: &mut Client) -> Result<(), WorkerError> {
-        match client.recv() {
-            Ok((request_id, response)) => self.on_answer(client, request_id, response),
+    fn receive_one(&mut self, client: &mut Client, until: Option<Instant>) -> Result<(), WorkerError> {
+        let answer = match until {
+            Some(deadline) => client.recv_until(deadline),
+            None => client.recv().map(Some),
+        };
+        match answer {
+            Ok(Some((request_id, response))) => self.on_answer(client, request_id, response),
+            Ok(None) => Ok(()),
             Err(error) if error.is_retryable() => self.recover(client, error),
             Err(error) => Err(error.into()),
         }
