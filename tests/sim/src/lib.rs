@@ -19,3 +19,10 @@ pub use sim::{Options, Sim, Stats};
 pub fn run_seed(seed: u64, replicas: usize) -> Result<Stats, String> {
     Sim::new(seed, Options::for_seed(seed, replicas)).run()
 }
+
+/// Like `run_seed` with a different length of the faulty phase (long soak runs).
+pub fn run_seed_steps(seed: u64, replicas: usize, steps: u64) -> Result<Stats, String> {
+    let mut options = Options::for_seed(seed, replicas);
+    options.steps = steps;
+    Sim::new(seed, options).run()
+}
