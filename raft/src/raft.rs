@@ -37,6 +37,8 @@ pub struct Raft<S: Storage> {
     pub(crate) msgs: Vec<Message>,
     pub(crate) msgs_after_persist: Vec<Message>,
     pub(crate) read_states: Vec<ReadState>,
+    /// Contexts of ReadIndex requests abandoned because leadership was lost.
+    pub(crate) dropped_reads: Vec<u64>,
     pub(crate) read_only: ReadOnly,
     /// ReadIndex contexts that arrived before the leader committed an entry of its term.
     pub(crate) reads_waiting_for_commit: Vec<u64>,
@@ -81,6 +83,7 @@ impl<S: Storage> Raft<S> {
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             read_states: Vec::new(),
+            dropped_reads: Vec::new(),
             read_only: ReadOnly::default(),
             reads_waiting_for_commit: Vec::new(),
             election_elapsed_ticks: 0,
@@ -160,8 +163,9 @@ impl<S: Storage> Raft<S> {
         self.lead_transferee = None;
         self.votes = VoteTally::default();
         self.progress.clear();
-        self.read_only.clear();
-        self.reads_waiting_for_commit.clear();
+        let mut dropped = self.read_only.clear();
+        dropped.append(&mut self.reads_waiting_for_commit);
+        self.dropped_reads.append(&mut dropped);
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         self.replication_pending = false;

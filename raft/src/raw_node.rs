@@ -33,6 +33,9 @@ pub struct Ready {
     pub messages: Vec<Message>,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// Contexts of ReadIndex requests that will never be answered (leadership lost): fail or
+    /// redirect them.
+    pub dropped_reads: Vec<u64>,
 }
 
 impl Ready {
@@ -172,6 +175,7 @@ impl<S: Storage> RawNode<S> {
             || raft.hard_state() != self.prev_hard_state
             || raft.log.has_committed_to_apply()
             || !raft.read_states.is_empty()
+            || !raft.dropped_reads.is_empty()
             || (!raft.msgs_after_persist.is_empty() && self.pending_persist.is_empty())
     }
 
@@ -210,6 +214,7 @@ impl<S: Storage> RawNode<S> {
             messages,
             committed_entries,
             read_states: std::mem::take(&mut self.raft.read_states),
+            dropped_reads: std::mem::take(&mut self.raft.dropped_reads),
         }
     }
 

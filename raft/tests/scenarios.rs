@@ -554,3 +554,18 @@ fn isolated_leader_lease_expires_before_a_new_leader_can_commit() {
     let reads = read_without_network(&mut cluster, 1, 9);
     assert!(reads.is_empty(), "stale lease read at {old_commit} after {new_commit} committed");
 }
+
+#[test]
+fn pending_reads_are_reported_dropped_when_leadership_is_lost() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node(1).read_index(11).expect("read");
+    cluster.node(1).read_index(12).expect("read");
+    let term = cluster.node(1).status().term;
+    cluster.node(1).step(vote_request(2, 1, term + 1, 100, term + 1));
+    let ready = cluster.node(1).ready();
+    assert_eq!(cluster.node(1).status().role, Role::Follower);
+    assert_eq!(ready.dropped_reads, vec![11, 12]);
+    assert!(ready.read_states.is_empty());
+}

@@ -528,6 +528,12 @@ impl Sim {
             }
             node.raw.as_mut().expect("live node").on_applied(last_index);
         }
+        for context in ready.dropped_reads {
+            let Some(position) = self.reads.iter().position(|r| r.context == context) else {
+                return Err(format!("unknown dropped read context {context}"));
+            };
+            self.reads.swap_remove(position);
+        }
         for read in ready.read_states {
             let Some(position) = self.reads.iter().position(|r| r.context == read.context) else {
                 return Err(format!("unknown read context {}", read.context));
