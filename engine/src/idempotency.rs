@@ -63,6 +63,13 @@ pub fn transfer_fingerprint(transfer: &Transfer) -> u128 {
     xxh3_128(&input)
 }
 
+/// One id-table change reported by [`IdTable::drain_changes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdChange<'a> {
+    Inserted(&'a IdEntry),
+    Evicted(TransferId),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum IdRestoreError {
     #[error("{entries} persisted id entries exceed idempotency_ids_max {ids_max}")]
@@ -250,21 +257,19 @@ impl IdTable {
         self.entries.iter().for_each(f);
     }
 
-    /// Changes since the previous drain, for a checkpoint: `inserted` gets the entries added since then
-    /// that are still held (to upsert), `evicted` the previously persisted ids evicted since then (to
-    /// delete). The two sets never overlap: an evicted id is at or below the watermark and can never be
+    /// Changes since the previous drain, for a checkpoint: `Inserted` for each entry added since then
+    /// and still held (to upsert), `Evicted` for each previously persisted id evicted since then (to
+    /// delete), evictions first. The two sets never overlap: an evicted id is at or below the watermark and can never be
     /// recorded again. Returns the watermark to persist alongside.
-    pub fn drain_changes(
-        &mut self,
-        inserted: impl FnMut(&IdEntry),
-        mut evicted: impl FnMut(TransferId),
-    ) -> Option<u64> {
+    ///
+    /// One callback (not one per kind) so a caller can write both kinds into the same batch.
+    pub fn drain_changes(&mut self, mut change: impl FnMut(IdChange<'_>)) -> Option<u64> {
         for id in self.evicted_undrained.drain(..) {
-            evicted(id);
+            change(IdChange::Evicted(id));
         }
         let first_undrained = self.drained_arrival.max(self.head_arrival);
         let skip = (first_undrained - self.head_arrival) as usize;
-        self.entries.iter().skip(skip).for_each(inserted);
+        self.entries.iter().skip(skip).for_each(|entry| change(IdChange::Inserted(entry)));
         self.drained_arrival = self.head_arrival + self.entries.len() as u64;
         self.watermark_ms
     }
@@ -532,7 +537,10 @@ mod tests {
         let drain = |table: &mut IdTable, persisted: &mut Vec<IdEntry>| {
             let mut inserted = Vec::new();
             let mut evicted = Vec::new();
-            let watermark = table.drain_changes(|e| inserted.push(*e), |id| evicted.push(id));
+            let watermark = table.drain_changes(|change| match change {
+                IdChange::Inserted(entry) => inserted.push(*entry),
+                IdChange::Evicted(id) => evicted.push(id),
+            });
             persisted.retain(|e| !evicted.contains(&e.id));
             persisted.extend(inserted.iter().copied());
             (inserted.len(), evicted, watermark)

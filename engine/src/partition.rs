@@ -44,14 +44,14 @@ use std::hash::BuildHasher;
 
 use net::types::{
     partition_of, Account, AccountId, CreateAccount, HistoryEntry, HistoryKind, ItemResult, ResultCode, Transfer,
-    ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
+    TransferId, ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
 };
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Event, EventBatchView, EventBody, EventBuffer};
 use crate::fast_hash::FastBuildHasher;
-use crate::idempotency::{transfer_fingerprint, IdEntry, IdRestoreError, IdTable};
+use crate::idempotency::{transfer_fingerprint, IdChange, IdEntry, IdRestoreError, IdTable};
 
 /// How many transfers' memory is touched ahead of deciding them (see `PartitionState::warm`): enough
 /// independent cache misses in flight to cover DRAM latency, few enough to stay inside the CPU's
@@ -109,6 +109,17 @@ pub struct PartitionRows {
     pub id_watermark_ms: Option<u64>,
     pub accounts: Vec<Account>,
     pub ids: Vec<IdEntry>,
+}
+
+/// One row to persist at a checkpoint, reported by [`PartitionState::drain_dirty`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyRow<'a> {
+    /// Upsert the account row.
+    Account(&'a Account),
+    /// Upsert the id entry.
+    IdInserted(&'a IdEntry),
+    /// Delete the id entry.
+    IdEvicted(TransferId),
 }
 
 /// The scalar part of a checkpoint, returned by [`PartitionState::drain_dirty`] after the rows.
@@ -351,22 +362,21 @@ impl PartitionState {
     }
 
     /// Accounts changed since the previous drain (each once), then id-table changes (see
-    /// [`IdTable::drain_changes`]); returns the scalars to persist with them. Persisting exactly this
-    /// after every drain keeps the store equal to [`PartitionState::export_rows`].
-    pub fn drain_dirty(
-        &mut self,
-        mut account: impl FnMut(&Account),
-        id_inserted: impl FnMut(&IdEntry),
-        id_evicted: impl FnMut(net::types::TransferId),
-    ) -> CheckpointMark {
+    /// [`IdTable::drain_changes`]), through one callback so the caller can write them all into one
+    /// batch; returns the scalars to persist with them. Persisting exactly this after every drain keeps
+    /// the store equal to [`PartitionState::export_rows`].
+    pub fn drain_dirty(&mut self, mut row: impl FnMut(DirtyRow<'_>)) -> CheckpointMark {
         for &index in &self.dirty_accounts {
             let index = index as usize;
             assert!(self.account_dirty[index]);
             self.account_dirty[index] = false;
-            account(&self.accounts[index].0);
+            row(DirtyRow::Account(&self.accounts[index].0));
         }
         self.dirty_accounts.clear();
-        let id_watermark_ms = self.ids.drain_changes(id_inserted, id_evicted);
+        let id_watermark_ms = self.ids.drain_changes(|change| match change {
+            IdChange::Inserted(entry) => row(DirtyRow::IdInserted(entry)),
+            IdChange::Evicted(id) => row(DirtyRow::IdEvicted(id)),
+        });
         CheckpointMark { last_seq: self.last_seq, last_timestamp_ns: self.last_timestamp_ns, id_watermark_ms }
     }
 
@@ -1197,7 +1207,11 @@ mod tests {
         let drain = |state: &mut PartitionState, rows: &mut PartitionRows| {
             let mut changed = Vec::new();
             let mut evicted = Vec::new();
-            let mark = state.drain_dirty(|a| changed.push(*a), |e| rows.ids.push(*e), |id| evicted.push(id));
+            let mark = state.drain_dirty(|row| match row {
+                DirtyRow::Account(account) => changed.push(*account),
+                DirtyRow::IdInserted(entry) => rows.ids.push(*entry),
+                DirtyRow::IdEvicted(id) => evicted.push(id),
+            });
             rows.ids.retain(|e| !evicted.contains(&e.id));
             for account in &changed {
                 rows.accounts.retain(|a| a.id != account.id);

@@ -3,14 +3,11 @@
 
 use std::collections::HashMap;
 
-use engine::event::{
-    Event, EventBatchView, EventBody, EventBuffer, EventKind, EVENT_BATCH_HEADER_BYTES,
-};
+use engine::event::{Event, EventBatchView, EventBody, EventBuffer, EventKind, EVENT_BATCH_HEADER_BYTES};
 use engine::idempotency::IdEntry;
-use engine::partition::{PartitionConfig, PartitionRows, PartitionState};
+use engine::partition::{DirtyRow, PartitionConfig, PartitionRows, PartitionState};
 use net::types::{
-    transfer_id_from_parts, Account, CreateAccount, ItemResult, ResultCode, Transfer, TransferId,
-    ACCOUNT_FLAG_EXTERNAL,
+    transfer_id_from_parts, Account, CreateAccount, ItemResult, ResultCode, Transfer, TransferId, ACCOUNT_FLAG_EXTERNAL,
 };
 use proptest::prelude::*;
 
@@ -41,12 +38,7 @@ fn create_account() -> impl Strategy<Value = CreateAccount> {
         prop_oneof![10 => prop::sample::select(LEDGERS.to_vec()), 1 => Just(0u32)],
         0..2u128,
     )
-        .prop_map(|(id, flags, ledger, user_data)| CreateAccount {
-            id,
-            ledger,
-            flags,
-            user_data,
-        })
+        .prop_map(|(id, flags, ledger, user_data)| CreateAccount { id, ledger, flags, user_data })
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -93,16 +85,8 @@ fn step() -> impl Strategy<Value = Step> {
         )),
         1 => prop::collection::vec(any::<prop::sample::Index>(), 1..8).prop_map(Command::Retry),
     ];
-    (
-        prop_oneof![8 => 0..30i64, 1 => -50..0i64],
-        command,
-        prop::bool::weighted(0.2),
-    )
-        .prop_map(|(clock_step_ms, command, checkpoint_after)| Step {
-            clock_step_ms,
-            command,
-            checkpoint_after,
-        })
+    (prop_oneof![8 => 0..30i64, 1 => -50..0i64], command, prop::bool::weighted(0.2))
+        .prop_map(|(clock_step_ms, command, checkpoint_after)| Step { clock_step_ms, command, checkpoint_after })
 }
 
 /// Independent model: balances from the results the state machine reported, and every decided id.
@@ -123,29 +107,21 @@ struct Run {
 }
 
 fn config(window_ms: u64, ids_max: usize) -> PartitionConfig {
-    PartitionConfig {
-        partition: 0,
-        partitions: 1,
-        idempotency_window_ms: window_ms,
-        idempotency_ids_max: ids_max,
-    }
+    PartitionConfig { partition: 0, partitions: 1, idempotency_window_ms: window_ms, idempotency_ids_max: ids_max }
 }
 
 fn drain_into(state: &mut PartitionState, rows: &mut PartitionRows) {
     let mut accounts: Vec<Account> = Vec::new();
     let mut inserted: Vec<IdEntry> = Vec::new();
     let mut evicted: Vec<TransferId> = Vec::new();
-    let mark = state.drain_dirty(
-        |a| accounts.push(*a),
-        |e| inserted.push(*e),
-        |id| evicted.push(id),
-    );
+    let mark = state.drain_dirty(|row| match row {
+        DirtyRow::Account(account) => accounts.push(*account),
+        DirtyRow::IdInserted(entry) => inserted.push(*entry),
+        DirtyRow::IdEvicted(id) => evicted.push(id),
+    });
     rows.ids.retain(|e| !evicted.contains(&e.id));
     for entry in &inserted {
-        assert!(
-            rows.ids.iter().all(|e| e.id != entry.id),
-            "an inserted id is new to the store"
-        );
+        assert!(rows.ids.iter().all(|e| e.id != entry.id), "an inserted id is new to the store");
     }
     rows.ids.extend(inserted);
     for account in accounts {
@@ -161,82 +137,35 @@ fn check_invariants(state: &PartitionState) {
     for (ledger, sum) in state.ledger_sums() {
         assert_eq!(sum, 0, "ledger {ledger} does not sum to zero");
     }
-    state.for_each_account(|a| {
-        assert!(
-            a.is_external() || a.balance >= 0,
-            "ordinary account {} is negative",
-            a.id
-        )
-    });
+    state.for_each_account(|a| assert!(a.is_external() || a.balance >= 0, "ordinary account {} is negative", a.id));
 }
 
-fn check_transfer_results(
-    model: &mut Model,
-    state: &PartitionState,
-    transfers: &[Transfer],
-    results: &[ItemResult],
-) {
+fn check_transfer_results(model: &mut Model, state: &PartitionState, transfers: &[Transfer], results: &[ItemResult]) {
     assert_eq!(results.len(), transfers.len());
     for (index, (t, r)) in transfers.iter().zip(results).enumerate() {
         assert_eq!(r.index as usize, index);
         assert!(r.seq >= 1 && r.seq <= state.last_seq());
         if r.is_replayed() {
-            let (original, code, seq) = model
-                .decided
-                .get(&t.id)
-                .expect("a replayed id was decided before");
-            assert_eq!(
-                Transfer {
-                    id: t.id,
-                    ..*original
-                },
-                *t,
-                "replayed only for identical fields"
-            );
-            assert_eq!(
-                (r.code, r.seq),
-                (*code, *seq),
-                "a retry answers the original outcome"
-            );
+            let (original, code, seq) = model.decided.get(&t.id).expect("a replayed id was decided before");
+            assert_eq!(Transfer { id: t.id, ..*original }, *t, "replayed only for identical fields");
+            assert_eq!((r.code, r.seq), (*code, *seq), "a retry answers the original outcome");
             model.replayed += 1;
             continue;
         }
         match r.code {
             ResultCode::InvalidFlags | ResultCode::ReservedId | ResultCode::IdExpired => {}
             ResultCode::ExistsWithDifferentFields => {
-                let (original, _, _) = model
-                    .decided
-                    .get(&t.id)
-                    .expect("conflicts with a decided id");
-                assert_ne!(
-                    Transfer {
-                        id: t.id,
-                        ..*original
-                    },
-                    *t
-                );
+                let (original, _, _) = model.decided.get(&t.id).expect("conflicts with a decided id");
+                assert_ne!(Transfer { id: t.id, ..*original }, *t);
             }
             code => {
                 // The safety property of the id table: an id is decided at most once, ever.
-                assert!(
-                    model.decided.insert(t.id, (*t, code, r.seq)).is_none(),
-                    "id {:#x} decided twice",
-                    t.id
-                );
+                assert!(model.decided.insert(t.id, (*t, code, r.seq)).is_none(), "id {:#x} decided twice", t.id);
                 if code == ResultCode::Ok {
                     let amount = t.amount as i64;
-                    *model
-                        .balances
-                        .get_mut(&t.debit_account_id)
-                        .expect("debit exists") -= amount;
-                    *model
-                        .balances
-                        .get_mut(&t.credit_account_id)
-                        .expect("credit exists") += amount;
-                    assert!(
-                        model.external[&t.debit_account_id]
-                            || model.balances[&t.debit_account_id] >= 0
-                    );
+                    *model.balances.get_mut(&t.debit_account_id).expect("debit exists") -= amount;
+                    *model.balances.get_mut(&t.credit_account_id).expect("credit exists") += amount;
+                    assert!(model.external[&t.debit_account_id] || model.balances[&t.debit_account_id] >= 0);
                 }
             }
         }
@@ -260,14 +189,10 @@ fn run(steps: &[Step], window_ms: u64, ids_max: usize) -> (Run, Model) {
         results.clear();
         match &step.command {
             Command::Create(accounts) => {
-                run.state
-                    .execute_create_accounts(now_ns, accounts, &mut events, &mut results);
+                run.state.execute_create_accounts(now_ns, accounts, &mut events, &mut results);
                 for (a, r) in accounts.iter().zip(&results) {
                     if r.code == ResultCode::Ok {
-                        assert!(
-                            model.balances.insert(a.id, 0).is_none(),
-                            "an account is created once"
-                        );
+                        assert!(model.balances.insert(a.id, 0).is_none(), "an account is created once");
                         model.external.insert(a.id, a.is_external());
                     }
                 }
@@ -278,16 +203,11 @@ fn run(steps: &[Step], window_ms: u64, ids_max: usize) -> (Run, Model) {
                     .iter()
                     .map(|t| {
                         let (lag_ms, entropy) = ((t.id >> 64) as u64, t.id & u64::MAX as u128);
-                        let id = if entropy == 0 {
-                            0
-                        } else {
-                            transfer_id_from_parts(now_ms - lag_ms, entropy)
-                        };
+                        let id = if entropy == 0 { 0 } else { transfer_id_from_parts(now_ms - lag_ms, entropy) };
                         Transfer { id, ..*t }
                     })
                     .collect();
-                run.state
-                    .execute_transfers(now_ns, &transfers, &mut events, &mut results);
+                run.state.execute_transfers(now_ns, &transfers, &mut events, &mut results);
                 check_transfer_results(&mut model, &run.state, &transfers, &results);
                 sent.extend(transfers);
             }
@@ -295,12 +215,8 @@ fn run(steps: &[Step], window_ms: u64, ids_max: usize) -> (Run, Model) {
                 if sent.is_empty() {
                     continue;
                 }
-                let transfers: Vec<Transfer> = picks
-                    .iter()
-                    .map(|pick| sent[pick.index(sent.len())])
-                    .collect();
-                run.state
-                    .execute_transfers(now_ns, &transfers, &mut events, &mut results);
+                let transfers: Vec<Transfer> = picks.iter().map(|pick| sent[pick.index(sent.len())]).collect();
+                run.state.execute_transfers(now_ns, &transfers, &mut events, &mut results);
                 check_transfer_results(&mut model, &run.state, &transfers, &results);
             }
         }
@@ -310,11 +226,7 @@ fn run(steps: &[Step], window_ms: u64, ids_max: usize) -> (Run, Model) {
         events.clear();
         check_invariants(&run.state);
         for (id, balance) in &model.balances {
-            assert_eq!(
-                run.state.account(*id).map(|a| a.balance),
-                Some(*balance),
-                "account {id} vs the model"
-            );
+            assert_eq!(run.state.account(*id).map(|a| a.balance), Some(*balance), "account {id} vs the model");
         }
         if step.checkpoint_after {
             drain_into(&mut run.state, &mut run.checkpoint);
@@ -442,21 +354,12 @@ fn every_event_shape_round_trips() {
         flags: u32::MAX,
         user_data: u128::MAX - 7,
     };
-    let account = CreateAccount {
-        id: 3,
-        ledger: 7,
-        flags: u32::MAX,
-        user_data: u128::MAX,
-    };
+    let account = CreateAccount { id: 3, ledger: 7, flags: u32::MAX, user_data: u128::MAX };
     let mut events = Vec::new();
     let mut seq = 1_000;
     let mut push = |body: EventBody| {
         seq += 1;
-        events.push(Event {
-            seq,
-            timestamp_ns: seq * 10,
-            body,
-        });
+        events.push(Event { seq, timestamp_ns: seq * 10, body });
     };
     push(EventBody::AccountCreated { account });
     push(EventBody::TransferPosted {
@@ -480,11 +383,7 @@ fn every_event_shape_round_trips() {
     let view = EventBatchView::new(buffer.finish()).expect("valid");
     assert_eq!(view.partition(), u32::MAX);
     assert_eq!(view.iter().collect::<Vec<_>>(), events);
-    assert_eq!(
-        events.len(),
-        2 + 5 + 12,
-        "every rejection code of both kinds is covered"
-    );
+    assert_eq!(events.len(), 2 + 5 + 12, "every rejection code of both kinds is covered");
 }
 
 /// The generators above must reach every outcome, or the properties prove less than they claim.
@@ -497,10 +396,7 @@ fn generated_commands_reach_every_outcome() {
     let mut account_codes: HashMap<ResultCode, usize> = HashMap::new();
     let (mut replayed, mut evicted_runs) = (0, 0);
     for case in 0..200 {
-        let steps = prop::collection::vec(step(), 20..40)
-            .new_tree(&mut runner)
-            .expect("generates")
-            .current();
+        let steps = prop::collection::vec(step(), 20..40).new_tree(&mut runner).expect("generates").current();
         let (window_ms, ids_max) = [(20, 10_000), (60_000, 4), (200, 16)][case % 3];
         let (run, model) = run(&steps, window_ms, ids_max);
         replayed += model.replayed;
@@ -517,10 +413,8 @@ fn generated_commands_reach_every_outcome() {
     }
     for code in ResultCode::ALL {
         let (is_transfer, is_account) = (
-            engine::event::code_valid_for_kind(EventKind::TransferRejected, code)
-                || code == ResultCode::Ok,
-            engine::event::code_valid_for_kind(EventKind::AccountRejected, code)
-                || code == ResultCode::Ok,
+            engine::event::code_valid_for_kind(EventKind::TransferRejected, code) || code == ResultCode::Ok,
+            engine::event::code_valid_for_kind(EventKind::AccountRejected, code) || code == ResultCode::Ok,
         );
         if is_transfer && code != ResultCode::CrossPartitionUnsupported {
             assert!(
@@ -529,15 +423,9 @@ fn generated_commands_reach_every_outcome() {
             );
         }
         if is_account {
-            assert!(
-                account_codes.get(&code).copied().unwrap_or(0) > 0,
-                "no account ended {code:?}: {account_codes:?}"
-            );
+            assert!(account_codes.get(&code).copied().unwrap_or(0) > 0, "no account ended {code:?}: {account_codes:?}");
         }
     }
     assert!(evicted_runs > 50, "only {evicted_runs} runs evicted ids");
-    assert!(
-        replayed > 100,
-        "only {replayed} retries were answered from the id table"
-    );
+    assert!(replayed > 100, "only {replayed} retries were answered from the id table");
 }
