@@ -165,6 +165,12 @@ impl IdTable {
         Some(self.entry_at(arrival))
     }
 
+    /// Loads the index line where a lookup of `id` starts (see `PartitionState::warm`). Reads only.
+    #[inline]
+    pub fn warm(&self, id: TransferId) {
+        self.index.warm(id);
+    }
+
     #[inline]
     pub fn contains(&self, id: TransferId) -> bool {
         self.get(id).is_some()

@@ -470,17 +470,21 @@ impl PartitionState {
     /// dependent decision logic. Reads only: the decisions themselves are unaffected.
     #[inline]
     fn warm<'t>(&self, transfers: impl Iterator<Item = &'t Transfer>) {
-        let mut rows = [u32::MAX; 2 * WARM_AHEAD_TRANSFERS];
+        // Phase 1: every index slot line, with no load depending on another, so they overlap.
+        let mut probes = [(0u32, 0u64); 2 * WARM_AHEAD_TRANSFERS];
         let mut count = 0;
-        for (slot, transfer) in rows.chunks_exact_mut(2).zip(transfers) {
-            slot[0] = self.row_of(transfer.debit_account_id).unwrap_or(u32::MAX);
-            slot[1] = self.row_of(transfer.credit_account_id).unwrap_or(u32::MAX);
-            std::hint::black_box(self.ids.contains(transfer.id));
+        for (pair, transfer) in probes.chunks_exact_mut(2).zip(transfers) {
+            pair[0] = self.account_index.probe_start(transfer.debit_account_id);
+            pair[1] = self.account_index.probe_start(transfer.credit_account_id);
+            self.ids.warm(transfer.id);
             count += 1;
         }
-        for &row in &rows {
-            if let Some(AccountRow(account)) = self.accounts.get(row as usize) {
-                std::hint::black_box(account.balance);
+        // Phase 2: the rows those slots point at (a displaced slot is left to the real lookup).
+        for &(tag, slot) in &probes[..2 * count] {
+            if let Some(row) = AccountIndex::row_if_tag(tag, slot) {
+                if let Some(AccountRow(account)) = self.accounts.get(row as usize) {
+                    std::hint::black_box(account.balance);
+                }
             }
         }
         self.ids.warm_evictions(count);
@@ -1397,6 +1401,19 @@ impl AccountIndex {
     #[inline]
     fn hash_high(id: AccountId) -> u32 {
         (FastBuildHasher.hash_one(id) >> 32) as u32
+    }
+
+    /// The tag of `id` and the slot its probe starts at: one load, for `PartitionState::warm`.
+    #[inline]
+    fn probe_start(&self, id: AccountId) -> (u32, u64) {
+        let hash_high = Self::hash_high(id);
+        (hash_high, self.slots[hash_high as usize & self.mask])
+    }
+
+    /// The row in `slot` if the slot carries `tag` (most likely the account probed for).
+    #[inline]
+    fn row_if_tag(tag: u32, slot: u64) -> Option<u32> {
+        (slot != 0 && (slot >> 32) as u32 == tag).then(|| slot as u32 - 1)
     }
 
     #[inline]
