@@ -79,10 +79,7 @@ pub fn code_valid_for_kind(kind: EventKind, code: ResultCode) -> bool {
     match kind {
         EventKind::AccountCreated | EventKind::TransferPosted => code == Ok,
         EventKind::AccountRejected => {
-            matches!(
-                code,
-                Exists | ExistsWithDifferentFields | ReservedId | InvalidFlags | InvalidLedger
-            )
+            matches!(code, Exists | ExistsWithDifferentFields | ReservedId | InvalidFlags | InvalidLedger)
         }
         EventKind::TransferRejected => matches!(
             code,
@@ -147,9 +144,7 @@ impl Event {
     pub fn code(&self) -> ResultCode {
         match self.body {
             EventBody::AccountCreated { .. } | EventBody::TransferPosted { .. } => ResultCode::Ok,
-            EventBody::AccountRejected { code, .. } | EventBody::TransferRejected { code, .. } => {
-                code
-            }
+            EventBody::AccountRejected { code, .. } | EventBody::TransferRejected { code, .. } => code,
         }
     }
 
@@ -157,11 +152,7 @@ impl Event {
     /// function of the event.
     pub fn encode_into(&self, out: &mut [u8; EVENT_BYTES]) {
         let code = self.code();
-        assert!(
-            code_valid_for_kind(self.kind(), code),
-            "event {:?} carries an impossible code",
-            self
-        );
+        assert!(code_valid_for_kind(self.kind(), code), "event {:?} carries an impossible code", self);
         out[0] = self.kind() as u8;
         out[1] = 0;
         out[2..4].copy_from_slice(&(code as u16).to_le_bytes());
@@ -191,12 +182,7 @@ impl Event {
                     "an account's previous event precedes this one"
                 );
                 transfer.encode_into(body);
-                [
-                    debit_balance_after as u64,
-                    credit_balance_after as u64,
-                    debit_prev_seq,
-                    credit_prev_seq,
-                ]
+                [debit_balance_after as u64, credit_balance_after as u64, debit_prev_seq, credit_prev_seq]
             }
             EventBody::TransferRejected { transfer, .. } => {
                 transfer.encode_into(body);
@@ -212,15 +198,10 @@ impl Event {
     /// Decodes and validates one event in isolation (`index` only labels errors).
     pub fn decode(bytes: &[u8; EVENT_BYTES], index: u32) -> Result<Event, EventDecodeError> {
         let kind_byte = bytes[0];
-        let kind = EventKind::from_u8(kind_byte).ok_or(EventDecodeError::UnknownKind {
-            index,
-            kind: kind_byte,
-        })?;
+        let kind = EventKind::from_u8(kind_byte).ok_or(EventDecodeError::UnknownKind { index, kind: kind_byte })?;
         let code_number = u16::from_le_bytes([bytes[2], bytes[3]]);
-        let code = ResultCode::from_u16(code_number).ok_or(EventDecodeError::UnknownCode {
-            index,
-            code: code_number,
-        })?;
+        let code =
+            ResultCode::from_u16(code_number).ok_or(EventDecodeError::UnknownCode { index, code: code_number })?;
         if !code_valid_for_kind(kind, code) {
             return Err(EventDecodeError::CodeImpossibleForKind { index, kind, code });
         }
@@ -237,25 +218,15 @@ impl Event {
         if kind == EventKind::TransferPosted {
             for prev_seq in [debit_prev_seq, credit_prev_seq] {
                 if prev_seq == 0 || prev_seq >= seq {
-                    return Err(EventDecodeError::PrevSeqOutOfRange {
-                        index,
-                        prev_seq,
-                        seq,
-                    });
+                    return Err(EventDecodeError::PrevSeqOutOfRange { index, prev_seq, seq });
                 }
             }
-        } else if bytes[EVENT_DEBIT_BALANCE_OFFSET..EVENT_BYTES]
-            .iter()
-            .any(|&byte| byte != 0)
-        {
+        } else if bytes[EVENT_DEBIT_BALANCE_OFFSET..EVENT_BYTES].iter().any(|&byte| byte != 0) {
             return Err(EventDecodeError::EventReservedNotZero { index });
         }
         let body = match kind {
             EventKind::AccountCreated | EventKind::AccountRejected => {
-                if body[CreateAccount::WIRE_BYTES..]
-                    .iter()
-                    .any(|&byte| byte != 0)
-                {
+                if body[CreateAccount::WIRE_BYTES..].iter().any(|&byte| byte != 0) {
                     return Err(EventDecodeError::EventReservedNotZero { index });
                 }
                 let account = CreateAccount::decode(body);
@@ -272,16 +243,9 @@ impl Event {
                 debit_prev_seq,
                 credit_prev_seq,
             },
-            EventKind::TransferRejected => EventBody::TransferRejected {
-                transfer: Transfer::decode(body),
-                code,
-            },
+            EventKind::TransferRejected => EventBody::TransferRejected { transfer: Transfer::decode(body), code },
         };
-        Ok(Event {
-            seq,
-            timestamp_ns,
-            body,
-        })
+        Ok(Event { seq, timestamp_ns, body })
     }
 }
 
@@ -302,21 +266,13 @@ pub enum EventDecodeError {
     #[error("event batch of {event_count} events starting at seq {first_seq} overflows u64")]
     SeqOverflow { first_seq: u64, event_count: u32 },
     #[error("event batch of {event_count} events needs {expected_len} bytes, has {len}")]
-    LengthMismatch {
-        event_count: u32,
-        expected_len: u64,
-        len: usize,
-    },
+    LengthMismatch { event_count: u32, expected_len: u64, len: usize },
     #[error("event {index}: unknown kind {kind}")]
     UnknownKind { index: u32, kind: u8 },
     #[error("event {index}: unknown result code {code}")]
     UnknownCode { index: u32, code: u16 },
     #[error("event {index}: code {code:?} is impossible for kind {kind:?}")]
-    CodeImpossibleForKind {
-        index: u32,
-        kind: EventKind,
-        code: ResultCode,
-    },
+    CodeImpossibleForKind { index: u32, kind: EventKind, code: ResultCode },
     #[error("event {index}: flags, reserved or padding bytes are not zero")]
     EventReservedNotZero { index: u32 },
     #[error("event {index}: previous seq {prev_seq} of a touched account is not in 1..{seq}")]
@@ -324,11 +280,7 @@ pub enum EventDecodeError {
     #[error("event {index}: seq {seq}, expected {expected}")]
     SeqNotConsecutive { index: u32, seq: u64, expected: u64 },
     #[error("event {index}: timestamp {timestamp_ns} ns is not after the previous event's {previous_ns} ns")]
-    TimestampNotIncreasing {
-        index: u32,
-        timestamp_ns: u64,
-        previous_ns: u64,
-    },
+    TimestampNotIncreasing { index: u32, timestamp_ns: u64, previous_ns: u64 },
 }
 
 /// A validated, zero-copy view of one encoded event batch.
@@ -367,37 +319,20 @@ impl<'a> EventBatchView<'a> {
             return Err(EventDecodeError::FirstSeqZero);
         }
         if first_seq.checked_add(event_count as u64 - 1).is_none() {
-            return Err(EventDecodeError::SeqOverflow {
-                first_seq,
-                event_count,
-            });
+            return Err(EventDecodeError::SeqOverflow { first_seq, event_count });
         }
         // u64 arithmetic: u32::MAX * 104 + 32 cannot overflow it, and `len` always fits.
-        let expected_len =
-            EVENT_BATCH_HEADER_BYTES as u64 + event_count as u64 * EVENT_BYTES as u64;
+        let expected_len = EVENT_BATCH_HEADER_BYTES as u64 + event_count as u64 * EVENT_BYTES as u64;
         if bytes.len() as u64 != expected_len {
-            return Err(EventDecodeError::LengthMismatch {
-                event_count,
-                expected_len,
-                len: bytes.len(),
-            });
+            return Err(EventDecodeError::LengthMismatch { event_count, expected_len, len: bytes.len() });
         }
-        let view = EventBatchView {
-            bytes,
-            partition,
-            event_count,
-            first_seq,
-        };
+        let view = EventBatchView { bytes, partition, event_count, first_seq };
         let mut previous_ns: Option<u64> = None;
         for index in 0..event_count {
             let event = Event::decode(view.event_bytes(index), index)?;
             let expected = first_seq + index as u64;
             if event.seq != expected {
-                return Err(EventDecodeError::SeqNotConsecutive {
-                    index,
-                    seq: event.seq,
-                    expected,
-                });
+                return Err(EventDecodeError::SeqNotConsecutive { index, seq: event.seq, expected });
             }
             if let Some(previous_ns) = previous_ns {
                 if event.timestamp_ns <= previous_ns {
@@ -435,13 +370,8 @@ impl<'a> EventBatchView<'a> {
 
     /// Event `index` (< event_count).
     pub fn event(&self, index: u32) -> Event {
-        assert!(
-            index < self.event_count,
-            "event index {index} out of {} events",
-            self.event_count
-        );
-        Event::decode(self.event_bytes(index), index)
-            .expect("every event was validated in EventBatchView::new")
+        assert!(index < self.event_count, "event index {index} out of {} events", self.event_count);
+        Event::decode(self.event_bytes(index), index).expect("every event was validated in EventBatchView::new")
     }
 
     pub fn first_timestamp_ns(&self) -> u64 {
@@ -459,9 +389,7 @@ impl<'a> EventBatchView<'a> {
 
     fn event_bytes(&self, index: u32) -> &'a [u8; EVENT_BYTES] {
         let start = EVENT_BATCH_HEADER_BYTES + index as usize * EVENT_BYTES;
-        self.bytes[start..start + EVENT_BYTES]
-            .try_into()
-            .expect("slice is exactly EVENT_BYTES long")
+        self.bytes[start..start + EVENT_BYTES].try_into().expect("slice is exactly EVENT_BYTES long")
     }
 }
 
@@ -549,15 +477,8 @@ impl EventBuffer {
 
     pub fn push(&mut self, event: &Event) {
         assert!(self.started, "push before begin");
-        assert!(
-            self.event_count < u32::MAX,
-            "a batch holds fewer than 2^32 events"
-        );
-        assert_eq!(
-            event.seq,
-            self.next_seq(),
-            "events of a batch carry consecutive seqs"
-        );
+        assert!(self.event_count < u32::MAX, "a batch holds fewer than 2^32 events");
+        assert_eq!(event.seq, self.next_seq(), "events of a batch carry consecutive seqs");
         assert!(
             self.event_count == 0 || event.timestamp_ns > self.last_timestamp_ns,
             "event timestamps strictly increase within a batch"
@@ -577,20 +498,14 @@ impl EventBuffer {
 
     /// The encoded batch, ready to log. Panics when empty: an empty batch is never logged.
     pub fn finish(&self) -> &[u8] {
-        assert!(
-            self.started && self.event_count > 0,
-            "an empty batch is never logged"
-        );
+        assert!(self.started && self.event_count > 0, "an empty batch is never logged");
         &self.bytes
     }
 
     /// The batch as a view. Panics when empty: an empty batch is never logged (the caller checks
     /// `event_count()` first, e.g. after a batch made only of replayed retries).
     pub fn view(&self) -> EventBatchView<'_> {
-        assert!(
-            self.started && self.event_count > 0,
-            "an empty batch has no view"
-        );
+        assert!(self.started && self.event_count > 0, "an empty batch has no view");
         EventBatchView::new(&self.bytes).expect("the buffer holds only events it validated on push")
     }
 }
@@ -608,12 +523,7 @@ mod tests {
     use super::*;
 
     fn sample_events(first_seq: u64) -> Vec<Event> {
-        let account = CreateAccount {
-            id: 7,
-            ledger: 840,
-            flags: 1,
-            user_data: 99,
-        };
+        let account = CreateAccount { id: 7, ledger: 840, flags: 1, user_data: 99 };
         let transfer = Transfer {
             id: u128::MAX - 5,
             debit_account_id: 7,
@@ -625,10 +535,7 @@ mod tests {
         };
         let bodies = [
             EventBody::AccountCreated { account },
-            EventBody::AccountRejected {
-                account,
-                code: ResultCode::Exists,
-            },
+            EventBody::AccountRejected { account, code: ResultCode::Exists },
             EventBody::TransferPosted {
                 transfer,
                 debit_balance_after: -250,
@@ -636,19 +543,12 @@ mod tests {
                 debit_prev_seq: 1,
                 credit_prev_seq: first_seq + 1,
             },
-            EventBody::TransferRejected {
-                transfer,
-                code: ResultCode::InsufficientFunds,
-            },
+            EventBody::TransferRejected { transfer, code: ResultCode::InsufficientFunds },
         ];
         bodies
             .iter()
             .enumerate()
-            .map(|(i, body)| Event {
-                seq: first_seq + i as u64,
-                timestamp_ns: 1_000 + i as u64 * 3,
-                body: *body,
-            })
+            .map(|(i, body)| Event { seq: first_seq + i as u64, timestamp_ns: 1_000 + i as u64 * 3, body: *body })
             .collect()
     }
 
@@ -686,11 +586,7 @@ mod tests {
                 buffer.push(&event);
             }
             assert_eq!(buffer.view().event_count(), 4);
-            assert_eq!(
-                buffer.bytes.capacity(),
-                capacity,
-                "pushing within the reserved room never reallocates"
-            );
+            assert_eq!(buffer.bytes.capacity(), capacity, "pushing within the reserved room never reallocates");
         }
     }
 
@@ -705,145 +601,62 @@ mod tests {
     #[test]
     fn decoder_rejects_bad_headers() {
         let (_, bytes) = encoded_batch();
-        assert_eq!(
-            EventBatchView::new(&bytes[..31]).unwrap_err(),
-            EventDecodeError::TooShort { len: 31 }
-        );
+        assert_eq!(EventBatchView::new(&bytes[..31]).unwrap_err(), EventDecodeError::TooShort { len: 31 });
         let truncated = &bytes[..bytes.len() - 1];
-        assert!(matches!(
-            EventBatchView::new(truncated),
-            Err(EventDecodeError::LengthMismatch { .. })
-        ));
+        assert!(matches!(EventBatchView::new(truncated), Err(EventDecodeError::LengthMismatch { .. })));
         let mut extended = bytes.clone();
         extended.push(0);
-        assert!(matches!(
-            EventBatchView::new(&extended),
-            Err(EventDecodeError::LengthMismatch { .. })
-        ));
+        assert!(matches!(EventBatchView::new(&extended), Err(EventDecodeError::LengthMismatch { .. })));
 
         let mutate = |offset: usize, value: u8| {
             let mut copy = bytes.clone();
             copy[offset] = value;
             EventBatchView::new(&copy).unwrap_err()
         };
-        assert_eq!(
-            mutate(4, 2),
-            EventDecodeError::UnknownFormatVersion { version: 2 }
-        );
-        assert_eq!(
-            mutate(6, 1),
-            EventDecodeError::UnknownBatchFlags { flags: 1 }
-        );
+        assert_eq!(mutate(4, 2), EventDecodeError::UnknownFormatVersion { version: 2 });
+        assert_eq!(mutate(6, 1), EventDecodeError::UnknownBatchFlags { flags: 1 });
         assert_eq!(mutate(13, 1), EventDecodeError::HeaderReservedNotZero);
         assert_eq!(mutate(30, 1), EventDecodeError::HeaderReservedNotZero);
-        assert!(matches!(
-            mutate(8, 200),
-            EventDecodeError::LengthMismatch {
-                event_count: 200,
-                ..
-            }
-        ));
+        assert!(matches!(mutate(8, 200), EventDecodeError::LengthMismatch { event_count: 200, .. }));
 
         let mut empty = bytes[..EVENT_BATCH_HEADER_BYTES].to_vec();
         empty[8..12].fill(0);
-        assert_eq!(
-            EventBatchView::new(&empty).unwrap_err(),
-            EventDecodeError::Empty
-        );
+        assert_eq!(EventBatchView::new(&empty).unwrap_err(), EventDecodeError::Empty);
         let mut seq_zero = bytes.clone();
         seq_zero[16..24].fill(0);
-        assert_eq!(
-            EventBatchView::new(&seq_zero).unwrap_err(),
-            EventDecodeError::FirstSeqZero
-        );
+        assert_eq!(EventBatchView::new(&seq_zero).unwrap_err(), EventDecodeError::FirstSeqZero);
         let mut seq_huge = bytes.clone();
         seq_huge[16..24].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
-        assert!(matches!(
-            EventBatchView::new(&seq_huge),
-            Err(EventDecodeError::SeqOverflow { .. })
-        ));
+        assert!(matches!(EventBatchView::new(&seq_huge), Err(EventDecodeError::SeqOverflow { .. })));
     }
 
     #[test]
     fn decoder_rejects_bad_events() {
         let (_, bytes) = encoded_batch();
-        let event =
-            |index: usize, offset: usize| EVENT_BATCH_HEADER_BYTES + index * EVENT_BYTES + offset;
+        let event = |index: usize, offset: usize| EVENT_BATCH_HEADER_BYTES + index * EVENT_BYTES + offset;
         let mutate = |offset: usize, value: u8| {
             let mut copy = bytes.clone();
             copy[offset] = value;
             EventBatchView::new(&copy).unwrap_err()
         };
-        assert_eq!(
-            mutate(event(1, 0), 9),
-            EventDecodeError::UnknownKind { index: 1, kind: 9 }
-        );
-        assert_eq!(
-            mutate(event(1, 2), 77),
-            EventDecodeError::UnknownCode { index: 1, code: 77 }
-        );
+        assert_eq!(mutate(event(1, 0), 9), EventDecodeError::UnknownKind { index: 1, kind: 9 });
+        assert_eq!(mutate(event(1, 2), 77), EventDecodeError::UnknownCode { index: 1, code: 77 });
         // A created account carrying a rejection code, and a rejected transfer carrying Ok.
-        assert!(matches!(
-            mutate(event(0, 2), 1),
-            EventDecodeError::CodeImpossibleForKind { index: 0, .. }
-        ));
-        assert!(matches!(
-            mutate(event(3, 2), 0),
-            EventDecodeError::CodeImpossibleForKind { index: 3, .. }
-        ));
-        assert_eq!(
-            mutate(event(2, 1), 1),
-            EventDecodeError::EventReservedNotZero { index: 2 }
-        );
-        assert_eq!(
-            mutate(event(2, 5), 1),
-            EventDecodeError::EventReservedNotZero { index: 2 }
-        );
+        assert!(matches!(mutate(event(0, 2), 1), EventDecodeError::CodeImpossibleForKind { index: 0, .. }));
+        assert!(matches!(mutate(event(3, 2), 0), EventDecodeError::CodeImpossibleForKind { index: 3, .. }));
+        assert_eq!(mutate(event(2, 1), 1), EventDecodeError::EventReservedNotZero { index: 2 });
+        assert_eq!(mutate(event(2, 5), 1), EventDecodeError::EventReservedNotZero { index: 2 });
         // Padding after a CreateAccount body, and balances on a non-posted event.
-        assert_eq!(
-            mutate(event(0, 24 + 40), 1),
-            EventDecodeError::EventReservedNotZero { index: 0 }
-        );
-        assert_eq!(
-            mutate(event(3, 90), 1),
-            EventDecodeError::EventReservedNotZero { index: 3 }
-        );
-        assert_eq!(
-            mutate(event(3, 115), 1),
-            EventDecodeError::EventReservedNotZero { index: 3 }
-        );
+        assert_eq!(mutate(event(0, 24 + 40), 1), EventDecodeError::EventReservedNotZero { index: 0 });
+        assert_eq!(mutate(event(3, 90), 1), EventDecodeError::EventReservedNotZero { index: 3 });
+        assert_eq!(mutate(event(3, 115), 1), EventDecodeError::EventReservedNotZero { index: 3 });
         // A posted transfer's previous seqs point strictly back, never to 0 or forward.
-        assert_eq!(
-            mutate(event(2, 104), 0),
-            EventDecodeError::PrevSeqOutOfRange {
-                index: 2,
-                prev_seq: 0,
-                seq: 43
-            }
-        );
-        assert_eq!(
-            mutate(event(2, 112), 43),
-            EventDecodeError::PrevSeqOutOfRange {
-                index: 2,
-                prev_seq: 43,
-                seq: 43
-            }
-        );
-        assert_eq!(
-            mutate(event(2, 8), 99),
-            EventDecodeError::SeqNotConsecutive {
-                index: 2,
-                seq: 99,
-                expected: 43
-            }
-        );
+        assert_eq!(mutate(event(2, 104), 0), EventDecodeError::PrevSeqOutOfRange { index: 2, prev_seq: 0, seq: 43 });
+        assert_eq!(mutate(event(2, 112), 43), EventDecodeError::PrevSeqOutOfRange { index: 2, prev_seq: 43, seq: 43 });
+        assert_eq!(mutate(event(2, 8), 99), EventDecodeError::SeqNotConsecutive { index: 2, seq: 99, expected: 43 });
         assert_eq!(
             mutate(event(2, 16), 0),
-            EventDecodeError::TimestampNotIncreasing {
-                index: 2,
-                timestamp_ns: 768,
-                previous_ns: 1_003
-            }
+            EventDecodeError::TimestampNotIncreasing { index: 2, timestamp_ns: 768, previous_ns: 1_003 }
         );
     }
 
