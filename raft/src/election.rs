@@ -25,6 +25,7 @@ impl<S: Storage> Raft<S> {
         } else {
             let term = self.term + 1;
             self.reset(term);
+            self.election_elapsed_ticks = 0;
             self.role = Role::Candidate;
             self.vote = Some(self.id);
             // Our own vote counts only once it is durable, like anyone else's.
@@ -102,6 +103,7 @@ impl<S: Storage> Raft<S> {
         let term = self.term;
         let vote = self.vote;
         self.reset(term);
+        self.election_elapsed_ticks = 0;
         self.vote = vote;
         self.role = Role::Leader;
         self.leader_id = Some(self.id);

@@ -149,7 +149,10 @@ impl<S: Storage> Raft<S> {
         self.randomized_election_timeout_ticks = min + offset;
     }
 
-    /// Clears per-term and per-role state; a new term also clears the vote.
+    /// Clears per-term and per-role state; a new term also clears the vote. The election timer
+    /// is left alone: per Figure 2 only hearing from the leader, granting a vote or starting an
+    /// election restarts it. Restarting it whenever a higher term shows up would let replicas
+    /// that cannot win (stale log, fast clock) keep the one that can from ever timing out.
     pub(crate) fn reset(&mut self, term: u64) {
         assert!(term >= self.term, "term must never go backwards");
         if term != self.term {
@@ -157,7 +160,6 @@ impl<S: Storage> Raft<S> {
             self.vote = None;
         }
         self.leader_id = None;
-        self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.reset_randomized_election_timeout();
         self.lead_transferee = None;
@@ -177,6 +179,9 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.role = Role::Follower;
         self.leader_id = leader;
+        if leader.is_some() {
+            self.election_elapsed_ticks = 0;
+        }
     }
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {

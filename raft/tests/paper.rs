@@ -344,3 +344,23 @@ fn restart_recovers_term_vote_and_log() {
     assert_eq!(after.commit, before.commit);
     assert_eq!(after.role, Role::Follower);
 }
+
+// Figure 2, followers: "If election timeout elapses without receiving AppendEntries RPC from
+// current leader or granting vote to candidate: convert to candidate." Merely seeing a higher
+// term (here a vote request we reject) does not restart the timer.
+#[test]
+fn rejected_higher_term_candidate_does_not_restart_the_election_timer() {
+    let mut config = config(1);
+    config.election_timeout_ticks_min = 10;
+    config.election_timeout_ticks_max = 11;
+    let mut node = RawNode::new(config, storage_with_log(&[1, 2, 3], &[1, 1, 1], 1)).expect("node");
+    for _ in 0..9 {
+        node.tick();
+    }
+    node.step(vote_request(2, 1, 5, 1, 1));
+    let (messages, _, _) = drain(&mut node);
+    assert_eq!(granted(&messages, 2), Some(false), "stale candidate log must be rejected");
+    assert_eq!(node.status().term, 5);
+    node.tick();
+    assert_eq!(node.status().role, Role::Candidate, "timer was restarted by a higher term");
+}
