@@ -1,1 +1,31 @@
-//! placeholder until its issue lands
+//! `engine`: the wallet domain and the node that runs it.
+//!
+//! - `event`, `idempotency`, `partition`: the deterministic partition state machine. Commands and the
+//!   leader's timestamp go in; events and per-item results come out; the same events replayed give the
+//!   same state. It never touches a clock, a file, a socket or a thread.
+//! - `store`: the RocksDB state store, derived from the event log (RocksDB's own WAL is off).
+//! - `shard`, `node`: the runtime. One thread per shard owns its partitions, one event log and one
+//!   store; the node splits client batches by partition and hands each part to its shard.
+//! - `history`, `verify`: reading the log back: an account's history, and replay-versus-store checks.
+//!
+//! Invariants that hold whatever fails: every ledger sums to zero; an ordinary account never goes
+//! negative; nothing is answered before the log holds it durably; the store never holds an effect the
+//! log lacks.
+
+pub mod config;
+pub mod error;
+pub mod event;
+mod fast_hash;
+pub mod history;
+pub mod idempotency;
+pub mod join;
+pub mod node;
+pub mod partition;
+pub mod shard;
+pub mod store;
+pub mod verify;
+
+pub use config::NodeConfig;
+pub use error::EngineError;
+pub use node::{Node, NodeRecovery};
+pub use verify::{verify, VerifyReport};

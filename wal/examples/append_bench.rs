@@ -21,10 +21,7 @@ struct Figures {
 
 fn main() -> Result<(), WalError> {
     let mut args = std::env::args().skip(1);
-    let root = PathBuf::from(
-        args.next()
-            .unwrap_or_else(|| "/root/.cache/wal-bench".into()),
-    );
+    let root = PathBuf::from(args.next().unwrap_or_else(|| "/root/.cache/wal-bench".into()));
     let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
     let duration = Duration::from_secs_f64(seconds);
@@ -75,10 +72,7 @@ fn run_sync(dir: &Path, payload: &[u8], duration: Duration) -> Result<Figures, W
     }
     let seconds = started.elapsed().as_secs_f64();
     let per_second = batches as f64 / seconds;
-    Ok(Figures {
-        batches_per_second: per_second,
-        syncs_per_second: per_second,
-    })
+    Ok(Figures { batches_per_second: per_second, syncs_per_second: per_second })
 }
 
 /// Appends keep coming while a sync is in flight; each completed sync carries everything
@@ -103,16 +97,9 @@ fn run_pipelined(dir: &Path, payload: &[u8], duration: Duration) -> Result<Figur
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        batches_per_second: durable as f64 / seconds,
-        syncs_per_second: syncs as f64 / seconds,
-    })
+    Ok(Figures { batches_per_second: durable as f64 / seconds, syncs_per_second: syncs as f64 / seconds })
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> WalError {
-    WalError::Io {
-        operation: "bench setup",
-        path: path.to_path_buf(),
-        source,
-    }
+    WalError::Io { operation: "bench setup", path: path.to_path_buf(), source }
 }

@@ -11,16 +11,9 @@ pub enum WalError {
         source: io::Error,
     },
     #[error("no space left on device while {operation} {path}; the log is unchanged")]
-    DiskFull {
-        operation: &'static str,
-        path: PathBuf,
-    },
+    DiskFull { operation: &'static str, path: PathBuf },
     #[error("corrupt segment {segment} at byte {offset}: {reason}")]
-    Corrupt {
-        segment: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { segment: PathBuf, offset: u64, reason: String },
     #[error("write or fdatasync failed ({reason}); the wal refuses further writes")]
     WriteFailed { reason: String },
     #[error("the wal failed earlier ({reason}) and refuses further writes")]
@@ -46,11 +39,7 @@ impl WalError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             WalError::DiskFull { operation, path }
         } else {
-            WalError::Io {
-                operation,
-                path,
-                source,
-            }
+            WalError::Io { operation, path, source }
         }
     }
 }

@@ -144,10 +144,7 @@ mod tests {
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_record(&flipped).is_err(),
-                "bit {bit} flip went unnoticed"
-            );
+            assert!(decode_record(&flipped).is_err(), "bit {bit} flip went unnoticed");
         }
     }
 

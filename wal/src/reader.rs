@@ -38,21 +38,12 @@ impl<'a> Iterator for WalReader<'a> {
         let bytes = self.wal.record_bytes_at(index);
         let reason = match decode_record(bytes) {
             Ok((header, payload)) if header.index == index => {
-                return Some(Ok(Record {
-                    index,
-                    term: header.term,
-                    kind: header.kind,
-                    payload,
-                }))
+                return Some(Ok(Record { index, term: header.term, kind: header.kind, payload }))
             }
             Ok((header, _)) => format!("read of index {index} found index {}", header.index),
             Err(fault) => format!("read of index {index} found {fault:?}"),
         };
         let (segment, offset) = self.wal.locate(index);
-        Some(Err(WalError::Corrupt {
-            segment,
-            offset,
-            reason,
-        }))
+        Some(Err(WalError::Corrupt { segment, offset, reason }))
     }
 }

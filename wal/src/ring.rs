@@ -25,12 +25,7 @@ pub struct SyncWriter {
 
 impl SyncWriter {
     pub fn new() -> io::Result<SyncWriter> {
-        Ok(SyncWriter {
-            ring: IoUring::new(RING_ENTRIES)?,
-            busy: false,
-            written: None,
-            synced: None,
-        })
+        Ok(SyncWriter { ring: IoUring::new(RING_ENTRIES)?, busy: false, written: None, synced: None })
     }
 
     /// Queues `bytes` at `offset` of `fd` followed by fdatasync, and enters the kernel once.
@@ -45,17 +40,12 @@ impl SyncWriter {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(USER_DATA_WRITE);
-        let sync = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(USER_DATA_SYNC);
+        let sync =
+            opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(USER_DATA_SYNC);
         // SAFETY: the caller keeps the buffer and fd alive until the completions are reaped;
         // the ring is idle (asserted above) so the queue has room for both entries.
         unsafe {
-            self.ring
-                .submission()
-                .push_multiple(&[write, sync])
-                .expect("idle ring of 8 entries has room for 2");
+            self.ring.submission().push_multiple(&[write, sync]).expect("idle ring of 8 entries has room for 2");
         }
         self.ring.submit()?;
         self.busy = true;

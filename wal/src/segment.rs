@@ -2,8 +2,8 @@
 
 use crate::error::WalError;
 use crate::format::{
-    decode_record, decode_record_header, encode_segment_header, read_u64, record_bytes,
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_record, decode_record_header, encode_segment_header, read_u64, record_bytes, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::terms::TermRuns;
 use std::fs::{self, File};
@@ -31,11 +31,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// Creates a preallocated segment under a temporary name and renames it into place once its
 /// header and size are durable, so a crash never leaves a half-made segment under a real name.
-pub fn create_segment_file(
-    dir: &Path,
-    first_index: u64,
-    segment_bytes: u64,
-) -> Result<File, WalError> {
+pub fn create_segment_file(dir: &Path, first_index: u64, segment_bytes: u64) -> Result<File, WalError> {
     let path = segment_path(dir, first_index);
     let temp = path.with_extension("wal.tmp");
     let file = File::options()
@@ -72,9 +68,7 @@ fn preallocate(file: &File, path: &Path, segment_bytes: u64) -> Result<(), WalEr
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|error| WalError::io("fsync directory", dir, error))
+    File::open(dir).and_then(|handle| handle.sync_all()).map_err(|error| WalError::io("fsync directory", dir, error))
 }
 
 /// Overwrites `[from, to)` with zeros and makes it durable: truncation keeps the preallocated
@@ -88,8 +82,7 @@ pub fn zero_range(file: &File, path: &Path, from: usize, to: usize) -> Result<()
             .map_err(|error| WalError::io("zero segment tail", path, error))?;
         offset += length;
     }
-    file.sync_data()
-        .map_err(|error| WalError::io("fdatasync segment", path, error))
+    file.sync_data().map_err(|error| WalError::io("fdatasync segment", path, error))
 }
 
 /// What a scan found: record offsets, where the records end, and where nonzero bytes end.
@@ -109,11 +102,7 @@ pub struct ScanFault {
 
 /// Verifies every record of one segment. Stops at the first invalid frame; that frame is a torn
 /// tail only if no valid record header follows it anywhere later in the segment.
-pub fn scan_segment(
-    bytes: &[u8],
-    first_index: u64,
-    terms: &mut TermRuns,
-) -> Result<Scan, ScanFault> {
+pub fn scan_segment(bytes: &[u8], first_index: u64, terms: &mut TermRuns) -> Result<Scan, ScanFault> {
     let mut offsets = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut next_index = first_index;
@@ -144,11 +133,7 @@ pub fn scan_segment(
             return Err(ScanFault { offset, reason });
         }
     }
-    Ok(Scan {
-        offsets,
-        end_offset: offset,
-        garbage_end,
-    })
+    Ok(Scan { offsets, end_offset: offset, garbage_end })
 }
 
 /// Index past the last nonzero byte in `bytes[from..]`, or `from` if all are zero.
@@ -172,7 +157,6 @@ fn find_record_header(bytes: &[u8], from: usize, next_index: u64) -> Option<usiz
     let last_start = bytes.len().checked_sub(RECORD_HEADER_BYTES)?;
     (from..=last_start).find(|&position| {
         let index = read_u64(bytes, position + 16);
-        index.wrapping_sub(next_index) < records_max
-            && decode_record_header(&bytes[position..]).is_ok()
+        index.wrapping_sub(next_index) < records_max && decode_record_header(&bytes[position..]).is_ok()
     })
 }

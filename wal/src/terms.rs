@@ -23,9 +23,7 @@ impl TermRuns {
     /// Term of `index`; the caller checks that `index` is inside the log.
     pub fn term_at(&self, index: u64) -> Option<u64> {
         let runs_at_or_before = self.starts.partition_point(|&(start, _)| start <= index);
-        runs_at_or_before
-            .checked_sub(1)
-            .map(|position| self.starts[position].1)
+        runs_at_or_before.checked_sub(1).map(|position| self.starts[position].1)
     }
 
     pub fn truncate_from(&mut self, index: u64) {

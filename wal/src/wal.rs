@@ -3,14 +3,12 @@
 
 use crate::error::WalError;
 use crate::format::{
-    decode_segment_header, encode_record, record_bytes, RECORD_PAYLOAD_BYTES_MAX,
-    SEGMENT_HEADER_BYTES,
+    decode_segment_header, encode_record, record_bytes, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::reader::WalReader;
 use crate::ring::{PairOutcome, SyncWriter};
 use crate::segment::{
-    create_segment_file, parse_segment_name, scan_segment, segment_path, sync_dir, zero_range,
-    TEMP_SUFFIX,
+    create_segment_file, parse_segment_name, scan_segment, segment_path, sync_dir, zero_range, TEMP_SUFFIX,
 };
 use crate::terms::TermRuns;
 use memmap2::Mmap;
@@ -62,9 +60,7 @@ impl WalOptions {
         } else {
             return Ok(());
         };
-        Err(WalError::InvalidOptions {
-            reason: reason.to_string(),
-        })
+        Err(WalError::InvalidOptions { reason: reason.to_string() })
     }
 }
 
@@ -155,8 +151,7 @@ impl Wal {
             let segment = new_segment(dir, FIRST_INDEX_FRESH, options.segment_bytes);
             recovered.segments.push_back(segment);
         }
-        let writer =
-            SyncWriter::new().map_err(|error| WalError::io("io_uring setup", dir, error))?;
+        let writer = SyncWriter::new().map_err(|error| WalError::io("io_uring setup", dir, error))?;
         let last = recovered.segments.back().expect("at least one segment");
         let last_index = last.last_index();
         let mut wal = Wal {
@@ -200,11 +195,7 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if result != 0 {
         let error = std::io::Error::last_os_error();
-        return Err(WalError::io(
-            "lock directory (another Wal open?)",
-            &path,
-            error,
-        ));
+        return Err(WalError::io("lock directory (another Wal open?)", &path, error));
     }
     Ok(file)
 }
@@ -232,10 +223,7 @@ fn list_names(dir: &Path) -> Result<Vec<String>, WalError> {
 }
 
 fn recover_segments(dir: &Path) -> Result<Recovered, WalError> {
-    let mut first_indexes: Vec<u64> = list_names(dir)?
-        .iter()
-        .filter_map(|name| parse_segment_name(name))
-        .collect();
+    let mut first_indexes: Vec<u64> = list_names(dir)?.iter().filter_map(|name| parse_segment_name(name)).collect();
     first_indexes.sort_unstable();
     let mut recovered = Recovered {
         segments: VecDeque::new(),
@@ -258,18 +246,12 @@ fn recover_segment(
     recovered: &mut Recovered,
 ) -> Result<Segment, WalError> {
     let path = segment_path(dir, first_index);
-    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
-        segment: path.clone(),
-        offset: offset as u64,
-        reason,
-    };
+    let corrupt =
+        |offset: usize, reason: String| WalError::Corrupt { segment: path.clone(), offset: offset as u64, reason };
     let (file, map) = open_mapped(&path)?;
     let header_index = decode_segment_header(&map).map_err(|reason| corrupt(0, reason.into()))?;
     if header_index != first_index || first_index == 0 {
-        return Err(corrupt(
-            0,
-            format!("header says first index {header_index}"),
-        ));
+        return Err(corrupt(0, format!("header says first index {header_index}")));
     }
     if let Some(previous) = recovered.segments.back() {
         if previous.last_index() + 1 != first_index {
@@ -277,8 +259,8 @@ fn recover_segment(
             return Err(corrupt(0, reason));
         }
     }
-    let scan = scan_segment(&map, first_index, &mut recovered.terms)
-        .map_err(|fault| corrupt(fault.offset, fault.reason))?;
+    let scan =
+        scan_segment(&map, first_index, &mut recovered.terms).map_err(|fault| corrupt(fault.offset, fault.reason))?;
     if scan.garbage_end > scan.end_offset {
         if !is_last {
             let reason = "sealed segment has bytes after its last whole record".to_string();
@@ -301,11 +283,8 @@ fn recover_segment(
 }
 
 fn open_mapped(path: &Path) -> Result<(File, Mmap), WalError> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|error| WalError::io("open segment", path, error))?;
+    let file =
+        File::options().read(true).write(true).open(path).map_err(|error| WalError::io("open segment", path, error))?;
     // SAFETY: the directory is flock'ed by this Wal, so no other process writes the file; this
     // process only rewrites bytes through `&mut Wal`, while readers borrow `&Wal`.
     let map = unsafe { Mmap::map(&file) }.map_err(|error| WalError::io("mmap", path, error))?;
@@ -329,10 +308,7 @@ impl Wal {
     /// First index held. When the log is empty it equals `last_index() + 1`, the index the next
     /// append must carry (1 for a fresh log), so `first_index() > last_index()` means empty.
     pub fn first_index(&self) -> u64 {
-        self.segments
-            .front()
-            .expect("at least one segment")
-            .first_index
+        self.segments.front().expect("at least one segment").first_index
     }
 
     /// Last appended index (maybe not yet durable); `first_index() - 1` when empty.
@@ -366,13 +342,7 @@ impl Wal {
 
     /// Buffers one record; makes no syscall. `index` must be `last_index() + 1` and `term` must
     /// not be below the last record's term.
-    pub fn append(
-        &mut self,
-        index: u64,
-        term: u64,
-        kind: u8,
-        payload: &[u8],
-    ) -> Result<(), WalError> {
+    pub fn append(&mut self, index: u64, term: u64, kind: u8, payload: &[u8]) -> Result<(), WalError> {
         self.check_healthy()?;
         self.check_appendable(index, term, payload.len())?;
         let bytes = record_bytes(payload.len());
@@ -380,10 +350,7 @@ impl Wal {
         if segment.end_offset + bytes > segment.capacity {
             if segment.offsets.is_empty() {
                 // Only a segment recovered from smaller options can be too small when empty.
-                let reason = format!(
-                    "record of {bytes} bytes exceeds empty {}",
-                    segment.path.display()
-                );
+                let reason = format!("record of {bytes} bytes exceeds empty {}", segment.path.display());
                 return Err(WalError::InvalidOptions { reason });
             }
             let next = new_segment(&self.dir, index, self.options.segment_bytes);
@@ -401,18 +368,10 @@ impl Wal {
         Ok(())
     }
 
-    fn check_appendable(
-        &self,
-        index: u64,
-        term: u64,
-        payload_bytes: usize,
-    ) -> Result<(), WalError> {
+    fn check_appendable(&self, index: u64, term: u64, payload_bytes: usize) -> Result<(), WalError> {
         let expected = self.last_index + 1;
         if index != expected {
-            return Err(WalError::IndexNotNext {
-                expected,
-                got: index,
-            });
+            return Err(WalError::IndexNotNext { expected, got: index });
         }
         let last = self.terms.last_term();
         if term < last {
@@ -420,10 +379,7 @@ impl Wal {
         }
         if payload_bytes > self.options.payload_bytes_max {
             let max = self.options.payload_bytes_max;
-            return Err(WalError::PayloadTooLarge {
-                bytes: payload_bytes,
-                max,
-            });
+            return Err(WalError::PayloadTooLarge { bytes: payload_bytes, max });
         }
         if self.pending_bytes + record_bytes(payload_bytes) > self.options.pending_bytes_max {
             let max = self.options.pending_bytes_max;
@@ -435,9 +391,7 @@ impl Wal {
     fn check_healthy(&self) -> Result<(), WalError> {
         match &self.failure {
             None => Ok(()),
-            Some(reason) => Err(WalError::Poisoned {
-                reason: reason.clone(),
-            }),
+            Some(reason) => Err(WalError::Poisoned { reason: reason.clone() }),
         }
     }
 }
@@ -448,9 +402,7 @@ fn batch_for<'a>(
     spare_buffers: &mut Vec<Vec<u8>>,
     segment: &Segment,
 ) -> &'a mut Batch {
-    let joins_last = pending
-        .back()
-        .is_some_and(|batch| batch.segment_first_index == segment.first_index);
+    let joins_last = pending.back().is_some_and(|batch| batch.segment_first_index == segment.first_index);
     if !joins_last {
         pending.push_back(Batch {
             segment_first_index: segment.first_index,
@@ -515,10 +467,7 @@ impl Wal {
         // SAFETY: the batch sits in `self.in_flight` untouched until `complete` reaps both
         // completions (Drop waits for them too), and its segment's File outlives the batch:
         // segments are only removed after `wait`, never with a batch in flight.
-        let submitted = unsafe {
-            self.writer
-                .submit(fd, &batch.bytes[batch.written..], offset)
-        };
+        let submitted = unsafe { self.writer.submit(fd, &batch.bytes[batch.written..], offset) };
         if let Err(error) = submitted {
             return Err(self.poison(format!("io_uring submit: {error}")));
         }
@@ -526,10 +475,7 @@ impl Wal {
     }
 
     fn complete(&mut self, outcome: PairOutcome) -> Result<(), WalError> {
-        let mut batch = self
-            .in_flight
-            .take()
-            .expect("a reaped pair belongs to a batch");
+        let mut batch = self.in_flight.take().expect("a reaped pair belongs to a batch");
         let remaining = batch.bytes.len() - batch.written;
         let cancelled = outcome.synced == -libc::ECANCELED;
         if outcome.written < 0 {
@@ -577,8 +523,7 @@ impl Wal {
         let capacity = segment.capacity as u64;
         let file = create_segment_file(&self.dir, segment.first_index, capacity)?;
         // SAFETY: as in `open_mapped`: the directory is locked and rewrites need `&mut Wal`.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|error| WalError::io("mmap", &segment.path, error))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|error| WalError::io("mmap", &segment.path, error))?;
         segment.file = Some(file);
         segment.map = Some(map);
         Ok(())
@@ -592,9 +537,7 @@ impl Wal {
 
     /// Position of the segment holding `index`; the caller checks the range.
     fn segment_holding(&self, index: u64) -> usize {
-        let after = self
-            .segments
-            .partition_point(|segment| segment.first_index <= index);
+        let after = self.segments.partition_point(|segment| segment.first_index <= index);
         after.checked_sub(1).expect("index at or above first_index")
     }
 }
@@ -675,12 +618,9 @@ impl Wal {
         let segment = self.segments.back_mut().expect("kept segment");
         let cut = segment.offset_of(from_index);
         let file = segment.file.as_ref().expect("written segments have files");
-        zero_range(file, &segment.path, cut, segment.written_offset)
-            .map_err(|error| self.poison_on_io(error))?;
+        zero_range(file, &segment.path, cut, segment.written_offset).map_err(|error| self.poison_on_io(error))?;
         let segment = self.segments.back_mut().expect("kept segment");
-        segment
-            .offsets
-            .truncate((from_index - segment.first_index) as usize);
+        segment.offsets.truncate((from_index - segment.first_index) as usize);
         segment.end_offset = cut;
         segment.written_offset = cut;
         self.terms.truncate_from(from_index);

@@ -7,10 +7,7 @@ use wal::{Wal, WalError, WalOptions};
 fn fresh_log_is_empty_with_next_index_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, report) = open(dir.path());
-    assert_eq!(
-        (wal.first_index(), wal.last_index(), wal.durable_index()),
-        (1, 0, 0)
-    );
+    assert_eq!((wal.first_index(), wal.last_index(), wal.durable_index()), (1, 0, 0));
     assert!(wal.is_empty());
     assert_eq!(report.segments, 1);
     assert_eq!(report.truncated_bytes, 0);
@@ -44,10 +41,7 @@ fn group_commit_batches_appends_made_while_a_sync_is_in_flight() {
     for index in 2..=100 {
         wal.append(index, 1, 0, b"later").expect("append");
     }
-    assert!(
-        !wal.submit().expect("submit"),
-        "one batch in flight at a time"
-    );
+    assert!(!wal.submit().expect("submit"), "one batch in flight at a time");
     let mut polls = 0;
     while wal.poll().expect("poll") < 100 {
         polls += 1;
@@ -63,42 +57,21 @@ fn append_rejects_broken_invariants_with_typed_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = open(dir.path());
     wal.append(1, 5, 0, b"x").expect("append");
-    assert!(matches!(
-        wal.append(3, 5, 0, b"x"),
-        Err(WalError::IndexNotNext {
-            expected: 2,
-            got: 3
-        })
-    ));
-    assert!(matches!(
-        wal.append(2, 4, 0, b"x"),
-        Err(WalError::TermRegressed { last: 5, got: 4 })
-    ));
-    assert!(matches!(
-        wal.append(2, 5, 0, &[0u8; 1025]),
-        Err(WalError::PayloadTooLarge {
-            bytes: 1025,
-            max: 1024
-        })
-    ));
+    assert!(matches!(wal.append(3, 5, 0, b"x"), Err(WalError::IndexNotNext { expected: 2, got: 3 })));
+    assert!(matches!(wal.append(2, 4, 0, b"x"), Err(WalError::TermRegressed { last: 5, got: 4 })));
+    assert!(matches!(wal.append(2, 5, 0, &[0u8; 1025]), Err(WalError::PayloadTooLarge { bytes: 1025, max: 1024 })));
     assert_eq!(wal.last_index(), 1);
 }
 
 #[test]
 fn pending_limit_is_enforced() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = WalOptions {
-        pending_bytes_max: 2200,
-        ..small_options()
-    };
+    let options = WalOptions { pending_bytes_max: 2200, ..small_options() };
     let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
     let payload = [7u8; 1000];
     wal.append(1, 1, 0, &payload).expect("append");
     wal.append(2, 1, 0, &payload).expect("append");
-    assert!(matches!(
-        wal.append(3, 1, 0, &payload),
-        Err(WalError::PendingFull { max: 2200 })
-    ));
+    assert!(matches!(wal.append(3, 1, 0, &payload), Err(WalError::PendingFull { max: 2200 })));
     wal.wait().expect("wait");
     wal.append(3, 1, 0, &payload).expect("room after the write");
 }
@@ -106,17 +79,8 @@ fn pending_limit_is_enforced() {
 #[test]
 fn invalid_options_and_second_open_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let too_small = WalOptions {
-        segment_bytes: 512,
-        ..small_options()
-    };
-    assert!(matches!(
-        Wal::open(dir.path(), too_small),
-        Err(WalError::InvalidOptions { .. })
-    ));
+    let too_small = WalOptions { segment_bytes: 512, ..small_options() };
+    assert!(matches!(Wal::open(dir.path(), too_small), Err(WalError::InvalidOptions { .. })));
     let (_wal, _) = open(dir.path());
-    assert!(
-        Wal::open(dir.path(), small_options()).is_err(),
-        "directory is locked"
-    );
+    assert!(Wal::open(dir.path(), small_options()).is_err(), "directory is locked");
 }

@@ -25,12 +25,8 @@ fn expected_outcome(position: usize, starts: &[usize], end: usize, is_last: bool
     }
     let record = starts.iter().rposition(|&start| start <= position);
     match (record, is_last) {
-        (Some(r), true) if r + 1 == starts.len() && position < end => Expected::Truncated {
-            last_index: RECORDS - 1,
-        },
-        (Some(_), true) if position >= end => Expected::Truncated {
-            last_index: RECORDS,
-        },
+        (Some(r), true) if r + 1 == starts.len() && position < end => Expected::Truncated { last_index: RECORDS - 1 },
+        (Some(_), true) if position >= end => Expected::Truncated { last_index: RECORDS },
         (Some(_), false) if position >= end => Expected::Corrupt { offset: end },
         (Some(r), _) => Expected::Corrupt { offset: starts[r] },
         (None, _) => unreachable!("records start right after the header"),
@@ -40,28 +36,13 @@ fn expected_outcome(position: usize, starts: &[usize], end: usize, is_last: bool
 fn check_flip(dir: &Path, segment: &Path, position: usize, expected: Expected) {
     let outcome = wal::Wal::open(dir, small_options());
     match (outcome, expected) {
-        (
-            Err(WalError::Corrupt {
-                segment: named,
-                offset,
-                ..
-            }),
-            Expected::Corrupt { offset: want },
-        ) => {
+        (Err(WalError::Corrupt { segment: named, offset, .. }), Expected::Corrupt { offset: want }) => {
             assert_eq!(named, segment, "flip at {position}");
-            assert_eq!(
-                offset as usize,
-                want,
-                "flip at {position} of {}",
-                segment.display()
-            );
+            assert_eq!(offset as usize, want, "flip at {position} of {}", segment.display());
         }
         (Ok((wal, report)), Expected::Truncated { last_index }) => {
             assert_eq!(wal.last_index(), last_index, "flip at {position}");
-            assert!(
-                report.truncated_bytes > 0,
-                "flip at {position} must be reported"
-            );
+            assert!(report.truncated_bytes > 0, "flip at {position} must be reported");
             verify(&wal, |_| 1);
         }
         (outcome, expected) => panic!(
@@ -86,10 +67,7 @@ fn single_bit_flips_are_detected_or_cut_from_the_tail() {
         let is_last = number + 1 == segments.len();
         let image = fs::read(segment).expect("read");
         let (starts, end) = record_layout(segment);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(segment)
-            .expect("open");
+        let file = fs::OpenOptions::new().write(true).open(segment).expect("open");
         let tail_positions = [end, end + 1, end + 200, image.len() - 1];
         let tail_positions = tail_positions.into_iter().filter(|&p| p < image.len());
         let positions = (0..end).step_by(STRIDE_BYTES).chain(tail_positions);

@@ -20,15 +20,8 @@ impl Mount {
         let c_target = CString::new(target.as_os_str().as_bytes()).expect("no nul in path");
         let options = CString::new(format!("size={FILESYSTEM_BYTES}")).expect("no nul");
         // SAFETY: all pointers are valid nul-terminated strings that outlive the call.
-        let result = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                c_target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                options.as_ptr().cast(),
-            )
-        };
+        let result =
+            unsafe { libc::mount(c"tmpfs".as_ptr(), c_target.as_ptr(), c"tmpfs".as_ptr(), 0, options.as_ptr().cast()) };
         (result == 0).then(|| Mount(target.to_path_buf()))
     }
 }
@@ -45,17 +38,11 @@ impl Drop for Mount {
 fn disk_full_is_typed_and_leaves_the_durable_prefix_intact() {
     let root = tempfile::tempdir().expect("tempdir");
     let Some(mount) = Mount::tmpfs(root.path()) else {
-        eprintln!(
-            "SKIPPED: cannot mount tmpfs ({})",
-            std::io::Error::last_os_error()
-        );
+        eprintln!("SKIPPED: cannot mount tmpfs ({})", std::io::Error::last_os_error());
         return;
     };
     let dir = mount.0.join("log");
-    let options = WalOptions {
-        segment_bytes: SEGMENT_BYTES,
-        ..small_options()
-    };
+    let options = WalOptions { segment_bytes: SEGMENT_BYTES, ..small_options() };
     let (mut wal, _) = Wal::open(&dir, options.clone()).expect("open");
     let mut next = 1;
     let error = loop {
@@ -75,12 +62,8 @@ fn disk_full_is_typed_and_leaves_the_durable_prefix_intact() {
         .to_string_lossy()
         .ends_with(".tmp")));
 
-    wal.remove_prefix(durable)
-        .expect("free space by dropping old segments");
-    assert_eq!(
-        wal.wait().expect("retry once space is free"),
-        wal.last_index()
-    );
+    wal.remove_prefix(durable).expect("free space by dropping old segments");
+    assert_eq!(wal.wait().expect("retry once space is free"), wal.last_index());
     let last = wal.last_index();
     drop(wal);
     let (wal, _) = Wal::open(&dir, options).expect("reopen");

@@ -61,17 +61,13 @@ fn apply(mut wal: Wal, model: &mut Model, dir: &Path, op: &Op) -> Wal {
             model.term += u64::from(new_term);
             let from = model.last_index() + 1;
             append_range(&mut wal, from, from + count - 1, model.term);
-            model
-                .terms
-                .extend(std::iter::repeat_n(model.term, count as usize));
+            model.terms.extend(std::iter::repeat_n(model.term, count as usize));
         }
         Op::Submit => drop(wal.submit().expect("submit")),
         Op::Poll => drop(wal.poll().expect("poll")),
         Op::Wait => assert_eq!(wal.wait().expect("wait"), model.last_index()),
         Op::TruncateSuffix { back } => {
-            let from = (model.last_index() + 1)
-                .saturating_sub(back)
-                .max(model.first_index);
+            let from = (model.last_index() + 1).saturating_sub(back).max(model.first_index);
             wal.truncate_suffix(from).expect("truncate");
             model.terms.truncate((from - model.first_index) as usize);
         }
@@ -98,9 +94,7 @@ fn reopen(mut wal: Wal, model: &mut Model, dir: &Path, wait_first: bool) -> Wal 
     assert_eq!(report.truncated_bytes, 0, "clean drops leave no torn tail");
     assert!(wal.last_index() >= durable, "durable entries survive");
     assert!(wal.last_index() <= model.last_index());
-    model
-        .terms
-        .truncate((wal.last_index() + 1 - model.first_index) as usize);
+    model.terms.truncate((wal.last_index() + 1 - model.first_index) as usize);
     wal
 }
 
@@ -108,9 +102,7 @@ fn check(wal: &Wal, model: &Model) {
     assert_eq!(wal.first_index(), model.first_index);
     assert_eq!(wal.last_index(), model.last_index());
     assert!(wal.durable_index() <= wal.last_index());
-    verify(wal, |index| {
-        model.terms[(index - model.first_index) as usize]
-    });
+    verify(wal, |index| model.terms[(index - model.first_index) as usize]);
 }
 
 proptest! {

@@ -14,11 +14,7 @@ fn first_indexes(dir: &Path) -> Vec<u64> {
     segment_files(dir)
         .iter()
         .map(|path| {
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
             layout::parse_segment_name(&name).expect("segment name")
         })
         .collect()
@@ -39,18 +35,11 @@ fn records_exactly_filling_a_segment_rotate_on_the_next() {
     wal.append(5, 1, 0, &payload).expect("append");
     wal.wait().expect("wait");
     assert_eq!(first_indexes(dir.path()), [1, 5]);
-    assert_eq!(
-        segment_files(dir.path())[1].file_name().expect("name"),
-        "00000000000000000005.wal"
-    );
+    assert_eq!(segment_files(dir.path())[1].file_name().expect("name"), "00000000000000000005.wal");
     drop(wal);
     let (wal, report) = open(dir.path());
     assert_eq!((report.segments, report.last_index), (2, 5));
-    let read: Vec<u64> = wal
-        .reader(3)
-        .expect("reader")
-        .map(|r| r.expect("ok").index)
-        .collect();
+    let read: Vec<u64> = wal.reader(3).expect("reader").map(|r| r.expect("ok").index).collect();
     assert_eq!(read, [3, 4, 5]);
 }
 
@@ -67,10 +56,7 @@ fn reads_cross_segments_before_and_after_durability() {
         let count = wal.reader(from).expect("reader").count() as u64;
         assert_eq!(count, 201 - from);
     }
-    assert!(matches!(
-        wal.reader(202),
-        Err(WalError::IndexOutOfRange { .. })
-    ));
+    assert!(matches!(wal.reader(202), Err(WalError::IndexOutOfRange { .. })));
 }
 
 #[test]
@@ -93,8 +79,7 @@ fn truncate_suffix_across_a_segment_boundary_then_append_a_new_term() {
     let term_of = |index| if index < cut { 1 } else { 2 };
     verify(&wal, term_of);
     let boundary = first_indexes(dir.path())[2];
-    wal.truncate_suffix(boundary)
-        .expect("truncate at a segment's first index");
+    wal.truncate_suffix(boundary).expect("truncate at a segment's first index");
     assert_eq!(wal.last_index(), boundary - 1);
     drop(wal);
     let (wal, _) = open(dir.path());
@@ -128,17 +113,10 @@ fn remove_prefix_deletes_only_whole_durable_segments() {
     let before = first_indexes(dir.path());
     let target = before[3] + 1;
     wal.remove_prefix(target).expect("remove");
-    assert_eq!(
-        first_indexes(dir.path()),
-        before[3..],
-        "segment holding target is kept"
-    );
+    assert_eq!(first_indexes(dir.path()), before[3..], "segment holding target is kept");
     assert_eq!(wal.first_index(), before[3]);
     assert_eq!(wal.term_at(before[3] - 1), None);
-    assert!(matches!(
-        wal.reader(1),
-        Err(WalError::IndexOutOfRange { .. })
-    ));
+    assert!(matches!(wal.reader(1), Err(WalError::IndexOutOfRange { .. })));
     drop(wal);
     let (mut wal, _) = open(dir.path());
     assert_eq!((wal.first_index(), wal.last_index()), (before[3], 150));
@@ -161,12 +139,7 @@ fn a_missing_middle_segment_is_a_gap_and_corruption() {
     let files = segment_files(dir.path());
     std::fs::remove_file(&files[1]).expect("remove");
     match Wal::open(dir.path(), small_options()) {
-        Err(WalError::Corrupt {
-            segment, offset: 0, ..
-        }) => assert_eq!(segment, files[2]),
-        other => panic!(
-            "expected a gap error, got {:?}",
-            other.map(|(_, report)| report)
-        ),
+        Err(WalError::Corrupt { segment, offset: 0, .. }) => assert_eq!(segment, files[2]),
+        other => panic!("expected a gap error, got {:?}", other.map(|(_, report)| report)),
     }
 }

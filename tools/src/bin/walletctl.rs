@@ -1,1 +1,357 @@
-fn main() {}
+//! `walletctl`: the operator CLI. Talks to walletd over the binary protocol, or reads a stopped
+//! node's data directory (`verify`, `wal dump`). Human-readable output by default, `--json` for
+//! scripts; the exit code is 0 only when every item succeeded (see `tools::output::exit`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use net::client::{new_transfer_id, Client, ClientConfig, ClientError};
+use net::currency::{Currency, CurrencyRegistry};
+use net::protocol::{AccountLookup, Consistency, HISTORY_LIMIT_MAX};
+use net::types::{Account, CreateAccount, HistoryEntry, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
+use serde_json::json;
+use tools::config::{parse_cluster_id, WalletdConfig, LISTEN_DEFAULT};
+use tools::output::{self, exit};
+use tools::wal_dump::{self, DumpOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "walletctl", version, about = "Operate a wallet node: accounts, transfers, balances, history, verify")]
+struct Cli {
+    /// walletd address(es), comma-separated; tried in order.
+    #[arg(long, global = true, default_value = LISTEN_DEFAULT)]
+    addr: String,
+    /// Cluster id (decimal or 0x hex) the node was created with.
+    #[arg(long, global = true, default_value = "1", value_parser = parse_cluster_id)]
+    cluster_id: u128,
+    /// walletd's TOML config, to learn custom ledgers.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or show accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Move money: --from is debited, --to credited.
+    Transfer {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// Decimal amount in the ledger's currency, e.g. 1.00
+        #[arg(long)]
+        amount: String,
+        /// Currency code (USD) or ledger number.
+        #[arg(long)]
+        ledger: String,
+        /// Transfer id = idempotency key (decimal or 0x hex). Generated (time-ordered) when absent.
+        #[arg(long, value_parser = parse_u128)]
+        id: Option<u128>,
+        #[arg(long, default_value_t = 0)]
+        user_data: u128,
+    },
+    /// An account's balance.
+    Balance { id: u64 },
+    /// An account's events with the balance after each: why the balance is what it is.
+    History {
+        id: u64,
+        /// Entries per request (all pages are read unless --from-seq is given).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Read one page, newest first, from this seq down.
+        #[arg(long)]
+        from_seq: Option<u64>,
+    },
+    /// The node's partitions and their sequences.
+    Status,
+    /// Replay a STOPPED node's logs and report drift against its state store.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Inspect a stopped node's event log.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    Create {
+        #[arg(long)]
+        id: u64,
+        /// Currency code (USD) or ledger number.
+        #[arg(long)]
+        ledger: String,
+        /// A settlement/funding account that may go negative.
+        #[arg(long)]
+        external: bool,
+        #[arg(long, default_value_t = 0)]
+        user_data: u128,
+    },
+    Show {
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WalCommand {
+    /// Records and events, human readable (or JSON lines).
+    Dump {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        shard: Option<u32>,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+}
+
+fn parse_u128(text: &str) -> Result<u128, String> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u128::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A failure with the exit code it maps to.
+struct Failure(i32, String);
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Failure(exit::UNAVAILABLE, error.to_string())
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            if cli.json {
+                println!("{}", json!({"error": message}));
+            } else {
+                eprintln!("walletctl: {message}");
+            }
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn registry(cli: &Cli) -> Result<CurrencyRegistry, Failure> {
+    match &cli.config {
+        None => Ok(CurrencyRegistry::with_iso_4217()),
+        Some(path) => {
+            let config = WalletdConfig::load(path).map_err(|e| Failure(exit::USAGE, e.to_string()))?;
+            config.currencies().map_err(|(name, why)| Failure(exit::USAGE, format!("ledger {name}: {why}")))
+        }
+    }
+}
+
+fn currency<'r>(registry: &'r CurrencyRegistry, ledger: &str) -> Result<&'r Currency, Failure> {
+    let found = match ledger.parse::<u32>() {
+        Ok(number) => registry.get_ledger(number),
+        Err(_) => registry.get(ledger),
+    };
+    found.map_err(|e| Failure(exit::USAGE, e.to_string()))
+}
+
+fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for part in cli.addr.split(',') {
+        let resolved =
+            part.trim().to_socket_addrs().map_err(|e| Failure(exit::USAGE, format!("--addr {part}: {e}")))?;
+        addresses.extend(resolved);
+    }
+    Ok(Client::connect(ClientConfig::new(addresses, cli.cluster_id))?)
+}
+
+fn run(cli: &Cli) -> Result<i32, Failure> {
+    let registry = registry(cli)?;
+    match &cli.command {
+        Command::Account { command: AccountCommand::Create { id, ledger, external, user_data } } => {
+            let currency = currency(&registry, ledger)?;
+            let flags = if *external { ACCOUNT_FLAG_EXTERNAL } else { 0 };
+            let account = CreateAccount { id: *id, ledger: currency.ledger, flags, user_data: *user_data };
+            let result = connect(cli)?.create_accounts(&[account])?[0];
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"account_id": id, "ledger": currency.name, "result": result.code.name(), "seq": result.seq})
+                );
+            } else if result.code == ResultCode::Ok {
+                println!(
+                    "account {id} created ({}{}) at seq {}",
+                    currency.name,
+                    if *external { ", external" } else { "" },
+                    result.seq
+                );
+            } else {
+                println!("account {id} not created: {}", result.code.name());
+            }
+            Ok(if result.code == ResultCode::Ok { exit::OK } else { exit::REJECTED })
+        }
+        Command::Account { command: AccountCommand::Show { id } } | Command::Balance { id } => {
+            let lookup = connect(cli)?.lookup_accounts(Consistency::Linearizable, &[*id])?;
+            match lookup.first() {
+                Some(AccountLookup::Found(account)) => {
+                    if cli.json {
+                        println!("{}", output::account_json(&registry, account));
+                    } else {
+                        println!("{}", output::account_text(&registry, account));
+                    }
+                    Ok(exit::OK)
+                }
+                _ => Err(Failure(exit::REJECTED, format!("account {id} not found"))),
+            }
+        }
+        Command::Transfer { from, to, amount, ledger, id, user_data } => {
+            let currency = currency(&registry, ledger)?;
+            let minor =
+                currency.parse_amount(amount).map_err(|e| Failure(exit::USAGE, format!("--amount {amount}: {e}")))?;
+            let transfer = Transfer {
+                id: id.unwrap_or_else(new_transfer_id),
+                debit_account_id: *from,
+                credit_account_id: *to,
+                amount: minor,
+                ledger: currency.ledger,
+                flags: 0,
+                user_data: *user_data,
+            };
+            // Retries after a lost connection resend the same id: safe, never applied twice.
+            let result = connect(cli)?.create_transfers_retrying(&[transfer])?[0];
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"transfer_id": format!("{:032x}", transfer.id), "from": from, "to": to,
+                        "amount": currency.format_amount(minor), "ledger": currency.name,
+                        "result": result.code.name(), "seq": result.seq, "replayed": result.is_replayed()})
+                );
+            } else {
+                let replayed = if result.is_replayed() { " (already done: original outcome)" } else { "" };
+                println!(
+                    "transfer {:032x}: {} {} from {from} to {to}: {}{replayed}, seq {}",
+                    transfer.id,
+                    currency.format_amount(minor),
+                    currency.name,
+                    result.code.name(),
+                    result.seq
+                );
+            }
+            Ok(if result.code == ResultCode::Ok { exit::OK } else { exit::REJECTED })
+        }
+        Command::History { id, limit, from_seq } => history(cli, &registry, *id, *limit, *from_seq),
+        Command::Status => {
+            let status = connect(cli)?.status()?;
+            if cli.json {
+                let partitions: Vec<_> = status
+                    .partition_states
+                    .iter()
+                    .map(|p| {
+                        json!({"partition": p.partition, "leader": p.flags & net::protocol::PARTITION_FLAG_LEADER != 0,
+                        "last_seq": p.last_seq, "commit_seq": p.commit_seq})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"node_id": status.node_id, "partitions": status.partitions, "shards": status.shards, "partition_states": partitions})
+                );
+            } else {
+                println!("node {}: {} partitions over {} shards", status.node_id, status.partitions, status.shards);
+                for p in &status.partition_states {
+                    let role = if p.flags & net::protocol::PARTITION_FLAG_LEADER != 0 { "leader" } else { "follower" };
+                    println!(
+                        "  partition {:>4}: {role}, last seq {}, commit seq {}",
+                        p.partition, p.last_seq, p.commit_seq
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Verify { data_dir } => verify(cli, data_dir),
+        Command::Wal { command: WalCommand::Dump { data_dir, shard, from, limit } } => {
+            let options = DumpOptions { shard: *shard, from_index: *from, records_max: *limit, json: cli.json };
+            wal_dump::dump(data_dir, &options, |line| println!("{line}"))
+                .map_err(|e| Failure(exit::LOCAL, e.to_string()))?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn history(cli: &Cli, registry: &CurrencyRegistry, id: u64, limit: u32, from_seq: Option<u64>) -> Result<i32, Failure> {
+    let mut client = connect(cli)?;
+    let account: Account = match client.lookup_accounts(Consistency::Linearizable, &[id])?.first() {
+        Some(AccountLookup::Found(account)) => *account,
+        _ => return Err(Failure(exit::REJECTED, format!("account {id} not found"))),
+    };
+    let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
+    let mut entries: Vec<HistoryEntry> = Vec::new();
+    let mut cursor = from_seq.unwrap_or(0);
+    loop {
+        let page = client.account_history(id, cursor, limit)?;
+        entries.extend(page.entries);
+        match page.next_from_seq {
+            Some(next) if from_seq.is_none() => cursor = next,
+            _ => break,
+        }
+    }
+    // Pages come newest first; show the story in the order it happened.
+    entries.reverse();
+    if cli.json {
+        let rows: Vec<_> = entries.iter().map(|e| output::history_json(registry, &account, e)).collect();
+        println!("{}", json!({"account": output::account_json(registry, &account), "history": rows}));
+    } else {
+        println!("{}", output::account_text(registry, &account));
+        for entry in &entries {
+            println!("{}", output::history_text(registry, &account, entry));
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn verify(cli: &Cli, data_dir: &std::path::Path) -> Result<i32, Failure> {
+    let report = engine::verify(data_dir).map_err(|e| Failure(exit::LOCAL, e.to_string()))?;
+    if cli.json {
+        let shards: Vec<_> = report
+            .shards
+            .iter()
+            .map(|s| {
+                json!({"shard": s.shard, "checkpoint_index": s.checkpoint_index, "log_last_index": s.log_last_index,
+                "records_replayed": s.records_replayed, "accounts_compared": s.accounts_compared,
+                "drift": s.drift.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", json!({"clean": report.is_clean(), "shards": shards}));
+    } else {
+        for s in &report.shards {
+            println!(
+                "shard {}: replayed {} records (log ends at {}, state store at {}), compared {} accounts: {}",
+                s.shard,
+                s.records_replayed,
+                s.log_last_index,
+                s.checkpoint_index,
+                s.accounts_compared,
+                if s.drift.is_empty() { "no drift".to_string() } else { format!("{} DRIFT", s.drift.len()) }
+            );
+            for drift in &s.drift {
+                println!("  {drift:?}");
+            }
+        }
+        println!("{}", if report.is_clean() { "verify: OK" } else { "verify: DRIFT FOUND" });
+    }
+    Ok(if report.is_clean() { exit::OK } else { exit::REJECTED })
+}

@@ -11,19 +11,9 @@ use wal::{Wal, WalOptions};
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().expect("dir argument"));
-    let seed: u64 = args
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("seed argument");
-    let segment_bytes: u64 = args
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("segment_bytes");
-    let options = WalOptions {
-        segment_bytes,
-        payload_bytes_max: 4096,
-        ..WalOptions::default()
-    };
+    let seed: u64 = args.next().and_then(|s| s.parse().ok()).expect("seed argument");
+    let segment_bytes: u64 = args.next().and_then(|s| s.parse().ok()).expect("segment_bytes");
+    let options = WalOptions { segment_bytes, payload_bytes_max: 4096, ..WalOptions::default() };
     let (mut wal, _) = Wal::open(&dir, options).expect("open");
     // Each run writes a higher term than any before it, so terms never drop across restarts.
     let term = wal.term_at(wal.last_index()).unwrap_or(0) + 1;
@@ -35,15 +25,9 @@ fn main() {
         for _ in 0..random % 64 + 1 {
             let index = wal.last_index() + 1;
             let payload = payload_for(index, term);
-            wal.append(index, term, (index % 251) as u8, &payload)
-                .expect("append");
+            wal.append(index, term, (index % 251) as u8, &payload).expect("append");
         }
-        let durable = if random.is_multiple_of(5) {
-            wal.wait()
-        } else {
-            wal.poll()
-        }
-        .expect("durable");
+        let durable = if random.is_multiple_of(5) { wal.wait() } else { wal.poll() }.expect("durable");
         if durable > reported {
             reported = durable;
             let mut out = stdout.lock();
@@ -63,7 +47,5 @@ fn xorshift(mut x: u64) -> u64 {
 /// Must match `tests/common::payload_for`, longer to fill segments faster.
 fn payload_for(index: u64, term: u64) -> Vec<u8> {
     let length = (index.wrapping_mul(37) % 1000) as usize;
-    (0..length)
-        .map(|i| (index.wrapping_mul(31) ^ term.wrapping_mul(7) ^ i as u64) as u8)
-        .collect()
+    (0..length).map(|i| (index.wrapping_mul(31) ^ term.wrapping_mul(7) ^ i as u64) as u8).collect()
 }

@@ -7,19 +7,13 @@ use wal::{Wal, WalOptions};
 
 /// Small segments so tests cross segment boundaries often.
 pub fn small_options() -> WalOptions {
-    WalOptions {
-        segment_bytes: 4096,
-        payload_bytes_max: 1024,
-        pending_bytes_max: 1 << 20,
-    }
+    WalOptions { segment_bytes: 4096, payload_bytes_max: 1024, pending_bytes_max: 1 << 20 }
 }
 
 /// Payload for (index, term): length varies with index, bytes derive from both.
 pub fn payload_for(index: u64, term: u64) -> Vec<u8> {
     let length = (index.wrapping_mul(37) % 200) as usize;
-    (0..length)
-        .map(|i| (index.wrapping_mul(31) ^ term.wrapping_mul(7) ^ i as u64) as u8)
-        .collect()
+    (0..length).map(|i| (index.wrapping_mul(31) ^ term.wrapping_mul(7) ^ i as u64) as u8).collect()
 }
 
 pub fn kind_for(index: u64) -> u8 {
@@ -28,8 +22,7 @@ pub fn kind_for(index: u64) -> u8 {
 
 pub fn append_range(wal: &mut Wal, from: u64, to: u64, term: u64) {
     for index in from..=to {
-        wal.append(index, term, kind_for(index), &payload_for(index, term))
-            .expect("append");
+        wal.append(index, term, kind_for(index), &payload_for(index, term)).expect("append");
     }
 }
 

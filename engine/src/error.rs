@@ -1,0 +1,46 @@
+//! The engine's typed errors. They are `Clone` because one failure may answer many waiting callers.
+
+use crate::config::ConfigError;
+use crate::store::StoreError;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {why}")]
+    Manifest { path: String, why: String },
+    #[error("event log: {0}")]
+    Log(String),
+    #[error("state store: {0}")]
+    Store(String),
+    #[error("shard {shard}: state store is at log index {state_index} but the log ends at {log_last_index}; the log was lost or truncated, refusing to start")]
+    StateAheadOfLog { shard: u32, state_index: u64, log_last_index: u64 },
+    #[error("shard {shard}: replay needs log index {needed_index} but the log starts at {log_first_index}")]
+    LogPrefixMissing { shard: u32, needed_index: u64, log_first_index: u64 },
+    #[error("shard {shard}: log record {index} cannot be replayed: {why}")]
+    CorruptLog { shard: u32, index: u64, why: String },
+    #[error("shard {shard} stopped after a failure and refuses commands until restart: {reason}")]
+    ShardFailed { shard: u32, reason: String },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("batch of {items} items exceeds the limit of {limit}")]
+    BatchTooLarge { items: usize, limit: usize },
+    #[error("account {account_id} not found")]
+    AccountNotFound { account_id: u64 },
+    #[error("account {account_id} has no history event at seq {seq}")]
+    InvalidCursor { account_id: u64, seq: u64 },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        EngineError::Store(error.to_string())
+    }
+}
+
+impl From<wal::WalError> for EngineError {
+    fn from(error: wal::WalError) -> Self {
+        EngineError::Log(error.to_string())
+    }
+}

@@ -1,0 +1,469 @@
+//! The embedded node: opens a data directory, starts one shard thread per configured shard, splits
+//! client batches by partition and hands each part to the shard that owns it.
+//!
+//! Every call is asynchronous with a reply callback (the network server answers from it); the
+//! `*_blocking` variants wait for that callback and suit tools, tests and embedded users.
+
+use std::fs;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use net::types::{partition_of, Account, CreateAccount, ItemResult, Transfer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
+use crate::error::EngineError;
+use crate::history::HistoryPage;
+use crate::join::{self, BatchReply};
+use crate::shard::{Shard, ShardCommand, ShardRecovery, ShardStatus};
+
+/// Name of the file that fixes a data directory's identity and layout.
+pub const MANIFEST_FILE: &str = "node.toml";
+/// Version of the data directory layout (manifest, shard folders, log and store formats).
+pub const DATA_FORMAT_VERSION: u32 = 1;
+/// Longest a blocking call waits for its answer before reporting the node unavailable.
+pub const BLOCKING_CALL_TIMEOUT_MS: u64 = 60_000;
+/// Most history entries one page may carry.
+pub const HISTORY_PAGE_ENTRIES_MAX: usize = 8190;
+
+/// What a data directory was created with; a node refuses to open it with anything else.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Hex, because TOML integers stop at i64.
+    pub cluster_id: String,
+    pub partitions: u32,
+    pub shards: u32,
+    /// Replay re-decides every logged transfer against the id table, so the table's bounds are part
+    /// of the log's meaning: changing them would make a replay disagree with what was answered.
+    pub idempotency_window_ms: u64,
+    pub idempotency_ids_max: usize,
+}
+
+impl Manifest {
+    fn of(config: &NodeConfig) -> Manifest {
+        Manifest {
+            format_version: DATA_FORMAT_VERSION,
+            cluster_id: format!("{:x}", config.cluster_id),
+            partitions: config.partitions,
+            shards: config.shards,
+            idempotency_window_ms: config.idempotency_window_ms,
+            idempotency_ids_max: config.idempotency_ids_max,
+        }
+    }
+
+    /// The node configuration this data directory was created with, on top of `base` for the settings
+    /// that may change between runs.
+    pub fn apply_to(&self, base: NodeConfig) -> NodeConfig {
+        NodeConfig {
+            cluster_id: self.cluster_id().unwrap_or(base.cluster_id),
+            partitions: self.partitions,
+            shards: self.shards,
+            idempotency_window_ms: self.idempotency_window_ms,
+            idempotency_ids_max: self.idempotency_ids_max,
+            ..base
+        }
+    }
+
+    /// Reads the manifest of a data directory, if it has one.
+    pub fn read(data_dir: &Path) -> Result<Option<Manifest>, EngineError> {
+        let path = data_dir.join(MANIFEST_FILE);
+        let manifest_error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| manifest_error(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(manifest_error(e.to_string())),
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<u128> {
+        u128::from_str_radix(&self.cluster_id, 16).ok()
+    }
+
+    /// Creates the manifest of a new data directory, or checks an existing one against the config.
+    pub fn create_or_check(config: &NodeConfig) -> Result<Manifest, EngineError> {
+        let path = config.data_dir.join(MANIFEST_FILE);
+        let manifest_error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
+        let wanted = Manifest::of(config);
+        if let Some(found) = Manifest::read(&config.data_dir)? {
+            if found != wanted {
+                return Err(manifest_error(format!(
+                    "created with {found:?}, but the configuration asks for {wanted:?}; partitions, shards, cluster id and idempotency bounds are fixed at creation"
+                )));
+            }
+            return Ok(found);
+        }
+        fs::create_dir_all(&config.data_dir).map_err(|e| manifest_error(e.to_string()))?;
+        let text = toml::to_string(&wanted).map_err(|e| manifest_error(e.to_string()))?;
+        let temporary = path.with_extension("toml.tmp");
+        fs::write(&temporary, text).map_err(|e| manifest_error(e.to_string()))?;
+        let file = fs::File::open(&temporary).map_err(|e| manifest_error(e.to_string()))?;
+        file.sync_all().map_err(|e| manifest_error(e.to_string()))?;
+        fs::rename(&temporary, &path).map_err(|e| manifest_error(e.to_string()))?;
+        fs::File::open(&config.data_dir).and_then(|dir| dir.sync_all()).map_err(|e| manifest_error(e.to_string()))?;
+        Ok(wanted)
+    }
+}
+
+/// What opening the node found and did.
+#[derive(Clone, Debug, Default)]
+pub struct NodeRecovery {
+    pub shards: Vec<ShardRecovery>,
+    pub elapsed: Duration,
+}
+
+/// An exclusive lock on a data directory (`flock` on `node.lock`), held while a node or a tool uses
+/// it, so that two processes never write the same logs. The kernel drops it when the process dies.
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+impl DataDirLock {
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock, EngineError> {
+        use std::os::fd::AsRawFd;
+        let path = data_dir.join("node.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| EngineError::Manifest { path: path.display().to_string(), why: e.to_string() })?;
+        // SAFETY: flock on a file descriptor we own; it has no memory-safety preconditions.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            return Err(EngineError::Manifest {
+                path: data_dir.display().to_string(),
+                why: "the data directory is in use by another process".into(),
+            });
+        }
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+pub struct Node {
+    config: NodeConfig,
+    _lock: DataDirLock,
+    senders: Vec<Sender<ShardCommand>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens (creating if new) the node's data directory, recovers every shard, starts the shard threads.
+    pub fn open(config: NodeConfig) -> Result<(Node, NodeRecovery), EngineError> {
+        let started = Instant::now();
+        config.validate()?;
+        Manifest::create_or_check(&config)?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        // Shards recover in parallel: each replays only its own log.
+        let opened: Vec<Result<(Shard, ShardRecovery), EngineError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..config.shards)
+                .map(|id| {
+                    let config = &config;
+                    scope.spawn(move || Shard::open(id, config))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Io("shard recovery panicked".into()))))
+                .collect()
+        });
+        let mut shards = Vec::new();
+        let mut recovery = NodeRecovery::default();
+        for result in opened {
+            let (shard, report) = result?;
+            recovery.shards.push(report);
+            shards.push(shard);
+        }
+        let cores = if config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for (index, shard) in shards.into_iter().enumerate() {
+            let (sender, receiver) = bounded(config.shard_queue_depth_max);
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    shard.run(receiver)
+                })
+                .map_err(|e| EngineError::Io(format!("cannot start shard thread: {e}")))?;
+            senders.push(sender);
+            threads.push(thread);
+        }
+        recovery.elapsed = started.elapsed();
+        Ok((Node { config, _lock: lock, senders, threads }, recovery))
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn partition_of(&self, account_id: u64) -> u32 {
+        partition_of(account_id, self.config.partitions)
+    }
+
+    fn shard_of_partition(&self, partition: u32) -> usize {
+        (partition % self.config.shards) as usize
+    }
+
+    fn send(&self, shard: usize, command: ShardCommand) -> Result<(), EngineError> {
+        self.senders[shard].send(command).map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Groups item indices by partition, in the order each partition first appears.
+    fn group_by_partition(&self, keys: impl Iterator<Item = u64>) -> Vec<(u32, Vec<u32>)> {
+        let mut slot_of_partition = vec![u32::MAX; self.config.partitions as usize];
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for (index, key) in keys.enumerate() {
+            let partition = self.partition_of(key);
+            let slot = &mut slot_of_partition[partition as usize];
+            if *slot == u32::MAX {
+                *slot = groups.len() as u32;
+                groups.push((partition, Vec::new()));
+            }
+            groups[*slot as usize].1.push(index as u32);
+        }
+        groups
+    }
+
+    /// Submits transfers; `reply` gets one result per transfer, in order, once all are durable.
+    pub fn create_transfers(&self, transfers: Vec<Transfer>, reply: BatchReply) -> Result<(), EngineError> {
+        self.submit_items(
+            transfers,
+            |t| t.debit_account_id,
+            reply,
+            |partition, items, part| ShardCommand::Transfers { partition, items, part },
+        )
+    }
+
+    /// Creates accounts; `reply` gets one result per account, in order, once all are durable.
+    pub fn create_accounts(&self, accounts: Vec<CreateAccount>, reply: BatchReply) -> Result<(), EngineError> {
+        self.submit_items(
+            accounts,
+            |a| a.id,
+            reply,
+            |partition, items, part| ShardCommand::CreateAccounts { partition, items, part },
+        )
+    }
+
+    fn submit_items<T: Copy>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> u64,
+        reply: BatchReply,
+        command: impl Fn(u32, Vec<T>, join::BatchPart) -> ShardCommand,
+    ) -> Result<(), EngineError> {
+        if items.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: items.len(), limit: BATCH_ITEMS_MAX });
+        }
+        if items.is_empty() {
+            reply(Ok(Vec::new()));
+            return Ok(());
+        }
+        let groups = self.group_by_partition(items.iter().map(&key));
+        let (partitions, indices): (Vec<u32>, Vec<Vec<u32>>) = groups.into_iter().unzip();
+        let parts = join::split(items.len(), indices, reply);
+        for (partition, part) in partitions.into_iter().zip(parts) {
+            let part_items = part.indices().iter().map(|&i| items[i as usize]).collect();
+            let shard = self.shard_of_partition(partition);
+            if let Err(ShardCommand::Transfers { part, .. } | ShardCommand::CreateAccounts { part, .. }) =
+                self.senders[shard].send(command(partition, part_items, part)).map_err(|e| e.into_inner())
+            {
+                part.complete(Err(EngineError::ShuttingDown));
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks accounts up; answers after everything they could reflect is durable.
+    pub fn lookup_accounts(
+        &self,
+        ids: Vec<u64>,
+        reply: Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>,
+    ) -> Result<(), EngineError> {
+        if ids.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+        }
+        let mut per_shard: Vec<Vec<(u32, u64)>> = vec![Vec::new(); self.senders.len()];
+        for (slot, &id) in ids.iter().enumerate() {
+            per_shard[self.shard_of_partition(self.partition_of(id))].push((slot as u32, id));
+        }
+        let used: Vec<(usize, Vec<(u32, u64)>)> =
+            per_shard.into_iter().enumerate().filter(|(_, ids)| !ids.is_empty()).collect();
+        if used.is_empty() {
+            reply(Ok(Vec::new()));
+            return Ok(());
+        }
+        let gather = LookupGather::new(ids.len(), used.len(), reply);
+        for (shard, ids) in used {
+            let gather = gather.clone();
+            self.send(shard, ShardCommand::Lookup { ids, reply: Box::new(move |answers| gather.deliver(answers)) })?;
+        }
+        Ok(())
+    }
+
+    /// One page of an account's history, newest first, starting at `from_seq` (or the newest event).
+    pub fn history(
+        &self,
+        account_id: u64,
+        from_seq: Option<u64>,
+        limit: usize,
+        reply: Box<dyn FnOnce(Result<HistoryPage, EngineError>) + Send>,
+    ) -> Result<(), EngineError> {
+        let limit = limit.clamp(1, HISTORY_PAGE_ENTRIES_MAX);
+        let shard = self.shard_of_partition(self.partition_of(account_id));
+        self.send(shard, ShardCommand::History { account_id, before_seq: from_seq.unwrap_or(u64::MAX), limit, reply })
+    }
+
+    /// Every shard's status.
+    pub fn status(&self, reply: Box<dyn FnOnce(Vec<ShardStatus>) + Send>) -> Result<(), EngineError> {
+        let gather = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Some(reply), self.senders.len())));
+        for shard in 0..self.senders.len() {
+            let gather = gather.clone();
+            self.send(
+                shard,
+                ShardCommand::Status {
+                    reply: Box::new(move |status| {
+                        let mut state = gather.lock().expect("status gather lock is never poisoned");
+                        state.0.push(status);
+                        state.2 -= 1;
+                        if state.2 == 0 {
+                            let mut all = std::mem::take(&mut state.0);
+                            all.sort_by_key(|s: &ShardStatus| s.shard);
+                            let reply = state.1.take().expect("answered once");
+                            drop(state);
+                            reply(all);
+                        }
+                    }),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn create_transfers_blocking(&self, transfers: Vec<Transfer>) -> Result<Vec<ItemResult>, EngineError> {
+        blocking(|reply| self.create_transfers(transfers, reply))?
+    }
+
+    pub fn create_accounts_blocking(&self, accounts: Vec<CreateAccount>) -> Result<Vec<ItemResult>, EngineError> {
+        blocking(|reply| self.create_accounts(accounts, reply))?
+    }
+
+    pub fn lookup_accounts_blocking(&self, ids: Vec<u64>) -> Result<Vec<Option<Account>>, EngineError> {
+        blocking(|reply| self.lookup_accounts(ids, reply))?
+    }
+
+    pub fn history_blocking(
+        &self,
+        account_id: u64,
+        from_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        blocking(|reply| self.history(account_id, from_seq, limit, reply))?
+    }
+
+    pub fn status_blocking(&self) -> Result<Vec<ShardStatus>, EngineError> {
+        blocking(|reply| self.status(reply))
+    }
+
+    /// Forces a checkpoint on every shard (tests and operators; shards also checkpoint on their own).
+    pub fn checkpoint_blocking(&self) -> Result<(), EngineError> {
+        for shard in 0..self.senders.len() {
+            blocking(|reply| self.send(shard, ShardCommand::Checkpoint { reply }))??;
+        }
+        Ok(())
+    }
+
+    /// Finishes in-flight work, checkpoints and flushes every shard, and stops their threads.
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        let mut first_error = None;
+        for shard in 0..self.senders.len() {
+            let outcome = blocking(|reply| self.send(shard, ShardCommand::Shutdown { reply })).and_then(|r| r);
+            if let Err(error) = outcome {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.senders.clear();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                first_error.get_or_insert(EngineError::Io("a shard thread panicked".into()));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Closing the queues makes every shard finish its round, checkpoint and exit.
+        self.senders.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Calls `submit` with a reply callback and waits for that callback's value.
+fn blocking<T: Send + 'static>(
+    submit: impl FnOnce(Box<dyn FnOnce(T) + Send>) -> Result<(), EngineError>,
+) -> Result<T, EngineError> {
+    let (sender, receiver) = bounded(1);
+    submit(Box::new(move |value| {
+        let _ = sender.send(value);
+    }))?;
+    receiver
+        .recv_timeout(Duration::from_millis(BLOCKING_CALL_TIMEOUT_MS))
+        .map_err(|_| EngineError::Io(format!("no answer within {BLOCKING_CALL_TIMEOUT_MS} ms")))
+}
+
+type LookupReply = Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>;
+
+#[derive(Clone)]
+struct LookupGather(std::sync::Arc<std::sync::Mutex<LookupGatherState>>);
+
+struct LookupGatherState {
+    answers: Vec<Option<Account>>,
+    error: Option<EngineError>,
+    remaining: usize,
+    reply: Option<LookupReply>,
+}
+
+impl LookupGather {
+    fn new(len: usize, parts: usize, reply: LookupReply) -> Self {
+        LookupGather(std::sync::Arc::new(std::sync::Mutex::new(LookupGatherState {
+            answers: vec![None; len],
+            error: None,
+            remaining: parts,
+            reply: Some(reply),
+        })))
+    }
+
+    fn deliver(&self, part: Result<Vec<(u32, Option<Account>)>, EngineError>) {
+        let mut state = self.0.lock().expect("lookup gather lock is never poisoned");
+        match part {
+            Ok(answers) => {
+                for (slot, account) in answers {
+                    state.answers[slot as usize] = account;
+                }
+            }
+            Err(error) => {
+                state.error.get_or_insert(error);
+            }
+        }
+        state.remaining -= 1;
+        if state.remaining == 0 {
+            let reply = state.reply.take().expect("answered once");
+            let answer = match state.error.take() {
+                Some(error) => Err(error),
+                None => Ok(std::mem::take(&mut state.answers)),
+            };
+            drop(state);
+            reply(answer);
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! A shard: one thread that owns a set of partitions, their state machines, one event log and one
+//! RocksDB store. It shares no lock with other shards; commands arrive on a bounded channel.
+//!
+//! One round of the write path:
+//! 1. drain the command queue up to `round_items_max` items;
+//! 2. execute each command against its partition's state (validate + apply), producing one event batch
+//!    per touched partition;
+//! 3. append those batches to the log (one record each) and let the disk start: one write + one
+//!    fdatasync for the whole round, group-committed with whatever arrives while it is in flight;
+//! 4. when the log reports the round durable, answer every command of it.
+//!
+//! In-memory state runs ahead of the disk, so nothing is answered, and no lookup is answered, before the
+//! log holds everything it could have observed. A failed write or sync stops the shard (fail-stop): its
+//! memory may hold effects the log lacks, so it refuses every later command until the node restarts and
+//! rebuilds from the log. Nothing unacknowledged is ever reported as done.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use net::types::{Account, CreateAccount, ItemResult, Transfer};
+use wal::{Wal, WalOptions};
+
+use crate::config::NodeConfig;
+use crate::error::EngineError;
+use crate::event::{EventBatchView, EventBuffer};
+use crate::history;
+use crate::join::BatchPart;
+use crate::partition::{DirtyRow, PartitionConfig, PartitionState};
+use crate::store::{Checkpoint, PartitionMeta, Store};
+
+/// Log record kind of an event batch.
+pub const RECORD_KIND_EVENTS: u8 = 1;
+/// Term written with every record while a node runs alone (Raft terms start at 1).
+pub const SINGLE_NODE_TERM: u64 = 1;
+/// Most events in one log record: keeps a record well under the log's 4 MiB payload limit.
+pub const RECORD_EVENTS_MAX: usize = 32_768;
+/// The largest event-batch record: header plus `RECORD_EVENTS_MAX` events.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize =
+    crate::event::EVENT_BATCH_HEADER_BYTES + RECORD_EVENTS_MAX * crate::event::EVENT_BYTES;
+/// How long an idle shard sleeps on its queue before checking whether a checkpoint is due.
+const IDLE_WAIT_MS: u64 = 50;
+
+pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
+pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
+pub type StatusReply = Box<dyn FnOnce(ShardStatus) + Send>;
+pub type DoneReply = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+pub enum ShardCommand {
+    Transfers {
+        partition: u32,
+        items: Vec<Transfer>,
+        part: BatchPart,
+    },
+    CreateAccounts {
+        partition: u32,
+        items: Vec<CreateAccount>,
+        part: BatchPart,
+    },
+    /// Account ids with the slot each answer goes to in the caller's result.
+    Lookup {
+        ids: Vec<(u32, u64)>,
+        reply: LookupReply,
+    },
+    History {
+        account_id: u64,
+        before_seq: u64,
+        limit: usize,
+        reply: HistoryReply,
+    },
+    Status {
+        reply: StatusReply,
+    },
+    Checkpoint {
+        reply: DoneReply,
+    },
+    Shutdown {
+        reply: DoneReply,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub last_seq: u64,
+    pub accounts: usize,
+    pub ledger_sums: Vec<(u32, i128)>,
+    pub digest: u128,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ShardStatus {
+    pub shard: u32,
+    pub log_last_index: u64,
+    pub log_durable_index: u64,
+    pub checkpoint_index: u64,
+    pub partitions: Vec<PartitionStatus>,
+    pub failed: Option<String>,
+}
+
+/// What recovery found and did, logged at start.
+#[derive(Clone, Debug, Default)]
+pub struct ShardRecovery {
+    pub shard: u32,
+    pub checkpoint_index: u64,
+    pub log_first_index: u64,
+    pub log_last_index: u64,
+    pub records_replayed: u64,
+    pub log_bytes_truncated: u64,
+    pub segments: usize,
+    pub elapsed: Duration,
+}
+
+/// Answers owed once the log is durable up to `log_index`.
+enum Owed {
+    Items { part: BatchPart, results: Vec<ItemResult> },
+    Lookup { answers: Vec<(u32, Option<Account>)>, reply: LookupReply },
+}
+
+/// A partition's batches appended since the last checkpoint: (first_seq, log index).
+type RecentBatches = Vec<(u64, u64)>;
+
+pub struct Shard {
+    id: u32,
+    config: NodeConfig,
+    /// Partitions owned by this shard, indexed by `partition / shards`.
+    partitions: Vec<PartitionState>,
+    recent_batches: Vec<RecentBatches>,
+    /// Per owned partition: the event buffer of the current round (reused, never shrunk).
+    buffers: Vec<EventBuffer>,
+    touched: Vec<usize>,
+    wal: Wal,
+    store: Store,
+    checkpoint_index: u64,
+    last_checkpoint: Instant,
+    owed: VecDeque<(u64, Vec<Owed>)>,
+    round_owed: Vec<Owed>,
+    failed: Option<String>,
+}
+
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:03}"))
+}
+
+pub fn owned_partitions(shard: u32, shards: u32, partitions: u32) -> impl Iterator<Item = u32> {
+    (shard..partitions).step_by(shards as usize)
+}
+
+pub fn wal_options(config: &NodeConfig) -> WalOptions {
+    WalOptions {
+        segment_bytes: config.wal_segment_bytes,
+        payload_bytes_max: RECORD_PAYLOAD_BYTES_MAX,
+        ..WalOptions::default()
+    }
+}
+
+pub fn partition_config(config: &NodeConfig, partition: u32) -> PartitionConfig {
+    PartitionConfig {
+        partition,
+        partitions: config.partitions,
+        idempotency_window_ms: config.idempotency_window_ms,
+        idempotency_ids_max: config.idempotency_ids_max,
+    }
+}
+
+/// Rebuilds one partition from its checkpoint rows (or empty when the store has none).
+pub fn restore_partition(store: &Store, config: &NodeConfig, partition: u32) -> Result<PartitionState, EngineError> {
+    let partition_config = partition_config(config, partition);
+    let Some(meta) = store.partition_meta(partition)? else {
+        return Ok(PartitionState::new(partition_config));
+    };
+    let mut accounts = Vec::new();
+    store.for_each_account(partition, |account| accounts.push(account))?;
+    let mut ids = Vec::new();
+    store.for_each_id(partition, |entry| ids.push(entry))?;
+    Ok(PartitionState::restore(
+        partition_config,
+        meta.last_seq,
+        meta.last_timestamp_ns,
+        meta.id_watermark_ms,
+        accounts,
+        ids,
+    ))
+}
+
+impl Shard {
+    /// Opens the shard's store and log and replays the log after the store's checkpoint.
+    pub fn open(id: u32, config: &NodeConfig) -> Result<(Shard, ShardRecovery), EngineError> {
+        let started = Instant::now();
+        let dir = shard_dir(&config.data_dir, id);
+        let store = Store::open(&dir.join("state"))?;
+        let checkpoint_index = store.applied_index()?;
+        let mut partitions = Vec::new();
+        for partition in owned_partitions(id, config.shards, config.partitions) {
+            partitions.push(restore_partition(&store, config, partition)?);
+        }
+        let (wal, wal_report) = Wal::open(&dir.join("wal"), wal_options(config))?;
+        let mut shard = Shard {
+            id,
+            config: config.clone(),
+            recent_batches: vec![Vec::new(); partitions.len()],
+            buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
+            partitions,
+            touched: Vec::new(),
+            wal,
+            store,
+            checkpoint_index,
+            last_checkpoint: Instant::now(),
+            owed: VecDeque::new(),
+            round_owed: Vec::new(),
+            failed: None,
+        };
+        let replayed = shard.replay_after_checkpoint()?;
+        let recovery = ShardRecovery {
+            shard: id,
+            checkpoint_index,
+            log_first_index: shard.wal.first_index(),
+            log_last_index: shard.wal.last_index(),
+            records_replayed: replayed,
+            log_bytes_truncated: wal_report.truncated_bytes,
+            segments: wal_report.segments,
+            elapsed: started.elapsed(),
+        };
+        Ok((shard, recovery))
+    }
+
+    fn slot(&self, partition: u32) -> usize {
+        let slot = (partition / self.config.shards) as usize;
+        assert_eq!(partition % self.config.shards, self.id, "partition {partition} routed to the wrong shard");
+        slot
+    }
+
+    fn replay_after_checkpoint(&mut self) -> Result<u64, EngineError> {
+        let last = self.wal.last_index();
+        if self.checkpoint_index > last {
+            return Err(EngineError::StateAheadOfLog {
+                shard: self.id,
+                state_index: self.checkpoint_index,
+                log_last_index: last,
+            });
+        }
+        if last == self.checkpoint_index {
+            return Ok(0);
+        }
+        let from = self.checkpoint_index + 1;
+        if self.wal.first_index() > from {
+            return Err(EngineError::LogPrefixMissing {
+                shard: self.id,
+                needed_index: from,
+                log_first_index: self.wal.first_index(),
+            });
+        }
+        let mut replayed = 0;
+        for record in self.wal.reader(from)? {
+            let record = record?;
+            if record.kind != RECORD_KIND_EVENTS {
+                continue;
+            }
+            let view = EventBatchView::new(record.payload).map_err(|e| EngineError::CorruptLog {
+                shard: self.id,
+                index: record.index,
+                why: e.to_string(),
+            })?;
+            let slot = self.slot(view.partition());
+            self.partitions[slot].apply_batch(&view).map_err(|e| EngineError::CorruptLog {
+                shard: self.id,
+                index: record.index,
+                why: e.to_string(),
+            })?;
+            self.recent_batches[slot].push((view.first_seq(), record.index));
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// The shard thread's loop; returns when told to shut down or when its queue closes.
+    pub fn run(mut self, commands: Receiver<ShardCommand>) {
+        loop {
+            let mut items = 0usize;
+            let mut shutdown = None;
+            // Block only when nothing is owed: otherwise the disk's completion is what we wait for.
+            let first = if self.owed.is_empty() && !self.wal.in_flight() {
+                match commands.recv_timeout(Duration::from_millis(IDLE_WAIT_MS)) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return self.close(None),
+                }
+            } else {
+                None
+            };
+            let mut next = first;
+            let now_ns = clock_ns();
+            loop {
+                let command = match next.take() {
+                    Some(command) => command,
+                    None if items >= self.config.round_items_max => break,
+                    None => match commands.try_recv() {
+                        Ok(command) => command,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            shutdown = Some(None);
+                            break;
+                        }
+                    },
+                };
+                match command {
+                    ShardCommand::Shutdown { reply } => {
+                        shutdown = Some(Some(reply));
+                        break;
+                    }
+                    command => items += self.execute(command, now_ns),
+                }
+            }
+            self.end_round();
+            self.drive_log(shutdown.is_some() || self.checkpoint_due());
+            if self.checkpoint_due() && self.owed.is_empty() {
+                let _ = self.checkpoint();
+            }
+            if let Some(reply) = shutdown {
+                return self.close(reply);
+            }
+        }
+    }
+
+    /// Executes one command; returns the number of items it carried.
+    fn execute(&mut self, command: ShardCommand, now_ns: u64) -> usize {
+        if let ShardCommand::Status { reply } = command {
+            reply(self.status());
+            return 0;
+        }
+        if let Some(reason) = &self.failed {
+            fail_command(command, EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
+            return 0;
+        }
+        match command {
+            ShardCommand::Transfers { partition, items, part } => {
+                let slot = self.begin(partition, items.len());
+                let mut results = Vec::with_capacity(items.len());
+                self.partitions[slot].execute_transfers(now_ns, &items, &mut self.buffers[slot], &mut results);
+                self.round_owed.push(Owed::Items { part, results });
+                items.len()
+            }
+            ShardCommand::CreateAccounts { partition, items, part } => {
+                let slot = self.begin(partition, items.len());
+                let mut results = Vec::with_capacity(items.len());
+                self.partitions[slot].execute_create_accounts(now_ns, &items, &mut self.buffers[slot], &mut results);
+                self.round_owed.push(Owed::Items { part, results });
+                items.len()
+            }
+            ShardCommand::Lookup { ids, reply } => {
+                let answers = ids
+                    .iter()
+                    .map(|&(slot_in_reply, id)| {
+                        let partition = net::types::partition_of(id, self.config.partitions);
+                        (slot_in_reply, self.partitions[self.slot(partition)].account(id))
+                    })
+                    .collect();
+                self.round_owed.push(Owed::Lookup { answers, reply });
+                ids.len()
+            }
+            ShardCommand::History { account_id, before_seq, limit, reply } => {
+                // History is read from the log itself, so everything in memory must reach it first.
+                self.end_round();
+                self.drive_log(true);
+                reply(self.history(account_id, before_seq, limit));
+                1
+            }
+            ShardCommand::Checkpoint { reply } => {
+                self.end_round();
+                self.drive_log(true);
+                reply(self.checkpoint());
+                0
+            }
+            ShardCommand::Status { .. } | ShardCommand::Shutdown { .. } => unreachable!("handled before execution"),
+        }
+    }
+
+    /// The slot of `partition`, with room in its event batch for `items` more events: a batch that
+    /// would outgrow one log record is appended first and a new one starts.
+    fn begin(&mut self, partition: u32, items: usize) -> usize {
+        let slot = self.slot(partition);
+        if self.buffers[slot].event_count() as usize + items > RECORD_EVENTS_MAX {
+            self.flush_slot(slot);
+        }
+        if !self.buffers[slot].is_started() {
+            self.touched.push(slot);
+        }
+        slot
+    }
+
+    /// Appends one partition's event batch to the log (nothing when it holds only replays).
+    fn flush_slot(&mut self, slot: usize) {
+        let buffer = &self.buffers[slot];
+        if buffer.is_empty() {
+            self.buffers[slot].clear();
+            return;
+        }
+        let bytes = buffer.finish();
+        let first_seq = EventBatchView::new(bytes).expect("the state machine encodes valid batches").first_seq();
+        let index = self.wal.last_index() + 1;
+        match self.wal.append(index, SINGLE_NODE_TERM, RECORD_KIND_EVENTS, bytes) {
+            Ok(()) => self.recent_batches[slot].push((first_seq, index)),
+            Err(error) => self.fail(format!("log append failed: {error}")),
+        }
+        self.buffers[slot].clear();
+    }
+
+    /// Appends this round's event batches to the log and files its answers behind them.
+    fn end_round(&mut self) {
+        for slot in std::mem::take(&mut self.touched) {
+            self.flush_slot(slot);
+        }
+        if !self.round_owed.is_empty() {
+            let owed = std::mem::take(&mut self.round_owed);
+            self.owed.push_back((self.wal.last_index(), owed));
+        }
+    }
+
+    /// Starts the disk on what is pending and answers whatever became durable. With `wait`, blocks
+    /// until everything appended is durable; otherwise waits only when answers are owed.
+    fn drive_log(&mut self, wait: bool) {
+        if self.failed.is_some() {
+            self.release_owed(u64::MAX);
+            return;
+        }
+        let result = if wait || !self.owed.is_empty() {
+            self.wal.submit().and_then(|_| self.wal.wait())
+        } else {
+            self.wal.submit().and_then(|_| self.wal.poll())
+        };
+        match result {
+            Ok(durable) => self.release_owed(durable),
+            Err(error) => {
+                self.fail(format!("log write or sync failed: {error}"));
+                self.release_owed(u64::MAX);
+            }
+        }
+    }
+
+    fn release_owed(&mut self, durable: u64) {
+        while let Some((index, _)) = self.owed.front() {
+            if *index > durable {
+                break;
+            }
+            let (_, owed) = self.owed.pop_front().expect("front exists");
+            for owed in owed {
+                self.answer(owed);
+            }
+        }
+    }
+
+    fn answer(&self, owed: Owed) {
+        let failure =
+            self.failed.as_ref().map(|reason| EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
+        match (owed, failure) {
+            (Owed::Items { part, results }, None) => part.complete(Ok(results)),
+            (Owed::Items { part, .. }, Some(error)) => part.complete(Err(error)),
+            (Owed::Lookup { answers, reply }, None) => reply(Ok(answers)),
+            (Owed::Lookup { reply, .. }, Some(error)) => reply(Err(error)),
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            eprintln!("shard {}: FAILED, refusing all commands until restart: {reason}", self.id);
+            self.failed = Some(reason);
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.failed.is_none()
+            && self.last_checkpoint.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms)
+    }
+
+    /// Writes dirty state to RocksDB. Only called when the log is durable up to its last index, so the
+    /// store never holds an effect the log lacks.
+    fn checkpoint(&mut self) -> Result<(), EngineError> {
+        if let Some(reason) = &self.failed {
+            return Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
+        }
+        let applied = self.wal.last_index();
+        assert_eq!(self.wal.durable_index(), applied, "checkpoint of state the log does not hold yet");
+        let mut checkpoint = Checkpoint::default();
+        for (slot, state) in self.partitions.iter_mut().enumerate() {
+            let partition = state.partition();
+            state.drain_dirty(|row| match row {
+                DirtyRow::Account(account) => checkpoint.put_account(partition, account),
+                DirtyRow::IdInserted(entry) => checkpoint.put_id(partition, entry),
+                DirtyRow::IdEvicted(id) => checkpoint.delete_id(partition, id),
+            });
+            let meta = PartitionMeta {
+                last_seq: state.last_seq(),
+                last_timestamp_ns: state.last_timestamp_ns(),
+                id_watermark_ms: state.id_watermark_ms(),
+            };
+            checkpoint.put_partition_meta(partition, &meta);
+            for (first_seq, index) in self.recent_batches[slot].drain(..) {
+                checkpoint.put_batch_index(partition, first_seq, index);
+            }
+        }
+        self.store.write_checkpoint(checkpoint, applied)?;
+        self.checkpoint_index = applied;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn history(&self, account_id: u64, before_seq: u64, limit: usize) -> Result<history::HistoryPage, EngineError> {
+        let partition = net::types::partition_of(account_id, self.config.partitions);
+        let slot = self.slot(partition);
+        let Some(account) = self.partitions[slot].account(account_id) else {
+            return Err(EngineError::AccountNotFound { account_id });
+        };
+        history::read_page(
+            &self.wal,
+            &self.store,
+            &self.recent_batches[slot],
+            partition,
+            &account,
+            before_seq,
+            limit,
+            self.wal.durable_index(),
+        )
+    }
+
+    fn status(&self) -> ShardStatus {
+        ShardStatus {
+            shard: self.id,
+            log_last_index: self.wal.last_index(),
+            log_durable_index: self.wal.durable_index(),
+            checkpoint_index: self.checkpoint_index,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|state| PartitionStatus {
+                    partition: state.partition(),
+                    last_seq: state.last_seq(),
+                    accounts: state.accounts_len(),
+                    ledger_sums: state.ledger_sums(),
+                    digest: state.digest(),
+                })
+                .collect(),
+            failed: self.failed.clone(),
+        }
+    }
+
+    fn close(mut self, reply: Option<DoneReply>) {
+        self.end_round();
+        self.drive_log(true);
+        let result = self.checkpoint().and_then(|_| self.store.flush().map_err(EngineError::from));
+        if let Some(reply) = reply {
+            reply(result);
+        }
+    }
+}
+
+fn fail_command(command: ShardCommand, error: EngineError) {
+    match command {
+        ShardCommand::Transfers { part, .. } | ShardCommand::CreateAccounts { part, .. } => part.complete(Err(error)),
+        ShardCommand::Lookup { reply, .. } => reply(Err(error)),
+        ShardCommand::History { reply, .. } => reply(Err(error)),
+        ShardCommand::Checkpoint { reply } | ShardCommand::Shutdown { reply } => reply(Err(error)),
+        ShardCommand::Status { reply: _ } => unreachable!("status is answered even by a failed shard"),
+    }
+}
+
+/// The leader's clock, in nanoseconds since the Unix epoch. The state machine never reads a clock.
+pub fn clock_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}

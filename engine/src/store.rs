@@ -1,0 +1,314 @@
+//! RocksDB state store: one instance per shard, derived entirely from the shard's event log.
+//!
+//! RocksDB's own WAL is off: the event log is the write-ahead log. A checkpoint is ONE `WriteBatch`
+//! (dirty accounts, id-table changes, partition metadata, batch-index rows and the applied log index)
+//! written without WAL and without a forced flush. RocksDB only ever persists whole write batches, in
+//! order, when it flushes a memtable, so after a crash the store holds some earlier checkpoint in full,
+//! and its `applied_index` says exactly where log replay must resume. A clean shutdown flushes.
+//!
+//! Keys (big-endian integers so that RocksDB's byte order is numeric order):
+//! - `M`                                  → applied log index (u64) + format version (u32)
+//! - `P` partition u32                    → partition meta: last_seq, last_timestamp_ns, id watermark
+//! - `A` partition u32, account u64       → account row (`Account` wire layout, 56 bytes)
+//! - `I` partition u32, transfer id u128  → id-table entry: fingerprint u128, code u16, seq u64, recorded_ns u64
+//! - `B` partition u32, first_seq u64     → log index of the event batch that starts at first_seq
+
+use std::path::Path;
+
+use net::types::{Account, ResultCode};
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::idempotency::IdEntry;
+
+/// Version of the key/value layout above; a store written by another version is refused.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// RocksDB memtable size: bounds memory between flushes and the size of one flush.
+pub const STORE_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+const KEY_META: &[u8] = b"M";
+const PREFIX_PARTITION: u8 = b'P';
+const PREFIX_ACCOUNT: u8 = b'A';
+const PREFIX_ID: u8 = b'I';
+const PREFIX_BATCH: u8 = b'B';
+/// Stored watermark meaning "nothing evicted": id timestamps have 48 bits, so it is never a real one.
+const WATERMARK_NONE: u64 = u64::MAX;
+const ID_ROW_BYTES: usize = 16 + 2 + 8 + 8;
+const PARTITION_ROW_BYTES: usize = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store at {path}: {source}")]
+    Rocks { path: String, source: rocksdb::Error },
+    #[error("state store at {path} has format version {found}, this build reads {expected}")]
+    FormatVersion { path: String, found: u32, expected: u32 },
+    #[error("state store at {path}: corrupt row under key {key:02x?}: {why}")]
+    CorruptRow { path: String, key: Vec<u8>, why: &'static str },
+}
+
+/// What a partition needs besides its rows to resume exactly where the checkpoint left it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionMeta {
+    pub last_seq: u64,
+    pub last_timestamp_ns: u64,
+    /// Largest id-timestamp (ms) evicted from the partition's idempotency table; `None` = nothing
+    /// evicted yet (distinct from `Some(0)`: evicted small ids must stay refused after a restart).
+    pub id_watermark_ms: Option<u64>,
+}
+
+/// Everything a checkpoint writes, accumulated by the shard between checkpoints.
+#[derive(Default)]
+pub struct Checkpoint {
+    batch: WriteBatch,
+    rows: usize,
+}
+
+impl Checkpoint {
+    pub fn put_account(&mut self, partition: u32, account: &Account) {
+        let mut value = [0u8; Account::WIRE_BYTES];
+        account.encode_into(&mut value);
+        self.batch.put(account_key(partition, account.id), value);
+        self.rows += 1;
+    }
+
+    pub fn put_id(&mut self, partition: u32, entry: &IdEntry) {
+        self.batch.put(id_key(partition, entry.id), encode_id_row(entry));
+        self.rows += 1;
+    }
+
+    pub fn delete_id(&mut self, partition: u32, id: u128) {
+        self.batch.delete(id_key(partition, id));
+        self.rows += 1;
+    }
+
+    pub fn put_partition_meta(&mut self, partition: u32, meta: &PartitionMeta) {
+        let mut value = [0u8; PARTITION_ROW_BYTES];
+        value[0..8].copy_from_slice(&meta.last_seq.to_le_bytes());
+        value[8..16].copy_from_slice(&meta.last_timestamp_ns.to_le_bytes());
+        value[16..24].copy_from_slice(&meta.id_watermark_ms.unwrap_or(WATERMARK_NONE).to_le_bytes());
+        self.batch.put(partition_key(partition), value);
+        self.rows += 1;
+    }
+
+    pub fn put_batch_index(&mut self, partition: u32, first_seq: u64, log_index: u64) {
+        self.batch.put(batch_key(partition, first_seq), log_index.to_le_bytes());
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: String,
+    write_options: WriteOptions,
+}
+
+impl Store {
+    /// Opens (creating if missing) the store of one shard.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_paranoid_checks(true);
+        options.set_write_buffer_size(STORE_WRITE_BUFFER_BYTES);
+        options.set_max_background_jobs(1);
+        options.set_compression_type(rocksdb::DBCompressionType::None);
+        Self::open_with(path, &options, false)
+    }
+
+    /// Opens an existing store without writing to it (for `verify` on a stopped node).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, &Options::default(), true)
+    }
+
+    fn open_with(path: &Path, options: &Options, read_only: bool) -> Result<Store, StoreError> {
+        let path_text = path.display().to_string();
+        let rocks = |source| StoreError::Rocks { path: path_text.clone(), source };
+        let db = if read_only { DB::open_for_read_only(options, path, false) } else { DB::open(options, path) }
+            .map_err(rocks)?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        let store = Store { db, path: path_text, write_options };
+        if let Some(version) = store.meta()?.map(|(_, version)| version) {
+            if version != STORE_FORMAT_VERSION {
+                return Err(StoreError::FormatVersion {
+                    path: store.path,
+                    found: version,
+                    expected: STORE_FORMAT_VERSION,
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks { path: self.path.clone(), source }
+    }
+
+    fn corrupt(&self, key: &[u8], why: &'static str) -> StoreError {
+        StoreError::CorruptRow { path: self.path.clone(), key: key.to_vec(), why }
+    }
+
+    fn meta(&self) -> Result<Option<(u64, u32)>, StoreError> {
+        let Some(value) = self.db.get(KEY_META).map_err(|e| self.rocks(e))? else { return Ok(None) };
+        if value.len() != 12 {
+            return Err(self.corrupt(KEY_META, "meta row is not 12 bytes"));
+        }
+        Ok(Some((le_u64(&value[0..8]), u32::from_le_bytes(value[8..12].try_into().expect("4 bytes")))))
+    }
+
+    /// The last log index whose effects are in the store (0 for a new store).
+    pub fn applied_index(&self) -> Result<u64, StoreError> {
+        Ok(self.meta()?.map_or(0, |(index, _)| index))
+    }
+
+    /// Writes one checkpoint atomically: its rows plus the applied index they correspond to.
+    pub fn write_checkpoint(&self, mut checkpoint: Checkpoint, applied_index: u64) -> Result<(), StoreError> {
+        let mut meta = [0u8; 12];
+        meta[0..8].copy_from_slice(&applied_index.to_le_bytes());
+        meta[8..12].copy_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
+        checkpoint.batch.put(KEY_META, meta);
+        self.db.write_opt(checkpoint.batch, &self.write_options).map_err(|e| self.rocks(e))
+    }
+
+    /// Makes every checkpoint written so far durable (clean shutdown, or before trusting the store).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.rocks(e))
+    }
+
+    pub fn partition_meta(&self, partition: u32) -> Result<Option<PartitionMeta>, StoreError> {
+        let key = partition_key(partition);
+        let Some(value) = self.db.get(key).map_err(|e| self.rocks(e))? else { return Ok(None) };
+        if value.len() != PARTITION_ROW_BYTES {
+            return Err(self.corrupt(&key, "partition row has the wrong size"));
+        }
+        Ok(Some(PartitionMeta {
+            last_seq: le_u64(&value[0..8]),
+            last_timestamp_ns: le_u64(&value[8..16]),
+            id_watermark_ms: Some(le_u64(&value[16..24])).filter(|&w| w != WATERMARK_NONE),
+        }))
+    }
+
+    /// Every stored account of one partition.
+    pub fn for_each_account(&self, partition: u32, mut visit: impl FnMut(Account)) -> Result<(), StoreError> {
+        self.scan_prefix(&partition_prefix(PREFIX_ACCOUNT, partition), |store, key, value| {
+            if value.len() != Account::WIRE_BYTES {
+                return Err(store.corrupt(key, "account row has the wrong size"));
+            }
+            visit(Account::decode(value));
+            Ok(())
+        })
+    }
+
+    pub fn account(&self, partition: u32, id: u64) -> Result<Option<Account>, StoreError> {
+        let key = account_key(partition, id);
+        let Some(value) = self.db.get(key).map_err(|e| self.rocks(e))? else { return Ok(None) };
+        if value.len() != Account::WIRE_BYTES {
+            return Err(self.corrupt(&key, "account row has the wrong size"));
+        }
+        Ok(Some(Account::decode(&value)))
+    }
+
+    /// Every stored id-table entry of one partition.
+    pub fn for_each_id(&self, partition: u32, mut visit: impl FnMut(IdEntry)) -> Result<(), StoreError> {
+        self.scan_prefix(&partition_prefix(PREFIX_ID, partition), |store, key, value| {
+            let entry = decode_id_row(key, value).ok_or_else(|| store.corrupt(key, "id row is malformed"))?;
+            visit(entry);
+            Ok(())
+        })
+    }
+
+    /// The log index of the stored batch of `partition` that contains `seq`: the batch-index row with
+    /// the greatest first_seq ≤ seq. `None` when no stored batch starts at or before it.
+    pub fn batch_containing(&self, partition: u32, seq: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        let key = batch_key(partition, seq);
+        let mut iter = self.db.iterator(IteratorMode::From(&key, Direction::Reverse));
+        let Some(row) = iter.next() else { return Ok(None) };
+        let (found_key, value) = row.map_err(|e| self.rocks(e))?;
+        if found_key.len() != 13 || found_key[0] != PREFIX_BATCH || found_key[1..5] != partition.to_be_bytes() {
+            return Ok(None);
+        }
+        if value.len() != 8 {
+            return Err(self.corrupt(&found_key, "batch-index row is not 8 bytes"));
+        }
+        Ok(Some((be_u64(&found_key[5..13]), le_u64(&value))))
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&Store, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for row in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, value) = row.map_err(|e| self.rocks(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            visit(self, &key, &value)?;
+        }
+        Ok(())
+    }
+}
+
+fn partition_prefix(prefix: u8, partition: u32) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[0] = prefix;
+    key[1..5].copy_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn partition_key(partition: u32) -> [u8; 5] {
+    partition_prefix(PREFIX_PARTITION, partition)
+}
+
+fn account_key(partition: u32, id: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..5].copy_from_slice(&partition_prefix(PREFIX_ACCOUNT, partition));
+    key[5..13].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn id_key(partition: u32, id: u128) -> [u8; 21] {
+    let mut key = [0u8; 21];
+    key[..5].copy_from_slice(&partition_prefix(PREFIX_ID, partition));
+    key[5..21].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn batch_key(partition: u32, first_seq: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..5].copy_from_slice(&partition_prefix(PREFIX_BATCH, partition));
+    key[5..13].copy_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+fn encode_id_row(entry: &IdEntry) -> [u8; ID_ROW_BYTES] {
+    let mut value = [0u8; ID_ROW_BYTES];
+    value[0..16].copy_from_slice(&entry.fingerprint.to_le_bytes());
+    value[16..18].copy_from_slice(&(entry.code as u16).to_le_bytes());
+    value[18..26].copy_from_slice(&entry.seq.to_le_bytes());
+    value[26..34].copy_from_slice(&entry.recorded_ns.to_le_bytes());
+    value
+}
+
+fn decode_id_row(key: &[u8], value: &[u8]) -> Option<IdEntry> {
+    if key.len() != 21 || value.len() != ID_ROW_BYTES {
+        return None;
+    }
+    Some(IdEntry {
+        id: u128::from_be_bytes(key[5..21].try_into().ok()?),
+        fingerprint: u128::from_le_bytes(value[0..16].try_into().ok()?),
+        code: ResultCode::from_u16(u16::from_le_bytes([value[16], value[17]]))?,
+        seq: le_u64(&value[18..26]),
+        recorded_ns: le_u64(&value[26..34]),
+    })
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("caller slices exactly 8 bytes"))
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().expect("caller slices exactly 8 bytes"))
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's whole test suite, from a fresh machine: installs what the build needs, builds everything
+# once in release mode (tests, benchmarks and binaries share that one build), and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+cargo build --release --workspace --all-targets --locked
+cargo test --release --workspace --locked

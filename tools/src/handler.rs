@@ -1,0 +1,136 @@
+//! The bridge from the protocol server to the engine.
+//!
+//! Runs on the server's event-loop thread, so it only hands work to the node (a bounded queue per
+//! shard: when a shard is saturated the hand-off waits, which stops the loop from reading more —
+//! backpressure instead of an unbounded queue) and answers from the node's callbacks, on the shard
+//! threads. Every request is answered exactly once; engine failures become typed error frames.
+
+use std::sync::Arc;
+
+use engine::shard::ShardStatus;
+use engine::{EngineError, Node};
+use net::protocol::{AccountLookup, ErrorCode, NodeStatus, PartitionStatus, Request, Response, PARTITION_FLAG_LEADER};
+use net::server::{Handler, Responder};
+use net::types::ResultCode;
+
+/// The node id a single-node deployment reports.
+pub const SINGLE_NODE_ID: u64 = 1;
+
+pub struct NodeHandler {
+    node: Arc<Node>,
+}
+
+impl NodeHandler {
+    pub fn new(node: Arc<Node>) -> NodeHandler {
+        NodeHandler { node }
+    }
+}
+
+/// The error frame for an engine failure. Shard failures and shutdown are retryable: the same
+/// request (same transfer ids) can be sent again once the node is back.
+pub fn error_response(error: &EngineError) -> Response {
+    let code = match error {
+        EngineError::ShuttingDown | EngineError::ShardFailed { .. } => ErrorCode::Unavailable,
+        EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
+        _ => ErrorCode::Internal,
+    };
+    Response::error(code, error.to_string())
+}
+
+fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
+    let mut partition_states: Vec<PartitionStatus> = shards
+        .iter()
+        .flat_map(|shard| shard.partitions.iter())
+        .map(|p| PartitionStatus {
+            partition: p.partition,
+            flags: PARTITION_FLAG_LEADER,
+            last_seq: p.last_seq,
+            commit_seq: p.last_seq,
+        })
+        .collect();
+    partition_states.sort_by_key(|p| p.partition);
+    Response::Status(NodeStatus {
+        node_id: SINGLE_NODE_ID,
+        partitions: node.config().partitions,
+        shards: node.config().shards,
+        partition_states,
+    })
+}
+
+impl Handler for NodeHandler {
+    fn handle(&self, request: Request, responder: Responder) {
+        // A submission error means the reply callback was never taken, so answer it here.
+        let submitted = match request {
+            Request::Ping => {
+                responder.respond(Response::Pong);
+                return;
+            }
+            Request::CreateAccounts(accounts) => self.node.create_accounts(
+                accounts,
+                Box::new(move |outcome| {
+                    responder.respond(match outcome {
+                        Ok(results) => Response::Results(results),
+                        Err(error) => error_response(&error),
+                    })
+                }),
+            ),
+            Request::CreateTransfers(transfers) => self.node.create_transfers(
+                transfers,
+                Box::new(move |outcome| {
+                    responder.respond(match outcome {
+                        Ok(results) => Response::Results(results),
+                        Err(error) => error_response(&error),
+                    })
+                }),
+            ),
+            // One replica: every lookup is served by the partition's leader after the log holds all it
+            // could reflect, which satisfies Linearizable, AtLeast and Any alike.
+            Request::LookupAccounts { consistency: _, ids } => {
+                let requested = ids.clone();
+                self.node.lookup_accounts(
+                    ids,
+                    Box::new(move |outcome| {
+                        responder.respond(match outcome {
+                            Ok(accounts) => Response::Accounts(
+                                requested
+                                    .iter()
+                                    .zip(accounts)
+                                    .map(|(&id, account)| match account {
+                                        Some(account) => AccountLookup::Found(account),
+                                        None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
+                                    })
+                                    .collect(),
+                            ),
+                            Err(error) => error_response(&error),
+                        })
+                    }),
+                )
+            }
+            Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
+                account_id,
+                (from_seq != 0).then_some(from_seq),
+                limit as usize,
+                Box::new(move |outcome| {
+                    responder.respond(match outcome {
+                        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
+                        // An unknown account has no history: an empty last page, like any other.
+                        Err(EngineError::AccountNotFound { .. }) => {
+                            Response::History { entries: Vec::new(), next_from_seq: None }
+                        }
+                        Err(error) => error_response(&error),
+                    })
+                }),
+            ),
+            Request::Status => {
+                let node = self.node.clone();
+                self.node.status(Box::new(move |shards| responder.respond(status_response(&node, shards))))
+            }
+        };
+        if let Err(error) = submitted {
+            // The node refused before taking the callback only when it is shutting down or the batch
+            // is over its limit; the responder was moved into the dropped callback, which answers
+            // `Internal`. Log why, so the operator sees the real cause.
+            eprintln!("walletd: request refused by the engine: {error}");
+        }
+    }
+}

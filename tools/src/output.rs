@@ -1,0 +1,172 @@
+//! How walletctl shows things: amounts in their currency's minor units ("1.00 USD"), times in UTC,
+//! result codes by name. Never floats.
+
+use net::currency::CurrencyRegistry;
+use net::types::{Account, HistoryEntry, HistoryKind, ItemResult};
+use serde_json::{json, Value};
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// Every item succeeded.
+    pub const OK: i32 = 0;
+    /// Some item was rejected, not found, or verification found drift.
+    pub const REJECTED: i32 = 1;
+    /// The command line was wrong (clap uses 2 as well).
+    pub const USAGE: i32 = 2;
+    /// The server could not be reached or answered with an error.
+    pub const UNAVAILABLE: i32 = 3;
+    /// A local data directory could not be read (in use, corrupt, missing).
+    pub const LOCAL: i32 = 4;
+}
+
+/// `minor` formatted in the ledger's currency, or raw minor units with the ledger number.
+pub fn amount(registry: &CurrencyRegistry, ledger: u32, minor: i64) -> String {
+    match registry.by_ledger(ledger) {
+        Some(currency) => format!("{} {}", currency.format_balance(minor), currency.name),
+        None => format!("{minor} (ledger {ledger}, minor units)"),
+    }
+}
+
+pub fn ledger_name(registry: &CurrencyRegistry, ledger: u32) -> String {
+    registry.by_ledger(ledger).map_or_else(|| ledger.to_string(), |c| c.name.clone())
+}
+
+/// Nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn utc_time(timestamp_ns: u64) -> String {
+    let seconds = timestamp_ns / 1_000_000_000;
+    let millis = (timestamp_ns / 1_000_000) % 1000;
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        second_of_day / 3600,
+        (second_of_day / 60) % 60,
+        second_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+pub fn result_json(result: &ItemResult) -> Value {
+    json!({
+        "index": result.index,
+        "result": result.code.name(),
+        "seq": result.seq,
+        "replayed": result.is_replayed(),
+    })
+}
+
+pub fn account_json(registry: &CurrencyRegistry, account: &Account) -> Value {
+    let currency = registry.by_ledger(account.ledger);
+    json!({
+        "id": account.id,
+        "ledger": ledger_name(registry, account.ledger),
+        "ledger_number": account.ledger,
+        "balance": currency.map(|c| c.format_balance(account.balance)),
+        "balance_minor": account.balance,
+        "external": account.is_external(),
+        "user_data": account.user_data.to_string(),
+        "created_seq": account.created_seq,
+        "last_seq": account.last_seq,
+    })
+}
+
+pub fn account_text(registry: &CurrencyRegistry, account: &Account) -> String {
+    let kind = if account.is_external() { " (external)" } else { "" };
+    format!(
+        "account {}{kind}: {}  [ledger {}, last seq {}]",
+        account.id,
+        amount(registry, account.ledger, account.balance),
+        account.ledger,
+        account.last_seq
+    )
+}
+
+/// The signed change an entry made to `account_id`'s balance.
+pub fn entry_delta(account_id: u64, entry: &HistoryEntry) -> i64 {
+    match entry.kind {
+        HistoryKind::TransferPosted if entry.transfer.debit_account_id == account_id => -(entry.transfer.amount as i64),
+        HistoryKind::TransferPosted => entry.transfer.amount as i64,
+        HistoryKind::AccountCreated | HistoryKind::TransferRejected => 0,
+    }
+}
+
+pub fn history_json(registry: &CurrencyRegistry, account: &Account, entry: &HistoryEntry) -> Value {
+    let currency = registry.by_ledger(account.ledger);
+    let delta = entry_delta(account.id, entry);
+    json!({
+        "seq": entry.seq,
+        "time": utc_time(entry.timestamp_ns),
+        "timestamp_ns": entry.timestamp_ns,
+        "kind": match entry.kind {
+            HistoryKind::AccountCreated => "account_created",
+            HistoryKind::TransferPosted => "transfer_posted",
+            HistoryKind::TransferRejected => "transfer_rejected",
+        },
+        "transfer_id": (entry.kind != HistoryKind::AccountCreated).then(|| format!("{:032x}", entry.transfer.id)),
+        "debit_account_id": entry.transfer.debit_account_id,
+        "credit_account_id": entry.transfer.credit_account_id,
+        "change": currency.map(|c| c.format_balance(delta)),
+        "change_minor": delta,
+        "balance_after": currency.map(|c| c.format_balance(entry.balance_after)),
+        "balance_after_minor": entry.balance_after,
+    })
+}
+
+pub fn history_text(registry: &CurrencyRegistry, account: &Account, entry: &HistoryEntry) -> String {
+    let delta = entry_delta(account.id, entry);
+    let what = match entry.kind {
+        HistoryKind::AccountCreated => "account created".to_string(),
+        HistoryKind::TransferPosted if entry.transfer.debit_account_id == account.id => {
+            format!("to {} (transfer {:032x})", entry.transfer.credit_account_id, entry.transfer.id)
+        }
+        HistoryKind::TransferPosted | HistoryKind::TransferRejected => {
+            format!("from {} (transfer {:032x})", entry.transfer.debit_account_id, entry.transfer.id)
+        }
+    };
+    let change = match registry.by_ledger(account.ledger) {
+        Some(c) if delta > 0 => format!("+{}", c.format_balance(delta)),
+        Some(c) => c.format_balance(delta),
+        None => delta.to_string(),
+    };
+    format!(
+        "{:>8}  {}  {:>16}  balance {:>20}  {what}",
+        entry.seq,
+        utc_time(entry.timestamp_ns),
+        change,
+        amount(registry, account.ledger, entry.balance_after)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_match_known_instants() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_time(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_time(1_764_072_000_123_000_000), "2025-11-25T12:00:00.123Z");
+    }
+
+    #[test]
+    fn amounts_use_minor_units_of_their_currency() {
+        let registry = CurrencyRegistry::with_iso_4217();
+        assert_eq!(amount(&registry, 840, 12_345), "123.45 USD");
+        assert_eq!(amount(&registry, 840, -5), "-0.05 USD");
+        assert_eq!(amount(&registry, 392, 500), "500 JPY");
+        assert_eq!(amount(&registry, 7, 500), "500 (ledger 7, minor units)");
+    }
+}

@@ -1,0 +1,148 @@
+//! `walletctl wal dump`: a stopped node's event log, record by record and event by event.
+
+use std::path::Path;
+
+use engine::event::{EventBatchView, EventBody};
+use engine::node::{DataDirLock, Manifest};
+use engine::shard::{shard_dir, RECORD_KIND_EVENTS};
+use engine::NodeConfig;
+use serde_json::{json, Value};
+use wal::{Wal, WalOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("{0}")]
+    Engine(#[from] engine::EngineError),
+    #[error("{0}")]
+    Wal(#[from] wal::WalError),
+    #[error("{0} is not a node data directory (no node.toml)")]
+    NotADataDir(String),
+    #[error("shard {shard} does not exist (the node has {shards})")]
+    NoSuchShard { shard: u32, shards: u32 },
+}
+
+pub struct DumpOptions {
+    pub shard: Option<u32>,
+    pub from_index: u64,
+    pub records_max: u64,
+    pub json: bool,
+}
+
+/// Writes the dump through `emit`, one line per record and per event.
+pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)) -> Result<(), DumpError> {
+    let manifest = Manifest::read(data_dir)?.ok_or_else(|| DumpError::NotADataDir(data_dir.display().to_string()))?;
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let shards: Vec<u32> = match options.shard {
+        Some(shard) if shard >= manifest.shards => {
+            return Err(DumpError::NoSuchShard { shard, shards: manifest.shards })
+        }
+        Some(shard) => vec![shard],
+        None => (0..manifest.shards).collect(),
+    };
+    let segment_bytes = NodeConfig::default().wal_segment_bytes;
+    for shard in shards {
+        let (log, report) =
+            Wal::open(&shard_dir(data_dir, shard).join("wal"), WalOptions { segment_bytes, ..WalOptions::default() })?;
+        if !options.json {
+            emit(format!(
+                "shard {shard}: {} segments, records {}..={}",
+                report.segments,
+                log.first_index(),
+                log.last_index()
+            ));
+        }
+        if log.last_index() < log.first_index() {
+            continue;
+        }
+        let from = options.from_index.max(log.first_index());
+        for record in log.reader(from)?.take(options.records_max as usize) {
+            let record = record?;
+            emit_record(shard, record.index, record.term, record.kind, record.payload, options.json, &mut emit);
+        }
+    }
+    Ok(())
+}
+
+fn emit_record(shard: u32, index: u64, term: u64, kind: u8, payload: &[u8], json: bool, emit: &mut impl FnMut(String)) {
+    let batch = (kind == RECORD_KIND_EVENTS).then(|| EventBatchView::new(payload));
+    match batch {
+        Some(Ok(view)) => {
+            if json {
+                let events: Vec<Value> = view.iter().map(|e| event_json(&e)).collect();
+                emit(
+                    json!({"shard": shard, "index": index, "term": term, "kind": kind, "partition": view.partition(),
+                    "first_seq": view.first_seq(), "events": events})
+                    .to_string(),
+                );
+            } else {
+                emit(format!(
+                    "record {index} term {term} kind {kind}: partition {} seq {}..={} ({} events, {} bytes)",
+                    view.partition(),
+                    view.first_seq(),
+                    view.last_seq(),
+                    view.event_count(),
+                    payload.len()
+                ));
+                for event in view.iter() {
+                    emit(format!("  {}", event_text(&event)));
+                }
+            }
+        }
+        Some(Err(error)) => emit(format!("record {index} term {term} kind {kind}: UNDECODABLE event batch: {error}")),
+        None => emit(format!("record {index} term {term} kind {kind}: {} bytes", payload.len())),
+    }
+}
+
+fn event_text(event: &engine::event::Event) -> String {
+    let head = format!("seq {} t {}", event.seq, crate::output::utc_time(event.timestamp_ns));
+    match event.body {
+        EventBody::AccountCreated { account } => {
+            format!("{head} account_created id {} ledger {} flags {:#x}", account.id, account.ledger, account.flags)
+        }
+        EventBody::AccountRejected { account, code } => {
+            format!("{head} account_rejected id {} {}", account.id, code.name())
+        }
+        EventBody::TransferPosted { transfer, debit_balance_after, credit_balance_after, .. } => format!(
+            "{head} transfer_posted {:032x} {} -> {} amount {} ledger {} (balances after {} / {})",
+            transfer.id,
+            transfer.debit_account_id,
+            transfer.credit_account_id,
+            transfer.amount,
+            transfer.ledger,
+            debit_balance_after,
+            credit_balance_after
+        ),
+        EventBody::TransferRejected { transfer, code } => format!(
+            "{head} transfer_rejected {:032x} {} -> {} amount {} ledger {}: {}",
+            transfer.id,
+            transfer.debit_account_id,
+            transfer.credit_account_id,
+            transfer.amount,
+            transfer.ledger,
+            code.name()
+        ),
+    }
+}
+
+fn event_json(event: &engine::event::Event) -> Value {
+    let base = json!({"seq": event.seq, "timestamp_ns": event.timestamp_ns, "code": event.code().name()});
+    let body = match event.body {
+        EventBody::AccountCreated { account } | EventBody::AccountRejected { account, .. } => {
+            json!({"account_id": account.id, "ledger": account.ledger, "flags": account.flags})
+        }
+        EventBody::TransferPosted { transfer, debit_balance_after, credit_balance_after, .. } => json!({
+            "transfer_id": format!("{:032x}", transfer.id), "debit_account_id": transfer.debit_account_id,
+            "credit_account_id": transfer.credit_account_id, "amount": transfer.amount, "ledger": transfer.ledger,
+            "debit_balance_after": debit_balance_after, "credit_balance_after": credit_balance_after}),
+        EventBody::TransferRejected { transfer, .. } => json!({
+            "transfer_id": format!("{:032x}", transfer.id), "debit_account_id": transfer.debit_account_id,
+            "credit_account_id": transfer.credit_account_id, "amount": transfer.amount, "ledger": transfer.ledger}),
+    };
+    let kind = format!("{:?}", event.kind());
+    let mut merged = base;
+    merged["kind"] = Value::String(kind);
+    if let (Some(target), Some(source)) = (merged.as_object_mut(), body.as_object()) {
+        target.extend(source.clone());
+    }
+    merged
+}

@@ -1,0 +1,300 @@
+//! End to end over real TCP with real `walletd` processes, driven by `walletctl` and by the Rust
+//! client: accounts, funding, transfers, balances, history, idempotent retries, rejections, clean
+//! stop, verify, wal dump, restart, and SIGKILL under load. Every test ends on conservation of money.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use net::client::{Client, ClientConfig};
+use net::protocol::{AccountLookup, Consistency};
+use net::types::{transfer_id_from_parts, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
+use serde_json::Value;
+
+/// Longest walletd may take to start listening.
+const START_TIMEOUT_MS: u64 = 30_000;
+
+struct Walletd {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Walletd {
+    fn start(data_dir: &Path, extra: &[&str]) -> Walletd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
+            .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("walletd starts");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("walletd: listening on ") {
+                    let addr = rest.split(' ').next().unwrap().to_string();
+                    let _ = sender.send(addr);
+                }
+            }
+        });
+        let addr = receiver.recv_timeout(Duration::from_millis(START_TIMEOUT_MS)).expect("walletd reports its address");
+        Walletd { child, addr: addr.parse().unwrap() }
+    }
+
+    fn ctl(&self, args: &[&str]) -> (i32, String) {
+        walletctl(&[&["--addr", &self.addr.to_string()], args].concat())
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(ClientConfig::new(vec![self.addr], 1)).expect("client connects")
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn walletctl(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_walletctl")).args(args).output().expect("walletctl runs");
+    (output.status.code().unwrap_or(-1), String::from_utf8(output.stdout).unwrap())
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn walletctl_moves_money_and_explains_every_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let node = Walletd::start(&data, &[]);
+
+    assert_eq!(node.ctl(&["account", "create", "--id", "1", "--ledger", "USD", "--external"]).0, 0);
+    assert_eq!(node.ctl(&["account", "create", "--id", "2", "--ledger", "USD"]).0, 0);
+    assert_eq!(node.ctl(&["account", "create", "--id", "3", "--ledger", "USD"]).0, 0);
+    assert_eq!(node.ctl(&["account", "create", "--id", "4", "--ledger", "EUR"]).0, 0);
+    let (code, out) = node.ctl(&["--json", "account", "create", "--id", "2", "--ledger", "USD"]);
+    assert_eq!((code, json(&out)["result"].as_str().unwrap()), (1, "exists"));
+
+    assert_eq!(node.ctl(&["transfer", "--from", "1", "--to", "2", "--amount", "100.00", "--ledger", "USD"]).0, 0);
+    assert_eq!(node.ctl(&["transfer", "--from", "2", "--to", "3", "--amount", "30", "--ledger", "USD"]).0, 0);
+
+    // A retry with the same id returns the original outcome and moves nothing.
+    let first = node
+        .ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", "42"]);
+    let again = node
+        .ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", "42"]);
+    assert_eq!((first.0, again.0), (0, 0));
+    assert_eq!(json(&first.1)["replayed"], false);
+    assert_eq!(json(&again.1)["replayed"], true);
+    assert_eq!(json(&first.1)["seq"], json(&again.1)["seq"]);
+    let conflict =
+        node.ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "6", "--ledger", "USD", "--id", "42"]);
+    assert_eq!((conflict.0, json(&conflict.1)["result"].as_str().unwrap()), (1, "exists_with_different_fields"));
+
+    // Rejections: typed, exit code 1, nothing moves.
+    let rejected = |args: &[&str]| {
+        let (code, out) = node.ctl(&[&["--json", "transfer"], args].concat());
+        assert_eq!(code, 1, "{out}");
+        json(&out)["result"].as_str().unwrap().to_string()
+    };
+    assert_eq!(rejected(&["--from", "3", "--to", "2", "--amount", "1000.00", "--ledger", "USD"]), "insufficient_funds");
+    assert_eq!(rejected(&["--from", "2", "--to", "4", "--amount", "1.00", "--ledger", "USD"]), "ledger_mismatch");
+    assert_eq!(
+        rejected(&["--from", "2", "--to", "99", "--amount", "1.00", "--ledger", "USD"]),
+        "credit_account_not_found"
+    );
+    assert_eq!(rejected(&["--from", "2", "--to", "2", "--amount", "1.00", "--ledger", "USD"]), "same_account");
+    assert_eq!(
+        node.ctl(&["transfer", "--from", "2", "--to", "3", "--amount", "1.001", "--ledger", "USD"]).0,
+        2,
+        "3 decimals for USD"
+    );
+    assert_eq!(node.ctl(&["balance", "99"]).0, 1);
+
+    let balance = |id: &str| json(&node.ctl(&["--json", "balance", id]).1)["balance"].as_str().unwrap().to_string();
+    assert_eq!(balance("2"), "70.00");
+    assert_eq!(balance("3"), "35.25");
+    assert_eq!(balance("1"), "-105.25");
+
+    let (code, out) = node.ctl(&["--json", "history", "2", "--limit", "1"]);
+    assert_eq!(code, 0);
+    let history = json(&out)["history"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = history.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["account_created", "transfer_posted", "transfer_posted"]);
+    let after: Vec<&str> = history.iter().map(|e| e["balance_after"].as_str().unwrap()).collect();
+    assert_eq!(after, ["0.00", "100.00", "70.00"], "the running balance explains the final one");
+    let (code, text) = node.ctl(&["history", "2"]);
+    assert!(code == 0 && text.contains("balance") && text.contains("70.00 USD"), "{text}");
+
+    let (code, out) = node.ctl(&["--json", "status"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["partitions"], 1);
+
+    assert!(node.terminate().success(), "SIGTERM stops walletd cleanly");
+    let (code, out) = walletctl(&["verify", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verify: OK"));
+    let (code, out) = walletctl(&["wal", "dump", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("transfer_posted") && out.contains("transfer_rejected") && out.contains("insufficient_funds"),
+        "{out}"
+    );
+
+    let node = Walletd::start(&data, &[]);
+    assert_eq!(json(&node.ctl(&["--json", "balance", "2"]).1)["balance"], "70.00", "state survives a restart");
+    node.terminate();
+}
+
+#[test]
+fn a_bad_frame_closes_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Walletd::start(&dir.path().join("node"), &[]);
+    let mut good = node.client();
+    good.ping().expect("ping");
+    let mut bad = TcpStream::connect(node.addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = bad.read_to_end(&mut answer);
+    assert!(answer.len() >= net::protocol::HEADER_BYTES, "an error frame comes back before the close");
+    assert_eq!(&answer[0..4], b"WALT");
+    let kind = u16::from_le_bytes([answer[6], answer[7]]);
+    assert_eq!(kind, net::protocol::kind::ERROR);
+    good.ping().expect("the other connection is untouched");
+    let mut wrong_cluster = Client::connect(ClientConfig::new(vec![node.addr], 7)).unwrap();
+    assert!(wrong_cluster.ping().is_err(), "a wrong cluster id is refused");
+    good.ping().expect("still untouched");
+    node.terminate();
+}
+
+const LOAD_ACCOUNTS: u64 = 20;
+const LOAD_EXTERNAL: u64 = 1000;
+const LOAD_FUNDING: u64 = 1_000_000_000;
+const LOAD_BATCH: u64 = 200;
+
+fn load_transfer(n: u64) -> Transfer {
+    let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let debit = 1 + mixed % LOAD_ACCOUNTS;
+    let credit = 1 + (debit - 1 + 1 + (mixed >> 32) % (LOAD_ACCOUNTS - 1)) % LOAD_ACCOUNTS;
+    Transfer {
+        id: transfer_id_from_parts(1_700_000_000_000, (7u128 << 64) | n as u128),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount: 1 + mixed % 97,
+        ledger: 840,
+        flags: 0,
+        user_data: 0,
+    }
+}
+
+fn balances(client: &mut Client) -> Vec<i64> {
+    let ids: Vec<u64> = (1..=LOAD_ACCOUNTS).chain([LOAD_EXTERNAL]).collect();
+    client
+        .lookup_accounts(Consistency::Linearizable, &ids)
+        .unwrap()
+        .iter()
+        .map(|l| match l {
+            AccountLookup::Found(a) => a.balance,
+            AccountLookup::NotFound { id, .. } => panic!("account {id} lost"),
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let node = Walletd::start(&data, &[]);
+    let mut setup = node.client();
+    let mut accounts: Vec<CreateAccount> =
+        (1..=LOAD_ACCOUNTS).map(|id| CreateAccount { id, ledger: 840, flags: 0, user_data: 0 }).collect();
+    accounts.push(CreateAccount { id: LOAD_EXTERNAL, ledger: 840, flags: ACCOUNT_FLAG_EXTERNAL, user_data: 0 });
+    assert!(setup.create_accounts(&accounts).unwrap().iter().all(|r| r.code == ResultCode::Ok));
+    let funding: Vec<Transfer> = (1..=LOAD_ACCOUNTS)
+        .map(|id| Transfer {
+            id: transfer_id_from_parts(1_700_000_000_000, (9u128 << 64) | id as u128),
+            debit_account_id: LOAD_EXTERNAL,
+            credit_account_id: id,
+            amount: LOAD_FUNDING,
+            ledger: 840,
+            flags: 0,
+            user_data: 0,
+        })
+        .collect();
+    assert!(setup.create_transfers(&funding).unwrap().iter().all(|r| r.code == ResultCode::Ok));
+
+    // The sender records which batches were acknowledged; the batch in flight at the kill is unknown.
+    let acked = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (acked, stop, mut client) = (acked.clone(), stop.clone(), node.client());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut next = 1;
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                let batch: Vec<Transfer> = (next..next + LOAD_BATCH).map(load_transfer).collect();
+                match client.create_transfers(&batch) {
+                    Ok(results) => {
+                        assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+                        next += LOAD_BATCH;
+                        *acked.lock().unwrap() = next - 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            next
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    node.sigkill();
+    stop.store(true, Ordering::Release);
+    let sent_end = sender.join().unwrap() + LOAD_BATCH;
+    let acked_last = *acked.lock().unwrap();
+    assert!(acked_last > 0, "nothing was acknowledged before the kill: the test proved nothing");
+
+    let node = Walletd::start(&data, &[]);
+    let mut client = node.client();
+    let before = balances(&mut client);
+    assert_eq!(before.iter().map(|&b| b as i128).sum::<i128>(), 0, "the ledger sums to zero after the crash");
+    assert!(before[..LOAD_ACCOUNTS as usize].iter().all(|&b| b >= 0));
+    // Every acknowledged transfer is there: resending it is a replay that changes nothing.
+    for start in (1..=acked_last).step_by(LOAD_BATCH as usize) {
+        let batch: Vec<Transfer> = (start..start + LOAD_BATCH).map(load_transfer).collect();
+        for result in client.create_transfers_retrying(&batch).unwrap() {
+            assert_eq!(result.code, ResultCode::Ok);
+            assert!(result.is_replayed(), "an acknowledged transfer was lost");
+        }
+    }
+    assert_eq!(before, balances(&mut client), "replays moved money");
+    // Resending the unacknowledged tail applies each transfer exactly once, whatever the crash kept.
+    for start in (acked_last + 1..sent_end).step_by(LOAD_BATCH as usize) {
+        let batch: Vec<Transfer> = (start..start + LOAD_BATCH).map(load_transfer).collect();
+        assert!(client.create_transfers_retrying(&batch).unwrap().iter().all(|r| r.code == ResultCode::Ok));
+    }
+    let mut expected = vec![LOAD_FUNDING as i64; LOAD_ACCOUNTS as usize];
+    expected.push(-((LOAD_FUNDING * LOAD_ACCOUNTS) as i64));
+    let last = acked_last.max(sent_end - 1);
+    for n in 1..=last {
+        let t = load_transfer(n);
+        expected[t.debit_account_id as usize - 1] -= t.amount as i64;
+        expected[t.credit_account_id as usize - 1] += t.amount as i64;
+    }
+    assert_eq!(balances(&mut client), expected, "each transfer applied exactly once");
+    assert!(node.terminate().success());
+    let (code, out) = walletctl(&["verify", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
