@@ -26,7 +26,8 @@ pub struct Args {
     /// Node addresses, comma-separated (host:port).
     #[arg(long, value_delimiter = ',')]
     pub addr: Vec<String>,
-    #[arg(long, default_value_t = 0)]
+    /// Cluster id the node was created with (walletd's default is 1; 0 is reserved).
+    #[arg(long, default_value_t = 1)]
     pub cluster_id: u128,
     /// Measured phase length (after the warmup), e.g. 10s, 500ms, 2m. Default 10s unless --transfers.
     #[arg(long, value_parser = parse_duration)]

@@ -82,7 +82,7 @@ impl RunConfig {
     pub fn new(addresses: Vec<SocketAddr>) -> RunConfig {
         RunConfig {
             addresses,
-            cluster_id: 0,
+            cluster_id: 1,
             rate_per_second: None,
             duration: Duration::from_millis(DURATION_DEFAULT_MS),
             transfers_max: None,
