@@ -127,6 +127,11 @@ pub struct Shard {
     /// Partitions owned by this shard, indexed by `partition / shards`.
     partitions: Vec<PartitionState>,
     recent_batches: Vec<RecentBatches>,
+    /// Per owned partition: id-table entries written to the store so far, and the chunks holding them.
+    ids_emitted: Vec<u64>,
+    id_chunks: Vec<IdChunks>,
+    /// Reused by every checkpoint: one partition's newly inserted id entries.
+    inserted_ids: Vec<crate::idempotency::IdEntry>,
     /// Per owned partition: the event buffer of the current round (reused, never shrunk).
     buffers: Vec<EventBuffer>,
     touched: Vec<usize>,
@@ -164,24 +169,54 @@ pub fn partition_config(config: &NodeConfig, partition: u32) -> PartitionConfig 
     }
 }
 
-/// Rebuilds one partition from its checkpoint rows (or empty when the store has none).
-pub fn restore_partition(store: &Store, config: &NodeConfig, partition: u32) -> Result<PartitionState, EngineError> {
+/// A partition's id-table chunks in the store: (position, entry count), oldest first.
+type IdChunks = VecDeque<(u64, u64)>;
+
+/// Rebuilds one partition from its checkpoint rows (or empty when the store has none), with the
+/// bookkeeping of its id-table chunks.
+pub fn restore_partition(
+    store: &Store,
+    config: &NodeConfig,
+    partition: u32,
+) -> Result<(PartitionState, PartitionMeta, IdChunks), EngineError> {
     let partition_config = partition_config(config, partition);
     let Some(meta) = store.partition_meta(partition)? else {
-        return Ok(PartitionState::new(partition_config));
+        return Ok((PartitionState::new(partition_config), PartitionMeta::default(), IdChunks::new()));
     };
     let mut accounts = Vec::new();
     store.for_each_account(partition, |account| accounts.push(account))?;
-    let mut ids = Vec::new();
-    store.for_each_id(partition, |entry| ids.push(entry))?;
-    Ok(PartitionState::restore(
+    // The live id table is the last `ids_live` entries ever emitted: eviction only ever takes the oldest.
+    let first_live = meta
+        .ids_emitted
+        .checked_sub(meta.ids_live)
+        .ok_or_else(|| corrupt_ids(partition, "more live ids than ever written"))?;
+    let mut ids = Vec::with_capacity(meta.ids_live as usize);
+    let mut chunks = IdChunks::new();
+    for (position, entries) in store.id_chunks(partition)? {
+        let end = position + entries.len() as u64;
+        chunks.push_back((position, entries.len() as u64));
+        if end > first_live {
+            let skip = first_live.saturating_sub(position) as usize;
+            ids.extend_from_slice(&entries[skip..]);
+        }
+    }
+    if ids.len() as u64 != meta.ids_live {
+        return Err(corrupt_ids(partition, "id chunks do not hold the live id table"));
+    }
+    let state = PartitionState::try_restore(
         partition_config,
         meta.last_seq,
         meta.last_timestamp_ns,
         meta.id_watermark_ms,
         accounts,
         ids,
-    ))
+    )
+    .map_err(|e| EngineError::Store(format!("partition {partition}: checkpoint rows are inconsistent: {e}")))?;
+    Ok((state, meta, chunks))
+}
+
+fn corrupt_ids(partition: u32, why: &str) -> EngineError {
+    EngineError::Store(format!("partition {partition}: {why}"))
 }
 
 impl Shard {
@@ -192,14 +227,22 @@ impl Shard {
         let store = Store::open(&dir.join("state"))?;
         let checkpoint_index = store.applied_index()?;
         let mut partitions = Vec::new();
+        let mut ids_emitted = Vec::new();
+        let mut id_chunks = Vec::new();
         for partition in owned_partitions(id, config.shards, config.partitions) {
-            partitions.push(restore_partition(&store, config, partition)?);
+            let (state, meta, chunks) = restore_partition(&store, config, partition)?;
+            partitions.push(state);
+            ids_emitted.push(meta.ids_emitted);
+            id_chunks.push(chunks);
         }
         let (wal, wal_report) = Wal::open(&dir.join("wal"), wal_options(config))?;
         let mut shard = Shard {
             id,
             config: config.clone(),
             recent_batches: vec![Vec::new(); partitions.len()],
+            ids_emitted,
+            id_chunks,
+            inserted_ids: Vec::new(),
             buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
             partitions,
             touched: Vec::new(),
@@ -315,7 +358,11 @@ impl Shard {
             self.end_round();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
             if self.checkpoint_due() && self.owed.is_empty() {
-                let _ = self.checkpoint();
+                if let Err(error) = self.checkpoint() {
+                    // The chunk bookkeeping in memory may now be ahead of the store: stop, and let a
+                    // restart rebuild from the store and the log.
+                    self.fail(format!("checkpoint failed: {error}"));
+                }
             }
             if let Some(reply) = shutdown {
                 return self.close(reply);
@@ -484,15 +531,37 @@ impl Shard {
         let mut checkpoint = Checkpoint::default();
         for (slot, state) in self.partitions.iter_mut().enumerate() {
             let partition = state.partition();
+            let inserted = &mut self.inserted_ids;
+            inserted.clear();
             state.drain_dirty(|row| match row {
                 DirtyRow::Account(account) => checkpoint.put_account(partition, account),
-                DirtyRow::IdInserted(entry) => checkpoint.put_id(partition, entry),
-                DirtyRow::IdEvicted(id) => checkpoint.delete_id(partition, id),
+                DirtyRow::IdInserted(entry) => inserted.push(*entry),
+                // Eviction is FIFO: evicted entries are whole chunks' worth, dropped below.
+                DirtyRow::IdEvicted(_) => {}
             });
+            let emitted = &mut self.ids_emitted[slot];
+            let chunks = &mut self.id_chunks[slot];
+            if !inserted.is_empty() {
+                checkpoint.put_id_chunk(partition, *emitted, inserted);
+                chunks.push_back((*emitted, inserted.len() as u64));
+                *emitted += inserted.len() as u64;
+            }
+            let ids_live = state.ids().len() as u64;
+            assert!(ids_live <= *emitted, "every live id was written at some checkpoint");
+            let first_live = *emitted - ids_live;
+            while let Some(&(position, count)) = chunks.front() {
+                if position + count > first_live {
+                    break;
+                }
+                checkpoint.delete_id_chunk(partition, position);
+                chunks.pop_front();
+            }
             let meta = PartitionMeta {
                 last_seq: state.last_seq(),
                 last_timestamp_ns: state.last_timestamp_ns(),
                 id_watermark_ms: state.id_watermark_ms(),
+                ids_emitted: *emitted,
+                ids_live,
             };
             checkpoint.put_partition_meta(partition, &meta);
             for (first_seq, index) in self.recent_batches[slot].drain(..) {

@@ -10,7 +10,8 @@
 //! - `M`                                  → applied log index (u64) + format version (u32)
 //! - `P` partition u32                    → partition meta: last_seq, last_timestamp_ns, id watermark
 //! - `A` partition u32, account u64       → account row (`Account` wire layout, 56 bytes)
-//! - `I` partition u32, transfer id u128  → id-table entry: fingerprint u128, code u16, seq u64, recorded_ns u64
+//! - `I` partition u32, position u64      → a chunk of id-table entries, in arrival order from `position`
+//!   (each: id u128, fingerprint u128, code u16, seq u64, recorded_ns u64 = 50 bytes)
 //! - `B` partition u32, first_seq u64     → log index of the event batch that starts at first_seq
 
 use std::path::Path;
@@ -21,7 +22,7 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use crate::idempotency::IdEntry;
 
 /// Version of the key/value layout above; a store written by another version is refused.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 /// RocksDB memtable size: bounds memory between flushes and the size of one flush.
 pub const STORE_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
@@ -32,8 +33,8 @@ const PREFIX_ID: u8 = b'I';
 const PREFIX_BATCH: u8 = b'B';
 /// Stored watermark meaning "nothing evicted": id timestamps have 48 bits, so it is never a real one.
 const WATERMARK_NONE: u64 = u64::MAX;
-const ID_ROW_BYTES: usize = 16 + 2 + 8 + 8;
-const PARTITION_ROW_BYTES: usize = 24;
+const ID_ENTRY_BYTES: usize = 16 + 16 + 2 + 8 + 8;
+const PARTITION_ROW_BYTES: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +54,10 @@ pub struct PartitionMeta {
     /// Largest id-timestamp (ms) evicted from the partition's idempotency table; `None` = nothing
     /// evicted yet (distinct from `Some(0)`: evicted small ids must stay refused after a restart).
     pub id_watermark_ms: Option<u64>,
+    /// Id-table entries written to the store so far, in arrival order (the next chunk's position).
+    pub ids_emitted: u64,
+    /// Entries of the id table at the checkpoint: the last `ids_live` emitted ones (eviction is FIFO).
+    pub ids_live: u64,
 }
 
 /// Everything a checkpoint writes, accumulated by the shard between checkpoints.
@@ -70,13 +75,20 @@ impl Checkpoint {
         self.rows += 1;
     }
 
-    pub fn put_id(&mut self, partition: u32, entry: &IdEntry) {
-        self.batch.put(id_key(partition, entry.id), encode_id_row(entry));
+    /// One row for every id entry a checkpoint adds: the id table costs the store one write per
+    /// partition per checkpoint, not one per transfer.
+    pub fn put_id_chunk(&mut self, partition: u32, position: u64, entries: &[IdEntry]) {
+        let mut value = Vec::with_capacity(entries.len() * ID_ENTRY_BYTES);
+        for entry in entries {
+            value.extend_from_slice(&encode_id_entry(entry));
+        }
+        self.batch.put(id_chunk_key(partition, position), value);
         self.rows += 1;
     }
 
-    pub fn delete_id(&mut self, partition: u32, id: u128) {
-        self.batch.delete(id_key(partition, id));
+    /// Drops a chunk whose entries have all been evicted.
+    pub fn delete_id_chunk(&mut self, partition: u32, position: u64) {
+        self.batch.delete(id_chunk_key(partition, position));
         self.rows += 1;
     }
 
@@ -85,6 +97,8 @@ impl Checkpoint {
         value[0..8].copy_from_slice(&meta.last_seq.to_le_bytes());
         value[8..16].copy_from_slice(&meta.last_timestamp_ns.to_le_bytes());
         value[16..24].copy_from_slice(&meta.id_watermark_ms.unwrap_or(WATERMARK_NONE).to_le_bytes());
+        value[24..32].copy_from_slice(&meta.ids_emitted.to_le_bytes());
+        value[32..40].copy_from_slice(&meta.ids_live.to_le_bytes());
         self.batch.put(partition_key(partition), value);
         self.rows += 1;
     }
@@ -187,6 +201,8 @@ impl Store {
             last_seq: le_u64(&value[0..8]),
             last_timestamp_ns: le_u64(&value[8..16]),
             id_watermark_ms: Some(le_u64(&value[16..24])).filter(|&w| w != WATERMARK_NONE),
+            ids_emitted: le_u64(&value[24..32]),
+            ids_live: le_u64(&value[32..40]),
         }))
     }
 
@@ -210,13 +226,19 @@ impl Store {
         Ok(Some(Account::decode(&value)))
     }
 
-    /// Every stored id-table entry of one partition.
-    pub fn for_each_id(&self, partition: u32, mut visit: impl FnMut(IdEntry)) -> Result<(), StoreError> {
+    /// Every stored id-table chunk of one partition, in position order: (position, entries).
+    pub fn id_chunks(&self, partition: u32) -> Result<Vec<(u64, Vec<IdEntry>)>, StoreError> {
+        let mut chunks = Vec::new();
         self.scan_prefix(&partition_prefix(PREFIX_ID, partition), |store, key, value| {
-            let entry = decode_id_row(key, value).ok_or_else(|| store.corrupt(key, "id row is malformed"))?;
-            visit(entry);
+            if key.len() != 13 || value.is_empty() || value.len() % ID_ENTRY_BYTES != 0 {
+                return Err(store.corrupt(key, "id chunk is malformed"));
+            }
+            let entries: Option<Vec<IdEntry>> = value.chunks_exact(ID_ENTRY_BYTES).map(decode_id_entry).collect();
+            let entries = entries.ok_or_else(|| store.corrupt(key, "id chunk holds an unknown result code"))?;
+            chunks.push((be_u64(&key[5..13]), entries));
             Ok(())
-        })
+        })?;
+        Ok(chunks)
     }
 
     /// The log index of the stored batch of `partition` that contains `seq`: the batch-index row with
@@ -269,10 +291,10 @@ fn account_key(partition: u32, id: u64) -> [u8; 13] {
     key
 }
 
-fn id_key(partition: u32, id: u128) -> [u8; 21] {
-    let mut key = [0u8; 21];
+fn id_chunk_key(partition: u32, position: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
     key[..5].copy_from_slice(&partition_prefix(PREFIX_ID, partition));
-    key[5..21].copy_from_slice(&id.to_be_bytes());
+    key[5..13].copy_from_slice(&position.to_be_bytes());
     key
 }
 
@@ -283,25 +305,23 @@ fn batch_key(partition: u32, first_seq: u64) -> [u8; 13] {
     key
 }
 
-fn encode_id_row(entry: &IdEntry) -> [u8; ID_ROW_BYTES] {
-    let mut value = [0u8; ID_ROW_BYTES];
-    value[0..16].copy_from_slice(&entry.fingerprint.to_le_bytes());
-    value[16..18].copy_from_slice(&(entry.code as u16).to_le_bytes());
-    value[18..26].copy_from_slice(&entry.seq.to_le_bytes());
-    value[26..34].copy_from_slice(&entry.recorded_ns.to_le_bytes());
+fn encode_id_entry(entry: &IdEntry) -> [u8; ID_ENTRY_BYTES] {
+    let mut value = [0u8; ID_ENTRY_BYTES];
+    value[0..16].copy_from_slice(&entry.id.to_le_bytes());
+    value[16..32].copy_from_slice(&entry.fingerprint.to_le_bytes());
+    value[32..34].copy_from_slice(&(entry.code as u16).to_le_bytes());
+    value[34..42].copy_from_slice(&entry.seq.to_le_bytes());
+    value[42..50].copy_from_slice(&entry.recorded_ns.to_le_bytes());
     value
 }
 
-fn decode_id_row(key: &[u8], value: &[u8]) -> Option<IdEntry> {
-    if key.len() != 21 || value.len() != ID_ROW_BYTES {
-        return None;
-    }
+fn decode_id_entry(value: &[u8]) -> Option<IdEntry> {
     Some(IdEntry {
-        id: u128::from_be_bytes(key[5..21].try_into().ok()?),
-        fingerprint: u128::from_le_bytes(value[0..16].try_into().ok()?),
-        code: ResultCode::from_u16(u16::from_le_bytes([value[16], value[17]]))?,
-        seq: le_u64(&value[18..26]),
-        recorded_ns: le_u64(&value[26..34]),
+        id: u128::from_le_bytes(value[0..16].try_into().ok()?),
+        fingerprint: u128::from_le_bytes(value[16..32].try_into().ok()?),
+        code: ResultCode::from_u16(u16::from_le_bytes([value[32], value[33]]))?,
+        seq: le_u64(&value[34..42]),
+        recorded_ns: le_u64(&value[42..50]),
     })
 }
 
