@@ -44,7 +44,7 @@ impl ModelServer {
 
     fn start(self) -> ServerHandle {
         let listen = "127.0.0.1:0".parse().expect("literal address");
-        Server::start(ServerConfig::new(listen, 0), self).expect("loopback server starts")
+        Server::start(ServerConfig::new(listen, 1), self).expect("loopback server starts")
     }
 
     fn transfer(&self, ledger: &mut Ledger, transfer: &net::types::Transfer) -> ResultCode {
