@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod join;
 pub mod node;
 pub mod partition;
+pub mod raft_storage;
 pub mod shard;
 pub mod store;
 pub mod verify;

@@ -647,6 +647,26 @@ impl Wal {
         Ok(())
     }
 
+    /// Empties the log so that the next append must carry `next_index` (a follower installing a
+    /// snapshot). Waits for writes in flight, deletes segments newest first (a crash mid-way
+    /// leaves a contiguous prefix of the old log), then creates a fresh segment starting at
+    /// `next_index`; durable when it returns.
+    pub fn reset(&mut self, next_index: u64) -> Result<(), WalError> {
+        self.check_healthy()?;
+        if next_index == 0 {
+            return Err(WalError::InvalidOptions { reason: "reset to index 0".to_string() });
+        }
+        self.wait()?;
+        while let Some(segment) = self.segments.pop_back() {
+            self.delete_segment(segment)?;
+        }
+        self.segments.push_back(new_segment(&self.dir, next_index, self.options.segment_bytes));
+        self.terms = TermRuns::default();
+        self.last_index = next_index - 1;
+        self.durable_index = self.last_index;
+        self.ensure_segment_file(0).map_err(|error| self.poison_on_io(error))
+    }
+
     /// Unlinks one segment and syncs the directory before the next, so a crash mid-way leaves
     /// a contiguous run of segments, never a gap.
     fn delete_segment(&mut self, segment: Segment) -> Result<(), WalError> {
