@@ -204,18 +204,7 @@ impl Storage for WalStorage {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(StorageError::NotContiguous { expected: pair[0].index + 1, got: pair[1].index });
-            }
-        }
-        let last_index = self.last_index()?;
-        if first.index > last_index + 1 {
-            return Err(StorageError::NotContiguous { expected: last_index + 1, got: first.index });
-        }
-        if first.index < self.offset() {
-            return Err(StorageError::Compacted { index: first.index, first_index: self.offset() });
-        }
+        raft::storage::check_append(entries, self.offset(), self.last_index()?)?;
         self.wal.truncate_suffix(first.index).map_err(WalStorageError::from)?;
         if let Err(error) = self.append_durably(entries) {
             // Drop whatever part of the slice got in; if that fails too the wal is poisoned and

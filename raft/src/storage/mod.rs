@@ -13,6 +13,25 @@ use crate::types::{ConfState, Entry, HardState, Snapshot};
 
 pub type StorageResult<T> = std::result::Result<T, StorageError>;
 
+/// The preconditions every `Storage::append` checks before writing anything: entries are consecutive,
+/// leave no gap after `last_index`, and do not reach into the compacted prefix before `first_index`.
+/// Shared so that every store refuses the same inputs with the same errors.
+pub fn check_append(entries: &[Entry], first_index: u64, last_index: u64) -> StorageResult<()> {
+    let Some(first) = entries.first() else { return Ok(()) };
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(StorageError::NotContiguous { expected: pair[0].index + 1, got: pair[1].index });
+        }
+    }
+    if first.index > last_index + 1 {
+        return Err(StorageError::NotContiguous { expected: last_index + 1, got: first.index });
+    }
+    if first.index < first_index {
+        return Err(StorageError::Compacted { index: first.index, first_index });
+    }
+    Ok(())
+}
+
 /// What a replica reloads after a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RaftState {
