@@ -330,9 +330,15 @@ impl Worker<'_> {
         // Busy before the send: if the send fails the batch may still have reached the server, and
         // recovery resends it with the same ids to learn its outcome.
         self.busy.push(index);
-        match client.send(&slot.request) {
+        self.send_slot(client, index)
+    }
+
+    /// Sends (or resends, with the same transfer ids) the batch in `index`; a retryable failure goes to
+    /// recovery, which learns the batch's outcome by resending it.
+    fn send_slot(&mut self, client: &mut Client, index: usize) -> Result<(), WorkerError> {
+        match client.send(&self.slots[index].request) {
             Ok(request_id) => {
-                slot.request_id = request_id;
+                self.slots[index].request_id = request_id;
                 Ok(())
             }
             Err(error) if error.is_retryable() => self.recover(client, error),
@@ -371,14 +377,7 @@ impl Worker<'_> {
                 slot.retries += 1;
                 let backoff_ms = (RETRY_BACKOFF_MS << slot.retries.min(8)).min(RETRY_BACKOFF_MS_MAX);
                 std::thread::sleep(Duration::from_millis(backoff_ms));
-                match client.send(&slot.request) {
-                    Ok(request_id) => {
-                        slot.request_id = request_id;
-                        Ok(())
-                    }
-                    Err(error) if error.is_retryable() => self.recover(client, error),
-                    Err(error) => Err(error.into()),
-                }
+                self.send_slot(client, index)
             }
             Response::Error { code, message } => Err(WorkerError::Server { code, message }),
             other => Err(WorkerError::Unexpected(format!("{other:?}"))),

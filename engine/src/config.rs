@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const PARTITIONS_MAX: u32 = 4096;
 /// Largest shard (thread) count per node.
 pub const SHARDS_MAX: u32 = 256;
-/// Largest number of items (transfers or accounts) one client batch may carry; equals the protocol's.
-pub const BATCH_ITEMS_MAX: usize = 8190;
+/// Largest number of items (transfers or accounts) one client batch may carry: the protocol's limit.
+pub const BATCH_ITEMS_MAX: usize = net::protocol::BATCH_ITEMS_MAX;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

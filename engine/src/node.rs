@@ -25,8 +25,8 @@ pub const MANIFEST_FILE: &str = "node.toml";
 pub const DATA_FORMAT_VERSION: u32 = 1;
 /// Longest a blocking call waits for its answer before reporting the node unavailable.
 pub const BLOCKING_CALL_TIMEOUT_MS: u64 = 60_000;
-/// Most history entries one page may carry.
-pub const HISTORY_PAGE_ENTRIES_MAX: usize = 8190;
+/// Most history entries one page may carry: the protocol's limit.
+pub const HISTORY_PAGE_ENTRIES_MAX: usize = net::protocol::HISTORY_LIMIT_MAX as usize;
 
 /// What a data directory was created with; a node refuses to open it with anything else.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -317,7 +317,7 @@ impl Node {
     ) -> Result<(), EngineError> {
         let limit = limit.clamp(1, HISTORY_PAGE_ENTRIES_MAX);
         let shard = self.shard_of_partition(self.partition_of(account_id));
-        self.send(shard, ShardCommand::History { account_id, before_seq: from_seq.unwrap_or(u64::MAX), limit, reply })
+        self.send(shard, ShardCommand::History { account_id, from_seq: from_seq.unwrap_or(u64::MAX), limit, reply })
     }
 
     /// Every shard's status.

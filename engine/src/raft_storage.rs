@@ -146,13 +146,7 @@ impl Storage for WalStorage {
     }
 
     fn entries(&self, low: u64, high: u64, bytes_max: u64) -> StorageResult<Vec<Entry>> {
-        let last_index = self.last_index()?;
-        if low < self.offset() {
-            return Err(StorageError::Compacted { index: low, first_index: self.offset() });
-        }
-        if high > last_index + 1 {
-            return Err(StorageError::Unavailable { index: high - 1, last_index });
-        }
+        raft::storage::check_entries_range(low, high, self.offset(), self.last_index()?)?;
         let mut out = Vec::new();
         if low >= high {
             return Ok(out);

@@ -65,7 +65,8 @@ pub enum ShardCommand {
     },
     History {
         account_id: u64,
-        before_seq: u64,
+        /// Inclusive; `u64::MAX` means the newest event.
+        from_seq: u64,
         limit: usize,
         reply: HistoryReply,
     },
@@ -406,11 +407,11 @@ impl Shard {
                 self.round_owed.push(Owed::Lookup { answers, reply });
                 ids.len()
             }
-            ShardCommand::History { account_id, before_seq, limit, reply } => {
+            ShardCommand::History { account_id, from_seq, limit, reply } => {
                 // History is read from the log itself, so everything in memory must reach it first.
                 self.end_round();
                 self.drive_log(true);
-                reply(self.history(account_id, before_seq, limit));
+                reply(self.history(account_id, from_seq, limit));
                 1
             }
             ShardCommand::Checkpoint { reply } => {
@@ -574,7 +575,7 @@ impl Shard {
         Ok(())
     }
 
-    fn history(&self, account_id: u64, before_seq: u64, limit: usize) -> Result<history::HistoryPage, EngineError> {
+    fn history(&self, account_id: u64, from_seq: u64, limit: usize) -> Result<history::HistoryPage, EngineError> {
         let partition = net::types::partition_of(account_id, self.config.partitions);
         let slot = self.slot(partition);
         let Some(account) = self.partitions[slot].account(account_id) else {
@@ -586,7 +587,7 @@ impl Shard {
             &self.recent_batches[slot],
             partition,
             &account,
-            before_seq,
+            from_seq,
             limit,
             self.wal.durable_index(),
         )

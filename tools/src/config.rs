@@ -84,15 +84,20 @@ impl WalletdConfig {
     }
 }
 
-/// Parses a cluster id given in decimal or as 0x-prefixed hex.
-pub fn parse_cluster_id(text: &str) -> Result<u128, String> {
-    let parsed = match text.strip_prefix("0x") {
+/// Parses a u128 given in decimal or as 0x-prefixed hex (cluster ids, transfer ids).
+pub fn parse_u128(text: &str) -> Result<u128, String> {
+    match text.strip_prefix("0x") {
         Some(hex) => u128::from_str_radix(hex, 16),
         None => text.parse(),
-    };
-    match parsed {
+    }
+    .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Parses a cluster id (decimal or 0x hex); 0 is reserved.
+pub fn parse_cluster_id(text: &str) -> Result<u128, String> {
+    match parse_u128(text) {
         Ok(0) => Err("cluster id 0 is reserved".into()),
         Ok(id) => Ok(id),
-        Err(e) => Err(format!("invalid cluster id {text:?}: {e}")),
+        Err(e) => Err(format!("invalid cluster id {e}")),
     }
 }

@@ -13,6 +13,17 @@ use crate::types::{ConfState, Entry, HardState, Snapshot};
 
 pub type StorageResult<T> = std::result::Result<T, StorageError>;
 
+/// The bounds every `Storage::entries` checks: `low` not compacted, `high` at most one past the end.
+pub fn check_entries_range(low: u64, high: u64, first_index: u64, last_index: u64) -> StorageResult<()> {
+    if low < first_index {
+        return Err(StorageError::Compacted { index: low, first_index });
+    }
+    if high > last_index + 1 {
+        return Err(StorageError::Unavailable { index: high - 1, last_index });
+    }
+    Ok(())
+}
+
 /// The preconditions every `Storage::append` checks before writing anything: entries are consecutive,
 /// leave no gap after `last_index`, and do not reach into the compacted prefix before `first_index`.
 /// Shared so that every store refuses the same inputs with the same errors.

@@ -11,7 +11,7 @@ use net::currency::{Currency, CurrencyRegistry};
 use net::protocol::{AccountLookup, Consistency, HISTORY_LIMIT_MAX};
 use net::types::{Account, CreateAccount, HistoryEntry, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::json;
-use tools::config::{parse_cluster_id, WalletdConfig, LISTEN_DEFAULT};
+use tools::config::{parse_cluster_id, parse_u128, WalletdConfig, LISTEN_DEFAULT};
 use tools::output::{self, exit};
 use tools::wal_dump::{self, DumpOptions};
 
@@ -117,14 +117,6 @@ enum WalCommand {
         #[arg(long, default_value_t = u64::MAX)]
         limit: u64,
     },
-}
-
-fn parse_u128(text: &str) -> Result<u128, String> {
-    match text.strip_prefix("0x") {
-        Some(hex) => u128::from_str_radix(hex, 16),
-        None => text.parse(),
-    }
-    .map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// A failure with the exit code it maps to.
