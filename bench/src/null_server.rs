@@ -24,6 +24,7 @@ impl Handler for NullHandler {
                 partitions: self.partitions,
                 shards: 1,
                 partition_states: Vec::new(),
+                nodes: Vec::new(),
             }),
             Request::Ping => Response::Pong,
             Request::LookupAccounts { ids, .. } => Response::Accounts(

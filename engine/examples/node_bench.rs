@@ -186,7 +186,7 @@ fn run_once(options: &Options, run: usize) -> RunResult {
         inflight.fetch_add(1, Ordering::AcqRel);
         let sent = Instant::now();
         let (histogram, completed, inflight) = (histogram.clone(), completed.clone(), inflight.clone());
-        let batch = std::mem::replace(&mut pending, Vec::new());
+        let batch = std::mem::take(&mut pending);
         let count = batch.len() as u64;
         node.create_transfers(
             batch,

@@ -31,6 +31,13 @@ pub enum EngineError {
     InvalidCursor { account_id: u64, seq: u64 },
     #[error("{0}")]
     Io(String),
+    #[error("this node does not lead partition {partition}{}", leader.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
+    NotLeader { partition: u32, leader: Option<u64> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// An error answered by another node for a forwarded request: a protocol `ErrorCode` number.
+    #[error("node {node}: {message}")]
+    Remote { node: u64, code: u16, message: String },
 }
 
 impl From<StoreError> for EngineError {

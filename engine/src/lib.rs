@@ -12,6 +12,7 @@
 //! negative; nothing is answered before the log holds it durably; the store never holds an effect the
 //! log lacks.
 
+pub mod cluster_config;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod join;
 pub mod node;
 pub mod partition;
 pub mod raft_storage;
+pub mod replica;
 pub mod shard;
 pub mod store;
 pub mod verify;

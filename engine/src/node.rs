@@ -215,22 +215,6 @@ impl Node {
         self.senders[shard].send(command).map_err(|_| EngineError::ShuttingDown)
     }
 
-    /// Groups item indices by partition, in the order each partition first appears.
-    fn group_by_partition(&self, keys: impl Iterator<Item = u64>) -> Vec<(u32, Vec<u32>)> {
-        let mut slot_of_partition = vec![u32::MAX; self.config.partitions as usize];
-        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
-        for (index, key) in keys.enumerate() {
-            let partition = self.partition_of(key);
-            let slot = &mut slot_of_partition[partition as usize];
-            if *slot == u32::MAX {
-                *slot = groups.len() as u32;
-                groups.push((partition, Vec::new()));
-            }
-            groups[*slot as usize].1.push(index as u32);
-        }
-        groups
-    }
-
     /// Submits transfers; `reply` gets one result per transfer, in order, once all are durable.
     pub fn create_transfers(&self, transfers: Vec<Transfer>, reply: BatchReply) -> Result<(), EngineError> {
         self.submit_items(
@@ -258,18 +242,7 @@ impl Node {
         reply: BatchReply,
         command: impl Fn(u32, Vec<T>, join::BatchPart) -> ShardCommand,
     ) -> Result<(), EngineError> {
-        if items.len() > BATCH_ITEMS_MAX {
-            return Err(EngineError::BatchTooLarge { items: items.len(), limit: BATCH_ITEMS_MAX });
-        }
-        if items.is_empty() {
-            reply(Ok(Vec::new()));
-            return Ok(());
-        }
-        let groups = self.group_by_partition(items.iter().map(&key));
-        let (partitions, indices): (Vec<u32>, Vec<Vec<u32>>) = groups.into_iter().unzip();
-        let parts = join::split(items.len(), indices, reply);
-        for (partition, part) in partitions.into_iter().zip(parts) {
-            let part_items = part.indices().iter().map(|&i| items[i as usize]).collect();
+        for (partition, part_items, part) in split_by_partition(&items, self.config.partitions, key, reply)? {
             let shard = self.shard_of_partition(partition);
             if let Err(ShardCommand::Transfers { part, .. } | ShardCommand::CreateAccounts { part, .. }) =
                 self.senders[shard].send(command(partition, part_items, part)).map_err(|e| e.into_inner())
@@ -284,7 +257,7 @@ impl Node {
     pub fn lookup_accounts(
         &self,
         ids: Vec<u64>,
-        reply: Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>,
+        reply: LookupReply,
     ) -> Result<(), EngineError> {
         if ids.len() > BATCH_ITEMS_MAX {
             return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
@@ -408,8 +381,46 @@ impl Drop for Node {
     }
 }
 
+/// Splits a client batch by partition: `(partition, its items, its share of the reply)`, partitions in
+/// the order they first appear. An empty batch is answered at once and yields nothing.
+pub(crate) fn split_by_partition<T: Copy>(
+    items: &[T],
+    partitions: u32,
+    key: impl Fn(&T) -> u64,
+    reply: BatchReply,
+) -> Result<Vec<(u32, Vec<T>, join::BatchPart)>, EngineError> {
+    if items.len() > BATCH_ITEMS_MAX {
+        return Err(EngineError::BatchTooLarge { items: items.len(), limit: BATCH_ITEMS_MAX });
+    }
+    if items.is_empty() {
+        reply(Ok(Vec::new()));
+        return Ok(Vec::new());
+    }
+    let mut slot_of_partition = vec![u32::MAX; partitions as usize];
+    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let partition = partition_of(key(item), partitions);
+        let slot = &mut slot_of_partition[partition as usize];
+        if *slot == u32::MAX {
+            *slot = groups.len() as u32;
+            groups.push((partition, Vec::new()));
+        }
+        groups[*slot as usize].1.push(index as u32);
+    }
+    let (partition_ids, indices): (Vec<u32>, Vec<Vec<u32>>) = groups.into_iter().unzip();
+    let parts = join::split(items.len(), indices, reply);
+    Ok(partition_ids
+        .into_iter()
+        .zip(parts)
+        .map(|(partition, part)| {
+            let part_items = part.indices().iter().map(|&i| items[i as usize]).collect();
+            (partition, part_items, part)
+        })
+        .collect())
+}
+
 /// Calls `submit` with a reply callback and waits for that callback's value.
-fn blocking<T: Send + 'static>(
+pub(crate) fn blocking<T: Send + 'static>(
     submit: impl FnOnce(Box<dyn FnOnce(T) + Send>) -> Result<(), EngineError>,
 ) -> Result<T, EngineError> {
     let (sender, receiver) = bounded(1);
@@ -421,10 +432,10 @@ fn blocking<T: Send + 'static>(
         .map_err(|_| EngineError::Io(format!("no answer within {BLOCKING_CALL_TIMEOUT_MS} ms")))
 }
 
-type LookupReply = Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>;
+pub(crate) type LookupReply = Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>;
 
 #[derive(Clone)]
-struct LookupGather(std::sync::Arc<std::sync::Mutex<LookupGatherState>>);
+pub(crate) struct LookupGather(std::sync::Arc<std::sync::Mutex<LookupGatherState>>);
 
 struct LookupGatherState {
     answers: Vec<Option<Account>>,
@@ -434,7 +445,7 @@ struct LookupGatherState {
 }
 
 impl LookupGather {
-    fn new(len: usize, parts: usize, reply: LookupReply) -> Self {
+    pub(crate) fn new(len: usize, parts: usize, reply: LookupReply) -> Self {
         LookupGather(std::sync::Arc::new(std::sync::Mutex::new(LookupGatherState {
             answers: vec![None; len],
             error: None,
@@ -443,7 +454,7 @@ impl LookupGather {
         })))
     }
 
-    fn deliver(&self, part: Result<Vec<(u32, Option<Account>)>, EngineError>) {
+    pub(crate) fn deliver(&self, part: Result<Vec<(u32, Option<Account>)>, EngineError>) {
         let mut state = self.0.lock().expect("lookup gather lock is never poisoned");
         match part {
             Ok(answers) => {

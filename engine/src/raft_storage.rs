@@ -114,6 +114,27 @@ impl WalStorage {
         &self.dir
     }
 
+    /// Gives a brand-new group its first membership: a snapshot at index 0 without data, like a fresh
+    /// `MemStorage::new_with_conf`. Returns false and changes nothing when the storage already holds a
+    /// membership, a snapshot or entries.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<bool, WalStorageError> {
+        let fresh = self.snapshot.meta.index == 0
+            && self.snapshot.meta.conf_state == ConfState::default()
+            && self.wal.last_index() < self.offset();
+        if !fresh {
+            return Ok(false);
+        }
+        let snapshot = Snapshot { meta: SnapshotMeta { index: 0, term: 0, conf_state }, data: Vec::new() };
+        self.write_snapshot_file(&snapshot)?;
+        self.snapshot = snapshot;
+        Ok(true)
+    }
+
+    /// Index of the snapshot the log continues (0 when none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.meta.index
+    }
+
     fn offset(&self) -> u64 {
         self.snapshot.meta.index + 1
     }

@@ -33,7 +33,7 @@ const PREFIX_ID: u8 = b'I';
 const PREFIX_BATCH: u8 = b'B';
 /// Stored watermark meaning "nothing evicted": id timestamps have 48 bits, so it is never a real one.
 const WATERMARK_NONE: u64 = u64::MAX;
-const ID_ENTRY_BYTES: usize = 16 + 16 + 2 + 8 + 8;
+pub(crate) const ID_ENTRY_BYTES: usize = 16 + 16 + 2 + 8 + 8;
 const PARTITION_ROW_BYTES: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +305,7 @@ fn batch_key(partition: u32, first_seq: u64) -> [u8; 13] {
     key
 }
 
-fn encode_id_entry(entry: &IdEntry) -> [u8; ID_ENTRY_BYTES] {
+pub(crate) fn encode_id_entry(entry: &IdEntry) -> [u8; ID_ENTRY_BYTES] {
     let mut value = [0u8; ID_ENTRY_BYTES];
     value[0..16].copy_from_slice(&entry.id.to_le_bytes());
     value[16..32].copy_from_slice(&entry.fingerprint.to_le_bytes());
@@ -315,7 +315,7 @@ fn encode_id_entry(entry: &IdEntry) -> [u8; ID_ENTRY_BYTES] {
     value
 }
 
-fn decode_id_entry(value: &[u8]) -> Option<IdEntry> {
+pub(crate) fn decode_id_entry(value: &[u8]) -> Option<IdEntry> {
     Some(IdEntry {
         id: u128::from_le_bytes(value[0..16].try_into().ok()?),
         fingerprint: u128::from_le_bytes(value[16..32].try_into().ok()?),

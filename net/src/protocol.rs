@@ -39,6 +39,11 @@ pub const HEADER_BYTES: usize = 64;
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Most items in one batch (accounts, transfers, lookup ids, results, history entries).
 pub const BATCH_ITEMS_MAX: usize = 8190;
+/// Largest node-to-node frame (header + body). Peer frames carry whole partition snapshots, so they may
+/// be far larger than client frames; the client port still refuses anything above [`FRAME_BYTES_MAX`].
+pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
+/// Most node records in a Status response.
+pub const STATUS_NODES_MAX: usize = 1024;
 /// Most history entries one AccountHistory request may ask for.
 pub const HISTORY_LIMIT_MAX: u32 = BATCH_ITEMS_MAX as u32;
 /// Most per-partition records in a Status response.
@@ -222,21 +227,46 @@ pub enum Request {
     },
 }
 
-/// One partition's state in a Status response. Wire layout, 24 bytes:
-/// `partition u32 | flags u32 | last_seq u64 | commit_seq u64`.
+/// One partition's state in a Status response, as this node sees it. Wire layout, 64 bytes:
+/// `partition u32 | flags u32 | term u64 | leader u64 | last_index u64 | commit_index u64 |
+/// applied_index u64 | applied_seq u64 | state_digest u64`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PartitionStatus {
     pub partition: u32,
     /// [`PARTITION_FLAG_LEADER`]; other bits are reserved and carried as is.
     pub flags: u32,
-    /// Last sequence in this replica's log.
-    pub last_seq: u64,
-    /// Last committed (and applied) sequence.
-    pub commit_seq: u64,
+    /// Raft term this replica is in (0 for a single node, which has no Raft group).
+    pub term: u64,
+    /// Node id of the partition's leader as far as this replica knows; 0 when unknown.
+    pub leader: u64,
+    /// Last index in this replica's log.
+    pub last_index: u64,
+    /// Last log index known committed.
+    pub commit_index: u64,
+    /// Last log index applied to the state this replica serves reads from.
+    pub applied_index: u64,
+    /// Partition sequence of the last applied event.
+    pub applied_seq: u64,
+    /// Low 64 bits of the applied state's digest: replicas at the same `applied_index` must agree.
+    pub state_digest: u64,
 }
 
 impl PartitionStatus {
-    pub const WIRE_BYTES: usize = 24;
+    pub const WIRE_BYTES: usize = 64;
+}
+
+/// A cluster member as listed in a Status response. Wire layout, 32 bytes:
+/// `node_id u64 | port u16 | family u8 (4 or 6) | reserved u8 | reserved u32 | ip 16 bytes` (an IPv4
+/// address fills the first 4 ip bytes, the rest zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub node_id: u64,
+    /// Where the node serves clients.
+    pub address: std::net::SocketAddr,
+}
+
+impl NodeAddress {
+    pub const WIRE_BYTES: usize = 32;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -245,6 +275,8 @@ pub struct NodeStatus {
     pub partitions: u32,
     pub shards: u32,
     pub partition_states: Vec<PartitionStatus>,
+    /// Every member of the cluster with its client address (empty for a single node).
+    pub nodes: Vec<NodeAddress>,
 }
 
 /// Outcome of looking up one account. Wire layout, 64 bytes:
@@ -492,16 +524,43 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
         Response::Pong => Ok(kind::PONG),
         Response::Status(status) => {
             check_batch(status.partition_states.len(), STATUS_PARTITIONS_MAX, true)?;
+            check_batch(status.nodes.len(), STATUS_NODES_MAX, true)?;
             out.extend_from_slice(&status.node_id.to_le_bytes());
             out.extend_from_slice(&status.partitions.to_le_bytes());
             out.extend_from_slice(&status.shards.to_le_bytes());
             out.extend_from_slice(&(status.partition_states.len() as u32).to_le_bytes());
-            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&(status.nodes.len() as u32).to_le_bytes());
             for record in &status.partition_states {
                 out.extend_from_slice(&record.partition.to_le_bytes());
                 out.extend_from_slice(&record.flags.to_le_bytes());
-                out.extend_from_slice(&record.last_seq.to_le_bytes());
-                out.extend_from_slice(&record.commit_seq.to_le_bytes());
+                for value in [
+                    record.term,
+                    record.leader,
+                    record.last_index,
+                    record.commit_index,
+                    record.applied_index,
+                    record.applied_seq,
+                    record.state_digest,
+                ] {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
+            }
+            for node in &status.nodes {
+                out.extend_from_slice(&node.node_id.to_le_bytes());
+                out.extend_from_slice(&node.address.port().to_le_bytes());
+                let mut ip = [0u8; 16];
+                let family = match node.address.ip() {
+                    std::net::IpAddr::V4(v4) => {
+                        ip[..4].copy_from_slice(&v4.octets());
+                        4u8
+                    }
+                    std::net::IpAddr::V6(v6) => {
+                        ip.copy_from_slice(&v6.octets());
+                        6u8
+                    }
+                };
+                out.extend_from_slice(&[family, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(&ip);
             }
             Ok(kind::STATUS_RESPONSE)
         }
@@ -550,7 +609,9 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
     }
 }
 
-fn truncate_at_char_boundary(text: &str, bytes_max: usize) -> &str {
+/// The longest prefix of `text` of at most `bytes_max` bytes that ends at a character boundary
+/// (error messages are capped this way wherever they go on the wire).
+pub fn truncate_at_char_boundary(text: &str, bytes_max: usize) -> &str {
     if text.len() <= bytes_max {
         return text;
     }
@@ -562,7 +623,8 @@ fn truncate_at_char_boundary(text: &str, bytes_max: usize) -> &str {
     &text[..end]
 }
 
-/// Decodes frames for one cluster, with a frame-size limit (at most [`FRAME_BYTES_MAX`]).
+/// Decodes frames for one cluster, with a frame-size limit (at most [`FRAME_BYTES_MAX`] for client
+/// kinds and [`PEER_FRAME_BYTES_MAX`] for node-to-node kinds).
 #[derive(Clone, Copy, Debug)]
 pub struct FrameDecoder {
     pub cluster_id: u128,
@@ -572,6 +634,11 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     pub fn new(cluster_id: u128) -> FrameDecoder {
         FrameDecoder { cluster_id, frame_bytes_max: FRAME_BYTES_MAX }
+    }
+
+    /// A decoder for a node-to-node connection: peer frames up to [`PEER_FRAME_BYTES_MAX`].
+    pub fn for_peers(cluster_id: u128) -> FrameDecoder {
+        FrameDecoder { cluster_id, frame_bytes_max: PEER_FRAME_BYTES_MAX }
     }
 
     /// `Ok(Some((frame, consumed)))` for a complete valid frame at the start of `bytes`;
@@ -609,11 +676,13 @@ impl FrameDecoder {
         }
         let body_bytes = read_u32(head, 32);
         let frame_bytes = HEADER_BYTES as u64 + body_bytes as u64;
-        let limit = self.frame_bytes_max.min(FRAME_BYTES_MAX);
+        let message_kind = read_u16(head, 6);
+        // Only node-to-node frames may exceed the client limit, and only on a decoder built for them.
+        let ceiling = if message_kind >= kind::PEER_MIN { PEER_FRAME_BYTES_MAX } else { FRAME_BYTES_MAX };
+        let limit = self.frame_bytes_max.min(ceiling);
         if frame_bytes > limit as u64 {
             return Err(trusted(ProtocolError::FrameTooLarge { bytes: frame_bytes, limit }));
         }
-        let message_kind = read_u16(head, 6);
         if !kind::is_known(message_kind) {
             return Err(trusted(ProtocolError::UnknownMessageKind(message_kind)));
         }
@@ -760,23 +829,56 @@ fn decode_status(body: &[u8]) -> Result<Response, ProtocolError> {
     if body.len() < 24 {
         return Err(ProtocolError::Malformed("status body shorter than its prefix"));
     }
-    if read_u32(body, 20) != 0 {
-        return Err(ProtocolError::Malformed("reserved status field must be zero"));
+    let partitions_count = read_u32(body, 16);
+    let nodes_count = read_u32(body, 20);
+    if partitions_count as usize > STATUS_PARTITIONS_MAX {
+        return Err(ProtocolError::TooManyItems { count: partitions_count as u64, limit: STATUS_PARTITIONS_MAX });
     }
-    let count =
-        check_count(read_u32(body, 16), STATUS_PARTITIONS_MAX, true, body.len() - 24, PartitionStatus::WIRE_BYTES)?;
-    let mut partition_states = Vec::with_capacity(count);
-    partition_states.extend(body[24..].chunks_exact(PartitionStatus::WIRE_BYTES).map(|b| PartitionStatus {
-        partition: read_u32(b, 0),
-        flags: read_u32(b, 4),
-        last_seq: read_u64(b, 8),
-        commit_seq: read_u64(b, 16),
-    }));
+    if nodes_count as usize > STATUS_NODES_MAX {
+        return Err(ProtocolError::TooManyItems { count: nodes_count as u64, limit: STATUS_NODES_MAX });
+    }
+    let partition_bytes = partitions_count as usize * PartitionStatus::WIRE_BYTES;
+    if body.len() - 24 != partition_bytes + nodes_count as usize * NodeAddress::WIRE_BYTES {
+        return Err(ProtocolError::Malformed("body length does not match the item count"));
+    }
+    let (records, node_records) = body[24..].split_at(partition_bytes);
+    let partition_states = records
+        .chunks_exact(PartitionStatus::WIRE_BYTES)
+        .map(|b| PartitionStatus {
+            partition: read_u32(b, 0),
+            flags: read_u32(b, 4),
+            term: read_u64(b, 8),
+            leader: read_u64(b, 16),
+            last_index: read_u64(b, 24),
+            commit_index: read_u64(b, 32),
+            applied_index: read_u64(b, 40),
+            applied_seq: read_u64(b, 48),
+            state_digest: read_u64(b, 56),
+        })
+        .collect();
+    let mut nodes = Vec::with_capacity(nodes_count as usize);
+    for b in node_records.chunks_exact(NodeAddress::WIRE_BYTES) {
+        if b[11] != 0 || read_u32(b, 12) != 0 {
+            return Err(ProtocolError::Malformed("reserved node record field must be zero"));
+        }
+        let port = read_u16(b, 8);
+        let ip: std::net::IpAddr = match b[10] {
+            4 if b[20..32].iter().all(|&x| x == 0) => std::net::Ipv4Addr::new(b[16], b[17], b[18], b[19]).into(),
+            6 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&b[16..32]);
+                std::net::Ipv6Addr::from(octets).into()
+            }
+            _ => return Err(ProtocolError::Malformed("node record address family must be 4 or 6")),
+        };
+        nodes.push(NodeAddress { node_id: read_u64(b, 0), address: std::net::SocketAddr::new(ip, port) });
+    }
     Ok(Response::Status(NodeStatus {
         node_id: read_u64(body, 0),
         partitions: read_u32(body, 8),
         shards: read_u32(body, 12),
         partition_states,
+        nodes,
     }))
 }
 

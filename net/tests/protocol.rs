@@ -64,12 +64,39 @@ fn arb_request() -> impl Strategy<Value = Request> {
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {
-    let partition = (any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-        |(partition, flags, last_seq, commit_seq)| PartitionStatus { partition, flags, last_seq, commit_seq },
-    );
-    let status = (any::<u64>(), any::<u32>(), any::<u32>(), prop::collection::vec(partition, 0..20)).prop_map(
-        |(node_id, partitions, shards, partition_states)| NodeStatus { node_id, partitions, shards, partition_states },
-    );
+    let partition = (any::<u32>(), any::<u32>(), any::<[u64; 7]>()).prop_map(|(partition, flags, v)| PartitionStatus {
+        partition,
+        flags,
+        term: v[0],
+        leader: v[1],
+        last_index: v[2],
+        commit_index: v[3],
+        applied_index: v[4],
+        applied_seq: v[5],
+        state_digest: v[6],
+    });
+    let node = (any::<u64>(), any::<bool>(), any::<[u8; 16]>(), any::<u16>()).prop_map(|(node_id, v6, ip, port)| {
+        let ip: std::net::IpAddr = if v6 {
+            std::net::Ipv6Addr::from(ip).into()
+        } else {
+            std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).into()
+        };
+        NodeAddress { node_id, address: std::net::SocketAddr::new(ip, port) }
+    });
+    let status = (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        prop::collection::vec(partition, 0..20),
+        prop::collection::vec(node, 0..5),
+    )
+        .prop_map(|(node_id, partitions, shards, partition_states, nodes)| NodeStatus {
+            node_id,
+            partitions,
+            shards,
+            partition_states,
+            nodes,
+        });
     let item = (any::<u32>(), arb_code(), any::<u16>(), any::<u64>())
         .prop_map(|(index, code, flags, seq)| ItemResult { index, code, flags, seq });
     let lookup = prop_oneof![

@@ -42,9 +42,13 @@ impl Bank {
                 partition_states: vec![PartitionStatus {
                     partition: 0,
                     flags: PARTITION_FLAG_LEADER,
-                    last_seq: state.seq,
-                    commit_seq: state.seq,
+                    last_index: state.seq,
+                    commit_index: state.seq,
+                    applied_index: state.seq,
+                    applied_seq: state.seq,
+                    ..PartitionStatus::default()
                 }],
+                nodes: Vec::new(),
             }),
             Request::CreateAccounts(accounts) => {
                 let results = accounts

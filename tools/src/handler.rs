@@ -40,12 +40,17 @@ pub fn error_response(error: &EngineError) -> Response {
 fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
     let mut partition_states: Vec<PartitionStatus> = shards
         .iter()
-        .flat_map(|shard| shard.partitions.iter())
-        .map(|p| PartitionStatus {
+        .flat_map(|shard| shard.partitions.iter().map(move |p| (shard, p)))
+        .map(|(shard, p)| PartitionStatus {
             partition: p.partition,
             flags: PARTITION_FLAG_LEADER,
-            last_seq: p.last_seq,
-            commit_seq: p.last_seq,
+            term: 0,
+            leader: SINGLE_NODE_ID,
+            last_index: shard.log_last_index,
+            commit_index: shard.log_durable_index,
+            applied_index: shard.log_last_index,
+            applied_seq: p.last_seq,
+            state_digest: p.digest as u64,
         })
         .collect();
     partition_states.sort_by_key(|p| p.partition);
@@ -54,6 +59,7 @@ fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
         partitions: node.config().partitions,
         shards: node.config().shards,
         partition_states,
+        nodes: Vec::new(),
     })
 }
 

@@ -172,6 +172,76 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
     Ok(Client::connect(ClientConfig::new(addresses, cli.cluster_id))?)
 }
 
+/// Status of the node at `--addr` and, for a cluster, of every other member it lists: each partition's
+/// role, leader, term, commit and applied index and applied sequence, as each node sees it.
+fn status(cli: &Cli) -> Result<i32, Failure> {
+    let first = connect(cli)?.status()?;
+    let mut views = vec![(first.node_id, Ok(first.clone()))];
+    for member in &first.nodes {
+        if member.node_id == first.node_id {
+            continue;
+        }
+        let view = Client::connect(ClientConfig::new(vec![member.address], cli.cluster_id))
+            .and_then(|mut client| client.status())
+            .map_err(|e| e.to_string());
+        views.push((member.node_id, view));
+    }
+    let mut unreachable = false;
+    if cli.json {
+        let nodes: Vec<_> = views
+            .iter()
+            .map(|(id, view)| match view {
+                Ok(status) => {
+                    let partitions: Vec<_> = status
+                        .partition_states
+                        .iter()
+                        .map(|p| {
+                            json!({"partition": p.partition,
+                                "leader": p.flags & net::protocol::PARTITION_FLAG_LEADER != 0,
+                                "leader_node": p.leader, "term": p.term, "last_index": p.last_index,
+                                "commit_index": p.commit_index, "applied_index": p.applied_index,
+                                "applied_seq": p.applied_seq, "state_digest": format!("{:016x}", p.state_digest)})
+                        })
+                        .collect();
+                    json!({"node_id": id, "partitions": status.partitions, "shards": status.shards,
+                        "partition_states": partitions})
+                }
+                Err(error) => {
+                    unreachable = true;
+                    json!({"node_id": id, "error": error})
+                }
+            })
+            .collect();
+        if first.nodes.is_empty() {
+            println!("{}", nodes[0]);
+        } else {
+            println!("{}", json!({ "nodes": nodes }));
+        }
+    } else {
+        for (id, view) in &views {
+            match view {
+                Ok(status) => {
+                    println!("node {id}: {} partitions over {} shards", status.partitions, status.shards);
+                    for p in &status.partition_states {
+                        let role =
+                            if p.flags & net::protocol::PARTITION_FLAG_LEADER != 0 { "leader" } else { "follower" };
+                        let leader = if p.leader == 0 { "unknown".to_string() } else { p.leader.to_string() };
+                        println!(
+                            "  partition {:>4}: {role:<8} leader {leader:<7} term {:<4} last {:<8} commit {:<8} applied {:<8} seq {:<10} digest {:016x}",
+                            p.partition, p.term, p.last_index, p.commit_index, p.applied_index, p.applied_seq, p.state_digest
+                        );
+                    }
+                }
+                Err(error) => {
+                    unreachable = true;
+                    println!("node {id}: unreachable: {error}");
+                }
+            }
+        }
+    }
+    Ok(if unreachable { exit::UNAVAILABLE } else { exit::OK })
+}
+
 fn run(cli: &Cli) -> Result<i32, Failure> {
     let registry = registry(cli)?;
     match &cli.command {
@@ -247,33 +317,7 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
             Ok(if result.code == ResultCode::Ok { exit::OK } else { exit::REJECTED })
         }
         Command::History { id, limit, from_seq } => history(cli, &registry, *id, *limit, *from_seq),
-        Command::Status => {
-            let status = connect(cli)?.status()?;
-            if cli.json {
-                let partitions: Vec<_> = status
-                    .partition_states
-                    .iter()
-                    .map(|p| {
-                        json!({"partition": p.partition, "leader": p.flags & net::protocol::PARTITION_FLAG_LEADER != 0,
-                        "last_seq": p.last_seq, "commit_seq": p.commit_seq})
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"node_id": status.node_id, "partitions": status.partitions, "shards": status.shards, "partition_states": partitions})
-                );
-            } else {
-                println!("node {}: {} partitions over {} shards", status.node_id, status.partitions, status.shards);
-                for p in &status.partition_states {
-                    let role = if p.flags & net::protocol::PARTITION_FLAG_LEADER != 0 { "leader" } else { "follower" };
-                    println!(
-                        "  partition {:>4}: {role}, last seq {}, commit seq {}",
-                        p.partition, p.last_seq, p.commit_seq
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+        Command::Status => status(cli),
         Command::Verify { data_dir } => verify(cli, data_dir),
         Command::Wal { command: WalCommand::Dump { data_dir, shard, from, limit } } => {
             let options = DumpOptions { shard: *shard, from_index: *from, records_max: *limit, json: cli.json };

@@ -39,6 +39,22 @@ struct Args {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Run as one node of a replicated cluster described by this TOML file (see ARCHITECTURE.md).
+    #[arg(long, requires = "node_id")]
+    cluster_config: Option<PathBuf>,
+    /// This node's id in the cluster configuration.
+    #[arg(long, requires = "cluster_config")]
+    node_id: Option<u64>,
+    /// Dial peer ID at ADDR instead of its configured peer address (e.g. through a proxy). Repeatable.
+    #[arg(long = "peer", value_name = "ID=ADDR", value_parser = parse_peer_override)]
+    peers: Vec<(u64, std::net::SocketAddr)>,
+}
+
+fn parse_peer_override(text: &str) -> Result<(u64, std::net::SocketAddr), String> {
+    let (id, address) = text.split_once('=').ok_or_else(|| format!("{text:?}: expected ID=HOST:PORT"))?;
+    let id = id.parse().map_err(|e| format!("{text:?}: node id: {e}"))?;
+    let address = address.parse().map_err(|e| format!("{text:?}: address: {e}"))?;
+    Ok((id, address))
 }
 
 fn main() {
@@ -50,6 +66,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if let (Some(path), Some(node_id)) = (args.cluster_config.clone(), args.node_id) {
+        return run_cluster_node(args, &path, node_id);
+    }
     let mut config = match &args.config {
         Some(path) => WalletdConfig::load(path).map_err(|e| e.to_string())?,
         None => WalletdConfig::default(),
@@ -121,6 +140,66 @@ fn run(args: Args) -> Result<(), String> {
 
     let signal = signals::wait_for_shutdown_signal().map_err(|e| format!("waiting for signals failed: {e}"))?;
     eprintln!("walletd: {signal}: stopping: finishing in-flight requests");
+    let stopping = Instant::now();
+    if let Err(error) = server.shutdown() {
+        eprintln!("walletd: server shutdown: {error}");
+    }
+    let node =
+        Arc::try_unwrap(node).map_err(|_| "the node is still referenced after the server stopped".to_string())?;
+    node.shutdown().map_err(|e| format!("node shutdown failed: {e}"))?;
+    eprintln!("walletd: stopped cleanly in {} ms", stopping.elapsed().as_millis());
+    Ok(())
+}
+
+/// One node of a replicated cluster: serves clients on its configured address and peers on its peer
+/// address; the data directory defaults to `./data/node-<id>`.
+fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<(), String> {
+    let cluster = engine::cluster_config::ClusterConfig::load(path).map_err(|e| e.to_string())?;
+    let spec =
+        cluster.node(node_id).ok_or_else(|| format!("node {node_id} is not listed in {}", path.display()))?.clone();
+    let mut config = match &args.config {
+        Some(path) => WalletdConfig::load(path).map_err(|e| e.to_string())?,
+        None => WalletdConfig::default(),
+    };
+    config.engine.data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/node-{node_id}")));
+    config.listen = args.listen.unwrap_or(spec.address);
+    if let Some(shards) = args.shards {
+        config.engine.shards = shards;
+    }
+    if args.no_pin {
+        config.engine.pin_cores = false;
+    }
+    if let Some(manifest) =
+        engine::replica::node::ClusterManifest::read(&config.engine.data_dir).map_err(|e| e.to_string())?
+    {
+        config.engine.idempotency_window_ms = manifest.idempotency_window_ms;
+        config.engine.idempotency_ids_max = manifest.idempotency_ids_max;
+    }
+    signals::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    let started = Instant::now();
+    eprintln!(
+        "walletd: starting node {node_id} of cluster {}: data {} partitions {} replication factor {}",
+        cluster.cluster_id,
+        config.engine.data_dir.display(),
+        cluster.partitions,
+        cluster.replication_factor
+    );
+    let overrides = args.peers.iter().copied().collect();
+    let node = engine::replica::ClusterNode::open(config.engine.clone(), cluster, node_id, &overrides)
+        .map_err(|e| format!("cannot open the node: {e}"))?;
+    let cluster_id = node.config().cluster_id;
+    eprintln!("walletd: node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());
+    let node = Arc::new(node);
+    let server = Server::start(
+        ServerConfig::new(config.listen, cluster_id),
+        tools::cluster_handler::ClusterHandler::new(node.clone()),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    println!("walletd: listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let signal = signals::wait_for_shutdown_signal().map_err(|e| format!("waiting for signals failed: {e}"))?;
+    eprintln!("walletd: {signal}: stopping node {node_id}");
     let stopping = Instant::now();
     if let Err(error) = server.shutdown() {
         eprintln!("walletd: server shutdown: {error}");

@@ -1,0 +1,298 @@
+//! The cluster configuration: which nodes exist, where they listen, how many partitions there are and on
+//! how many nodes each is replicated. Every node of a cluster reads the same file.
+//!
+//! ```toml
+//! cluster_id = "1"                 # decimal, or 0x-prefixed hex; never 0
+//! partitions = 3
+//! replication_factor = 3           # 1 or 3
+//!
+//! [[nodes]]
+//! id = 1                           # non-zero, unique
+//! address = "127.0.0.1:7401"       # client protocol
+//! peer_address = "127.0.0.1:7501"  # node-to-node (Raft and forwarded requests)
+//!
+//! [replication]                    # optional: every field of ReplicationConfig
+//! tick_interval_ms = 20
+//! ```
+//!
+//! Placement: partition `p`'s replicas are the `replication_factor` nodes starting at position
+//! `p % nodes` in the `nodes` list, wrapping; the first of them is the partition's preferred leader, so
+//! leaders spread evenly over the nodes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PARTITIONS_MAX;
+
+/// Most nodes one cluster may list.
+pub const CLUSTER_NODES_MAX: usize = 64;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNodeSpec {
+    pub id: u64,
+    /// Where the node serves clients.
+    pub address: SocketAddr,
+    /// Where the node accepts connections from other nodes.
+    pub peer_address: SocketAddr,
+}
+
+/// Timing and limits of replication. Every field is named with its unit and enforced.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// One Raft tick. Election and heartbeat timeouts are counted in ticks.
+    pub tick_interval_ms: u64,
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// A partition takes a snapshot (and drops the log prefix it covers) after this many applied entries.
+    pub snapshot_interval_entries: u64,
+    /// Proposed but uncommitted entries a leader holds per partition before it stops taking new client
+    /// commands (back pressure on the shard's command queue).
+    pub uncommitted_entries_max: u64,
+    /// Longest a request forwarded to another node's leader waits for its answer.
+    pub forward_timeout_ms: u64,
+    /// Longest a read waits for its partition to apply the sequence (or read index) it needs.
+    pub read_wait_timeout_ms: u64,
+    /// Node-to-node messages queued per peer; beyond it Raft messages are dropped (Raft resends).
+    pub peer_queue_depth_max: usize,
+    /// Largest node-to-node frame a sender builds from queued messages (one message may exceed it).
+    pub peer_batch_bytes_max: usize,
+    /// Connect timeout, and the longest pause between reconnect attempts, to a peer.
+    pub peer_connect_timeout_ms: u64,
+    pub peer_reconnect_backoff_ms_max: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            tick_interval_ms: 20,
+            election_timeout_ticks_min: 15,
+            election_timeout_ticks_max: 30,
+            heartbeat_interval_ticks: 3,
+            snapshot_interval_entries: 4096,
+            uncommitted_entries_max: 64,
+            forward_timeout_ms: 5_000,
+            read_wait_timeout_ms: 5_000,
+            peer_queue_depth_max: 65_536,
+            peer_batch_bytes_max: 4 << 20,
+            peer_connect_timeout_ms: 1_000,
+            peer_reconnect_backoff_ms_max: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Decimal or 0x-prefixed hex (TOML integers stop at i64).
+    pub cluster_id: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub nodes: Vec<ClusterNodeSpec>,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClusterConfigError {
+    #[error("cannot read {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("{path}: {why}")]
+    Parse { path: String, why: String },
+    #[error("invalid cluster configuration: {0}")]
+    Invalid(String),
+}
+
+fn invalid(why: impl Into<String>) -> ClusterConfigError {
+    ClusterConfigError::Invalid(why.into())
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig, ClusterConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClusterConfigError::Read { path: shown.clone(), why: e.to_string() })?;
+        let config: ClusterConfig =
+            toml::from_str(&text).map_err(|e| ClusterConfigError::Parse { path: shown, why: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a cluster configuration always serializes")
+    }
+
+    pub fn cluster_id(&self) -> Result<u128, ClusterConfigError> {
+        let text = self.cluster_id.trim();
+        let parsed = match text.strip_prefix("0x") {
+            Some(hex) => u128::from_str_radix(hex, 16),
+            None => text.parse(),
+        };
+        match parsed {
+            Ok(0) => Err(invalid("cluster_id 0 is reserved")),
+            Ok(id) => Ok(id),
+            Err(e) => Err(invalid(format!("cluster_id {text:?}: {e}"))),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        self.cluster_id()?;
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return Err(invalid(format!("partitions = {} is out of range 1..={PARTITIONS_MAX}", self.partitions)));
+        }
+        if self.nodes.is_empty() || self.nodes.len() > CLUSTER_NODES_MAX {
+            return Err(invalid(format!("{} nodes listed; 1..={CLUSTER_NODES_MAX} allowed", self.nodes.len())));
+        }
+        if !matches!(self.replication_factor, 1 | 3) {
+            return Err(invalid(format!("replication_factor = {} must be 1 or 3", self.replication_factor)));
+        }
+        if self.replication_factor as usize > self.nodes.len() {
+            return Err(invalid(format!(
+                "replication_factor = {} needs at least that many nodes, {} listed",
+                self.replication_factor,
+                self.nodes.len()
+            )));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for node in &self.nodes {
+            if node.id == 0 {
+                return Err(invalid("node id 0 is reserved"));
+            }
+            if !ids.insert(node.id) {
+                return Err(invalid(format!("node id {} is listed twice", node.id)));
+            }
+            for address in [node.address, node.peer_address] {
+                if !addresses.insert(address) {
+                    return Err(invalid(format!("address {address} is used twice")));
+                }
+            }
+        }
+        let r = &self.replication;
+        let check = |field: &str, value: u64, low: u64, high: u64| {
+            if value < low || value > high {
+                Err(invalid(format!("replication.{field} = {value} is out of range {low}..={high}")))
+            } else {
+                Ok(())
+            }
+        };
+        check("tick_interval_ms", r.tick_interval_ms, 1, 10_000)?;
+        check("heartbeat_interval_ticks", r.heartbeat_interval_ticks as u64, 1, 1_000)?;
+        check(
+            "election_timeout_ticks_min",
+            r.election_timeout_ticks_min as u64,
+            r.heartbeat_interval_ticks as u64 + 1,
+            100_000,
+        )?;
+        check(
+            "election_timeout_ticks_max",
+            r.election_timeout_ticks_max as u64,
+            r.election_timeout_ticks_min as u64 + 1,
+            200_000,
+        )?;
+        check("snapshot_interval_entries", r.snapshot_interval_entries, 1, 1 << 40)?;
+        check("uncommitted_entries_max", r.uncommitted_entries_max, 1, 1 << 20)?;
+        check("forward_timeout_ms", r.forward_timeout_ms, 1, 3_600_000)?;
+        check("read_wait_timeout_ms", r.read_wait_timeout_ms, 1, 3_600_000)?;
+        check("peer_queue_depth_max", r.peer_queue_depth_max as u64, 16, 1 << 24)?;
+        check(
+            "peer_batch_bytes_max",
+            r.peer_batch_bytes_max as u64,
+            4096,
+            net::protocol::PEER_FRAME_BYTES_MAX as u64 / 2,
+        )?;
+        check("peer_connect_timeout_ms", r.peer_connect_timeout_ms, 1, 60_000)?;
+        check("peer_reconnect_backoff_ms_max", r.peer_reconnect_backoff_ms_max, 1, 60_000)?;
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> Option<&ClusterNodeSpec> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+
+    /// The nodes holding a replica of `partition`, preferred leader first.
+    pub fn replicas(&self, partition: u32) -> Vec<u64> {
+        let n = self.nodes.len();
+        (0..self.replication_factor as usize).map(|k| self.nodes[(partition as usize + k) % n].id).collect()
+    }
+
+    pub fn preferred_leader(&self, partition: u32) -> u64 {
+        self.nodes[partition as usize % self.nodes.len()].id
+    }
+
+    /// A local cluster on loopback: `nodes` nodes, client ports from `client_port_base`, peer ports from
+    /// `peer_port_base`.
+    pub fn local(
+        cluster_id: u128,
+        nodes: usize,
+        partitions: u32,
+        replication_factor: u32,
+        client_port_base: u16,
+        peer_port_base: u16,
+    ) -> ClusterConfig {
+        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        ClusterConfig {
+            cluster_id: format!("{cluster_id:#x}"),
+            partitions,
+            replication_factor,
+            nodes: (0..nodes)
+                .map(|i| ClusterNodeSpec {
+                    id: i as u64 + 1,
+                    address: loopback(client_port_base + i as u16),
+                    peer_address: loopback(peer_port_base + i as u16),
+                })
+                .collect(),
+            replication: ReplicationConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_preferred_leaders_and_replicas() {
+        let config = ClusterConfig::local(1, 3, 6, 3, 7401, 7501);
+        config.validate().unwrap();
+        let leaders: Vec<u64> = (0..6).map(|p| config.preferred_leader(p)).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(config.replicas(1), vec![2, 3, 1]);
+        let single = ClusterConfig { replication_factor: 1, ..config.clone() };
+        assert_eq!(single.replicas(2), vec![3]);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_a_reason() {
+        let good = ClusterConfig::local(1, 3, 3, 3, 7401, 7501);
+        let cases: Vec<(ClusterConfig, &str)> = vec![
+            (ClusterConfig { cluster_id: "0".into(), ..good.clone() }, "reserved"),
+            (ClusterConfig { replication_factor: 2, ..good.clone() }, "must be 1 or 3"),
+            (ClusterConfig { partitions: 0, ..good.clone() }, "partitions"),
+            (ClusterConfig { nodes: good.nodes[..2].to_vec(), ..good.clone() }, "at least"),
+        ];
+        for (config, why) in cases {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(why), "{error} should mention {why}");
+        }
+        let mut twice = good.clone();
+        twice.nodes[1].id = 1;
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+        let mut shared = good.clone();
+        shared.nodes[1].peer_address = shared.nodes[0].address;
+        assert!(shared.validate().unwrap_err().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn the_file_format_round_trips() {
+        let config = ClusterConfig::local(0xabc, 3, 4, 3, 7401, 7501);
+        let parsed: ClusterConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(parsed, config);
+        assert_eq!(parsed.cluster_id().unwrap(), 0xabc);
+    }
+}

@@ -1,0 +1,330 @@
+//! A cluster node: the replica shards of the partitions this node holds, the peer transport and the
+//! peer listener. Client calls are split by partition and handed to the shard that owns the partition;
+//! the shard serves them, or forwards them to the partition's leader and relays the answer.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
+use net::protocol::Consistency;
+use net::types::{partition_of, Account, CreateAccount, Transfer};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster_config::ClusterConfig;
+use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
+use crate::error::EngineError;
+use crate::join::BatchReply;
+use crate::node::{blocking, split_by_partition, DataDirLock, LookupGather, LookupReply, MANIFEST_FILE};
+use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard};
+use crate::replica::transport::{Dispatch, PeerListener, Transport};
+use crate::replica::wire::PeerItem;
+
+/// Name of the file that fixes a cluster node's data directory identity.
+pub const CLUSTER_MANIFEST_FILE: &str = "cluster-node.toml";
+/// Version of the replicated data directory layout (manifest, partition folders, log and snapshot).
+pub const CLUSTER_DATA_FORMAT_VERSION: u32 = 1;
+/// Peer items waiting for one shard thread; a full queue blocks the connection that delivers them.
+pub const SHARD_PEER_QUEUE_DEPTH_MAX: usize = 65_536;
+
+/// What a cluster node's data directory was created with; reopening with anything else is refused,
+/// since replay re-decides every logged transfer with these settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterManifest {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub idempotency_window_ms: u64,
+    pub idempotency_ids_max: usize,
+}
+
+impl ClusterManifest {
+    fn create_or_check(config: &NodeConfig, cluster: &ClusterConfig, node_id: u64) -> Result<(), EngineError> {
+        let wanted = ClusterManifest {
+            format_version: CLUSTER_DATA_FORMAT_VERSION,
+            cluster_id: format!("{:x}", config.cluster_id),
+            node_id,
+            partitions: cluster.partitions,
+            replication_factor: cluster.replication_factor,
+            idempotency_window_ms: config.idempotency_window_ms,
+            idempotency_ids_max: config.idempotency_ids_max,
+        };
+        let dir = &config.data_dir;
+        let error = |why: String| EngineError::Manifest { path: dir.display().to_string(), why };
+        fs::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(error("this is a single-node data directory; a cluster node needs its own".into()));
+        }
+        let path = dir.join(CLUSTER_MANIFEST_FILE);
+        if path.exists() {
+            let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+            let found: ClusterManifest = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+            if found != wanted {
+                return Err(error(format!(
+                    "created as {found:?}; refusing to open it as {wanted:?} (a data directory keeps its node id, \
+                     cluster, partitions and idempotency bounds)"
+                )));
+            }
+            return Ok(());
+        }
+        let text = toml::to_string(&wanted).map_err(|e| error(e.to_string()))?;
+        let temporary = path.with_extension("toml.tmp");
+        fs::write(&temporary, text).map_err(|e| error(e.to_string()))?;
+        fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(|e| error(e.to_string()))?;
+        fs::rename(&temporary, &path).map_err(|e| error(e.to_string()))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| error(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn read(data_dir: &Path) -> Result<Option<ClusterManifest>, EngineError> {
+        let path = data_dir.join(CLUSTER_MANIFEST_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
+        let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+        toml::from_str(&text).map(Some).map_err(|e| error(e.to_string()))
+    }
+}
+
+pub struct ClusterNode {
+    node_id: u64,
+    config: NodeConfig,
+    cluster: ClusterConfig,
+    _lock: DataDirLock,
+    clients: Vec<Sender<ClientCommand>>,
+    threads: Vec<JoinHandle<()>>,
+    transport: Arc<Transport>,
+    listener: Option<PeerListener>,
+}
+
+impl ClusterNode {
+    /// Opens (creating if new) this node's replicas, connects to the peers and starts serving them.
+    /// `peer_overrides` replaces the address this node dials to reach a peer (a proxy, in tests).
+    pub fn open(
+        config: NodeConfig,
+        cluster: ClusterConfig,
+        node_id: u64,
+        peer_overrides: &HashMap<u64, SocketAddr>,
+    ) -> Result<ClusterNode, EngineError> {
+        cluster.validate().map_err(|e| EngineError::Io(e.to_string()))?;
+        let me = cluster
+            .node(node_id)
+            .ok_or_else(|| EngineError::Io(format!("node {node_id} is not in the cluster configuration")))?
+            .clone();
+        let config = NodeConfig {
+            cluster_id: cluster.cluster_id().map_err(|e| EngineError::Io(e.to_string()))?,
+            partitions: cluster.partitions,
+            ..config
+        };
+        config.validate()?;
+        ClusterManifest::create_or_check(&config, &cluster, node_id)?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let peers: Vec<(u64, SocketAddr)> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != node_id)
+            .map(|n| (n.id, peer_overrides.get(&n.id).copied().unwrap_or(n.peer_address)))
+            .collect();
+        let transport = Transport::start(node_id, config.cluster_id, &peers, &cluster.replication)
+            .map_err(|e| EngineError::Io(format!("cannot start the peer transport: {e}")))?;
+        let shards = config.shards.min(config.partitions);
+        let mut local: Vec<Vec<u32>> = vec![Vec::new(); shards as usize];
+        for partition in 0..config.partitions {
+            if cluster.replicas(partition).contains(&node_id) {
+                local[(partition % shards) as usize].push(partition);
+            }
+        }
+        let mut opened = Vec::new();
+        for (shard, partitions) in local.iter().enumerate() {
+            opened.push(ReplicaShard::open(shard as u32, node_id, &config, &cluster, partitions, transport.clone())?);
+        }
+        let cores = if config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let mut clients = Vec::new();
+        let mut peer_queues = Vec::new();
+        let mut threads = Vec::new();
+        for (index, shard) in opened.into_iter().enumerate() {
+            let (client_sender, client_receiver) = bounded(config.shard_queue_depth_max);
+            let (peer_sender, peer_receiver) = bounded(SHARD_PEER_QUEUE_DEPTH_MAX);
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("replica-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    shard.run(peer_receiver, client_receiver)
+                })
+                .map_err(|e| EngineError::Io(format!("cannot start a shard thread: {e}")))?;
+            clients.push(client_sender);
+            peer_queues.push(peer_sender);
+            threads.push(thread);
+        }
+        let dispatch: Dispatch = Arc::new(move |_from, item: PeerItem| {
+            let partition = match &item {
+                PeerItem::Raft { partition, .. }
+                | PeerItem::Forward { partition, .. }
+                | PeerItem::ForwardReply { partition, .. } => *partition,
+            };
+            // A full queue blocks this connection's reader: TCP pushes back on the sender.
+            let _ = peer_queues[(partition % shards) as usize].send(item);
+        });
+        let listener = PeerListener::start(me.peer_address, config.cluster_id, dispatch)
+            .map_err(|e| EngineError::Io(format!("cannot listen for peers on {}: {e}", me.peer_address)))?;
+        Ok(ClusterNode { node_id, config, cluster, _lock: lock, clients, threads, transport, listener: Some(listener) })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    pub fn peer_address(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(PeerListener::local_address)
+    }
+
+    fn shard_of(&self, partition: u32) -> usize {
+        (partition % self.clients.len() as u32) as usize
+    }
+
+    fn send(&self, partition: u32, command: ClientCommand) {
+        if let Err(error) = self.clients[self.shard_of(partition)].send(command) {
+            match error.into_inner() {
+                ClientCommand::Transfers { part, .. } | ClientCommand::CreateAccounts { part, .. } => {
+                    part.complete(Err(EngineError::ShuttingDown))
+                }
+                ClientCommand::Lookup { reply, .. } => reply(Err(EngineError::ShuttingDown)),
+                ClientCommand::Status { reply } => reply(Vec::new()),
+                ClientCommand::Shutdown { reply } => reply(Err(EngineError::ShuttingDown)),
+            }
+        }
+    }
+
+    /// Submits transfers; `reply` gets one result per transfer, in order, once each is committed.
+    pub fn create_transfers(&self, transfers: Vec<Transfer>, reply: BatchReply) -> Result<(), EngineError> {
+        for (partition, items, part) in
+            split_by_partition(&transfers, self.config.partitions, |t| t.debit_account_id, reply)?
+        {
+            self.send(partition, ClientCommand::Transfers { partition, items, part });
+        }
+        Ok(())
+    }
+
+    pub fn create_accounts(&self, accounts: Vec<CreateAccount>, reply: BatchReply) -> Result<(), EngineError> {
+        for (partition, items, part) in split_by_partition(&accounts, self.config.partitions, |a| a.id, reply)? {
+            self.send(partition, ClientCommand::CreateAccounts { partition, items, part });
+        }
+        Ok(())
+    }
+
+    pub fn lookup_accounts(
+        &self,
+        consistency: Consistency,
+        ids: Vec<u64>,
+        reply: LookupReply,
+    ) -> Result<(), EngineError> {
+        if ids.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+        }
+        let mut per_partition: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
+        for (slot, &id) in ids.iter().enumerate() {
+            per_partition.entry(partition_of(id, self.config.partitions)).or_default().push((slot as u32, id));
+        }
+        if per_partition.is_empty() {
+            reply(Ok(Vec::new()));
+            return Ok(());
+        }
+        let gather = LookupGather::new(ids.len(), per_partition.len(), reply);
+        for (partition, ids) in per_partition {
+            let gather = gather.clone();
+            let reply = Box::new(move |answers| gather.deliver(answers));
+            self.send(partition, ClientCommand::Lookup { partition, consistency, ids, reply });
+        }
+        Ok(())
+    }
+
+    /// Every local replica's state, sorted by partition.
+    pub fn status(&self, reply: Box<dyn FnOnce(Vec<GroupStatus>) + Send>) -> Result<(), EngineError> {
+        let shards = self.clients.len();
+        let gather = Arc::new(std::sync::Mutex::new((Vec::new(), Some(reply), shards)));
+        for shard in 0..shards {
+            let gather = gather.clone();
+            let reply: Box<dyn FnOnce(Vec<GroupStatus>) + Send> = Box::new(move |groups| {
+                let mut state = gather.lock().unwrap_or_else(|p| p.into_inner());
+                state.0.extend(groups);
+                state.2 -= 1;
+                if state.2 == 0 {
+                    let mut all = std::mem::take(&mut state.0);
+                    all.sort_by_key(|g: &GroupStatus| g.partition);
+                    let reply = state.1.take().expect("answered once");
+                    drop(state);
+                    reply(all);
+                }
+            });
+            self.clients[shard].send(ClientCommand::Status { reply }).map_err(|_| EngineError::ShuttingDown)?;
+        }
+        Ok(())
+    }
+
+    pub fn status_blocking(&self) -> Result<Vec<GroupStatus>, EngineError> {
+        blocking(|reply| self.status(reply))
+    }
+
+    pub fn lookup_accounts_blocking(
+        &self,
+        consistency: Consistency,
+        ids: Vec<u64>,
+    ) -> Result<Vec<Option<Account>>, EngineError> {
+        blocking(|reply| self.lookup_accounts(consistency, ids, reply))?
+    }
+
+    /// Stops taking peer traffic, lets every shard finish its round, and stops the threads.
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), EngineError> {
+        let mut first_error = None;
+        for shard in 0..self.clients.len() {
+            let outcome = blocking(|reply| {
+                self.clients[shard].send(ClientCommand::Shutdown { reply }).map_err(|_| EngineError::ShuttingDown)
+            })
+            .and_then(|r| r);
+            if let Err(error) = outcome {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.clients.clear();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                first_error.get_or_insert(EngineError::Io("a shard thread panicked".into()));
+            }
+        }
+        if let Some(mut listener) = self.listener.take() {
+            listener.shutdown();
+        }
+        self.transport.shutdown();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.stop();
+        }
+    }
+}

@@ -1,0 +1,1027 @@
+//! A replica shard: one thread owning the Raft groups of the partitions this node replicates and the shard
+//! maps to it. Per partition it holds the Raft replica (`RawNode` on a `WalStorage`, so the Raft log is
+//! the event log), the committed state (what followers serve reads from) and, while it leads, a
+//! speculative state: the committed state plus every event in the log that is not committed yet.
+//!
+//! One round of the loop:
+//! 1. step every Raft message that arrived from peers; answer forwarded-request replies;
+//! 2. unless some led partition already has `uncommitted_entries_max` entries in flight, take client
+//!    commands: a led partition validates them against the speculative state and collects the events;
+//!    another node's partition forwards them to its leader; a partition without a leader refuses them;
+//! 3. propose each led partition's events as one log entry;
+//! 4. tick Raft when due and drive every group's `Ready`: send its messages first (the local fdatasync
+//!    then runs while followers write), persist entries and hard state, apply committed entries to the
+//!    committed state and answer the clients whose entries committed, with their sequence numbers;
+//! 5. notice leadership changes: a new leader rebuilds its speculative state from the committed state
+//!    and its log; a deposed one drops it and fails every waiting request as `NotLeader` (retryable: a
+//!    retry with the same ids returns the first outcome if the entry did commit after all).
+//!
+//! Nothing is answered as done before its entry is committed and applied. A storage failure stops the
+//! shard (fail-stop), like the single-node shard.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+use net::protocol::{Consistency, ErrorCode};
+use net::types::{Account, CreateAccount, ItemResult, Transfer};
+use raft::{ConfState, Entry, MessageBody, Payload, RawNode, Role, Storage};
+use wal::WalOptions;
+
+use crate::cluster_config::{ClusterConfig, ReplicationConfig};
+use crate::config::NodeConfig;
+use crate::error::EngineError;
+use crate::event::{EventBatchView, EventBuffer};
+use crate::join::BatchPart;
+use crate::partition::PartitionState;
+use crate::raft_storage::WalStorage;
+use crate::replica::snapshot::{decode_partition_image, encode_partition_image};
+use crate::replica::transport::Transport;
+use crate::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
+use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_EVENTS_MAX, RECORD_PAYLOAD_BYTES_MAX};
+
+/// Lookup answers: (slot in the caller's result, account if found).
+pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
+pub type StatusReply = Box<dyn FnOnce(Vec<GroupStatus>) + Send>;
+
+/// Commands from this node's clients.
+pub enum ClientCommand {
+    Transfers { partition: u32, items: Vec<Transfer>, part: BatchPart },
+    CreateAccounts { partition: u32, items: Vec<CreateAccount>, part: BatchPart },
+    Lookup { partition: u32, consistency: Consistency, ids: Vec<(u32, u64)>, reply: LookupReply },
+    Status { reply: StatusReply },
+    Shutdown { reply: DoneReply },
+}
+
+/// One partition's replication state as this node sees it.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStatus {
+    pub partition: u32,
+    pub leader: bool,
+    pub leader_id: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub applied_seq: u64,
+    pub digest: u128,
+    pub accounts: usize,
+    pub ledger_sums: Vec<(u32, i128)>,
+    pub failed: Option<String>,
+}
+
+/// Directory of one partition's Raft log, hard state and snapshot file.
+pub fn partition_dir(data_dir: &Path, partition: u32) -> PathBuf {
+    data_dir.join(format!("partition-{partition:05}"))
+}
+
+/// Log options of a replicated partition: a record is an entry kind byte plus an event batch.
+pub fn replica_wal_options(config: &NodeConfig) -> WalOptions {
+    WalOptions {
+        segment_bytes: config.wal_segment_bytes,
+        payload_bytes_max: RECORD_PAYLOAD_BYTES_MAX + 64,
+        ..WalOptions::default()
+    }
+}
+
+/// Where the answer for a batch of items goes.
+enum ItemsTo {
+    Local(BatchPart),
+    Remote { node: u64, request_id: u64, partition: u32 },
+}
+
+/// Where the answer for a lookup goes.
+enum LookupTo {
+    Local { slots: Vec<u32>, reply: LookupReply },
+    Remote { node: u64, request_id: u64, partition: u32 },
+}
+
+struct PendingRead {
+    ids: Vec<u64>,
+    to: LookupTo,
+    deadline: Instant,
+}
+
+/// A request this shard forwarded to another node, waiting for its reply.
+enum Forwarded {
+    Items(BatchPart),
+    Lookup { slots: Vec<u32>, reply: LookupReply },
+}
+
+/// Answers owed once the entry at `index` (with `term`) is applied.
+struct Owed {
+    index: u64,
+    term: u64,
+    answers: Vec<(ItemsTo, Vec<ItemResult>)>,
+}
+
+struct Group {
+    partition: u32,
+    preferred_leader: u64,
+    raw: RawNode<WalStorage>,
+    committed: PartitionState,
+    /// Committed state plus every uncommitted event in the log; only while leading.
+    speculative: Option<PartitionState>,
+    /// The speculative state took effects that never reached the log (a refused proposal): rebuild it.
+    speculative_stale: bool,
+    buffer: EventBuffer,
+    round_answers: Vec<(ItemsTo, Vec<ItemResult>)>,
+    owed: VecDeque<Owed>,
+    applied_index: u64,
+    last_snapshot_index: u64,
+    // Cached from the last `raw.status()`.
+    role: Role,
+    leader: Option<u64>,
+    term: u64,
+    commit_index: u64,
+    last_index: u64,
+    /// Reads waiting until the committed state reaches a sequence.
+    seq_waits: Vec<(u64, PendingRead)>,
+    /// Linearizable reads waiting for their ReadIndex (by context), then for the apply of that index.
+    read_index_waits: HashMap<u64, PendingRead>,
+    index_waits: Vec<(u64, PendingRead)>,
+    preferred_caught_up_at: Option<Instant>,
+    last_transfer_attempt: Option<Instant>,
+}
+
+pub struct ReplicaShard {
+    id: u32,
+    node_id: u64,
+    config: NodeConfig,
+    replication: ReplicationConfig,
+    cluster: ClusterConfig,
+    transport: Arc<Transport>,
+    groups: Vec<Group>,
+    /// Partition -> position in `groups`.
+    group_of: HashMap<u32, usize>,
+    forwarded: HashMap<u64, (Forwarded, Instant)>,
+    next_request_id: u64,
+    next_read_context: u64,
+    last_tick: Instant,
+    failed: Option<String>,
+}
+
+/// A group's rebalancing: the preferred leader asks for leadership back only when it has been caught up
+/// this recently, and a leader tries at most this often.
+const PREFERRED_CAUGHT_UP_WITHIN_MS: u64 = 500;
+const LEADER_TRANSFER_RETRY_MS: u64 = 3_000;
+/// Ticks one loop iteration may catch up after a stall (more would only fire elections at once).
+const TICKS_PER_ROUND_MAX: u32 = 3;
+
+impl ReplicaShard {
+    /// Opens (creating if new) the groups of `partitions`, restoring each from its snapshot file; Raft
+    /// then re-applies the committed log after it.
+    pub fn open(
+        id: u32,
+        node_id: u64,
+        config: &NodeConfig,
+        cluster: &ClusterConfig,
+        partitions: &[u32],
+        transport: Arc<Transport>,
+    ) -> Result<ReplicaShard, EngineError> {
+        let replication = cluster.replication.clone();
+        let mut groups = Vec::new();
+        let mut group_of = HashMap::new();
+        for &partition in partitions {
+            let group = open_group(node_id, config, cluster, partition)?;
+            group_of.insert(partition, groups.len());
+            groups.push(group);
+        }
+        Ok(ReplicaShard {
+            id,
+            node_id,
+            config: config.clone(),
+            replication,
+            cluster: cluster.clone(),
+            transport,
+            groups,
+            group_of,
+            forwarded: HashMap::new(),
+            next_request_id: 1,
+            next_read_context: 1,
+            last_tick: Instant::now(),
+            failed: None,
+        })
+    }
+
+    pub fn run(mut self, peers: Receiver<PeerItem>, clients: Receiver<ClientCommand>) {
+        let tick = Duration::from_millis(self.replication.tick_interval_ms);
+        // A brand-new cluster: each preferred leader stands at once instead of waiting for a timeout.
+        for group in &mut self.groups {
+            if group.preferred_leader == self.node_id && group.raw.status().term == 0 {
+                group.raw.campaign();
+            }
+        }
+        self.drive_all();
+        loop {
+            let accepting = self.accepting_clients();
+            let wait = tick.saturating_sub(self.last_tick.elapsed());
+            let mut select = Select::new();
+            let peer_index = select.recv(&peers);
+            let client_index = accepting.then(|| select.recv(&clients));
+            // Which queue woke us does not matter: both are drained below.
+            let _ = (peer_index, client_index, select.ready_timeout(wait));
+            // Peers first and entirely: they are what lets the cluster make progress.
+            loop {
+                match peers.try_recv() {
+                    Ok(item) => self.on_peer(item),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                }
+            }
+            let mut shutdown = None;
+            if self.accepting_clients() {
+                let now_ns = clock_ns();
+                let mut items = 0usize;
+                while items < self.config.round_items_max {
+                    match clients.try_recv() {
+                        Ok(ClientCommand::Shutdown { reply }) => {
+                            shutdown = Some(reply);
+                            break;
+                        }
+                        Ok(command) => items += self.on_client(command, now_ns),
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                            return self.close(None);
+                        }
+                    }
+                }
+            }
+            self.propose_all();
+            self.tick_if_due(tick);
+            self.drive_all();
+            self.expire_waits();
+            if let Some(reply) = shutdown {
+                return self.close(Some(reply));
+            }
+        }
+    }
+
+    /// Client commands wait in their queue while a led partition has too much uncommitted.
+    fn accepting_clients(&self) -> bool {
+        self.groups.iter().all(|g| {
+            g.speculative.is_none()
+                || g.last_index.saturating_sub(g.commit_index) < self.replication.uncommitted_entries_max
+        })
+    }
+
+    fn tick_if_due(&mut self, tick: Duration) {
+        let mut ticks = 0;
+        while self.last_tick.elapsed() >= tick && ticks < TICKS_PER_ROUND_MAX {
+            self.last_tick += tick;
+            ticks += 1;
+            for group in &mut self.groups {
+                group.raw.tick();
+            }
+        }
+        if self.last_tick.elapsed() >= tick {
+            self.last_tick = Instant::now();
+        }
+        if ticks > 0 {
+            self.rebalance();
+        }
+    }
+
+    /// Hands leadership back to a partition's preferred node once it is caught up, so leaders stay
+    /// spread over the nodes after a failover heals.
+    fn rebalance(&mut self) {
+        let now = Instant::now();
+        for group in &mut self.groups {
+            if group.role != Role::Leader || group.preferred_leader == self.node_id {
+                continue;
+            }
+            let caught_up = group
+                .preferred_caught_up_at
+                .is_some_and(|at| now.duration_since(at) < Duration::from_millis(PREFERRED_CAUGHT_UP_WITHIN_MS));
+            let may_try = group
+                .last_transfer_attempt
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_millis(LEADER_TRANSFER_RETRY_MS));
+            if caught_up && may_try {
+                group.last_transfer_attempt = Some(now);
+                if group.raw.transfer_leader(group.preferred_leader).is_ok() {
+                    eprintln!(
+                        "node {}: partition {}: handing leadership to its preferred node {}",
+                        self.node_id, group.partition, group.preferred_leader
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_peer(&mut self, item: PeerItem) {
+        match item {
+            PeerItem::Raft { partition, message } => {
+                let Some(&slot) = self.group_of.get(&partition) else { return };
+                let group = &mut self.groups[slot];
+                if message.from == group.preferred_leader {
+                    if let MessageBody::AppendResponse { index, reject: None } = message.body {
+                        if index >= group.commit_index && group.role == Role::Leader {
+                            group.preferred_caught_up_at = Some(Instant::now());
+                        }
+                    }
+                }
+                group.raw.step(message);
+            }
+            PeerItem::Forward { request_id, from_node, partition, request } => {
+                self.on_forward(request_id, from_node, partition, request);
+            }
+            PeerItem::ForwardReply { request_id, reply, .. } => {
+                let Some((waiting, _)) = self.forwarded.remove(&request_id) else { return };
+                match (waiting, reply) {
+                    (Forwarded::Items(part), ForwardReply::Results(results)) if results.len() == part.len() => {
+                        part.complete(Ok(results))
+                    }
+                    (Forwarded::Lookup { slots, reply }, ForwardReply::Accounts(accounts))
+                        if accounts.len() == slots.len() =>
+                    {
+                        reply(Ok(slots.into_iter().zip(accounts).collect()))
+                    }
+                    (waiting, ForwardReply::Error { code, message }) => {
+                        fail_forwarded(waiting, EngineError::Remote { node: 0, code, message })
+                    }
+                    (waiting, _) => fail_forwarded(
+                        waiting,
+                        EngineError::Unavailable("a forwarded request got a reply of the wrong shape".into()),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn on_forward(&mut self, request_id: u64, from_node: u64, partition: u32, request: ForwardRequest) {
+        let refuse = |shard: &ReplicaShard, error: EngineError| {
+            let (code, message) = error_code(&error);
+            shard.transport.send(
+                from_node,
+                PeerItem::ForwardReply { request_id, partition, reply: ForwardReply::Error { code, message } },
+            );
+        };
+        if let Some(reason) = &self.failed {
+            return refuse(self, EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
+        }
+        let Some(&slot) = self.group_of.get(&partition) else {
+            return refuse(self, EngineError::NotLeader { partition, leader: None });
+        };
+        let leads = self.groups[slot].speculative.is_some() && !self.groups[slot].speculative_stale;
+        let remote = ItemsTo::Remote { node: from_node, request_id, partition };
+        match request {
+            ForwardRequest::Transfers(_) | ForwardRequest::CreateAccounts(_) if !leads => {
+                let leader = self.groups[slot].leader;
+                refuse(self, EngineError::NotLeader { partition, leader })
+            }
+            ForwardRequest::Transfers(items) => self.execute(slot, Batch::Transfers(items), remote, clock_ns()),
+            ForwardRequest::CreateAccounts(items) => self.execute(slot, Batch::Accounts(items), remote, clock_ns()),
+            ForwardRequest::Lookup { consistency, ids } => {
+                let to = LookupTo::Remote { node: from_node, request_id, partition };
+                self.lookup(slot, consistency, ids, to);
+            }
+        }
+    }
+
+    /// Returns the number of items the command carried.
+    fn on_client(&mut self, command: ClientCommand, now_ns: u64) -> usize {
+        match command {
+            ClientCommand::Status { reply } => {
+                reply(self.groups.iter().map(|g| self.group_status(g)).collect());
+                0
+            }
+            ClientCommand::Shutdown { .. } => unreachable!("handled by the loop"),
+            ClientCommand::Transfers { partition, items, part } => {
+                let n = items.len();
+                self.route_items(partition, Batch::Transfers(items), part, now_ns);
+                n
+            }
+            ClientCommand::CreateAccounts { partition, items, part } => {
+                let n = items.len();
+                self.route_items(partition, Batch::Accounts(items), part, now_ns);
+                n
+            }
+            ClientCommand::Lookup { partition, consistency, ids, reply } => {
+                let n = ids.len();
+                let (slots, ids): (Vec<u32>, Vec<u64>) = ids.into_iter().unzip();
+                if let Some(reason) = &self.failed {
+                    reply(Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }));
+                    return n;
+                }
+                match self.group_of.get(&partition).copied() {
+                    Some(slot) => {
+                        let leads = self.groups[slot].speculative.is_some();
+                        if consistency == Consistency::Linearizable && !leads {
+                            self.forward_lookup(slot, partition, ids, slots, reply);
+                        } else {
+                            self.lookup(slot, consistency, ids, LookupTo::Local { slots, reply });
+                        }
+                    }
+                    None => {
+                        // No local replica: ask the partition's preferred leader.
+                        let leader = self.cluster.preferred_leader(partition);
+                        self.forward(
+                            leader,
+                            partition,
+                            ForwardRequest::Lookup { consistency, ids },
+                            Forwarded::Lookup { slots, reply },
+                        );
+                    }
+                }
+                n
+            }
+        }
+    }
+
+    fn forward_lookup(&mut self, slot: usize, partition: u32, ids: Vec<u64>, slots: Vec<u32>, reply: LookupReply) {
+        match self.groups[slot].leader {
+            Some(leader) if leader != self.node_id => self.forward(
+                leader,
+                partition,
+                ForwardRequest::Lookup { consistency: Consistency::Linearizable, ids },
+                Forwarded::Lookup { slots, reply },
+            ),
+            _ => reply(Err(EngineError::NotLeader { partition, leader: None })),
+        }
+    }
+
+    fn route_items(&mut self, partition: u32, batch: Batch, part: BatchPart, now_ns: u64) {
+        if let Some(reason) = &self.failed {
+            part.complete(Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }));
+            return;
+        }
+        let Some(&slot) = self.group_of.get(&partition) else {
+            let leader = self.cluster.preferred_leader(partition);
+            let request = batch.into_request();
+            self.forward(leader, partition, request, Forwarded::Items(part));
+            return;
+        };
+        let group = &self.groups[slot];
+        if group.speculative.is_some() && !group.speculative_stale {
+            self.execute(slot, batch, ItemsTo::Local(part), now_ns);
+            return;
+        }
+        match group.leader {
+            Some(leader) if leader != self.node_id => {
+                self.forward(leader, partition, batch.into_request(), Forwarded::Items(part))
+            }
+            leader => part.complete(Err(EngineError::NotLeader { partition, leader })),
+        }
+    }
+
+    fn forward(&mut self, to: u64, partition: u32, request: ForwardRequest, waiting: Forwarded) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request };
+        if !self.transport.send(to, item) {
+            let error = EngineError::Unavailable(format!("cannot queue the request for node {to}"));
+            return fail_forwarded(waiting, error);
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
+        self.forwarded.insert(request_id, (waiting, deadline));
+    }
+
+    /// Leader path: validate against the speculative state and collect the events of this round.
+    fn execute(&mut self, slot: usize, batch: Batch, to: ItemsTo, now_ns: u64) {
+        let len = batch.len();
+        if self.groups[slot].buffer.event_count() as usize + len > RECORD_EVENTS_MAX {
+            self.propose(slot);
+        }
+        let group = &mut self.groups[slot];
+        let Some(state) = group.speculative.as_mut() else {
+            let error = EngineError::NotLeader { partition: group.partition, leader: group.leader };
+            return answer_items(&self.transport, to, Err(error));
+        };
+        let mut results = Vec::with_capacity(len);
+        match &batch {
+            Batch::Transfers(items) => state.execute_transfers(now_ns, items, &mut group.buffer, &mut results),
+            Batch::Accounts(items) => state.execute_create_accounts(now_ns, items, &mut group.buffer, &mut results),
+        }
+        group.round_answers.push((to, results));
+    }
+
+    fn propose_all(&mut self) {
+        for slot in 0..self.groups.len() {
+            self.propose(slot);
+        }
+    }
+
+    /// Proposes the round's events of one led partition as one entry, and files its answers behind it.
+    fn propose(&mut self, slot: usize) {
+        let group = &mut self.groups[slot];
+        if group.round_answers.is_empty() && group.buffer.is_empty() {
+            group.buffer.clear();
+            return;
+        }
+        let answers = std::mem::take(&mut group.round_answers);
+        let outcome = if group.buffer.is_started() && !group.buffer.is_empty() {
+            let data = group.buffer.finish().to_vec();
+            group.raw.propose(data).map(|index| (index, group.term))
+        } else {
+            // Only replayed retries: their outcomes are in the log already, maybe not yet committed;
+            // answer once everything this replica holds is applied.
+            let last = group.raw.status().last_index;
+            Ok((last, group.raw.term(last).unwrap_or(group.term)))
+        };
+        group.buffer.clear();
+        match outcome {
+            Ok((index, term)) if index <= group.applied_index => {
+                for (to, results) in answers {
+                    answer_items(&self.transport, to, Ok(results));
+                }
+                let _ = term;
+            }
+            Ok((index, term)) => {
+                group.last_index = group.last_index.max(index);
+                group.owed.push_back(Owed { index, term, answers });
+            }
+            Err(error) => {
+                // The speculative state holds effects that will never be in the log.
+                group.speculative_stale = true;
+                let error =
+                    EngineError::Unavailable(format!("partition {}: proposal refused: {error}", group.partition));
+                for (to, _) in answers {
+                    answer_items(&self.transport, to, Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn lookup(&mut self, slot: usize, consistency: Consistency, ids: Vec<u64>, to: LookupTo) {
+        let deadline = Instant::now() + Duration::from_millis(self.replication.read_wait_timeout_ms);
+        let read = PendingRead { ids, to, deadline };
+        let group = &mut self.groups[slot];
+        match consistency {
+            Consistency::Any => serve_read(&self.transport, &group.committed, read),
+            Consistency::AtLeast(seq) if group.committed.last_seq() >= seq => {
+                serve_read(&self.transport, &group.committed, read)
+            }
+            Consistency::AtLeast(seq) => group.seq_waits.push((seq, read)),
+            Consistency::Linearizable => {
+                if group.speculative.is_none() {
+                    let error = EngineError::NotLeader { partition: group.partition, leader: group.leader };
+                    return answer_lookup(&self.transport, read.to, Err(error));
+                }
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                match group.raw.read_index(context) {
+                    Ok(()) => {
+                        group.read_index_waits.insert(context, read);
+                    }
+                    Err(error) => {
+                        let error =
+                            EngineError::Unavailable(format!("partition {}: read refused: {error}", group.partition));
+                        answer_lookup(&self.transport, read.to, Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    fn drive_all(&mut self) {
+        for slot in 0..self.groups.len() {
+            if let Err(error) = self.drive(slot) {
+                self.fail(format!("partition {}: {error}", self.groups[slot].partition));
+            }
+            self.observe_role(slot);
+        }
+    }
+
+    /// Handles every Ready of one group.
+    fn drive(&mut self, slot: usize) -> Result<(), EngineError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let node_id = self.node_id;
+        let interval = self.replication.snapshot_interval_entries;
+        let group = &mut self.groups[slot];
+        while group.raw.has_ready() {
+            let mut ready = group.raw.ready();
+            for message in std::mem::take(&mut ready.messages) {
+                let to = message.to;
+                self.transport.send(to, PeerItem::Raft { partition: group.partition, message });
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                let (partition, rows) = decode_partition_image(&snapshot.data)
+                    .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
+                if partition != group.partition {
+                    return Err(EngineError::Store(format!("received a snapshot of partition {partition}")));
+                }
+                let state = PartitionState::restore_rows(group.committed.config(), rows)
+                    .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
+                group.raw.storage_mut().apply_snapshot(snapshot.clone()).map_err(storage_error)?;
+                group.committed = state;
+                group.applied_index = snapshot.meta.index;
+                group.last_snapshot_index = snapshot.meta.index;
+                eprintln!(
+                    "node {node_id}: partition {}: installed snapshot at index {} (seq {})",
+                    group.partition,
+                    snapshot.meta.index,
+                    group.committed.last_seq()
+                );
+            }
+            if !ready.entries.is_empty() {
+                group.raw.storage_mut().append(&ready.entries).map_err(storage_error)?;
+            }
+            if let Some(hard_state) = ready.hard_state {
+                group.raw.storage_mut().set_hard_state(hard_state).map_err(storage_error)?;
+            }
+            if ready.must_persist() {
+                group.raw.on_persisted(ready.number);
+            }
+            if let Some(last) = ready.committed_entries.last().map(|e| e.index) {
+                for entry in &ready.committed_entries {
+                    apply_entry(group, entry, &self.transport)?;
+                }
+                group.raw.on_applied(last);
+            }
+            for read_state in ready.read_states {
+                if let Some(read) = group.read_index_waits.remove(&read_state.context) {
+                    group.index_waits.push((read_state.index, read));
+                }
+            }
+            for context in ready.dropped_reads {
+                if let Some(read) = group.read_index_waits.remove(&context) {
+                    let error = EngineError::NotLeader { partition: group.partition, leader: None };
+                    answer_lookup(&self.transport, read.to, Err(error));
+                }
+            }
+        }
+        serve_waiting_reads(group, &self.transport);
+        if group.applied_index >= group.last_snapshot_index + interval {
+            let image = encode_partition_image(group.partition, &group.committed.export_rows());
+            group.raw.compact(group.applied_index, image).map_err(|e| EngineError::Store(e.to_string()))?;
+            group.last_snapshot_index = group.applied_index;
+        }
+        Ok(())
+    }
+
+    /// Notices a change of leadership and adjusts the speculative state and the waiting requests.
+    fn observe_role(&mut self, slot: usize) {
+        let node_id = self.node_id;
+        let group = &mut self.groups[slot];
+        let status = group.raw.status();
+        let was = group.role;
+        group.role = status.role;
+        group.term = status.term;
+        group.leader = status.leader;
+        group.commit_index = status.commit;
+        group.last_index = status.last_index;
+        let leads = status.role == Role::Leader;
+        if leads && (group.speculative.is_none() || group.speculative_stale) {
+            match rebuild_speculative(group) {
+                Ok(state) => {
+                    group.speculative = Some(state);
+                    group.speculative_stale = false;
+                }
+                Err(error) => {
+                    let reason = format!("partition {}: cannot rebuild the leader state: {error}", group.partition);
+                    return self.fail(reason);
+                }
+            }
+            if was != Role::Leader {
+                eprintln!("node {node_id}: partition {}: leader in term {}", group.partition, status.term);
+            }
+        }
+        if !leads && group.speculative.is_some() {
+            group.speculative = None;
+            group.speculative_stale = false;
+            let error = EngineError::NotLeader { partition: group.partition, leader: status.leader };
+            for owed in group.owed.drain(..) {
+                for (to, _) in owed.answers {
+                    answer_items(&self.transport, to, Err(error.clone()));
+                }
+            }
+            for (to, _) in group.round_answers.drain(..) {
+                answer_items(&self.transport, to, Err(error.clone()));
+            }
+            group.buffer.clear();
+            for (_, read) in group.read_index_waits.drain() {
+                answer_lookup(&self.transport, read.to, Err(error.clone()));
+            }
+            for (_, read) in group.index_waits.drain(..) {
+                answer_lookup(&self.transport, read.to, Err(error.clone()));
+            }
+            eprintln!(
+                "node {node_id}: partition {}: no longer leader (term {}, leader {:?})",
+                group.partition, status.term, status.leader
+            );
+        }
+    }
+
+    fn expire_waits(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> =
+            self.forwarded.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            if let Some((waiting, _)) = self.forwarded.remove(&id) {
+                fail_forwarded(waiting, EngineError::Unavailable("the partition leader did not answer in time".into()));
+            }
+        }
+        for group in &mut self.groups {
+            let timeout = |read: PendingRead, transport: &Transport| {
+                let error = EngineError::Unavailable(format!(
+                    "partition {} did not reach the requested state in time",
+                    group.partition
+                ));
+                answer_lookup(transport, read.to, Err(error));
+            };
+            let (late, keep): (Vec<_>, Vec<_>) = group.seq_waits.drain(..).partition(|(_, r)| r.deadline <= now);
+            group.seq_waits = keep;
+            late.into_iter().for_each(|(_, read)| timeout(read, &self.transport));
+            let (late, keep): (Vec<_>, Vec<_>) = group.index_waits.drain(..).partition(|(_, r)| r.deadline <= now);
+            group.index_waits = keep;
+            late.into_iter().for_each(|(_, read)| timeout(read, &self.transport));
+            let late: Vec<u64> =
+                group.read_index_waits.iter().filter(|(_, r)| r.deadline <= now).map(|(&c, _)| c).collect();
+            for context in late {
+                if let Some(read) = group.read_index_waits.remove(&context) {
+                    timeout(read, &self.transport);
+                }
+            }
+        }
+    }
+
+    fn group_status(&self, group: &Group) -> GroupStatus {
+        let status = group.raw.status();
+        GroupStatus {
+            partition: group.partition,
+            leader: status.role == Role::Leader,
+            leader_id: status.leader.unwrap_or(0),
+            term: status.term,
+            last_index: status.last_index,
+            commit_index: status.commit,
+            applied_index: group.applied_index,
+            snapshot_index: group.raw.storage().snapshot_index(),
+            applied_seq: group.committed.last_seq(),
+            digest: group.committed.digest(),
+            accounts: group.committed.accounts_len(),
+            ledger_sums: group.committed.ledger_sums(),
+            failed: self.failed.clone(),
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_some() {
+            return;
+        }
+        eprintln!("node {} shard {}: FAILED, refusing all commands until restart: {reason}", self.node_id, self.id);
+        self.failed = Some(reason.clone());
+        let error = EngineError::ShardFailed { shard: self.id, reason };
+        for group in &mut self.groups {
+            group.speculative = None;
+            for owed in group.owed.drain(..) {
+                for (to, _) in owed.answers {
+                    answer_items(&self.transport, to, Err(error.clone()));
+                }
+            }
+            for (to, _) in group.round_answers.drain(..) {
+                answer_items(&self.transport, to, Err(error.clone()));
+            }
+            let reads = group
+                .seq_waits
+                .drain(..)
+                .chain(group.index_waits.drain(..))
+                .map(|(_, r)| r)
+                .chain(group.read_index_waits.drain().map(|(_, r)| r))
+                .collect::<Vec<_>>();
+            for read in reads {
+                answer_lookup(&self.transport, read.to, Err(error.clone()));
+            }
+        }
+    }
+
+    fn close(mut self, reply: Option<DoneReply>) {
+        self.propose_all();
+        self.drive_all();
+        let error = EngineError::ShuttingDown;
+        for group in &mut self.groups {
+            for owed in group.owed.drain(..) {
+                for (to, _) in owed.answers {
+                    answer_items(&self.transport, to, Err(error.clone()));
+                }
+            }
+        }
+        for (_, (waiting, _)) in self.forwarded.drain() {
+            fail_forwarded(waiting, EngineError::ShuttingDown);
+        }
+        if let Some(reply) = reply {
+            reply(match &self.failed {
+                None => Ok(()),
+                Some(reason) => Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }),
+            });
+        }
+    }
+}
+
+enum Batch {
+    Transfers(Vec<Transfer>),
+    Accounts(Vec<CreateAccount>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Transfers(items) => items.len(),
+            Batch::Accounts(items) => items.len(),
+        }
+    }
+
+    fn into_request(self) -> ForwardRequest {
+        match self {
+            Batch::Transfers(items) => ForwardRequest::Transfers(items),
+            Batch::Accounts(items) => ForwardRequest::CreateAccounts(items),
+        }
+    }
+}
+
+fn open_group(
+    node_id: u64,
+    config: &NodeConfig,
+    cluster: &ClusterConfig,
+    partition: u32,
+) -> Result<Group, EngineError> {
+    let dir = partition_dir(&config.data_dir, partition);
+    let mut storage = WalStorage::open(&dir, replica_wal_options(config))
+        .map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
+    let replicas = cluster.replicas(partition);
+    storage
+        .bootstrap(ConfState::with_voters(replicas.iter().copied()))
+        .map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
+    let snapshot = storage.snapshot().map_err(storage_error)?;
+    let partition_config = partition_config(config, partition);
+    let committed = if snapshot.meta.index == 0 {
+        PartitionState::new(partition_config)
+    } else {
+        let (image_partition, rows) = decode_partition_image(&snapshot.data)
+            .map_err(|e| EngineError::Store(format!("partition {partition}: snapshot file: {e}")))?;
+        if image_partition != partition {
+            return Err(EngineError::Store(format!(
+                "partition {partition}: snapshot file holds partition {image_partition}"
+            )));
+        }
+        PartitionState::restore_rows(partition_config, rows)
+            .map_err(|e| EngineError::Store(format!("partition {partition}: snapshot file: {e}")))?
+    };
+    let r = &cluster.replication;
+    let mut raft_config = raft::Config::new(node_id);
+    raft_config.election_timeout_ticks_min = r.election_timeout_ticks_min;
+    raft_config.election_timeout_ticks_max = r.election_timeout_ticks_max;
+    raft_config.heartbeat_interval_ticks = r.heartbeat_interval_ticks;
+    raft_config.append_entries_bytes_max = r.peer_batch_bytes_max as u64 / 2;
+    raft_config.proposal_bytes_max = (RECORD_PAYLOAD_BYTES_MAX as u64) * 2;
+    raft_config.uncommitted_bytes_max =
+        raft_config.proposal_bytes_max.max(r.uncommitted_entries_max * RECORD_PAYLOAD_BYTES_MAX as u64);
+    raft_config.random_seed = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ partition as u64 ^ clock_ns();
+    raft_config.applied_index = snapshot.meta.index;
+    let raw =
+        RawNode::new(raft_config, storage).map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
+    let status = raw.status();
+    Ok(Group {
+        partition,
+        preferred_leader: cluster.preferred_leader(partition),
+        raw,
+        committed,
+        speculative: None,
+        speculative_stale: false,
+        buffer: EventBuffer::new(),
+        round_answers: Vec::new(),
+        owed: VecDeque::new(),
+        applied_index: snapshot.meta.index,
+        last_snapshot_index: snapshot.meta.index,
+        role: status.role,
+        leader: status.leader,
+        term: status.term,
+        commit_index: status.commit,
+        last_index: status.last_index,
+        seq_waits: Vec::new(),
+        read_index_waits: HashMap::new(),
+        index_waits: Vec::new(),
+        preferred_caught_up_at: None,
+        last_transfer_attempt: None,
+    })
+}
+
+fn storage_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Log(error.to_string())
+}
+
+/// Applies one committed entry to the committed state and answers what waited for it.
+fn apply_entry(group: &mut Group, entry: &Entry, transport: &Transport) -> Result<(), EngineError> {
+    if let Payload::Data(bytes) = &entry.payload {
+        let view = EventBatchView::new(bytes)
+            .map_err(|e| EngineError::Log(format!("entry {}: not an event batch: {e}", entry.index)))?;
+        group
+            .committed
+            .apply_batch(&view)
+            .map_err(|e| EngineError::Log(format!("entry {}: cannot be applied: {e}", entry.index)))?;
+    }
+    group.applied_index = entry.index;
+    while let Some(owed) = group.owed.front() {
+        if owed.index > entry.index {
+            break;
+        }
+        let owed = group.owed.pop_front().expect("front exists");
+        let committed_as_proposed = owed.index < entry.index || owed.term == entry.term;
+        for (to, results) in owed.answers {
+            if committed_as_proposed {
+                answer_items(transport, to, Ok(results));
+            } else {
+                let error = EngineError::NotLeader { partition: group.partition, leader: group.leader };
+                answer_items(transport, to, Err(error));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The committed state plus every entry of this replica's log after it.
+fn rebuild_speculative(group: &Group) -> Result<PartitionState, EngineError> {
+    let mut state = group.committed.clone();
+    let last = group.raw.status().last_index;
+    for index in group.applied_index + 1..=last {
+        let entry =
+            group.raw.entry(index).ok_or_else(|| EngineError::Log(format!("entry {index} is missing from the log")))?;
+        if let Payload::Data(bytes) = &entry.payload {
+            let view = EventBatchView::new(bytes).map_err(|e| EngineError::Log(format!("entry {index}: {e}")))?;
+            state.apply_batch(&view).map_err(|e| EngineError::Log(format!("entry {index}: {e}")))?;
+        }
+    }
+    Ok(state)
+}
+
+fn serve_waiting_reads(group: &mut Group, transport: &Transport) {
+    if !group.seq_waits.is_empty() {
+        let seq = group.committed.last_seq();
+        let (ready, waiting): (Vec<_>, Vec<_>) = group.seq_waits.drain(..).partition(|(needed, _)| *needed <= seq);
+        group.seq_waits = waiting;
+        for (_, read) in ready {
+            serve_read(transport, &group.committed, read);
+        }
+    }
+    if !group.index_waits.is_empty() {
+        let applied = group.applied_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            group.index_waits.drain(..).partition(|(needed, _)| *needed <= applied);
+        group.index_waits = waiting;
+        for (_, read) in ready {
+            serve_read(transport, &group.committed, read);
+        }
+    }
+}
+
+fn serve_read(transport: &Transport, state: &PartitionState, read: PendingRead) {
+    let accounts = read.ids.iter().map(|&id| state.account(id)).collect();
+    answer_lookup(transport, read.to, Ok(accounts));
+}
+
+fn answer_items(transport: &Transport, to: ItemsTo, outcome: Result<Vec<ItemResult>, EngineError>) {
+    match to {
+        ItemsTo::Local(part) => part.complete(outcome),
+        ItemsTo::Remote { node, request_id, partition } => {
+            let reply = match outcome {
+                Ok(results) => ForwardReply::Results(results),
+                Err(error) => {
+                    let (code, message) = error_code(&error);
+                    ForwardReply::Error { code, message }
+                }
+            };
+            transport.send(node, PeerItem::ForwardReply { request_id, partition, reply });
+        }
+    }
+}
+
+fn answer_lookup(transport: &Transport, to: LookupTo, outcome: Result<Vec<Option<Account>>, EngineError>) {
+    match to {
+        LookupTo::Local { slots, reply } => reply(outcome.map(|accounts| slots.into_iter().zip(accounts).collect())),
+        LookupTo::Remote { node, request_id, partition } => {
+            let reply = match outcome {
+                Ok(accounts) => ForwardReply::Accounts(accounts),
+                Err(error) => {
+                    let (code, message) = error_code(&error);
+                    ForwardReply::Error { code, message }
+                }
+            };
+            transport.send(node, PeerItem::ForwardReply { request_id, partition, reply });
+        }
+    }
+}
+
+fn fail_forwarded(waiting: Forwarded, error: EngineError) {
+    match waiting {
+        Forwarded::Items(part) => part.complete(Err(error)),
+        Forwarded::Lookup { reply, .. } => reply(Err(error)),
+    }
+}
+
+/// The protocol error code and message an engine error is answered with.
+pub fn error_code(error: &EngineError) -> (u16, String) {
+    let code = match error {
+        EngineError::NotLeader { .. } => ErrorCode::NotLeader,
+        EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
+            ErrorCode::Unavailable
+        }
+        EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
+        EngineError::Remote { code, message, .. } => return (*code, message.clone()),
+        _ => ErrorCode::Internal,
+    };
+    (code as u16, error.to_string())
+}

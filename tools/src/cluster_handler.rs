@@ -1,0 +1,112 @@
+//! The bridge from the protocol server to a cluster node. Like [`crate::handler`], it only hands work
+//! to the node's bounded shard queues and answers from the node's callbacks; a request for a partition
+//! led elsewhere is forwarded by the node, and the answer relayed.
+
+use std::sync::Arc;
+
+use engine::replica::shard::{error_code, GroupStatus};
+use engine::replica::ClusterNode;
+use engine::EngineError;
+use net::protocol::PARTITION_FLAG_LEADER;
+use net::protocol::{AccountLookup, ErrorCode, NodeAddress, NodeStatus, PartitionStatus, Request, Response};
+use net::server::{Handler, Responder};
+use net::types::ResultCode;
+
+pub struct ClusterHandler {
+    node: Arc<ClusterNode>,
+}
+
+impl ClusterHandler {
+    pub fn new(node: Arc<ClusterNode>) -> ClusterHandler {
+        ClusterHandler { node }
+    }
+}
+
+/// The error frame for an engine failure, with the code a client can act on (`NotLeader` and
+/// `Unavailable` are retryable with the same ids).
+pub fn cluster_error_response(error: &EngineError) -> Response {
+    let (code, message) = error_code(error);
+    Response::error(ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal), message)
+}
+
+/// A node's Status answer: its view of every partition it replicates, and the cluster's members.
+pub fn cluster_status(node: &ClusterNode, groups: &[GroupStatus]) -> NodeStatus {
+    NodeStatus {
+        node_id: node.node_id(),
+        partitions: node.config().partitions,
+        shards: node.config().shards,
+        partition_states: groups
+            .iter()
+            .map(|g| PartitionStatus {
+                partition: g.partition,
+                flags: if g.leader { PARTITION_FLAG_LEADER } else { 0 },
+                term: g.term,
+                leader: g.leader_id,
+                last_index: g.last_index,
+                commit_index: g.commit_index,
+                applied_index: g.applied_index,
+                applied_seq: g.applied_seq,
+                state_digest: g.digest as u64,
+            })
+            .collect(),
+        nodes: node.cluster().nodes.iter().map(|n| NodeAddress { node_id: n.id, address: n.address }).collect(),
+    }
+}
+
+impl Handler for ClusterHandler {
+    fn handle(&self, request: Request, responder: Responder) {
+        let items_reply = |responder: Responder| -> engine::join::BatchReply {
+            Box::new(move |outcome| {
+                responder.respond(match outcome {
+                    Ok(results) => Response::Results(results),
+                    Err(error) => cluster_error_response(&error),
+                })
+            })
+        };
+        let submitted = match request {
+            Request::Ping => {
+                responder.respond(Response::Pong);
+                return;
+            }
+            Request::CreateAccounts(accounts) => self.node.create_accounts(accounts, items_reply(responder)),
+            Request::CreateTransfers(transfers) => self.node.create_transfers(transfers, items_reply(responder)),
+            Request::LookupAccounts { consistency, ids } => {
+                let requested = ids.clone();
+                self.node.lookup_accounts(
+                    consistency,
+                    ids,
+                    Box::new(move |outcome| {
+                        responder.respond(match outcome {
+                            Ok(accounts) => Response::Accounts(
+                                requested
+                                    .iter()
+                                    .zip(accounts)
+                                    .map(|(&id, account)| match account {
+                                        Some(account) => AccountLookup::Found(account),
+                                        None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
+                                    })
+                                    .collect(),
+                            ),
+                            Err(error) => cluster_error_response(&error),
+                        })
+                    }),
+                )
+            }
+            Request::AccountHistory { .. } => {
+                responder.respond(Response::error(
+                    ErrorCode::Unavailable,
+                    "account history is served by single-node deployments only (see ARCHITECTURE.md)",
+                ));
+                return;
+            }
+            Request::Status => {
+                let node = self.node.clone();
+                self.node
+                    .status(Box::new(move |groups| responder.respond(Response::Status(cluster_status(&node, &groups)))))
+            }
+        };
+        if let Err(error) = submitted {
+            eprintln!("walletd: request refused by the engine: {error}");
+        }
+    }
+}
