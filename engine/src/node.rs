@@ -254,11 +254,7 @@ impl Node {
     }
 
     /// Looks accounts up; answers after everything they could reflect is durable.
-    pub fn lookup_accounts(
-        &self,
-        ids: Vec<u64>,
-        reply: LookupReply,
-    ) -> Result<(), EngineError> {
+    pub fn lookup_accounts(&self, ids: Vec<u64>, reply: LookupReply) -> Result<(), EngineError> {
         if ids.len() > BATCH_ITEMS_MAX {
             return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
         }

@@ -126,6 +126,17 @@ impl Progress {
         true
     }
 
+    /// The follower answered that it holds nothing matching beyond `holds`, below what it had
+    /// acknowledged: it lost its log (a wiped or replaced disk). Start over from what it holds; a
+    /// smaller `matched` only makes commit decisions more conservative.
+    pub fn reset_after_log_loss(&mut self, holds: u64) {
+        self.matched = holds;
+        self.next = holds + 1;
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
     /// Frees one inflight slot so that a lost AppendEntries cannot stall replication forever; the
     /// follower's rejection of the next one sends us back to probing.
     pub fn free_first_inflight(&mut self) {

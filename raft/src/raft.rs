@@ -302,7 +302,9 @@ impl<S: Storage> Raft<S> {
                 self.handle_append(from, prev_log_index, prev_log_term, &entries, commit)
             }
             MessageBody::Heartbeat { commit, read_seq, lease_tick } => {
-                self.log.commit_to(commit);
+                // The leader never sends more than what it believes we hold; a replica that lost its
+                // log (a wiped disk) holds less, and learns the rest through appends or a snapshot.
+                self.log.commit_to(commit.min(self.log.last_index()));
                 self.send(from, MessageBody::HeartbeatResponse { read_seq, lease_tick });
             }
             MessageBody::Snapshot { snapshot } => self.handle_snapshot(from, snapshot),

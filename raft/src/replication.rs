@@ -238,6 +238,12 @@ impl<S: Storage> Raft<S> {
             let next_probe =
                 if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term).0 } else { hint.index };
             let progress = self.progress.get_mut(&from).expect("caller checked the peer");
+            if hint.index < progress.matched && hint.term == 0 && hint.index < index {
+                // It holds less than it acknowledged: its log was lost. Probe again from scratch.
+                progress.reset_after_log_loss(hint.index);
+                self.send_append(from, true);
+                return;
+            }
             if progress.maybe_decrease_to(index, next_probe) {
                 if progress.state == ProgressState::Replicate {
                     progress.become_probe();

@@ -569,3 +569,25 @@ fn pending_reads_are_reported_dropped_when_leadership_is_lost() {
     assert_eq!(ready.dropped_reads, vec![11, 12]);
     assert!(ready.read_states.is_empty());
 }
+
+/// Regression: a follower whose disk was wiped rejoined with an empty log; the leader still believed
+/// it matched up to its old acknowledgement, sent a heartbeat committing that far, and the follower
+/// panicked ("commit beyond last index"). Now the follower clamps, the leader notices the lost log
+/// from the rejection, and the follower catches up (here through a snapshot).
+#[test]
+fn a_follower_that_lost_its_log_is_brought_back() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    for i in 0..10u8 {
+        cluster.propose(1, &[i]);
+    }
+    let snapshot_index = compact_to_applied(&mut cluster, 1);
+    let wiped =
+        RawNode::new(common::config(3), MemStorage::new_with_conf(ConfState::with_voters([1, 2, 3]))).expect("node");
+    cluster.nodes.insert(3, wiped);
+    cluster.tick_all(6);
+    let index = cluster.propose(1, b"after");
+    let status = cluster.node(3).status();
+    assert_eq!(status.commit, index, "the wiped follower caught up");
+    assert_eq!(cluster.node(3).storage().snapshot().expect("snapshot").meta.index, snapshot_index);
+}

@@ -7,6 +7,7 @@
 //! - `node`: the cluster node that ties them together.
 
 pub mod node;
+pub mod replay;
 pub mod shard;
 pub mod snapshot;
 pub mod transport;

@@ -42,11 +42,20 @@ pub struct ClusterOptions {
     pub proxied: bool,
     /// Appended to every node's command line.
     pub extra_args: Vec<String>,
+    /// Fields of the cluster file's `[replication]` table, e.g. `snapshot_interval_entries = 16`.
+    pub replication: Vec<String>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { nodes: 3, partitions: 3, replication_factor: 3, proxied: false, extra_args: Vec::new() }
+        ClusterOptions {
+            nodes: 3,
+            partitions: 3,
+            replication_factor: 3,
+            proxied: false,
+            extra_args: Vec::new(),
+            replication: Vec::new(),
+        }
     }
 }
 
@@ -374,7 +383,7 @@ fn config_text(
     peer_addresses: &[SocketAddr],
 ) -> String {
     let mut text = format!(
-        "cluster_id = \"{CLUSTER_ID:x}\"\npartitions = {}\nreplication_factor = {}\n",
+        "cluster_id = \"{CLUSTER_ID:#x}\"\npartitions = {}\nreplication_factor = {}\n",
         options.partitions, options.replication_factor
     );
     for (index, id) in ids.iter().enumerate() {
@@ -382,6 +391,13 @@ fn config_text(
             "\n[[nodes]]\nid = {id}\naddress = \"{}\"\npeer_address = \"{}\"\n",
             client_addresses[index], peer_addresses[index]
         ));
+    }
+    if !options.replication.is_empty() {
+        text.push_str("\n[replication]\n");
+        for line in &options.replication {
+            text.push_str(line);
+            text.push('\n');
+        }
     }
     text
 }
@@ -406,5 +422,7 @@ fn listening_line_written(log_path: &Path, log_start: u64) -> bool {
         Some(end) => &text[..end],
         None => return false,
     };
-    complete.lines().any(|line| line.starts_with(LISTENING_PREFIX))
+    // `contains`, not `starts_with`: stdout and stderr share the file, and an unbuffered stderr write
+    // can land in the middle of the listening line.
+    complete.lines().any(|line| line.contains(LISTENING_PREFIX))
 }

@@ -1,0 +1,432 @@
+//! Replication with real processes on loopback: three walletd nodes, every partition a Raft group of
+//! three. Each test drives a steady stream of transfers, breaks something (SIGKILL of a leader, a
+//! follower killed or wiped, a leader cut off by fault-injecting proxies), and then checks:
+//! - every acknowledged transfer is on every replica (an exact model of every balance, read from each
+//!   node's own committed state);
+//! - every ledger sums to zero and no ordinary account is negative;
+//! - no transfer was applied twice (a retried batch keeps its ids; the exact model would see it);
+//! - every replica of a partition reaches the same state (digests at the same applied index), and
+//!   replaying each stopped replica's log offline gives that same state.
+//!
+//! The workload is exact by construction: every transfer debits its partition's external account and
+//! credits an ordinary one, so no transfer can be refused and every balance is a plain sum.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use net::client::{Client, ClientConfig};
+use net::protocol::{AccountLookup, Consistency, NodeStatus, PARTITION_FLAG_LEADER};
+use net::types::{partition_of, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
+use serde_json::Value;
+use support::cluster::{ClusterOptions, LocalCluster, CLUSTER_ID};
+
+const PARTITIONS: u32 = 3;
+const LEDGER: u32 = 840;
+const ACCOUNTS_PER_PARTITION: usize = 8;
+const TRANSFERS_PER_BATCH: usize = 40;
+/// A batch that is not acknowledged within this long (retried with the same ids) fails the test.
+const BATCH_DEADLINE_MS: u64 = 30_000;
+/// How long replicas may take to converge after the workload stops.
+const CONVERGE_TIMEOUT_MS: u64 = 30_000;
+const ELECTION_TIMEOUT_MS: u64 = 15_000;
+
+/// Account ids of one partition: its external funding account and its ordinary accounts.
+struct PartitionAccounts {
+    bank: u64,
+    accounts: Vec<u64>,
+}
+
+struct Workload {
+    partitions: Vec<PartitionAccounts>,
+    /// Every transfer ever sent (acknowledged by the end), by credit account: expected balance.
+    expected: Mutex<BTreeMap<u64, i64>>,
+    acknowledged_batches: AtomicU64,
+    /// Longest gap between two acknowledgements, in ms: the pause clients saw during a failover.
+    longest_pause_ms: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Workload {
+    fn new() -> Workload {
+        let mut partitions: Vec<PartitionAccounts> =
+            (0..PARTITIONS).map(|_| PartitionAccounts { bank: 0, accounts: Vec::new() }).collect();
+        let mut id = 1_000u64;
+        while partitions.iter().any(|p| p.bank == 0 || p.accounts.len() < ACCOUNTS_PER_PARTITION) {
+            id += 1;
+            let p = &mut partitions[partition_of(id, PARTITIONS) as usize];
+            if p.bank == 0 {
+                p.bank = id;
+            } else if p.accounts.len() < ACCOUNTS_PER_PARTITION {
+                p.accounts.push(id);
+            }
+        }
+        Workload {
+            partitions,
+            expected: Mutex::new(BTreeMap::new()),
+            acknowledged_batches: AtomicU64::new(0),
+            longest_pause_ms: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn all_accounts(&self) -> Vec<u64> {
+        self.partitions.iter().flat_map(|p| std::iter::once(p.bank).chain(p.accounts.iter().copied())).collect()
+    }
+
+    fn create_accounts(&self, cluster: &LocalCluster) {
+        let mut creates = Vec::new();
+        for p in &self.partitions {
+            creates.push(CreateAccount { id: p.bank, ledger: LEDGER, flags: ACCOUNT_FLAG_EXTERNAL, user_data: 0 });
+            for &id in &p.accounts {
+                creates.push(CreateAccount { id, ledger: LEDGER, flags: 0, user_data: 0 });
+            }
+        }
+        let mut client = cluster.cluster_client();
+        let deadline = Instant::now() + Duration::from_millis(BATCH_DEADLINE_MS);
+        loop {
+            match client.create_accounts(&creates) {
+                Ok(results) => {
+                    for result in results {
+                        assert!(
+                            matches!(result.code, ResultCode::Ok | ResultCode::Exists),
+                            "account creation: {result:?}"
+                        );
+                    }
+                    return;
+                }
+                Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => panic!("creating accounts failed: {error}"),
+            }
+        }
+    }
+
+    /// One batch of transfers, each debiting its partition's bank and crediting an ordinary account.
+    fn batch(&self, sequence: u64) -> Vec<Transfer> {
+        (0..TRANSFERS_PER_BATCH as u64)
+            .map(|i| {
+                let n = sequence * TRANSFERS_PER_BATCH as u64 + i;
+                let p = &self.partitions[(n % PARTITIONS as u64) as usize];
+                let credit = p.accounts[((n / PARTITIONS as u64) % ACCOUNTS_PER_PARTITION as u64) as usize];
+                Transfer {
+                    id: net::client::new_transfer_id(),
+                    debit_account_id: p.bank,
+                    credit_account_id: credit,
+                    amount: 1 + n % 97,
+                    ledger: LEDGER,
+                    flags: 0,
+                    user_data: n as u128,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends batches until told to stop; every batch is retried with the same ids until acknowledged,
+    /// trying the nodes in turn.
+    fn run_writer(self: Arc<Self>, addresses: Vec<std::net::SocketAddr>) -> JoinHandle<u64> {
+        std::thread::spawn(move || {
+            let mut rotation = 0usize;
+            let connect = |rotation: usize| {
+                let mut ordered = addresses.clone();
+                ordered.rotate_left(rotation % addresses.len());
+                Client::new(ClientConfig::new(ordered, CLUSTER_ID)).expect("client config is valid")
+            };
+            let mut client = connect(rotation);
+            let mut sequence = 0u64;
+            let mut last_ack = Instant::now();
+            while !self.stop.load(Ordering::SeqCst) {
+                let batch = self.batch(sequence);
+                sequence += 1;
+                let deadline = Instant::now() + Duration::from_millis(BATCH_DEADLINE_MS);
+                let results = loop {
+                    match client.create_transfers(&batch) {
+                        Ok(results) => break results,
+                        Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                            rotation += 1;
+                            client = connect(rotation);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(error) => panic!("batch {sequence} not acknowledged: {error}"),
+                    }
+                };
+                assert_eq!(results.len(), batch.len());
+                for (transfer, result) in batch.iter().zip(&results) {
+                    assert_eq!(result.code, ResultCode::Ok, "transfer {:#x}: {result:?}", transfer.id);
+                }
+                let mut expected = self.expected.lock().unwrap();
+                for transfer in &batch {
+                    *expected.entry(transfer.credit_account_id).or_default() += transfer.amount as i64;
+                    *expected.entry(transfer.debit_account_id).or_default() -= transfer.amount as i64;
+                }
+                drop(expected);
+                let pause = last_ack.elapsed().as_millis() as u64;
+                self.longest_pause_ms.fetch_max(pause, Ordering::SeqCst);
+                last_ack = Instant::now();
+                self.acknowledged_batches.fetch_add(1, Ordering::SeqCst);
+            }
+            sequence
+        })
+    }
+
+    fn wait_for_batches(&self, at_least: u64, timeout_ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        while self.acknowledged_batches.load(Ordering::SeqCst) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "only {} batches acknowledged",
+                self.acknowledged_batches.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Reads every account from `node`'s own committed state and compares with the exact model.
+    fn check_node(&self, cluster: &LocalCluster, node: u64) {
+        let ids = self.all_accounts();
+        let mut client = cluster.client(node);
+        let found = client.lookup_accounts(Consistency::Any, &ids).expect("lookup");
+        let expected = self.expected.lock().unwrap();
+        let mut ledger_sum = 0i128;
+        for lookup in found {
+            let AccountLookup::Found(account) = lookup else { panic!("node {node}: account missing: {lookup:?}") };
+            let want = expected.get(&account.id).copied().unwrap_or(0);
+            assert_eq!(account.balance, want, "node {node}: account {} balance", account.id);
+            if account.flags & ACCOUNT_FLAG_EXTERNAL == 0 {
+                assert!(account.balance >= 0, "node {node}: ordinary account {} is negative", account.id);
+            }
+            ledger_sum += account.balance as i128;
+        }
+        assert_eq!(ledger_sum, 0, "node {node}: the ledger does not sum to zero");
+    }
+}
+
+fn leader_of(status: &NodeStatus, partition: u32) -> Option<u64> {
+    let record = status.partition_states.iter().find(|p| p.partition == partition)?;
+    (record.leader != 0).then_some(record.leader)
+}
+
+/// Waits until some running node reports itself leader of `partition` (other than `not`).
+fn wait_for_leader(cluster: &LocalCluster, partition: u32, not: Option<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_millis(ELECTION_TIMEOUT_MS);
+    loop {
+        for id in cluster.node_ids() {
+            if !cluster.is_running(id) || Some(id) == not {
+                continue;
+            }
+            if let Ok(status) = cluster.status(id) {
+                let leads = status
+                    .partition_states
+                    .iter()
+                    .any(|p| p.partition == partition && p.flags & PARTITION_FLAG_LEADER != 0);
+                if leads {
+                    return id;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for partition {partition}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every running node holds, for every partition, the same committed and applied log
+/// and the same state digest; returns `(partition, applied index, digest)`.
+fn wait_converged(cluster: &LocalCluster) -> Vec<(u32, u64, u64)> {
+    let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
+    loop {
+        let statuses: Vec<NodeStatus> = cluster
+            .node_ids()
+            .into_iter()
+            .filter(|&id| cluster.is_running(id))
+            .filter_map(|id| cluster.status(id).ok())
+            .collect();
+        let running = cluster.node_ids().into_iter().filter(|&id| cluster.is_running(id)).count();
+        if statuses.len() == running {
+            let mut views: BTreeMap<u32, Vec<(u64, u64, u64, u64)>> = BTreeMap::new();
+            for status in &statuses {
+                for p in &status.partition_states {
+                    views.entry(p.partition).or_default().push((
+                        p.applied_index,
+                        p.commit_index,
+                        p.last_index,
+                        p.state_digest,
+                    ));
+                }
+            }
+            let agreed = views.len() == PARTITIONS as usize
+                && views.values().all(|v| {
+                    v.len() == running && v.iter().all(|x| *x == v[0]) && v[0].0 == v[0].1 && v[0].1 == v[0].2
+                });
+            if agreed {
+                return views.iter().map(|(&p, v)| (p, v[0].0, v[0].3)).collect();
+            }
+            if Instant::now() >= deadline {
+                panic!("replicas did not converge: {views:?}");
+            }
+        } else if Instant::now() >= deadline {
+            panic!("not every running node answered status");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops every node cleanly and replays each one's replicas offline with `walletctl verify`: every
+/// replica of a partition must replay to the same commit index and digest, equal to the live one.
+fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) {
+    for id in cluster.node_ids() {
+        if cluster.is_running(id) {
+            let status = cluster.terminate(id);
+            assert!(status.success(), "node {id} stopped with {status}");
+        }
+    }
+    for id in cluster.node_ids() {
+        let dir = cluster.data_dir(id);
+        let (code, out) = cluster.walletctl(&["--json", "verify", "--data-dir", dir.to_str().unwrap()]);
+        let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(code, 0, "node {id} verify: {out}");
+        assert_eq!(report["clean"], true, "node {id}: {out}");
+        for &(partition, applied, digest) in live {
+            let replay = report["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["partition"] == partition)
+                .unwrap_or_else(|| panic!("node {id} has no replica of partition {partition}"));
+            assert_eq!(replay["commit_index"], applied, "node {id} partition {partition}: {replay}");
+            assert_eq!(replay["state_digest"], format!("{digest:016x}"), "node {id} partition {partition}: {replay}");
+        }
+    }
+}
+
+fn addresses(cluster: &LocalCluster) -> Vec<std::net::SocketAddr> {
+    cluster.node_ids().into_iter().map(|id| cluster.client_address(id)).collect()
+}
+
+#[test]
+fn killing_a_leader_under_load_loses_no_acknowledged_transfer() {
+    let mut cluster = LocalCluster::start(ClusterOptions::default());
+    let workload = Arc::new(Workload::new());
+    workload.create_accounts(&cluster);
+    let writer = workload.clone().run_writer(addresses(&cluster));
+    workload.wait_for_batches(50, 30_000);
+
+    let victim = wait_for_leader(&cluster, 0, None);
+    cluster.kill(victim);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    let successor = wait_for_leader(&cluster, 0, Some(victim));
+    assert_ne!(successor, victim);
+    workload.wait_for_batches(before + 50, 60_000);
+    workload.stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    eprintln!(
+        "leader failover: {} batches acknowledged, longest pause {} ms",
+        workload.acknowledged_batches.load(Ordering::SeqCst),
+        workload.longest_pause_ms.load(Ordering::SeqCst)
+    );
+
+    wait_converged(&cluster);
+    for id in cluster.node_ids().into_iter().filter(|&id| id != victim) {
+        workload.check_node(&cluster, id);
+    }
+    // The killed leader comes back, catches up and agrees.
+    cluster.start_node(victim);
+    let live = wait_converged(&cluster);
+    for id in cluster.node_ids() {
+        workload.check_node(&cluster, id);
+    }
+    // Status shows every partition's leader, term, commit and applied index on every node.
+    let (code, out) = cluster.walletctl(&["--addr", &cluster.client_address(1).to_string(), "--json", "status"]);
+    assert_eq!(code, 0, "{out}");
+    let status: Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{out}");
+    for node in nodes {
+        let partitions = node["partition_states"].as_array().unwrap();
+        assert_eq!(partitions.len(), PARTITIONS as usize, "{out}");
+        for p in partitions {
+            assert!(p["leader_node"].as_u64().unwrap() > 0 && p["term"].as_u64().unwrap() > 0, "{p}");
+        }
+    }
+    stop_and_verify_replay(&mut cluster, &live);
+}
+
+#[test]
+fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
+    let options = ClusterOptions { replication: vec!["snapshot_interval_entries = 32".into()], ..Default::default() };
+    let mut cluster = LocalCluster::start(options);
+    let workload = Arc::new(Workload::new());
+    workload.create_accounts(&cluster);
+    let writer = workload.clone().run_writer(addresses(&cluster));
+    workload.wait_for_batches(30, 30_000);
+
+    // Node 3 down while the others keep committing; back up, it replays what it missed.
+    cluster.kill(3);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 60, 60_000);
+    cluster.start_node(3);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 20, 60_000);
+
+    // Node 2 down and wiped: the others compact their logs meanwhile, so it can only come back
+    // through InstallSnapshot plus the log after it.
+    cluster.kill(2);
+    cluster.wipe(2);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 100, 60_000);
+    cluster.start_node(2);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 20, 60_000);
+    workload.stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+
+    let live = wait_converged(&cluster);
+    for id in cluster.node_ids() {
+        workload.check_node(&cluster, id);
+    }
+    let log = cluster.log_tail(2, 400);
+    assert!(log.contains("installed snapshot"), "the wiped node should come back through a snapshot:\n{log}");
+    stop_and_verify_replay(&mut cluster, &live);
+}
+
+#[test]
+fn an_isolated_leader_commits_nothing_and_the_majority_carries_on() {
+    let options = ClusterOptions { proxied: true, ..Default::default() };
+    let mut cluster = LocalCluster::start(options);
+    let workload = Arc::new(Workload::new());
+    workload.create_accounts(&cluster);
+    let writer = workload.clone().run_writer(addresses(&cluster));
+    workload.wait_for_batches(30, 30_000);
+
+    let isolated = wait_for_leader(&cluster, 0, None);
+    cluster.isolate(isolated);
+    // Whatever was in flight when the links were cut settles within a moment; from then on the
+    // isolated node must not commit anything more, in any partition.
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = cluster.status(isolated).expect("the isolated node still answers clients");
+    let successor = wait_for_leader(&cluster, 0, Some(isolated));
+    assert_ne!(successor, isolated);
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 60, 60_000);
+    let during = cluster.status(isolated).expect("status");
+    for (a, b) in frozen.partition_states.iter().zip(&during.partition_states) {
+        assert_eq!(a.commit_index, b.commit_index, "the isolated node committed in partition {}", a.partition);
+        assert_eq!(a.applied_seq, b.applied_seq, "the isolated node applied in partition {}", a.partition);
+    }
+    assert!(leader_of(&cluster.status(successor).unwrap(), 0).is_some_and(|l| l != isolated));
+
+    cluster.heal();
+    let before = workload.acknowledged_batches.load(Ordering::SeqCst);
+    workload.wait_for_batches(before + 20, 60_000);
+    workload.stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let live = wait_converged(&cluster);
+    for id in cluster.node_ids() {
+        workload.check_node(&cluster, id);
+    }
+    stop_and_verify_replay(&mut cluster, &live);
+}
