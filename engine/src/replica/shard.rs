@@ -111,6 +111,15 @@ enum Forwarded {
     Lookup { slots: Vec<u32>, reply: LookupReply },
 }
 
+/// A client batch waiting for its partition to have a leader (an election or a leadership transfer in
+/// progress), or to be sent again after the node it was forwarded to no longer led.
+struct Parked {
+    partition: u32,
+    batch: Batch,
+    part: BatchPart,
+    deadline: Instant,
+}
+
 /// Answers owed once the entry at `index` (with `term`) is applied.
 struct Owed {
     index: u64,
@@ -158,6 +167,9 @@ pub struct ReplicaShard {
     /// Partition -> position in `groups`.
     group_of: HashMap<u32, usize>,
     forwarded: HashMap<u64, (Forwarded, Instant)>,
+    /// Forwarded client batches keep their items, so a `NotLeader` answer can send them again.
+    forwarded_batches: HashMap<u64, (u32, Batch)>,
+    parked: Vec<Parked>,
     next_request_id: u64,
     next_read_context: u64,
     last_tick: Instant,
@@ -200,6 +212,8 @@ impl ReplicaShard {
             groups,
             group_of,
             forwarded: HashMap::new(),
+            forwarded_batches: HashMap::new(),
+            parked: Vec::new(),
             next_request_id: 1,
             next_read_context: 1,
             last_tick: Instant::now(),
@@ -253,6 +267,8 @@ impl ReplicaShard {
             self.propose_all();
             self.tick_if_due(tick);
             self.drive_all();
+            self.retry_parked(clock_ns());
+            self.propose_all();
             self.expire_waits();
             if let Some(reply) = shutdown {
                 return self.close(Some(reply));
@@ -329,25 +345,37 @@ impl ReplicaShard {
                 self.on_forward(request_id, from_node, partition, request);
             }
             PeerItem::ForwardReply { request_id, reply, .. } => {
-                let Some((waiting, _)) = self.forwarded.remove(&request_id) else { return };
-                match (waiting, reply) {
-                    (Forwarded::Items(part), ForwardReply::Results(results)) if results.len() == part.len() => {
-                        part.complete(Ok(results))
-                    }
-                    (Forwarded::Lookup { slots, reply }, ForwardReply::Accounts(accounts))
-                        if accounts.len() == slots.len() =>
+                let Some((waiting, deadline)) = self.forwarded.remove(&request_id) else { return };
+                let batch = self.forwarded_batches.remove(&request_id);
+                match (waiting, reply, batch) {
+                    (Forwarded::Items(part), ForwardReply::Error { code, .. }, Some((partition, batch)))
+                        if code == ErrorCode::NotLeader as u16 && deadline > Instant::now() =>
                     {
-                        reply(Ok(slots.into_iter().zip(accounts).collect()))
+                        // Leadership moved on the way: wait for the new leader and send it there.
+                        self.parked.push(Parked { partition, batch, part, deadline });
+                        return;
                     }
-                    (waiting, ForwardReply::Error { code, message }) => {
-                        fail_forwarded(waiting, EngineError::Remote { node: 0, code, message })
-                    }
-                    (waiting, _) => fail_forwarded(
-                        waiting,
-                        EngineError::Unavailable("a forwarded request got a reply of the wrong shape".into()),
-                    ),
+                    (waiting, reply, _) => self.on_forward_reply(waiting, reply),
                 }
             }
+        }
+    }
+
+    fn on_forward_reply(&mut self, waiting: Forwarded, reply: ForwardReply) {
+        match (waiting, reply) {
+            (Forwarded::Items(part), ForwardReply::Results(results)) if results.len() == part.len() => {
+                part.complete(Ok(results))
+            }
+            (Forwarded::Lookup { slots, reply }, ForwardReply::Accounts(accounts)) if accounts.len() == slots.len() => {
+                reply(Ok(slots.into_iter().zip(accounts).collect()))
+            }
+            (waiting, ForwardReply::Error { code, message }) => {
+                fail_forwarded(waiting, EngineError::Remote { node: 0, code, message })
+            }
+            (waiting, _) => fail_forwarded(
+                waiting,
+                EngineError::Unavailable("a forwarded request got a reply of the wrong shape".into()),
+            ),
         }
     }
 
@@ -450,8 +478,7 @@ impl ReplicaShard {
         }
         let Some(&slot) = self.group_of.get(&partition) else {
             let leader = self.cluster.preferred_leader(partition);
-            let request = batch.into_request();
-            self.forward(leader, partition, request, Forwarded::Items(part));
+            self.forward_batch(leader, partition, batch, part);
             return;
         };
         let group = &self.groups[slot];
@@ -460,10 +487,46 @@ impl ReplicaShard {
             return;
         }
         match group.leader {
-            Some(leader) if leader != self.node_id => {
-                self.forward(leader, partition, batch.into_request(), Forwarded::Items(part))
+            Some(leader) if leader != self.node_id => self.forward_batch(leader, partition, batch, part),
+            // No leader known, or this node just won and has not rebuilt its state yet: wait.
+            _ => {
+                let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
+                self.parked.push(Parked { partition, batch, part, deadline });
             }
-            leader => part.complete(Err(EngineError::NotLeader { partition, leader })),
+        }
+    }
+
+    /// Forwards a client batch to `leader`, keeping its items for a second try elsewhere.
+    fn forward_batch(&mut self, leader: u64, partition: u32, batch: Batch, part: BatchPart) {
+        let request_id = self.next_request_id;
+        let copy = batch.clone();
+        self.forward(leader, partition, batch.into_request(), Forwarded::Items(part));
+        if self.forwarded.contains_key(&request_id) {
+            self.forwarded_batches.insert(request_id, (partition, copy));
+        }
+    }
+
+    /// Sends parked batches on once their partition has a leader; fails those that waited too long.
+    fn retry_parked(&mut self, now_ns: u64) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for parked in std::mem::take(&mut self.parked) {
+            let Parked { partition, batch, part, deadline } = parked;
+            let group = self.group_of.get(&partition).map(|&slot| &self.groups[slot]);
+            let leader = group.and_then(|g| g.leader);
+            let ready_here = group.is_some_and(|g| g.speculative.is_some() && !g.speculative_stale);
+            if ready_here || leader.is_some_and(|l| l != self.node_id) {
+                self.route_items(partition, batch, part, now_ns);
+            } else if deadline <= now {
+                part.complete(Err(EngineError::Unavailable(format!(
+                    "partition {partition} had no leader within {} ms",
+                    self.replication.forward_timeout_ms
+                ))));
+            } else {
+                self.parked.push(Parked { partition, batch, part, deadline });
+            }
         }
     }
 
@@ -712,6 +775,7 @@ impl ReplicaShard {
         let expired: Vec<u64> =
             self.forwarded.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
+            self.forwarded_batches.remove(&id);
             if let Some((waiting, _)) = self.forwarded.remove(&id) {
                 fail_forwarded(waiting, EngineError::Unavailable("the partition leader did not answer in time".into()));
             }
@@ -803,6 +867,9 @@ impl ReplicaShard {
         for (_, (waiting, _)) in self.forwarded.drain() {
             fail_forwarded(waiting, EngineError::ShuttingDown);
         }
+        for parked in self.parked.drain(..) {
+            parked.part.complete(Err(EngineError::ShuttingDown));
+        }
         if let Some(reply) = reply {
             reply(match &self.failed {
                 None => Ok(()),
@@ -812,6 +879,7 @@ impl ReplicaShard {
     }
 }
 
+#[derive(Clone)]
 enum Batch {
     Transfers(Vec<Transfer>),
     Accounts(Vec<CreateAccount>),
