@@ -16,5 +16,6 @@
 pub mod client;
 pub mod currency;
 pub mod protocol;
+pub mod routing;
 pub mod server;
 pub mod types;

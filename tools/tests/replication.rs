@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use net::client::{Client, ClientConfig};
+use net::client::ClientConfig;
 use net::protocol::{AccountLookup, Consistency, NodeStatus, PARTITION_FLAG_LEADER};
+use net::routing::RoutingClient;
 use net::types::{partition_of, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
 use support::cluster::{ClusterOptions, LocalCluster, CLUSTER_ID};
@@ -131,13 +132,8 @@ impl Workload {
     /// trying the nodes in turn.
     fn run_writer(self: Arc<Self>, addresses: Vec<std::net::SocketAddr>) -> JoinHandle<u64> {
         std::thread::spawn(move || {
-            let mut rotation = 0usize;
-            let connect = |rotation: usize| {
-                let mut ordered = addresses.clone();
-                ordered.rotate_left(rotation % addresses.len());
-                Client::new(ClientConfig::new(ordered, CLUSTER_ID)).expect("client config is valid")
-            };
-            let mut client = connect(rotation);
+            // Routes each partition's share straight to its leader, re-learning routes on failure.
+            let mut client = RoutingClient::new(ClientConfig::new(addresses, CLUSTER_ID)).expect("client config");
             let mut sequence = 0u64;
             let mut last_ack = Instant::now();
             while !self.stop.load(Ordering::SeqCst) {
@@ -148,8 +144,6 @@ impl Workload {
                     match client.create_transfers(&batch) {
                         Ok(results) => break results,
                         Err(error) if error.is_retryable() && Instant::now() < deadline => {
-                            rotation += 1;
-                            client = connect(rotation);
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(error) => panic!("batch {sequence} not acknowledged: {error}"),
@@ -321,6 +315,12 @@ fn killing_a_leader_under_load_loses_no_acknowledged_transfer() {
     let successor = wait_for_leader(&cluster, 0, Some(victim));
     assert_ne!(successor, victim);
     workload.wait_for_batches(before + 50, 60_000);
+    // A routing client learns the new leader from the survivors.
+    let mut router = RoutingClient::new(ClientConfig::new(addresses(&cluster), CLUSTER_ID)).unwrap();
+    router.refresh().expect("routes");
+    let now_leading = wait_for_leader(&cluster, 0, Some(victim));
+    router.refresh().expect("routes");
+    assert_eq!(router.leader_of(0), Some(now_leading));
     workload.stop.store(true, Ordering::SeqCst);
     writer.join().expect("writer");
     eprintln!(
@@ -332,6 +332,14 @@ fn killing_a_leader_under_load_loses_no_acknowledged_transfer() {
     wait_converged(&cluster);
     for id in cluster.node_ids().into_iter().filter(|&id| id != victim) {
         workload.check_node(&cluster, id);
+    }
+    // The routing client reads each partition from its leader, in the order asked.
+    let ids = workload.all_accounts();
+    let found = router.lookup_accounts(Consistency::Linearizable, &ids).expect("routed lookup");
+    let expected = workload.expected.lock().unwrap().clone();
+    for (id, lookup) in ids.iter().zip(found) {
+        let AccountLookup::Found(account) = lookup else { panic!("account {id} missing: {lookup:?}") };
+        assert_eq!((account.id, account.balance), (*id, expected.get(id).copied().unwrap_or(0)));
     }
     // The killed leader comes back, catches up and agrees.
     cluster.start_node(victim);

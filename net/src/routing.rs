@@ -1,0 +1,227 @@
+//! A client that learns where each partition's leader is and sends every item straight there.
+//!
+//! Any node of a cluster accepts any request and forwards what it does not lead, so a plain [`Client`]
+//! works against a cluster; this one saves that hop. It asks the nodes for their Status (which lists every
+//! member's client address and, per partition, the leader each node knows), keeps one [`Client`] per
+//! node, splits a batch by partition, sends each node its share in one request (pipelined across
+//! nodes), and puts the answers back in the caller's order. A share that fails retryably (the node is
+//! gone, or no longer leads) is sent again, with the same ids, after the routes are refreshed; that is
+//! safe because transfer ids are idempotency keys. Against a single node (its Status lists no members)
+//! everything goes to that node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::client::{Client, ClientConfig, ClientError, RETRY_BACKOFF_MS_MAX};
+use crate::protocol::{AccountLookup, Consistency, NodeStatus, Request, Response, PARTITION_FLAG_LEADER};
+use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer};
+
+/// Node id used for the seed connection while no route is known (node ids start at 1).
+const SEED: u64 = 0;
+
+pub struct RoutingClient {
+    config: ClientConfig,
+    /// Per node id (and `SEED`), a client connected to that node only.
+    clients: BTreeMap<u64, Client>,
+    addresses: BTreeMap<u64, SocketAddr>,
+    /// Per partition, the leader's node id (`SEED` when unknown).
+    leaders: Vec<u64>,
+    partitions: u32,
+}
+
+impl RoutingClient {
+    /// `config.addresses` are the seeds asked for the cluster's layout; nothing connects until first use.
+    pub fn new(config: ClientConfig) -> Result<RoutingClient, ClientError> {
+        let seed = Client::new(config.clone())?;
+        Ok(RoutingClient {
+            config,
+            clients: BTreeMap::from([(SEED, seed)]),
+            addresses: BTreeMap::new(),
+            leaders: Vec::new(),
+            partitions: 0,
+        })
+    }
+
+    /// The leader of `partition` as last learned, if any.
+    pub fn leader_of(&self, partition: u32) -> Option<u64> {
+        self.leaders.get(partition as usize).copied().filter(|&node| node != SEED)
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Asks the cluster for its members and every partition's leader: a seed first, then every member
+    /// it lists (each node knows the leaders of the partitions it replicates).
+    pub fn refresh(&mut self) -> Result<(), ClientError> {
+        let first = self.seed().status()?;
+        self.partitions = first.partitions;
+        self.leaders = vec![SEED; first.partitions as usize];
+        self.addresses = first.nodes.iter().map(|n| (n.node_id, n.address)).collect();
+        self.learn(&first);
+        let members: Vec<u64> = self.addresses.keys().copied().filter(|&id| id != first.node_id).collect();
+        for node in members {
+            if self.leaders.iter().all(|&leader| leader != SEED) {
+                break;
+            }
+            if let Ok(status) = self.node(node).and_then(Client::status) {
+                self.learn(&status);
+            }
+        }
+        Ok(())
+    }
+
+    fn learn(&mut self, status: &NodeStatus) {
+        for record in &status.partition_states {
+            let Some(slot) = self.leaders.get_mut(record.partition as usize) else { continue };
+            if record.flags & PARTITION_FLAG_LEADER != 0 {
+                *slot = status.node_id;
+            } else if record.leader != 0 && *slot == SEED {
+                *slot = record.leader;
+            }
+        }
+    }
+
+    fn seed(&mut self) -> &mut Client {
+        self.clients.get_mut(&SEED).expect("the seed client always exists")
+    }
+
+    fn node(&mut self, node: u64) -> Result<&mut Client, ClientError> {
+        if !self.clients.contains_key(&node) {
+            let address = *self.addresses.get(&node).ok_or(ClientError::InvalidConfig("unknown node id"))?;
+            let config = ClientConfig { addresses: vec![address], ..self.config.clone() };
+            self.clients.insert(node, Client::new(config)?);
+        }
+        Ok(self.clients.get_mut(&node).expect("inserted above"))
+    }
+
+    /// Where an item keyed by `account` goes now.
+    fn route(&self, account: AccountId) -> u64 {
+        if self.partitions == 0 || self.addresses.is_empty() {
+            return SEED;
+        }
+        self.leaders[partition_of(account, self.partitions) as usize]
+    }
+
+    pub fn create_transfers(&mut self, transfers: &[Transfer]) -> Result<Vec<ItemResult>, ClientError> {
+        self.routed_items(transfers, |t| t.debit_account_id, |items| Request::CreateTransfers(items))
+    }
+
+    pub fn create_accounts(&mut self, accounts: &[CreateAccount]) -> Result<Vec<ItemResult>, ClientError> {
+        self.routed_items(accounts, |a| a.id, |items| Request::CreateAccounts(items))
+    }
+
+    /// Linearizable lookups go to each partition's leader; the other levels may be served by any
+    /// replica and go to the leader too, which is as fresh as it gets.
+    pub fn lookup_accounts(
+        &mut self,
+        consistency: Consistency,
+        ids: &[AccountId],
+    ) -> Result<Vec<AccountLookup>, ClientError> {
+        let request = |ids: Vec<AccountId>| Request::LookupAccounts { consistency, ids };
+        let answers = self.routed(
+            ids,
+            |&id| id,
+            request,
+            |response, count| match response {
+                Response::Accounts(accounts) if accounts.len() == count => Ok(accounts),
+                other => Err(ClientError::UnexpectedResponse { expected: "Accounts", got: format!("{other:?}") }),
+            },
+        )?;
+        Ok(answers)
+    }
+
+    fn routed_items<T: Clone>(
+        &mut self,
+        items: &[T],
+        key: impl Fn(&T) -> AccountId,
+        request: impl Fn(Vec<T>) -> Request,
+    ) -> Result<Vec<ItemResult>, ClientError> {
+        let mut results = self.routed(items, key, request, |response, count| match response {
+            Response::Results(results) if results.len() == count => Ok(results),
+            other => Err(ClientError::UnexpectedResponse { expected: "Results", got: format!("{other:?}") }),
+        })?;
+        for (index, result) in results.iter_mut().enumerate() {
+            result.index = index as u32;
+        }
+        Ok(results)
+    }
+
+    /// Splits `items` by destination node, sends every share (one request per node, all in flight at
+    /// once), and retries the shares that failed retryably after refreshing the routes.
+    fn routed<T: Clone, A: Clone>(
+        &mut self,
+        items: &[T],
+        key: impl Fn(&T) -> AccountId,
+        request: impl Fn(Vec<T>) -> Request,
+        answer: impl Fn(Response, usize) -> Result<Vec<A>, ClientError>,
+    ) -> Result<Vec<A>, ClientError> {
+        if self.leaders.is_empty() {
+            // A failed first refresh is not fatal: the seed node forwards whatever it does not lead.
+            let _ = self.refresh();
+        }
+        let mut out: Vec<Option<A>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut backoff_ms = self.config.retry_backoff_ms;
+        for attempt in 1..=self.config.retry_attempts_max {
+            let mut shares: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for &index in &pending {
+                shares.entry(self.route(key(&items[index]))).or_default().push(index);
+            }
+            let mut sent = Vec::new();
+            let mut failed: Vec<usize> = Vec::new();
+            let mut last_error = None;
+            for (node, indices) in shares {
+                let share = request(indices.iter().map(|&i| items[i].clone()).collect());
+                match self.node(node).and_then(|client| client.send(&share)) {
+                    Ok(request_id) => sent.push((node, request_id, indices)),
+                    Err(error) if error.is_retryable() => {
+                        failed.extend(indices);
+                        last_error = Some(error);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            for (node, request_id, indices) in sent {
+                match self.await_answer(node, request_id).and_then(|response| answer(response, indices.len())) {
+                    Ok(answers) => {
+                        for (index, value) in indices.into_iter().zip(answers) {
+                            out[index] = Some(value);
+                        }
+                    }
+                    Err(error) if error.is_retryable() => {
+                        failed.extend(indices);
+                        last_error = Some(error);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if failed.is_empty() {
+                return Ok(out.into_iter().map(|value| value.expect("every item answered")).collect());
+            }
+            if attempt == self.config.retry_attempts_max {
+                return Err(last_error.expect("a failure was recorded"));
+            }
+            pending = failed;
+            std::thread::sleep(Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+            let _ = self.refresh();
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn await_answer(&mut self, node: u64, request_id: u64) -> Result<Response, ClientError> {
+        let client = self.node(node)?;
+        // Only one request is in flight per node client here, so the next answer is ours.
+        let (answered, response) = client.recv()?;
+        if answered != request_id {
+            client.disconnect();
+            return Err(ClientError::ConnectionClosed);
+        }
+        match response {
+            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            response => Ok(response),
+        }
+    }
+}
