@@ -105,11 +105,11 @@ impl RoutingClient {
     }
 
     pub fn create_transfers(&mut self, transfers: &[Transfer]) -> Result<Vec<ItemResult>, ClientError> {
-        self.routed_items(transfers, |t| t.debit_account_id, |items| Request::CreateTransfers(items))
+        self.routed_items(transfers, |t| t.debit_account_id, Request::CreateTransfers)
     }
 
     pub fn create_accounts(&mut self, accounts: &[CreateAccount]) -> Result<Vec<ItemResult>, ClientError> {
-        self.routed_items(accounts, |a| a.id, |items| Request::CreateAccounts(items))
+        self.routed_items(accounts, |a| a.id, Request::CreateAccounts)
     }
 
     /// Linearizable lookups go to each partition's leader; the other levels may be served by any

@@ -353,7 +353,6 @@ impl ReplicaShard {
                     {
                         // Leadership moved on the way: wait for the new leader and send it there.
                         self.parked.push(Parked { partition, batch, part, deadline });
-                        return;
                     }
                     (waiting, reply, _) => self.on_forward_reply(waiting, reply),
                 }
