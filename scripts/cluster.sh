@@ -64,6 +64,7 @@ ctl account create --id 7 --ledger USD
 ctl transfer --from 1 --to 5 --amount 100.00 --ledger USD
 ctl transfer --from 5 --to 7 --amount 12.34 --ledger USD
 ctl balance 5
+ctl history 5
 ctl status
 echo
 echo "A 3-node cluster is serving on 127.0.0.1:7401-7403 (data and logs in $dir)."

@@ -33,6 +33,8 @@ pub enum EngineError {
     Io(String),
     #[error("this node does not lead partition {partition}{}", leader.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
     NotLeader { partition: u32, leader: Option<u64> },
+    #[error("account {account_id}: its history before seq {seq} is older than the partition's snapshot and no longer in the log")]
+    HistoryCompacted { account_id: u64, seq: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// An error answered by another node for a forwarded request: a protocol `ErrorCode` number.

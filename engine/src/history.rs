@@ -37,6 +37,35 @@ pub fn read_page(
     limit: usize,
     durable_index: u64,
 ) -> Result<HistoryPage, EngineError> {
+    walk(
+        partition,
+        account,
+        from_seq,
+        limit,
+        |seq| {
+            let index = locate(store, recent_batches, partition, seq)?;
+            if let Some(index) = index.filter(|&index| index > durable_index) {
+                return Err(EngineError::Log(format!(
+                    "history needs log index {index}, durable only to {durable_index}"
+                )));
+            }
+            Ok(index)
+        },
+        |index| read_record(wal, index),
+    )
+}
+
+/// Walks `account`'s chain of events from `from_seq` (`u64::MAX` = newest) down, at most `limit`
+/// entries: `locate(seq)` names the log index of the batch holding `seq` (None: no such batch),
+/// `read(index)` returns that batch's bytes. Consecutive events in one batch read it once.
+pub fn walk(
+    partition: u32,
+    account: &Account,
+    from_seq: u64,
+    limit: usize,
+    mut locate: impl FnMut(u64) -> Result<Option<u64>, EngineError>,
+    mut read: impl FnMut(u64) -> Result<Vec<u8>, EngineError>,
+) -> Result<HistoryPage, EngineError> {
     let mut seq = if from_seq == u64::MAX { account.last_seq } else { from_seq };
     if seq > account.last_seq {
         return Err(EngineError::InvalidCursor { account_id: account.id, seq });
@@ -44,13 +73,15 @@ pub fn read_page(
     let mut record: Option<(u64, Vec<u8>)> = None;
     let mut entries = Vec::with_capacity(limit.min(1024));
     while seq != 0 && entries.len() < limit {
-        let index = locate(store, recent_batches, partition, seq)?
-            .ok_or(EngineError::InvalidCursor { account_id: account.id, seq })?;
-        if index > durable_index {
-            return Err(EngineError::Log(format!("history needs log index {index}, durable only to {durable_index}")));
-        }
+        let index = match locate(seq) {
+            Ok(Some(index)) => index,
+            Ok(None) => return Err(EngineError::InvalidCursor { account_id: account.id, seq }),
+            // The rest went into a snapshot: hand out what was found, the next page will say so.
+            Err(EngineError::HistoryCompacted { .. }) if !entries.is_empty() => break,
+            Err(error) => return Err(error),
+        };
         if record.as_ref().map(|(cached, _)| *cached) != Some(index) {
-            record = Some((index, read_record(wal, index)?));
+            record = Some((index, read(index)?));
         }
         let (_, payload) = record.as_ref().expect("just filled");
         let view = EventBatchView::new(payload).map_err(|e| EngineError::CorruptLog {

@@ -92,13 +92,20 @@ impl Handler for ClusterHandler {
                     }),
                 )
             }
-            Request::AccountHistory { .. } => {
-                responder.respond(Response::error(
-                    ErrorCode::Unavailable,
-                    "account history is served by single-node deployments only (see ARCHITECTURE.md)",
-                ));
-                return;
-            }
+            Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
+                account_id,
+                (from_seq != 0).then_some(from_seq),
+                limit as usize,
+                Box::new(move |outcome| {
+                    responder.respond(match outcome {
+                        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
+                        Err(EngineError::AccountNotFound { .. }) => {
+                            Response::History { entries: Vec::new(), next_from_seq: None }
+                        }
+                        Err(error) => cluster_error_response(&error),
+                    })
+                }),
+            ),
             Request::Status => {
                 let node = self.node.clone();
                 self.node

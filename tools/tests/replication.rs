@@ -333,6 +333,18 @@ fn killing_a_leader_under_load_loses_no_acknowledged_transfer() {
     for id in cluster.node_ids().into_iter().filter(|&id| id != victim) {
         workload.check_node(&cluster, id);
     }
+    // Every surviving replica explains a balance with the same history, event by event.
+    let account = workload.partitions[0].accounts[0];
+    let mut histories = Vec::new();
+    for id in cluster.node_ids().into_iter().filter(|&id| id != victim) {
+        let page = cluster.client(id).account_history(account, 0, 8190).expect("history");
+        assert!(page.next_from_seq.is_none(), "the whole history fits one page");
+        let credited: i64 = page.entries.iter().map(|e| e.transfer.amount as i64).sum();
+        assert_eq!(credited, workload.expected.lock().unwrap()[&account], "node {id}: history sums to the balance");
+        assert_eq!(page.entries[0].balance_after, credited, "node {id}: newest entry carries the balance");
+        histories.push(page.entries);
+    }
+    assert!(histories.windows(2).all(|w| w[0] == w[1]), "replicas explain the balance identically");
     // The routing client reads each partition from its leader, in the order asked.
     let ids = workload.all_accounts();
     let found = router.lookup_accounts(Consistency::Linearizable, &ids).expect("routed lookup");
@@ -396,6 +408,28 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
     for id in cluster.node_ids() {
         workload.check_node(&cluster, id);
     }
+    // History on the node that came back through a snapshot covers the log after it; older pages say
+    // they went into the snapshot.
+    let account = workload.partitions[1].accounts[0];
+    let mut client = cluster.client(2);
+    let mut from_seq = 0;
+    let mut entries = 0;
+    loop {
+        match client.account_history(account, from_seq, 100) {
+            Ok(page) => {
+                entries += page.entries.len();
+                match page.next_from_seq {
+                    Some(next) => from_seq = next,
+                    None => break,
+                }
+            }
+            Err(error) => {
+                assert!(error.to_string().contains("snapshot"), "{error}");
+                break;
+            }
+        }
+    }
+    assert!(entries > 0, "the wiped node serves the history in its log");
     let log = cluster.log_tail(2, 400);
     assert!(log.contains("installed snapshot"), "the wiped node should come back through a snapshot:\n{log}");
     stop_and_verify_replay(&mut cluster, &live);

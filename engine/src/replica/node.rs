@@ -207,6 +207,7 @@ impl ClusterNode {
                     part.complete(Err(EngineError::ShuttingDown))
                 }
                 ClientCommand::Lookup { reply, .. } => reply(Err(EngineError::ShuttingDown)),
+                ClientCommand::History { reply, .. } => reply(Err(EngineError::ShuttingDown)),
                 ClientCommand::Status { reply } => reply(Vec::new()),
                 ClientCommand::Shutdown { reply } => reply(Err(EngineError::ShuttingDown)),
             }
@@ -253,6 +254,21 @@ impl ClusterNode {
             let reply = Box::new(move |answers| gather.deliver(answers));
             self.send(partition, ClientCommand::Lookup { partition, consistency, ids, reply });
         }
+        Ok(())
+    }
+
+    /// One page of an account's history, newest first, from the local replica of its partition.
+    pub fn history(
+        &self,
+        account_id: u64,
+        from_seq: Option<u64>,
+        limit: usize,
+        reply: crate::replica::shard::HistoryReply,
+    ) -> Result<(), EngineError> {
+        let limit = limit.clamp(1, crate::node::HISTORY_PAGE_ENTRIES_MAX);
+        let partition = partition_of(account_id, self.config.partitions);
+        let from_seq = from_seq.unwrap_or(u64::MAX);
+        self.send(partition, ClientCommand::History { partition, account_id, from_seq, limit, reply });
         Ok(())
     }
 

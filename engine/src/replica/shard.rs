@@ -45,14 +45,41 @@ use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_EVENTS_MAX, REC
 /// Lookup answers: (slot in the caller's result, account if found).
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(Vec<GroupStatus>) + Send>;
+pub type HistoryReply = Box<dyn FnOnce(Result<crate::history::HistoryPage, EngineError>) + Send>;
 
 /// Commands from this node's clients.
 pub enum ClientCommand {
-    Transfers { partition: u32, items: Vec<Transfer>, part: BatchPart },
-    CreateAccounts { partition: u32, items: Vec<CreateAccount>, part: BatchPart },
-    Lookup { partition: u32, consistency: Consistency, ids: Vec<(u32, u64)>, reply: LookupReply },
-    Status { reply: StatusReply },
-    Shutdown { reply: DoneReply },
+    Transfers {
+        partition: u32,
+        items: Vec<Transfer>,
+        part: BatchPart,
+    },
+    CreateAccounts {
+        partition: u32,
+        items: Vec<CreateAccount>,
+        part: BatchPart,
+    },
+    Lookup {
+        partition: u32,
+        consistency: Consistency,
+        ids: Vec<(u32, u64)>,
+        reply: LookupReply,
+    },
+    /// One page of an account's history from this replica's committed state (`from_seq` inclusive,
+    /// `u64::MAX` = newest).
+    History {
+        partition: u32,
+        account_id: u64,
+        from_seq: u64,
+        limit: usize,
+        reply: HistoryReply,
+    },
+    Status {
+        reply: StatusReply,
+    },
+    Shutdown {
+        reply: DoneReply,
+    },
 }
 
 /// One partition's replication state as this node sees it.
@@ -141,6 +168,9 @@ struct Group {
     owed: VecDeque<Owed>,
     applied_index: u64,
     last_snapshot_index: u64,
+    /// (first seq, log index) of every applied event batch still in the log, oldest first: where the
+    /// history walk finds a seq.
+    batch_index: Vec<(u64, u64)>,
     // Cached from the last `raw.status()`.
     role: Role,
     leader: Option<u64>,
@@ -416,6 +446,10 @@ impl ReplicaShard {
                 0
             }
             ClientCommand::Shutdown { .. } => unreachable!("handled by the loop"),
+            ClientCommand::History { partition, account_id, from_seq, limit, reply } => {
+                reply(self.history(partition, account_id, from_seq, limit));
+                1
+            }
             ClientCommand::Transfers { partition, items, part } => {
                 let n = items.len();
                 self.route_items(partition, Batch::Transfers(items), part, now_ns);
@@ -456,6 +490,43 @@ impl ReplicaShard {
                 n
             }
         }
+    }
+
+    /// A page of history from this replica's committed state, walked through the events in its log.
+    fn history(
+        &self,
+        partition: u32,
+        account_id: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<crate::history::HistoryPage, EngineError> {
+        if let Some(reason) = &self.failed {
+            return Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
+        }
+        let Some(&slot) = self.group_of.get(&partition) else {
+            let leader = Some(self.cluster.preferred_leader(partition));
+            return Err(EngineError::NotLeader { partition, leader });
+        };
+        let group = &self.groups[slot];
+        let account = group.committed.account(account_id).ok_or(EngineError::AccountNotFound { account_id })?;
+        let index = &group.batch_index;
+        crate::history::walk(
+            partition,
+            &account,
+            from_seq,
+            limit,
+            |seq| {
+                let after = index.partition_point(|&(first_seq, _)| first_seq <= seq);
+                if after == 0 {
+                    return Err(EngineError::HistoryCompacted { account_id, seq });
+                }
+                Ok(Some(index[after - 1].1))
+            },
+            |log_index| match group.raw.entry(log_index) {
+                Some(Entry { payload: Payload::Data(bytes), .. }) => Ok(bytes),
+                _ => Err(EngineError::HistoryCompacted { account_id, seq: 0 }),
+            },
+        )
     }
 
     fn forward_lookup(&mut self, slot: usize, partition: u32, ids: Vec<u64>, slots: Vec<u32>, reply: LookupReply) {
@@ -671,6 +742,7 @@ impl ReplicaShard {
                     .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
                 group.raw.storage_mut().apply_snapshot(snapshot.clone()).map_err(storage_error)?;
                 group.committed = state;
+                group.batch_index.clear();
                 group.applied_index = snapshot.meta.index;
                 group.last_snapshot_index = snapshot.meta.index;
                 eprintln!(
@@ -712,6 +784,8 @@ impl ReplicaShard {
             let image = encode_partition_image(group.partition, &group.committed.export_rows());
             group.raw.compact(group.applied_index, image).map_err(|e| EngineError::Store(e.to_string()))?;
             group.last_snapshot_index = group.applied_index;
+            let first_kept = group.raw.status().first_index;
+            group.batch_index.retain(|&(_, index)| index >= first_kept);
         }
         Ok(())
     }
@@ -954,6 +1028,7 @@ fn open_group(
         owed: VecDeque::new(),
         applied_index: snapshot.meta.index,
         last_snapshot_index: snapshot.meta.index,
+        batch_index: Vec::new(),
         role: status.role,
         leader: status.leader,
         term: status.term,
@@ -980,6 +1055,9 @@ fn apply_entry(group: &mut Group, entry: &Entry, transport: &Transport) -> Resul
             .committed
             .apply_batch(&view)
             .map_err(|e| EngineError::Log(format!("entry {}: cannot be applied: {e}", entry.index)))?;
+        if view.event_count() > 0 {
+            group.batch_index.push((view.first_seq(), entry.index));
+        }
     }
     group.applied_index = entry.index;
     while let Some(owed) = group.owed.front() {
@@ -1087,6 +1165,9 @@ pub fn error_code(error: &EngineError) -> (u16, String) {
             ErrorCode::Unavailable
         }
         EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
+        // No protocol code says "gone": the message tells the reader that older history is in the
+        // snapshot, not in the log.
+        EngineError::HistoryCompacted { .. } => ErrorCode::Unavailable,
         EngineError::Remote { code, message, .. } => return (*code, message.clone()),
         _ => ErrorCode::Internal,
     };
