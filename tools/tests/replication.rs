@@ -461,6 +461,12 @@ fn an_isolated_leader_commits_nothing_and_the_majority_carries_on() {
     }
     assert!(leader_of(&cluster.status(successor).unwrap(), 0).is_some_and(|l| l != isolated));
 
+    // One connection per node pair: the lower id dials, so nothing ever went through a proxy that a
+    // higher-numbered node would use to reach a lower one.
+    for (from, to) in [(1u64, 2u64), (1, 3), (2, 3)] {
+        assert!(cluster.link(from, to).bytes_forwarded() > 0, "node {from} dials node {to}");
+        assert_eq!(cluster.link(to, from).bytes_forwarded(), 0, "node {to} must not dial node {from}");
+    }
     cluster.heal();
     let before = workload.acknowledged_batches.load(Ordering::SeqCst);
     workload.wait_for_batches(before + 20, 60_000);

@@ -132,8 +132,7 @@ impl ClusterNode {
             .filter(|n| n.id != node_id)
             .map(|n| (n.id, peer_overrides.get(&n.id).copied().unwrap_or(n.peer_address)))
             .collect();
-        let transport = Transport::start(node_id, config.cluster_id, &peers, &cluster.replication)
-            .map_err(|e| EngineError::Io(format!("cannot start the peer transport: {e}")))?;
+        let transport = Transport::new(node_id, config.cluster_id, &peers, &cluster.replication);
         let shards = config.shards.min(config.partitions);
         let mut local: Vec<Vec<u32>> = vec![Vec::new(); shards as usize];
         for partition in 0..config.partitions {
@@ -175,8 +174,9 @@ impl ClusterNode {
             // A full queue blocks this connection's reader: TCP pushes back on the sender.
             let _ = peer_queues[(partition % shards) as usize].send(item);
         });
-        let listener = PeerListener::start(me.peer_address, config.cluster_id, dispatch)
+        let listener = PeerListener::start(me.peer_address, transport.clone(), dispatch.clone())
             .map_err(|e| EngineError::Io(format!("cannot listen for peers on {}: {e}", me.peer_address)))?;
+        transport.start(dispatch).map_err(|e| EngineError::Io(format!("cannot start the peer transport: {e}")))?;
         Ok(ClusterNode { node_id, config, cluster, _lock: lock, clients, threads, transport, listener: Some(listener) })
     }
 

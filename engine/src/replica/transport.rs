@@ -1,26 +1,25 @@
-//! Node-to-node transport on the protocol's framing.
+//! Node-to-node transport on the protocol's framing: one TCP connection per node pair, carrying both
+//! directions.
 //!
-//! Outbound: one sender thread per peer owns one TCP connection to it and a bounded queue. It takes
-//! whatever is queued (up to `peer_batch_bytes_max`), encodes it as one `PEER_KIND_BATCH` frame carrying
-//! every partition's Raft messages and forwarded requests, and writes it. A new connection starts with a
-//! `PEER_KIND_HELLO` frame naming the sender. On any write or connect error the connection is dropped,
-//! what was taken is lost, and the thread reconnects with a bounded backoff: Raft resends what matters,
-//! and a forwarded request that is lost times out at its sender. A full queue drops the new message
-//! (back pressure never blocks a shard thread) and counts it.
+//! The node with the lower id dials the higher one; the higher one adopts the accepted connection as
+//! its way back. Both ends start with a `PEER_KIND_HELLO` frame naming the sender, then send
+//! `PEER_KIND_BATCH` frames: one writer thread per peer takes whatever is queued for it (up to
+//! `peer_batch_bytes_max`) and writes it as one frame carrying every partition's Raft messages and
+//! forwarded requests, and one reader thread per connection checks every frame (cluster id,
+//! checksums, size up to `PEER_FRAME_BYTES_MAX`) and hands each item to the node's dispatcher, which
+//! blocks while the owning shard's peer queue is full: TCP then pushes back on the sender.
 //!
-//! Inbound: a listener thread accepts peers; one reader thread per connection checks every frame
-//! (cluster id, checksums, size up to `PEER_FRAME_BYTES_MAX`), requires the hello first, and hands each
-//! item to the node's dispatcher, which blocks while the owning shard's peer queue is full: TCP then
-//! pushes back on the sender. A bad frame closes only that connection.
-//!
-//! Each direction of a node pair has its own connection (each node dials the others for what it sends),
-//! so every socket has exactly one writer and one reader thread.
+//! On any write or read error the connection is dropped with what was taken from the queue: Raft
+//! resends what matters, and a forwarded request that is lost times out at its sender. The dialing side
+//! reconnects with a bounded backoff; the other side waits for the next accepted connection. A full
+//! queue drops the new message (back pressure never blocks a shard thread) and counts it. A bad frame
+//! closes only that connection.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -40,45 +39,98 @@ const READ_CHUNK_BYTES: usize = 256 << 10;
 struct PeerLink {
     queue: Sender<PeerItem>,
     dropped: AtomicU64,
+    /// The connection the writer uses: dialed by the writer itself (peer id above ours) or handed over
+    /// by the listener (peer id below ours). `generation` grows with every new connection, so a
+    /// writer notices a replacement and a reader's failure retires only its own connection.
+    connection: Mutex<(u64, Option<TcpStream>)>,
+}
+
+impl PeerLink {
+    fn install(&self, stream: TcpStream) -> u64 {
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.1.take() {
+            let _ = old.shutdown(Shutdown::Both);
+        }
+        slot.0 += 1;
+        slot.1 = Some(stream);
+        slot.0
+    }
+
+    /// Drops the connection of `generation` if it is still the current one.
+    fn retire(&self, generation: u64) {
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.0 == generation {
+            if let Some(old) = slot.1.take() {
+                let _ = old.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn current(&self) -> Option<(u64, TcpStream)> {
+        let slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        slot.1.as_ref().and_then(|s| s.try_clone().ok()).map(|s| (slot.0, s))
+    }
 }
 
 /// Sends to peers. Cheap to share: every shard thread holds an `Arc` of it.
 pub struct Transport {
     node_id: u64,
-    links: HashMap<u64, PeerLink>,
+    cluster_id: u128,
+    peers: Vec<(u64, SocketAddr)>,
+    config: ReplicationConfig,
+    links: HashMap<u64, Arc<PeerLink>>,
+    receivers: Mutex<Vec<(u64, Receiver<PeerItem>)>>,
+    dispatch: OnceLock<Dispatch>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Transport {
-    /// Starts one sender thread per peer (`(node id, address to dial)`).
-    pub fn start(
+    /// Creates the per-peer queues (`(node id, address to dial)`); nothing moves until [`Transport::start`].
+    pub fn new(
         node_id: u64,
         cluster_id: u128,
         peers: &[(u64, SocketAddr)],
         config: &ReplicationConfig,
-    ) -> std::io::Result<Arc<Transport>> {
-        let stop = Arc::new(AtomicBool::new(false));
+    ) -> Arc<Transport> {
         let mut links = HashMap::new();
-        let mut threads = Vec::new();
-        for &(peer, address) in peers {
+        let mut receivers = Vec::new();
+        for &(peer, _) in peers {
             let (queue, receiver) = bounded(config.peer_queue_depth_max);
-            links.insert(peer, PeerLink { queue, dropped: AtomicU64::new(0) });
-            let sender = PeerSender {
-                node_id,
+            links.insert(
                 peer,
-                address,
-                cluster_id,
-                batch_bytes_max: config.peer_batch_bytes_max,
-                connect_timeout: Duration::from_millis(config.peer_connect_timeout_ms),
-                backoff_max: Duration::from_millis(config.peer_reconnect_backoff_ms_max),
-                stop: stop.clone(),
-            };
+                Arc::new(PeerLink { queue, dropped: AtomicU64::new(0), connection: Mutex::new((0, None)) }),
+            );
+            receivers.push((peer, receiver));
+        }
+        Arc::new(Transport {
+            node_id,
+            cluster_id,
+            peers: peers.to_vec(),
+            config: config.clone(),
+            links,
+            receivers: Mutex::new(receivers),
+            dispatch: OnceLock::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts one writer thread per peer; inbound items go to `dispatch`.
+    pub fn start(self: &Arc<Self>, dispatch: Dispatch) -> std::io::Result<()> {
+        let _ = self.dispatch.set(dispatch);
+        let receivers = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, receiver) in receivers {
+            let address = self.peers.iter().find(|(id, _)| *id == peer).map(|(_, a)| *a).expect("a peer's address");
+            let transport = self.clone();
             threads.push(
-                std::thread::Builder::new().name(format!("peer-out-{peer}")).spawn(move || sender.run(receiver))?,
+                std::thread::Builder::new()
+                    .name(format!("peer-out-{peer}"))
+                    .spawn(move || transport.run_writer(peer, address, receiver))?,
             );
         }
-        Ok(Arc::new(Transport { node_id, links, stop, threads: Mutex::new(threads) }))
+        Ok(())
     }
 
     pub fn node_id(&self) -> u64 {
@@ -106,34 +158,44 @@ impl Transport {
 
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        for link in self.links.values() {
+            let generation = link.connection.lock().unwrap_or_else(|p| p.into_inner()).0;
+            link.retire(generation);
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for thread in threads {
             let _ = thread.join();
         }
     }
-}
 
-impl Drop for Transport {
-    fn drop(&mut self) {
-        self.shutdown();
+    /// The listener accepted a connection whose hello says it comes from `peer`: a peer below us
+    /// dials us, and we answer on the same connection. Returns the connection's generation, or None
+    /// when `peer` should have waited for us to dial.
+    fn adopt(&self, peer: u64, stream: &TcpStream) -> Option<u64> {
+        if peer >= self.node_id {
+            return None;
+        }
+        let link = self.links.get(&peer)?;
+        let mut writer = stream.try_clone().ok()?;
+        writer.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_TIMEOUT_MS))).ok()?;
+        writer.write_all(&self.hello_frame()).ok()?;
+        eprintln!("node {}: peer {peer} connected", self.node_id);
+        Some(link.install(writer))
     }
-}
 
-struct PeerSender {
-    node_id: u64,
-    peer: u64,
-    address: SocketAddr,
-    cluster_id: u128,
-    batch_bytes_max: usize,
-    connect_timeout: Duration,
-    backoff_max: Duration,
-    stop: Arc<AtomicBool>,
-}
+    fn hello_frame(&self) -> Vec<u8> {
+        let mut hello = Vec::new();
+        wire::encode_hello(self.node_id, &mut hello);
+        let mut frame = Vec::new();
+        encode_raw_frame(&mut frame, PEER_KIND_HELLO, self.cluster_id, 0, &hello);
+        frame
+    }
 
-impl PeerSender {
-    fn run(self, queue: Receiver<PeerItem>) {
-        let mut stream: Option<TcpStream> = None;
+    fn run_writer(self: Arc<Self>, peer: u64, address: SocketAddr, queue: Receiver<PeerItem>) {
+        let link = self.links[&peer].clone();
+        let dials = peer > self.node_id;
         let mut backoff = Duration::from_millis(10);
+        let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
         let mut batch = Vec::new();
         let mut body = Vec::new();
         let mut frame = Vec::new();
@@ -147,7 +209,7 @@ impl PeerSender {
             let mut bytes = wire::item_encoded_bytes(&first);
             batch.clear();
             batch.push(first);
-            while bytes < self.batch_bytes_max {
+            while bytes < self.config.peer_batch_bytes_max {
                 match queue.try_recv() {
                     Ok(item) => {
                         bytes += wire::item_encoded_bytes(&item);
@@ -156,65 +218,93 @@ impl PeerSender {
                     Err(_) => break,
                 }
             }
-            if stream.is_none() {
-                match self.connect() {
-                    Ok(connected) => {
+            let connection = match link.current() {
+                Some(connection) => connection,
+                // The peer below us dials; until it has, what is queued for it is dropped.
+                None if !dials => continue,
+                None => match self.dial(address) {
+                    Ok(stream) => {
                         if warned {
-                            eprintln!("node {}: connected to peer {} at {}", self.node_id, self.peer, self.address);
+                            eprintln!("node {}: connected to peer {peer} at {address}", self.node_id);
                         }
                         warned = false;
                         backoff = Duration::from_millis(10);
-                        stream = Some(connected);
+                        let reader = stream.try_clone();
+                        let generation = link.install(stream);
+                        if let (Ok(reader), Some(dispatch)) = (reader, self.dispatch.get()) {
+                            self.spawn_reader(reader, Some((peer, generation)), dispatch.clone());
+                        }
+                        match link.current() {
+                            Some(connection) => connection,
+                            None => continue,
+                        }
                     }
                     Err(error) => {
                         if !warned {
                             eprintln!(
-                                "node {}: cannot reach peer {} at {}: {error}; retrying",
-                                self.node_id, self.peer, self.address
+                                "node {}: cannot reach peer {peer} at {address}: {error}; retrying",
+                                self.node_id
                             );
                             warned = true;
                         }
                         std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(self.backoff_max);
+                        backoff = (backoff * 2).min(backoff_max);
                         continue;
                     }
-                }
-            }
+                },
+            };
             body.clear();
             wire::encode_items(&batch, &mut body);
             if HEADER_BYTES + body.len() > PEER_FRAME_BYTES_MAX {
                 // Only one huge item (a snapshot beyond the frame limit) can get here: it can never be
                 // sent, so say so instead of cutting the connection over and over.
                 eprintln!(
-                    "node {}: dropping a {}-byte message batch to peer {}: above PEER_FRAME_BYTES_MAX",
+                    "node {}: dropping a {}-byte message batch to peer {peer}: above PEER_FRAME_BYTES_MAX",
                     self.node_id,
-                    body.len(),
-                    self.peer
+                    body.len()
                 );
                 continue;
             }
             frame.clear();
             encode_raw_frame(&mut frame, PEER_KIND_BATCH, self.cluster_id, 0, &body);
-            let written = stream.as_mut().map(|s| s.write_all(&frame));
-            if let Some(Err(error)) = written {
-                eprintln!("node {}: connection to peer {} lost: {error}", self.node_id, self.peer);
-                if let Some(s) = stream.take() {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+            let (generation, mut stream) = connection;
+            if let Err(error) = stream.write_all(&frame) {
+                eprintln!("node {}: connection to peer {peer} lost: {error}", self.node_id);
+                link.retire(generation);
             }
         }
     }
 
-    fn connect(&self) -> std::io::Result<TcpStream> {
-        let mut stream = TcpStream::connect_timeout(&self.address, self.connect_timeout)?;
+    fn dial(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
+        let timeout = Duration::from_millis(self.config.peer_connect_timeout_ms);
+        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_TIMEOUT_MS)))?;
-        let mut hello = Vec::new();
-        wire::encode_hello(self.node_id, &mut hello);
-        let mut frame = Vec::new();
-        encode_raw_frame(&mut frame, PEER_KIND_HELLO, self.cluster_id, 0, &hello);
-        stream.write_all(&frame)?;
+        stream.write_all(&self.hello_frame())?;
         Ok(stream)
+    }
+
+    /// Reads one connection until it fails. `expected`: the peer and connection generation when we
+    /// dialed it (its hello must name that peer); None for an accepted connection (the hello decides).
+    fn spawn_reader(self: &Arc<Self>, stream: TcpStream, expected: Option<(u64, u64)>, dispatch: Dispatch) {
+        let transport = self.clone();
+        let _ = std::thread::Builder::new().name("peer-in".into()).spawn(move || {
+            let retire = |transport: &Transport, owner: Option<(u64, u64)>| {
+                if let Some((peer, generation)) = owner {
+                    if let Some(link) = transport.links.get(&peer) {
+                        link.retire(generation);
+                    }
+                }
+            };
+            let owner = read_peer(&transport, stream, expected, dispatch);
+            retire(&transport, owner);
+        });
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -230,7 +320,7 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    pub fn start(bind: SocketAddr, cluster_id: u128, dispatch: Dispatch) -> std::io::Result<PeerListener> {
+    pub fn start(bind: SocketAddr, transport: Arc<Transport>, dispatch: Dispatch) -> std::io::Result<PeerListener> {
         let listener = TcpListener::bind(bind)?;
         let address = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -244,16 +334,13 @@ impl PeerListener {
                         return;
                     }
                     let Ok(stream) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
                     if let Ok(clone) = stream.try_clone() {
                         let mut open = connections.lock().unwrap_or_else(|p| p.into_inner());
                         open.retain(|s: &TcpStream| s.peer_addr().is_ok());
                         open.push(clone);
                     }
-                    let dispatch = dispatch.clone();
-                    let stop = stop.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("peer-in".into())
-                        .spawn(move || read_peer(stream, cluster_id, dispatch, stop));
+                    transport.spawn_reader(stream, None, dispatch.clone());
                 }
             })?
         };
@@ -283,11 +370,19 @@ impl Drop for PeerListener {
     }
 }
 
-fn read_peer(mut stream: TcpStream, cluster_id: u128, dispatch: Dispatch, stop: Arc<AtomicBool>) {
-    let decoder = FrameDecoder::for_peers(cluster_id);
+/// Reads frames until the connection fails or breaks the rules; returns the `(peer, generation)` that
+/// owns the connection as a writer, so the caller can retire it.
+fn read_peer(
+    transport: &Arc<Transport>,
+    mut stream: TcpStream,
+    expected: Option<(u64, u64)>,
+    dispatch: Dispatch,
+) -> Option<(u64, u64)> {
+    let decoder = FrameDecoder::for_peers(transport.cluster_id);
     let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut owner = expected;
     let mut from: Option<u64> = None;
     loop {
         let mut consumed = 0;
@@ -297,16 +392,34 @@ fn read_peer(mut stream: TcpStream, cluster_id: u128, dispatch: Dispatch, stop: 
                     consumed += used;
                     let Message::Peer { kind, body } = frame.message else {
                         eprintln!("peer connection from {remote}: a non-peer frame; closing");
-                        return;
+                        return owner;
                     };
                     match (kind, from) {
-                        (PEER_KIND_HELLO, None) => match wire::decode_hello(&body) {
-                            Ok(node) => from = Some(node),
-                            Err(error) => {
-                                eprintln!("peer connection from {remote}: bad hello: {error}; closing");
-                                return;
+                        (PEER_KIND_HELLO, None) => {
+                            let node = match wire::decode_hello(&body) {
+                                Ok(node) => node,
+                                Err(error) => {
+                                    eprintln!("peer connection from {remote}: bad hello: {error}; closing");
+                                    return owner;
+                                }
+                            };
+                            match expected {
+                                Some((peer, _)) if peer != node => {
+                                    eprintln!("peer at {remote} says it is node {node}, expected {peer}; closing");
+                                    return owner;
+                                }
+                                Some(_) => {}
+                                None => match transport.adopt(node, &stream) {
+                                    Some(generation) => owner = Some((node, generation)),
+                                    None => {
+                                        eprintln!("peer connection from node {node} at {remote}: refused; closing");
+                                        let _ = stream.shutdown(Shutdown::Both);
+                                        return owner;
+                                    }
+                                },
                             }
-                        },
+                            from = Some(node);
+                        }
                         (PEER_KIND_BATCH, Some(node)) => match wire::decode_items(&body) {
                             Ok(items) => {
                                 for item in items {
@@ -315,31 +428,31 @@ fn read_peer(mut stream: TcpStream, cluster_id: u128, dispatch: Dispatch, stop: 
                             }
                             Err(error) => {
                                 eprintln!("peer connection from node {node}: bad batch: {error}; closing");
-                                return;
+                                return owner;
                             }
                         },
                         _ => {
                             eprintln!("peer connection from {remote}: unexpected frame kind {kind:#x}; closing");
-                            return;
+                            return owner;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
                     eprintln!("peer connection from {remote}: {}; closing", error.error);
-                    return;
+                    return owner;
                 }
             }
         }
         buffer.drain(..consumed);
-        if stop.load(Ordering::Relaxed) {
-            return;
+        if transport.stop.load(Ordering::Relaxed) {
+            return owner;
         }
         match stream.read(&mut chunk) {
-            Ok(0) => return,
+            Ok(0) => return owner,
             Ok(read) => buffer.extend_from_slice(&chunk[..read]),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(_) => return owner,
         }
     }
 }
