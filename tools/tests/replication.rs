@@ -478,3 +478,63 @@ fn an_isolated_leader_commits_nothing_and_the_majority_carries_on() {
     }
     stop_and_verify_replay(&mut cluster, &live);
 }
+
+#[test]
+fn reads_at_every_consistency_level_see_acknowledged_transfers() {
+    let options = ClusterOptions { replication: vec!["read_wait_timeout_ms = 1000".into()], ..Default::default() };
+    let cluster = LocalCluster::start(options);
+    let workload = Workload::new();
+    workload.create_accounts(&cluster);
+    for partition in 0..PARTITIONS as usize {
+        let p = &workload.partitions[partition];
+        let credit = p.accounts[0];
+        let transfer = Transfer {
+            id: net::client::new_transfer_id(),
+            debit_account_id: p.bank,
+            credit_account_id: credit,
+            amount: 500 + partition as u64,
+            ledger: LEDGER,
+            flags: 0,
+            user_data: 0,
+        };
+        // Sent to node 1 whichever node leads: forwarded and relayed.
+        let mut client = cluster.client(1);
+        let deadline = Instant::now() + Duration::from_millis(BATCH_DEADLINE_MS);
+        let result = loop {
+            match client.create_transfers(&[transfer]) {
+                Ok(results) => break results[0],
+                Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        assert_eq!(result.code, ResultCode::Ok);
+        let ids = [p.bank, credit];
+        for node in cluster.node_ids() {
+            let mut client = cluster.client(node);
+            // Read-your-writes on any replica: wait until it has applied the transfer's seq.
+            let at_least = client.lookup_accounts(Consistency::AtLeast(result.seq), &ids).expect("at_least read");
+            let linearizable = client.lookup_accounts(Consistency::Linearizable, &ids).expect("linearizable read");
+            for found in [at_least, linearizable] {
+                let balances: Vec<i64> = found
+                    .iter()
+                    .map(|l| match l {
+                        AccountLookup::Found(account) => account.balance,
+                        other => panic!("node {node}: {other:?}"),
+                    })
+                    .collect();
+                assert_eq!(balances, vec![-(transfer.amount as i64), transfer.amount as i64], "node {node}");
+            }
+            // `any` answers at once from whatever the replica has applied: never more than was sent.
+            let any = client.lookup_accounts(Consistency::Any, &ids).expect("any read");
+            assert_eq!(any.len(), 2);
+        }
+        // A sequence no replica has reached times out with a typed, retryable error.
+        let error = cluster
+            .client(2)
+            .lookup_accounts(Consistency::AtLeast(result.seq + 1_000_000), &ids)
+            .expect_err("nobody has applied that far");
+        assert!(error.is_retryable(), "{error}");
+    }
+}
