@@ -619,6 +619,12 @@ impl ReplicaShard {
             self.propose(slot);
         }
         let group = &mut self.groups[slot];
+        if group.speculative_stale {
+            // The proposal just made was refused: the speculative state holds effects the log lacks,
+            // so nothing may be decided against it until it is rebuilt.
+            let error = EngineError::Unavailable(format!("partition {}: leader is catching up", group.partition));
+            return answer_items(&self.transport, to, Err(error));
+        }
         let Some(state) = group.speculative.as_mut() else {
             let error = EngineError::NotLeader { partition: group.partition, leader: group.leader };
             return answer_items(&self.transport, to, Err(error));
