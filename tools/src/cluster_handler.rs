@@ -8,9 +8,10 @@ use engine::replica::shard::{error_code, GroupStatus};
 use engine::replica::ClusterNode;
 use engine::EngineError;
 use net::protocol::PARTITION_FLAG_LEADER;
-use net::protocol::{AccountLookup, ErrorCode, NodeAddress, NodeStatus, PartitionStatus, Request, Response};
+use net::protocol::{ErrorCode, NodeAddress, NodeStatus, PartitionStatus, Request, Response};
 use net::server::{Handler, Responder};
-use net::types::ResultCode;
+
+use crate::handler::{accounts_response, history_response};
 
 pub struct ClusterHandler {
     node: Arc<ClusterNode>,
@@ -77,16 +78,7 @@ impl Handler for ClusterHandler {
                     ids,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
-                            Ok(accounts) => Response::Accounts(
-                                requested
-                                    .iter()
-                                    .zip(accounts)
-                                    .map(|(&id, account)| match account {
-                                        Some(account) => AccountLookup::Found(account),
-                                        None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
-                                    })
-                                    .collect(),
-                            ),
+                            Ok(accounts) => accounts_response(&requested, accounts),
                             Err(error) => cluster_error_response(&error),
                         })
                     }),
@@ -96,15 +88,7 @@ impl Handler for ClusterHandler {
                 account_id,
                 (from_seq != 0).then_some(from_seq),
                 limit as usize,
-                Box::new(move |outcome| {
-                    responder.respond(match outcome {
-                        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
-                        Err(EngineError::AccountNotFound { .. }) => {
-                            Response::History { entries: Vec::new(), next_from_seq: None }
-                        }
-                        Err(error) => cluster_error_response(&error),
-                    })
-                }),
+                Box::new(move |outcome| responder.respond(history_response(outcome, cluster_error_response))),
             ),
             Request::Status => {
                 let node = self.node.clone();

@@ -37,6 +37,33 @@ pub fn error_response(error: &EngineError) -> Response {
     Response::error(code, error.to_string())
 }
 
+/// The Accounts answer for `requested` ids, in order, from the engine's per-id lookups.
+pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Account>>) -> Response {
+    Response::Accounts(
+        requested
+            .iter()
+            .zip(accounts)
+            .map(|(&id, account)| match account {
+                Some(account) => AccountLookup::Found(account),
+                None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
+            })
+            .collect(),
+    )
+}
+
+/// The History answer for a page (or the engine's error, through `error_response`). An unknown account
+/// has no history: an empty last page, like any other.
+pub fn history_response(
+    outcome: Result<engine::history::HistoryPage, EngineError>,
+    error_response: impl Fn(&EngineError) -> Response,
+) -> Response {
+    match outcome {
+        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
+        Err(EngineError::AccountNotFound { .. }) => Response::History { entries: Vec::new(), next_from_seq: None },
+        Err(error) => error_response(&error),
+    }
+}
+
 fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
     let mut partition_states: Vec<PartitionStatus> = shards
         .iter()
@@ -97,16 +124,7 @@ impl Handler for NodeHandler {
                     ids,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
-                            Ok(accounts) => Response::Accounts(
-                                requested
-                                    .iter()
-                                    .zip(accounts)
-                                    .map(|(&id, account)| match account {
-                                        Some(account) => AccountLookup::Found(account),
-                                        None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
-                                    })
-                                    .collect(),
-                            ),
+                            Ok(accounts) => accounts_response(&requested, accounts),
                             Err(error) => error_response(&error),
                         })
                     }),
@@ -116,16 +134,7 @@ impl Handler for NodeHandler {
                 account_id,
                 (from_seq != 0).then_some(from_seq),
                 limit as usize,
-                Box::new(move |outcome| {
-                    responder.respond(match outcome {
-                        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
-                        // An unknown account has no history: an empty last page, like any other.
-                        Err(EngineError::AccountNotFound { .. }) => {
-                            Response::History { entries: Vec::new(), next_from_seq: None }
-                        }
-                        Err(error) => error_response(&error),
-                    })
-                }),
+                Box::new(move |outcome| responder.respond(history_response(outcome, error_response))),
             ),
             Request::Status => {
                 let node = self.node.clone();

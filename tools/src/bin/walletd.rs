@@ -131,9 +131,22 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     let node = Arc::new(node);
-    let server =
-        Server::start(ServerConfig::new(config.listen, config.engine.cluster_id), NodeHandler::new(node.clone()))
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let handler = NodeHandler::new(node.clone());
+    serve(config.listen, config.engine.cluster_id, started, node, handler, Node::shutdown)
+}
+
+/// Serves `handler` on `listen` until SIGINT/SIGTERM, then stops the server and, once no request can
+/// reach it any more, the node.
+fn serve<N, H: net::server::Handler>(
+    listen: std::net::SocketAddr,
+    cluster_id: u128,
+    started: Instant,
+    node: Arc<N>,
+    handler: H,
+    shutdown: impl FnOnce(N) -> Result<(), engine::EngineError>,
+) -> Result<(), String> {
+    let server = Server::start(ServerConfig::new(listen, cluster_id), handler)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("walletd: listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -146,7 +159,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let node =
         Arc::try_unwrap(node).map_err(|_| "the node is still referenced after the server stopped".to_string())?;
-    node.shutdown().map_err(|e| format!("node shutdown failed: {e}"))?;
+    shutdown(node).map_err(|e| format!("node shutdown failed: {e}"))?;
     eprintln!("walletd: stopped cleanly in {} ms", stopping.elapsed().as_millis());
     Ok(())
 }
@@ -190,23 +203,6 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
     let cluster_id = node.config().cluster_id;
     eprintln!("walletd: node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());
     let node = Arc::new(node);
-    let server = Server::start(
-        ServerConfig::new(config.listen, cluster_id),
-        tools::cluster_handler::ClusterHandler::new(node.clone()),
-    )
-    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    println!("walletd: listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let signal = signals::wait_for_shutdown_signal().map_err(|e| format!("waiting for signals failed: {e}"))?;
-    eprintln!("walletd: {signal}: stopping node {node_id}");
-    let stopping = Instant::now();
-    if let Err(error) = server.shutdown() {
-        eprintln!("walletd: server shutdown: {error}");
-    }
-    let node =
-        Arc::try_unwrap(node).map_err(|_| "the node is still referenced after the server stopped".to_string())?;
-    node.shutdown().map_err(|e| format!("node shutdown failed: {e}"))?;
-    eprintln!("walletd: stopped cleanly in {} ms", stopping.elapsed().as_millis());
-    Ok(())
+    let handler = tools::cluster_handler::ClusterHandler::new(node.clone());
+    serve(config.listen, cluster_id, started, node, handler, engine::replica::ClusterNode::shutdown)
 }
