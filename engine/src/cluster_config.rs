@@ -5,6 +5,8 @@
 //! cluster_id = "1"                 # decimal, or 0x-prefixed hex; never 0
 //! partitions = 3
 //! replication_factor = 3           # 1 or 3
+//! idempotency_window_ms = 86400000 # optional; how long and how many transfer ids each partition
+//! idempotency_ids_max = 262144     # remembers (every replica must decide alike, so the cluster sets it)
 //!
 //! [[nodes]]
 //! id = 1                           # non-zero, unique
@@ -25,7 +27,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PARTITIONS_MAX;
+use crate::config::{NodeConfig, PARTITIONS_MAX};
 
 /// Most nodes one cluster may list.
 pub const CLUSTER_NODES_MAX: usize = 64;
@@ -93,9 +95,25 @@ pub struct ClusterConfig {
     pub cluster_id: String,
     pub partitions: u32,
     pub replication_factor: u32,
+    /// The partitions' transfer id tables: ids older than this (by leader time) are refused as
+    /// `id_expired`. Replicas re-decide nothing, but they apply the same evictions, so every node of a
+    /// cluster must use the same bounds: they live here, not in a node's own configuration.
+    #[serde(default = "default_idempotency_window_ms")]
+    pub idempotency_window_ms: u64,
+    /// Remembered transfer ids per partition; the oldest are forgotten first beyond it.
+    #[serde(default = "default_idempotency_ids_max")]
+    pub idempotency_ids_max: usize,
     pub nodes: Vec<ClusterNodeSpec>,
     #[serde(default)]
     pub replication: ReplicationConfig,
+}
+
+fn default_idempotency_window_ms() -> u64 {
+    NodeConfig::default().idempotency_window_ms
+}
+
+fn default_idempotency_ids_max() -> usize {
+    NodeConfig::default().idempotency_ids_max
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +176,14 @@ impl ClusterConfig {
                 self.nodes.len()
             )));
         }
+        // The node configuration owns the ranges of the idempotency bounds.
+        NodeConfig {
+            idempotency_window_ms: self.idempotency_window_ms,
+            idempotency_ids_max: self.idempotency_ids_max,
+            ..NodeConfig::default()
+        }
+        .validate()
+        .map_err(|e| invalid(e.to_string()))?;
         let mut ids = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for node in &self.nodes {
@@ -240,6 +266,8 @@ impl ClusterConfig {
             cluster_id: format!("{cluster_id:#x}"),
             partitions,
             replication_factor,
+            idempotency_window_ms: default_idempotency_window_ms(),
+            idempotency_ids_max: default_idempotency_ids_max(),
             nodes: (0..nodes)
                 .map(|i| ClusterNodeSpec {
                     id: i as u64 + 1,
@@ -275,6 +303,8 @@ mod tests {
             (ClusterConfig { replication_factor: 2, ..good.clone() }, "must be 1 or 3"),
             (ClusterConfig { partitions: 0, ..good.clone() }, "partitions"),
             (ClusterConfig { nodes: good.nodes[..2].to_vec(), ..good.clone() }, "at least"),
+            (ClusterConfig { idempotency_ids_max: 10, ..good.clone() }, "idempotency_ids_max"),
+            (ClusterConfig { idempotency_window_ms: 0, ..good.clone() }, "idempotency_window_ms"),
         ];
         for (config, why) in cases {
             let error = config.validate().unwrap_err().to_string();
@@ -294,5 +324,22 @@ mod tests {
         let parsed: ClusterConfig = toml::from_str(&config.to_toml()).unwrap();
         assert_eq!(parsed, config);
         assert_eq!(parsed.cluster_id().unwrap(), 0xabc);
+    }
+
+    #[test]
+    fn idempotency_bounds_default_to_the_node_defaults_and_can_be_set() {
+        let nodes = "[[nodes]]\nid = 1\naddress = \"127.0.0.1:7401\"\npeer_address = \"127.0.0.1:7501\"\n";
+        let minimal: ClusterConfig =
+            toml::from_str(&format!("cluster_id = \"1\"\npartitions = 1\nreplication_factor = 1\n{nodes}")).unwrap();
+        let defaults = NodeConfig::default();
+        assert_eq!(minimal.idempotency_window_ms, defaults.idempotency_window_ms);
+        assert_eq!(minimal.idempotency_ids_max, defaults.idempotency_ids_max);
+        let set: ClusterConfig = toml::from_str(&format!(
+            "cluster_id = \"1\"\npartitions = 1\nreplication_factor = 1\nidempotency_window_ms = 60000\n\
+             idempotency_ids_max = 4096\n{nodes}"
+        ))
+        .unwrap();
+        set.validate().unwrap();
+        assert_eq!((set.idempotency_window_ms, set.idempotency_ids_max), (60_000, 4096));
     }
 }

@@ -291,26 +291,10 @@ impl Node {
 
     /// Every shard's status.
     pub fn status(&self, reply: Box<dyn FnOnce(Vec<ShardStatus>) + Send>) -> Result<(), EngineError> {
-        let gather = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Some(reply), self.senders.len())));
+        let gather = PartsGather::new(self.senders.len(), |s: &ShardStatus| s.shard, reply);
         for shard in 0..self.senders.len() {
             let gather = gather.clone();
-            self.send(
-                shard,
-                ShardCommand::Status {
-                    reply: Box::new(move |status| {
-                        let mut state = gather.lock().expect("status gather lock is never poisoned");
-                        state.0.push(status);
-                        state.2 -= 1;
-                        if state.2 == 0 {
-                            let mut all = std::mem::take(&mut state.0);
-                            all.sort_by_key(|s: &ShardStatus| s.shard);
-                            let reply = state.1.take().expect("answered once");
-                            drop(state);
-                            reply(all);
-                        }
-                    }),
-                },
-            )?;
+            self.send(shard, ShardCommand::Status { reply: Box::new(move |status| gather.deliver([status])) })?;
         }
         Ok(())
     }
@@ -426,6 +410,47 @@ pub(crate) fn blocking<T: Send + 'static>(
     receiver
         .recv_timeout(Duration::from_millis(BLOCKING_CALL_TIMEOUT_MS))
         .map_err(|_| EngineError::Io(format!("no answer within {BLOCKING_CALL_TIMEOUT_MS} ms")))
+}
+
+/// Collects one part from each of `parts` shards and replies once, with every part's items sorted by
+/// `key`, when the last arrives.
+pub(crate) struct PartsGather<T> {
+    state: std::sync::Arc<std::sync::Mutex<PartsGatherState<T>>>,
+    key: fn(&T) -> u32,
+}
+
+type PartsReply<T> = Box<dyn FnOnce(Vec<T>) + Send>;
+
+struct PartsGatherState<T> {
+    items: Vec<T>,
+    remaining: usize,
+    reply: Option<PartsReply<T>>,
+}
+
+impl<T> Clone for PartsGather<T> {
+    fn clone(&self) -> Self {
+        PartsGather { state: self.state.clone(), key: self.key }
+    }
+}
+
+impl<T> PartsGather<T> {
+    pub(crate) fn new(parts: usize, key: fn(&T) -> u32, reply: PartsReply<T>) -> Self {
+        let state = PartsGatherState { items: Vec::new(), remaining: parts, reply: Some(reply) };
+        PartsGather { state: std::sync::Arc::new(std::sync::Mutex::new(state)), key }
+    }
+
+    pub(crate) fn deliver(&self, part: impl IntoIterator<Item = T>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.items.extend(part);
+        state.remaining -= 1;
+        if state.remaining == 0 {
+            let mut all = std::mem::take(&mut state.items);
+            all.sort_by_key(self.key);
+            let reply = state.reply.take().expect("answered once");
+            drop(state);
+            reply(all);
+        }
+    }
 }
 
 pub(crate) type LookupReply = Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>;

@@ -137,6 +137,12 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
+    /// The node this leader is handing leadership to, while a transfer is in progress (it refuses
+    /// proposals meanwhile).
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.raft.lead_transferee
+    }
+
     /// Term of `index` in this replica's log (durable or not), None if compacted or absent.
     pub fn term(&self, index: u64) -> Option<u64> {
         self.raft.log.term(index)

@@ -538,3 +538,49 @@ fn reads_at_every_consistency_level_see_acknowledged_transfers() {
         assert!(error.is_retryable(), "{error}");
     }
 }
+
+#[test]
+fn a_node_file_cannot_set_its_own_idempotency_bounds() {
+    // Replicas must evict transfer ids alike, so the bounds belong to the cluster file. A node whose
+    // own file sets different ones is refused at start, before it touches its data directory.
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let mut cluster = engine::cluster_config::ClusterConfig::local(CLUSTER_ID, 3, 3, 3, ports[0], ports[3]);
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        node.address.set_port(ports[i]);
+        node.peer_address.set_port(ports[3 + i]);
+    }
+    let cluster_path = dir.path().join("cluster.toml");
+    std::fs::write(&cluster_path, cluster.to_toml()).unwrap();
+    let node_path = dir.path().join("node.toml");
+    std::fs::write(&node_path, "[engine]\nidempotency_ids_max = 5000\n").unwrap();
+    let data_dir = dir.path().join("node-1");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["--cluster-config", cluster_path.to_str().unwrap(), "--node-id", "1", "--no-pin"])
+        .args(["--config", node_path.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("walletd starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("walletd accepted a node file with its own idempotency bounds");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("idempotency_ids_max = 5000") && stderr.contains("cluster file"), "{stderr}");
+    assert!(!data_dir.exists(), "the refused node created its data directory");
+}

@@ -18,8 +18,8 @@ use crate::cluster_config::ClusterConfig;
 use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
 use crate::error::EngineError;
 use crate::join::BatchReply;
-use crate::node::{blocking, split_by_partition, DataDirLock, LookupGather, LookupReply, MANIFEST_FILE};
-use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard};
+use crate::node::{blocking, split_by_partition, DataDirLock, LookupGather, LookupReply, PartsGather, MANIFEST_FILE};
+use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply};
 use crate::replica::transport::{Dispatch, PeerListener, Transport};
 use crate::replica::wire::PeerItem;
 
@@ -118,9 +118,12 @@ impl ClusterNode {
             .node(node_id)
             .ok_or_else(|| EngineError::Io(format!("node {node_id} is not in the cluster configuration")))?
             .clone();
+        // What every replica must agree on comes from the cluster file, whatever the node's own says.
         let config = NodeConfig {
             cluster_id: cluster.cluster_id().map_err(|e| EngineError::Io(e.to_string()))?,
             partitions: cluster.partitions,
+            idempotency_window_ms: cluster.idempotency_window_ms,
+            idempotency_ids_max: cluster.idempotency_ids_max,
             ..config
         };
         config.validate()?;
@@ -165,14 +168,14 @@ impl ClusterNode {
             peer_queues.push(peer_sender);
             threads.push(thread);
         }
-        let dispatch: Dispatch = Arc::new(move |_from, item: PeerItem| {
+        let dispatch: Dispatch = Arc::new(move |from, item: PeerItem| {
             let partition = match &item {
                 PeerItem::Raft { partition, .. }
                 | PeerItem::Forward { partition, .. }
                 | PeerItem::ForwardReply { partition, .. } => *partition,
             };
             // A full queue blocks this connection's reader: TCP pushes back on the sender.
-            let _ = peer_queues[(partition % shards) as usize].send(item);
+            let _ = peer_queues[(partition % shards) as usize].send((from, item));
         });
         let listener = PeerListener::start(me.peer_address, transport.clone(), dispatch.clone())
             .map_err(|e| EngineError::Io(format!("cannot listen for peers on {}: {e}", me.peer_address)))?;
@@ -273,24 +276,12 @@ impl ClusterNode {
     }
 
     /// Every local replica's state, sorted by partition.
-    pub fn status(&self, reply: Box<dyn FnOnce(Vec<GroupStatus>) + Send>) -> Result<(), EngineError> {
-        let shards = self.clients.len();
-        let gather = Arc::new(std::sync::Mutex::new((Vec::new(), Some(reply), shards)));
-        for shard in 0..shards {
+    pub fn status(&self, reply: StatusReply) -> Result<(), EngineError> {
+        let gather = PartsGather::new(self.clients.len(), |g: &GroupStatus| g.partition, reply);
+        for shard in &self.clients {
             let gather = gather.clone();
-            let reply: Box<dyn FnOnce(Vec<GroupStatus>) + Send> = Box::new(move |groups| {
-                let mut state = gather.lock().unwrap_or_else(|p| p.into_inner());
-                state.0.extend(groups);
-                state.2 -= 1;
-                if state.2 == 0 {
-                    let mut all = std::mem::take(&mut state.0);
-                    all.sort_by_key(|g: &GroupStatus| g.partition);
-                    let reply = state.1.take().expect("answered once");
-                    drop(state);
-                    reply(all);
-                }
-            });
-            self.clients[shard].send(ClientCommand::Status { reply }).map_err(|_| EngineError::ShuttingDown)?;
+            let reply: StatusReply = Box::new(move |groups| gather.deliver(groups));
+            shard.send(ClientCommand::Status { reply }).map_err(|_| EngineError::ShuttingDown)?;
         }
         Ok(())
     }

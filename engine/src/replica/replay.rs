@@ -73,7 +73,8 @@ fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<R
     };
     let mut next = snapshot.meta.index + 1;
     let mut replayed = 0;
-    let end = commit.min(last_index);
+    // An installed snapshot is committed even when the hard state's commit has not caught up with it.
+    let end = commit.min(last_index).max(snapshot.meta.index);
     while next <= end {
         let entries = storage.entries(next, end + 1, REPLAY_ENTRIES_BYTES_MAX).map_err(|e| log_error(&e))?;
         for entry in &entries {

@@ -132,19 +132,49 @@ struct PendingRead {
     deadline: Instant,
 }
 
-/// A request this shard forwarded to another node, waiting for its reply.
-enum Forwarded {
-    Items(BatchPart),
-    Lookup { slots: Vec<u32>, reply: LookupReply },
+/// A client request this shard cannot serve itself yet, with whoever waits for its answer.
+enum Request {
+    Items { batch: Batch, part: BatchPart },
+    Lookup { consistency: Consistency, ids: Vec<u64>, slots: Vec<u32>, reply: LookupReply },
 }
 
-/// A client batch waiting for its partition to have a leader (an election or a leadership transfer in
-/// progress), or to be sent again after the node it was forwarded to no longer led.
+impl Request {
+    fn fail(self, error: EngineError) {
+        match self {
+            Request::Items { part, .. } => part.complete(Err(error)),
+            Request::Lookup { reply, .. } => reply(Err(error)),
+        }
+    }
+
+    /// What goes over the wire; the request itself is kept, so a `NotLeader` answer can send it again.
+    fn to_forward(&self) -> ForwardRequest {
+        match self {
+            Request::Items { batch: Batch::Transfers(items), .. } => ForwardRequest::Transfers(items.clone()),
+            Request::Items { batch: Batch::Accounts(items), .. } => ForwardRequest::CreateAccounts(items.clone()),
+            Request::Lookup { consistency, ids, .. } => {
+                ForwardRequest::Lookup { consistency: *consistency, ids: ids.clone() }
+            }
+        }
+    }
+}
+
+/// A request this shard forwarded to node `to`, waiting for its reply. `deadline` is the client's: a
+/// request sent on to another leader keeps it.
+struct Forwarded {
+    to: u64,
+    partition: u32,
+    request: Request,
+    deadline: Instant,
+}
+
+/// A request waiting for its partition to have a leader (an election or a leadership transfer in
+/// progress), or to be sent again after the node it was forwarded to no longer led. It is not sent
+/// again before `not_before`, so a stale leader hint cannot make it bounce between nodes at full speed.
 struct Parked {
     partition: u32,
-    batch: Batch,
-    part: BatchPart,
+    request: Request,
     deadline: Instant,
+    not_before: Instant,
 }
 
 /// Answers owed once the entry at `index` (with `term`) is applied.
@@ -196,10 +226,14 @@ pub struct ReplicaShard {
     groups: Vec<Group>,
     /// Partition -> position in `groups`.
     group_of: HashMap<u32, usize>,
-    forwarded: HashMap<u64, (Forwarded, Instant)>,
-    /// Forwarded client batches keep their items, so a `NotLeader` answer can send them again.
-    forwarded_batches: HashMap<u64, (u32, Batch)>,
+    forwarded: HashMap<u64, Forwarded>,
     parked: Vec<Parked>,
+    /// Where to send requests for partitions this node holds no replica of: the last leader a
+    /// `NotLeader` answer named, else the preferred leader.
+    remote_leaders: HashMap<u32, u64>,
+    /// Ids of forwarded requests. They start at the boot's wall clock in nanoseconds, above any id an
+    /// earlier run of this node used, so a late reply to a request sent before a restart never matches
+    /// a new one.
     next_request_id: u64,
     next_read_context: u64,
     last_tick: Instant,
@@ -242,16 +276,17 @@ impl ReplicaShard {
             groups,
             group_of,
             forwarded: HashMap::new(),
-            forwarded_batches: HashMap::new(),
             parked: Vec::new(),
-            next_request_id: 1,
+            remote_leaders: HashMap::new(),
+            next_request_id: clock_ns().max(1),
             next_read_context: 1,
             last_tick: Instant::now(),
             failed: None,
         })
     }
 
-    pub fn run(mut self, peers: Receiver<PeerItem>, clients: Receiver<ClientCommand>) {
+    /// Runs the shard until shutdown. `peers` carries `(sending node, item)` from the transport.
+    pub fn run(mut self, peers: Receiver<(u64, PeerItem)>, clients: Receiver<ClientCommand>) {
         let tick = Duration::from_millis(self.replication.tick_interval_ms);
         // A brand-new cluster: each preferred leader stands at once instead of waiting for a timeout.
         for group in &mut self.groups {
@@ -271,7 +306,7 @@ impl ReplicaShard {
             // Peers first and entirely: they are what lets the cluster make progress.
             loop {
                 match peers.try_recv() {
-                    Ok(item) => self.on_peer(item),
+                    Ok((from, item)) => self.on_peer(from, item),
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
                     Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 }
@@ -357,7 +392,7 @@ impl ReplicaShard {
         }
     }
 
-    fn on_peer(&mut self, item: PeerItem) {
+    fn on_peer(&mut self, from: u64, item: PeerItem) {
         match item {
             PeerItem::Raft { partition, message } => {
                 let Some(&slot) = self.group_of.get(&partition) else { return };
@@ -371,50 +406,64 @@ impl ReplicaShard {
                 }
                 group.raw.step(message);
             }
-            PeerItem::Forward { request_id, from_node, partition, request } => {
-                self.on_forward(request_id, from_node, partition, request);
+            // The connection names the sender; an item claiming another sender is dropped.
+            PeerItem::Forward { request_id, from_node, partition, request } if from_node == from => {
+                self.on_forward(request_id, from, partition, request);
             }
-            PeerItem::ForwardReply { request_id, reply, .. } => {
-                let Some((waiting, deadline)) = self.forwarded.remove(&request_id) else { return };
-                let batch = self.forwarded_batches.remove(&request_id);
-                match (waiting, reply, batch) {
-                    (Forwarded::Items(part), ForwardReply::Error { code, .. }, Some((partition, batch)))
-                        if code == ErrorCode::NotLeader as u16 && deadline > Instant::now() =>
-                    {
-                        // Leadership moved on the way: wait for the new leader and send it there.
-                        self.parked.push(Parked { partition, batch, part, deadline });
-                    }
-                    (waiting, reply, _) => self.on_forward_reply(waiting, reply),
-                }
-            }
+            PeerItem::Forward { .. } => {}
+            PeerItem::ForwardReply { request_id, reply, .. } => self.on_forward_reply(from, request_id, reply),
         }
     }
 
-    fn on_forward_reply(&mut self, waiting: Forwarded, reply: ForwardReply) {
-        match (waiting, reply) {
-            (Forwarded::Items(part), ForwardReply::Results(results)) if results.len() == part.len() => {
+    /// Relays a forwarded request's answer, or sends the request on when the node no longer led.
+    fn on_forward_reply(&mut self, from: u64, request_id: u64, reply: ForwardReply) {
+        // Only the node the request went to may answer it.
+        if self.forwarded.get(&request_id).is_none_or(|forwarded| forwarded.to != from) {
+            return;
+        }
+        let Forwarded { partition, request, deadline, .. } = self.forwarded.remove(&request_id).expect("checked");
+        let now = Instant::now();
+        match (request, reply) {
+            (request, ForwardReply::Error { code, leader, .. })
+                if code == ErrorCode::NotLeader as u16 && deadline > now =>
+            {
+                let hint = (leader != 0 && leader != from && leader != self.node_id).then_some(leader);
+                if !self.group_of.contains_key(&partition) {
+                    let next = hint.unwrap_or_else(|| self.replica_after(partition, from));
+                    self.remote_leaders.insert(partition, next);
+                }
+                // A named new leader is tried at once; otherwise give the election a tick.
+                let not_before =
+                    if hint.is_some() { now } else { now + Duration::from_millis(self.replication.tick_interval_ms) };
+                self.parked.push(Parked { partition, request, deadline, not_before });
+            }
+            (Request::Items { part, .. }, ForwardReply::Results(results)) if results.len() == part.len() => {
                 part.complete(Ok(results))
             }
-            (Forwarded::Lookup { slots, reply }, ForwardReply::Accounts(accounts)) if accounts.len() == slots.len() => {
+            (Request::Lookup { slots, reply, .. }, ForwardReply::Accounts(accounts))
+                if accounts.len() == slots.len() =>
+            {
                 reply(Ok(slots.into_iter().zip(accounts).collect()))
             }
-            (waiting, ForwardReply::Error { code, message }) => {
-                fail_forwarded(waiting, EngineError::Remote { node: 0, code, message })
+            (request, ForwardReply::Error { code, message, .. }) => {
+                request.fail(EngineError::Remote { node: from, code, message })
             }
-            (waiting, _) => fail_forwarded(
-                waiting,
-                EngineError::Unavailable("a forwarded request got a reply of the wrong shape".into()),
-            ),
+            (request, _) => {
+                request.fail(EngineError::Unavailable("a forwarded request got a reply of the wrong shape".into()))
+            }
         }
     }
 
-    fn on_forward(&mut self, request_id: u64, from_node: u64, partition: u32, request: ForwardRequest) {
+    /// The replica of `partition` after `node` in placement order: the next guess at its leader.
+    fn replica_after(&self, partition: u32, node: u64) -> u64 {
+        let replicas = self.cluster.replicas(partition);
+        let position = replicas.iter().position(|&n| n == node).map_or(0, |p| p + 1);
+        replicas[position % replicas.len()]
+    }
+
+    fn on_forward(&mut self, request_id: u64, from: u64, partition: u32, request: ForwardRequest) {
         let refuse = |shard: &ReplicaShard, error: EngineError| {
-            let (code, message) = error_code(&error);
-            shard.transport.send(
-                from_node,
-                PeerItem::ForwardReply { request_id, partition, reply: ForwardReply::Error { code, message } },
-            );
+            shard.transport.send(from, PeerItem::ForwardReply { request_id, partition, reply: error_reply(&error) });
         };
         if let Some(reason) = &self.failed {
             return refuse(self, EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
@@ -422,17 +471,19 @@ impl ReplicaShard {
         let Some(&slot) = self.group_of.get(&partition) else {
             return refuse(self, EngineError::NotLeader { partition, leader: None });
         };
-        let leads = self.groups[slot].speculative.is_some() && !self.groups[slot].speculative_stale;
-        let remote = ItemsTo::Remote { node: from_node, request_id, partition };
+        let group = &self.groups[slot];
+        let leads = group.may_decide();
+        let remote = ItemsTo::Remote { node: from, request_id, partition };
         match request {
             ForwardRequest::Transfers(_) | ForwardRequest::CreateAccounts(_) if !leads => {
-                let leader = self.groups[slot].leader;
+                // While handing leadership over, point the sender at the node taking it.
+                let leader = group.raw.lead_transferee().or(group.leader);
                 refuse(self, EngineError::NotLeader { partition, leader })
             }
             ForwardRequest::Transfers(items) => self.execute(slot, Batch::Transfers(items), remote, clock_ns()),
             ForwardRequest::CreateAccounts(items) => self.execute(slot, Batch::Accounts(items), remote, clock_ns()),
             ForwardRequest::Lookup { consistency, ids } => {
-                let to = LookupTo::Remote { node: from_node, request_id, partition };
+                let to = LookupTo::Remote { node: from, request_id, partition };
                 self.lookup(slot, consistency, ids, to);
             }
         }
@@ -440,6 +491,7 @@ impl ReplicaShard {
 
     /// Returns the number of items the command carried.
     fn on_client(&mut self, command: ClientCommand, now_ns: u64) -> usize {
+        let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
         match command {
             ClientCommand::Status { reply } => {
                 reply(self.groups.iter().map(|g| self.group_status(g)).collect());
@@ -452,40 +504,23 @@ impl ReplicaShard {
             }
             ClientCommand::Transfers { partition, items, part } => {
                 let n = items.len();
-                self.route_items(partition, Batch::Transfers(items), part, now_ns);
+                self.route(partition, Request::Items { batch: Batch::Transfers(items), part }, deadline, now_ns);
                 n
             }
             ClientCommand::CreateAccounts { partition, items, part } => {
                 let n = items.len();
-                self.route_items(partition, Batch::Accounts(items), part, now_ns);
+                self.route(partition, Request::Items { batch: Batch::Accounts(items), part }, deadline, now_ns);
                 n
             }
             ClientCommand::Lookup { partition, consistency, ids, reply } => {
                 let n = ids.len();
                 let (slots, ids): (Vec<u32>, Vec<u64>) = ids.into_iter().unzip();
-                if let Some(reason) = &self.failed {
-                    reply(Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }));
-                    return n;
-                }
                 match self.group_of.get(&partition).copied() {
-                    Some(slot) => {
-                        let leads = self.groups[slot].speculative.is_some();
-                        if consistency == Consistency::Linearizable && !leads {
-                            self.forward_lookup(slot, partition, ids, slots, reply);
-                        } else {
-                            self.lookup(slot, consistency, ids, LookupTo::Local { slots, reply });
-                        }
+                    // Any replica serves these from its own committed state.
+                    Some(slot) if consistency != Consistency::Linearizable && self.failed.is_none() => {
+                        self.lookup(slot, consistency, ids, LookupTo::Local { slots, reply })
                     }
-                    None => {
-                        // No local replica: ask the partition's preferred leader.
-                        let leader = self.cluster.preferred_leader(partition);
-                        self.forward(
-                            leader,
-                            partition,
-                            ForwardRequest::Lookup { consistency, ids },
-                            Forwarded::Lookup { slots, reply },
-                        );
-                    }
+                    _ => self.route(partition, Request::Lookup { consistency, ids, slots, reply }, deadline, now_ns),
                 }
                 n
             }
@@ -529,87 +564,67 @@ impl ReplicaShard {
         )
     }
 
-    fn forward_lookup(&mut self, slot: usize, partition: u32, ids: Vec<u64>, slots: Vec<u32>, reply: LookupReply) {
-        match self.groups[slot].leader {
-            Some(leader) if leader != self.node_id => self.forward(
-                leader,
-                partition,
-                ForwardRequest::Lookup { consistency: Consistency::Linearizable, ids },
-                Forwarded::Lookup { slots, reply },
-            ),
-            _ => reply(Err(EngineError::NotLeader { partition, leader: None })),
-        }
-    }
-
-    fn route_items(&mut self, partition: u32, batch: Batch, part: BatchPart, now_ns: u64) {
+    /// Serves a request here if this node leads its partition, sends it to the leader otherwise, and
+    /// parks it while the partition has no leader.
+    fn route(&mut self, partition: u32, request: Request, deadline: Instant, now_ns: u64) {
         if let Some(reason) = &self.failed {
-            part.complete(Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }));
-            return;
+            return request.fail(EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
         }
         let Some(&slot) = self.group_of.get(&partition) else {
-            let leader = self.cluster.preferred_leader(partition);
-            self.forward_batch(leader, partition, batch, part);
-            return;
+            let to = self.remote_leaders.get(&partition).copied();
+            let to = to.unwrap_or_else(|| self.cluster.preferred_leader(partition));
+            return self.forward(to, partition, request, deadline);
         };
         let group = &self.groups[slot];
-        if group.speculative.is_some() && !group.speculative_stale {
-            self.execute(slot, batch, ItemsTo::Local(part), now_ns);
-            return;
+        if group.may_decide() {
+            return match request {
+                Request::Items { batch, part } => self.execute(slot, batch, ItemsTo::Local(part), now_ns),
+                Request::Lookup { consistency, ids, slots, reply } => {
+                    self.lookup(slot, consistency, ids, LookupTo::Local { slots, reply })
+                }
+            };
         }
         match group.leader {
-            Some(leader) if leader != self.node_id => self.forward_batch(leader, partition, batch, part),
-            // No leader known, or this node just won and has not rebuilt its state yet: wait.
-            _ => {
-                let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
-                self.parked.push(Parked { partition, batch, part, deadline });
-            }
+            Some(leader) if leader != self.node_id => self.forward(leader, partition, request, deadline),
+            // No leader known, or this node just won and has not rebuilt its state yet, or it is
+            // handing leadership over: wait.
+            _ => self.parked.push(Parked { partition, request, deadline, not_before: Instant::now() }),
         }
     }
 
-    /// Forwards a client batch to `leader`, keeping its items for a second try elsewhere.
-    fn forward_batch(&mut self, leader: u64, partition: u32, batch: Batch, part: BatchPart) {
-        let request_id = self.next_request_id;
-        let copy = batch.clone();
-        self.forward(leader, partition, batch.into_request(), Forwarded::Items(part));
-        if self.forwarded.contains_key(&request_id) {
-            self.forwarded_batches.insert(request_id, (partition, copy));
-        }
-    }
-
-    /// Sends parked batches on once their partition has a leader; fails those that waited too long.
+    /// Routes parked requests again once their partition has a leader; fails those that waited too long.
     fn retry_parked(&mut self, now_ns: u64) {
         if self.parked.is_empty() {
             return;
         }
         let now = Instant::now();
         for parked in std::mem::take(&mut self.parked) {
-            let Parked { partition, batch, part, deadline } = parked;
-            let group = self.group_of.get(&partition).map(|&slot| &self.groups[slot]);
-            let leader = group.and_then(|g| g.leader);
-            let ready_here = group.is_some_and(|g| g.speculative.is_some() && !g.speculative_stale);
-            if ready_here || leader.is_some_and(|l| l != self.node_id) {
-                self.route_items(partition, batch, part, now_ns);
-            } else if deadline <= now {
-                part.complete(Err(EngineError::Unavailable(format!(
-                    "partition {partition} had no leader within {} ms",
-                    self.replication.forward_timeout_ms
-                ))));
+            let ready = parked.not_before <= now
+                && self.group_of.get(&parked.partition).is_none_or(|&slot| {
+                    let group = &self.groups[slot];
+                    group.may_decide() || group.leader.is_some_and(|leader| leader != self.node_id)
+                });
+            if parked.deadline <= now {
+                parked.request.fail(EngineError::Unavailable(format!(
+                    "partition {} had no reachable leader within {} ms",
+                    parked.partition, self.replication.forward_timeout_ms
+                )));
+            } else if ready {
+                self.route(parked.partition, parked.request, parked.deadline, now_ns);
             } else {
-                self.parked.push(Parked { partition, batch, part, deadline });
+                self.parked.push(parked);
             }
         }
     }
 
-    fn forward(&mut self, to: u64, partition: u32, request: ForwardRequest, waiting: Forwarded) {
+    fn forward(&mut self, to: u64, partition: u32, request: Request, deadline: Instant) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request };
+        let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         if !self.transport.send(to, item) {
-            let error = EngineError::Unavailable(format!("cannot queue the request for node {to}"));
-            return fail_forwarded(waiting, error);
+            return request.fail(EngineError::Unavailable(format!("cannot queue the request for node {to}")));
         }
-        let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
-        self.forwarded.insert(request_id, (waiting, deadline));
+        self.forwarded.insert(request_id, Forwarded { to, partition, request, deadline });
     }
 
     /// Leader path: validate against the speculative state and collect the events of this round.
@@ -852,11 +867,13 @@ impl ReplicaShard {
     fn expire_waits(&mut self) {
         let now = Instant::now();
         let expired: Vec<u64> =
-            self.forwarded.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(&id, _)| id).collect();
+            self.forwarded.iter().filter(|(_, forwarded)| forwarded.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
-            self.forwarded_batches.remove(&id);
-            if let Some((waiting, _)) = self.forwarded.remove(&id) {
-                fail_forwarded(waiting, EngineError::Unavailable("the partition leader did not answer in time".into()));
+            if let Some(forwarded) = self.forwarded.remove(&id) {
+                forwarded.request.fail(EngineError::Unavailable(format!(
+                    "node {}, the leader of partition {} as far as this node knew, did not answer in time",
+                    forwarded.to, forwarded.partition
+                )));
             }
         }
         for group in &mut self.groups {
@@ -911,43 +928,25 @@ impl ReplicaShard {
         let error = EngineError::ShardFailed { shard: self.id, reason };
         for group in &mut self.groups {
             group.speculative = None;
-            for owed in group.owed.drain(..) {
-                for (to, _) in owed.answers {
-                    answer_items(&self.transport, to, Err(error.clone()));
-                }
-            }
-            for (to, _) in group.round_answers.drain(..) {
-                answer_items(&self.transport, to, Err(error.clone()));
-            }
-            let reads = group
-                .seq_waits
-                .drain(..)
-                .chain(group.index_waits.drain(..))
-                .map(|(_, r)| r)
-                .chain(group.read_index_waits.drain().map(|(_, r)| r))
-                .collect::<Vec<_>>();
-            for read in reads {
-                answer_lookup(&self.transport, read.to, Err(error.clone()));
-            }
+            fail_everything_waiting(group, &self.transport, &error);
         }
     }
 
+    /// Answers everything still waiting with `ShuttingDown`: owed batches, queued reads, forwarded and
+    /// parked requests. A batch whose entry commits later is still in the log; a retry with the same
+    /// ids returns its outcome.
     fn close(mut self, reply: Option<DoneReply>) {
         self.propose_all();
         self.drive_all();
         let error = EngineError::ShuttingDown;
         for group in &mut self.groups {
-            for owed in group.owed.drain(..) {
-                for (to, _) in owed.answers {
-                    answer_items(&self.transport, to, Err(error.clone()));
-                }
-            }
+            fail_everything_waiting(group, &self.transport, &error);
         }
-        for (_, (waiting, _)) in self.forwarded.drain() {
-            fail_forwarded(waiting, EngineError::ShuttingDown);
+        for (_, forwarded) in self.forwarded.drain() {
+            forwarded.request.fail(error.clone());
         }
         for parked in self.parked.drain(..) {
-            parked.part.complete(Err(EngineError::ShuttingDown));
+            parked.request.fail(error.clone());
         }
         if let Some(reply) = reply {
             reply(match &self.failed {
@@ -969,13 +968,6 @@ impl Batch {
         match self {
             Batch::Transfers(items) => items.len(),
             Batch::Accounts(items) => items.len(),
-        }
-    }
-
-    fn into_request(self) -> ForwardRequest {
-        match self {
-            Batch::Transfers(items) => ForwardRequest::Transfers(items),
-            Batch::Accounts(items) => ForwardRequest::CreateAccounts(items),
         }
     }
 }
@@ -1048,8 +1040,38 @@ fn open_group(
     })
 }
 
+impl Group {
+    /// This replica leads and may decide new commands now: its speculative state is current and no
+    /// leadership transfer is under way (Raft refuses proposals during one).
+    fn may_decide(&self) -> bool {
+        self.speculative.is_some() && !self.speculative_stale && self.raw.lead_transferee().is_none()
+    }
+}
+
 fn storage_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Log(error.to_string())
+}
+
+/// Fails every batch and read waiting on `group` with `error`.
+fn fail_everything_waiting(group: &mut Group, transport: &Transport, error: &EngineError) {
+    for owed in group.owed.drain(..) {
+        for (to, _) in owed.answers {
+            answer_items(transport, to, Err(error.clone()));
+        }
+    }
+    for (to, _) in group.round_answers.drain(..) {
+        answer_items(transport, to, Err(error.clone()));
+    }
+    let reads = group
+        .seq_waits
+        .drain(..)
+        .chain(group.index_waits.drain(..))
+        .map(|(_, r)| r)
+        .chain(group.read_index_waits.drain().map(|(_, r)| r))
+        .collect::<Vec<_>>();
+    for read in reads {
+        answer_lookup(transport, read.to, Err(error.clone()));
+    }
 }
 
 /// Applies one committed entry to the committed state and answers what waited for it.
@@ -1130,10 +1152,7 @@ fn answer_items(transport: &Transport, to: ItemsTo, outcome: Result<Vec<ItemResu
         ItemsTo::Remote { node, request_id, partition } => {
             let reply = match outcome {
                 Ok(results) => ForwardReply::Results(results),
-                Err(error) => {
-                    let (code, message) = error_code(&error);
-                    ForwardReply::Error { code, message }
-                }
+                Err(error) => error_reply(&error),
             };
             transport.send(node, PeerItem::ForwardReply { request_id, partition, reply });
         }
@@ -1146,21 +1165,21 @@ fn answer_lookup(transport: &Transport, to: LookupTo, outcome: Result<Vec<Option
         LookupTo::Remote { node, request_id, partition } => {
             let reply = match outcome {
                 Ok(accounts) => ForwardReply::Accounts(accounts),
-                Err(error) => {
-                    let (code, message) = error_code(&error);
-                    ForwardReply::Error { code, message }
-                }
+                Err(error) => error_reply(&error),
             };
             transport.send(node, PeerItem::ForwardReply { request_id, partition, reply });
         }
     }
 }
 
-fn fail_forwarded(waiting: Forwarded, error: EngineError) {
-    match waiting {
-        Forwarded::Items(part) => part.complete(Err(error)),
-        Forwarded::Lookup { reply, .. } => reply(Err(error)),
-    }
+/// The answer a forwarding node gets for `error`; `NotLeader` names the leader this node knows of.
+fn error_reply(error: &EngineError) -> ForwardReply {
+    let (code, message) = error_code(error);
+    let leader = match error {
+        EngineError::NotLeader { leader: Some(leader), .. } => *leader,
+        _ => 0,
+    };
+    ForwardReply::Error { code, leader, message }
 }
 
 /// The protocol error code and message an engine error is answered with.

@@ -11,9 +11,10 @@
 //!
 //! On any write or read error the connection is dropped with what was taken from the queue: Raft
 //! resends what matters, and a forwarded request that is lost times out at its sender. The dialing side
-//! reconnects with a bounded backoff; the other side waits for the next accepted connection. A full
-//! queue drops the new message (back pressure never blocks a shard thread) and counts it. A bad frame
-//! closes only that connection.
+//! connects as soon as it starts and reconnects with a bounded backoff whenever the connection is lost,
+//! whether or not it has anything to send, because the other side can only wait for it. Messages for a
+//! peer with no connection are dropped and counted, as is a new message for a full queue (back pressure
+//! never blocks a shard thread). A bad frame closes only that connection.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -35,6 +36,14 @@ pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
 const STOP_POLL_MS: u64 = 100;
 /// Bytes read from a peer socket per call.
 const READ_CHUNK_BYTES: usize = 256 << 10;
+/// First pause after a failed dial; it doubles up to `peer_reconnect_backoff_ms_max`.
+const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// A writer's reconnect state: the next pause, and whether the failure was already reported.
+struct Redial {
+    backoff: Duration,
+    warned: bool,
+}
 
 struct PeerLink {
     queue: Sender<PeerItem>,
@@ -151,7 +160,7 @@ impl Transport {
         }
     }
 
-    /// Messages dropped so far because a peer's queue was full.
+    /// Messages dropped so far: a peer's queue was full, or there was no connection to send them on.
     pub fn dropped(&self) -> u64 {
         self.links.values().map(|link| link.dropped.load(Ordering::Relaxed)).sum()
     }
@@ -194,17 +203,33 @@ impl Transport {
     fn run_writer(self: Arc<Self>, peer: u64, address: SocketAddr, queue: Receiver<PeerItem>) {
         let link = self.links[&peer].clone();
         let dials = peer > self.node_id;
-        let mut backoff = Duration::from_millis(10);
-        let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
+        let mut redial = Redial { backoff: REDIAL_BACKOFF_MIN, warned: false };
         let mut batch = Vec::new();
         let mut body = Vec::new();
         let mut frame = Vec::new();
-        let mut warned = false;
         while !self.stop.load(Ordering::Relaxed) {
             let first = match queue.recv_timeout(Duration::from_millis(STOP_POLL_MS)) {
-                Ok(item) => item,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Ok(item) => Some(item),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // The dialing side keeps the connection up even while it has nothing to send: the peer
+            // above it has no other way to reach it.
+            let connection = match link.current() {
+                Some(connection) => Some(connection),
+                None if dials => self.connect(peer, address, &link, &mut redial),
+                None => None,
+            };
+            let Some(first) = first else { continue };
+            let Some((generation, mut stream)) = connection else {
+                // Not connected (the peer below us has not dialed yet, or cannot be reached): what is
+                // queued cannot be delivered. Raft sends again; a forwarded request times out.
+                let mut dropped = 1;
+                while queue.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                link.dropped.fetch_add(dropped, Ordering::Relaxed);
+                continue;
             };
             let mut bytes = wire::item_encoded_bytes(&first);
             batch.clear();
@@ -218,41 +243,6 @@ impl Transport {
                     Err(_) => break,
                 }
             }
-            let connection = match link.current() {
-                Some(connection) => connection,
-                // The peer below us dials; until it has, what is queued for it is dropped.
-                None if !dials => continue,
-                None => match self.dial(address) {
-                    Ok(stream) => {
-                        if warned {
-                            eprintln!("node {}: connected to peer {peer} at {address}", self.node_id);
-                        }
-                        warned = false;
-                        backoff = Duration::from_millis(10);
-                        let reader = stream.try_clone();
-                        let generation = link.install(stream);
-                        if let (Ok(reader), Some(dispatch)) = (reader, self.dispatch.get()) {
-                            self.spawn_reader(reader, Some((peer, generation)), dispatch.clone());
-                        }
-                        match link.current() {
-                            Some(connection) => connection,
-                            None => continue,
-                        }
-                    }
-                    Err(error) => {
-                        if !warned {
-                            eprintln!(
-                                "node {}: cannot reach peer {peer} at {address}: {error}; retrying",
-                                self.node_id
-                            );
-                            warned = true;
-                        }
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(backoff_max);
-                        continue;
-                    }
-                },
-            };
             body.clear();
             wire::encode_items(&batch, &mut body);
             if HEADER_BYTES + body.len() > PEER_FRAME_BYTES_MAX {
@@ -263,14 +253,49 @@ impl Transport {
                     self.node_id,
                     body.len()
                 );
+                link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 continue;
             }
             frame.clear();
             encode_raw_frame(&mut frame, PEER_KIND_BATCH, self.cluster_id, 0, &body);
-            let (generation, mut stream) = connection;
             if let Err(error) = stream.write_all(&frame) {
                 eprintln!("node {}: connection to peer {peer} lost: {error}", self.node_id);
+                link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 link.retire(generation);
+            }
+        }
+    }
+
+    /// Dials `peer` and starts reading the new connection; after a failure, waits out the backoff.
+    fn connect(
+        self: &Arc<Self>,
+        peer: u64,
+        address: SocketAddr,
+        link: &PeerLink,
+        redial: &mut Redial,
+    ) -> Option<(u64, TcpStream)> {
+        match self.dial(address) {
+            Ok(stream) => {
+                if redial.warned {
+                    eprintln!("node {}: connected to peer {peer} at {address}", self.node_id);
+                }
+                *redial = Redial { backoff: REDIAL_BACKOFF_MIN, warned: false };
+                let reader = stream.try_clone();
+                let generation = link.install(stream);
+                if let (Ok(reader), Some(dispatch)) = (reader, self.dispatch.get()) {
+                    self.spawn_reader(reader, Some((peer, generation)), dispatch.clone());
+                }
+                link.current()
+            }
+            Err(error) => {
+                if !redial.warned {
+                    eprintln!("node {}: cannot reach peer {peer} at {address}: {error}; retrying", self.node_id);
+                    redial.warned = true;
+                }
+                std::thread::sleep(redial.backoff);
+                let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
+                redial.backoff = (redial.backoff * 2).min(backoff_max);
+                None
             }
         }
     }

@@ -36,7 +36,8 @@
 //! | consistency           | 0 Linearizable; 1 AtLeast, then seq u64; 2 Any                              |
 //! | reply 0 Results       | tag, count u32, `ItemResult` wire layout (16 B) each                        |
 //! | reply 1 Accounts      | tag, count u32, each: present bool, then `Account` wire layout (56 B)      |
-//! | reply 2 Error         | tag, `ErrorCode` u16, message length u32 (at most 256), UTF-8 bytes         |
+//! | reply 2 Error         | tag, `ErrorCode` u16, leader u64 (0 = unknown), message length u32 (at most |
+//! |                       | 256), UTF-8 bytes                                                           |
 //!
 //! Every encoding is canonical: one value, one byte string, so a decoded body re-encodes identically.
 //! Decoders never panic and never allocate beyond what the remaining bytes could hold: every count is
@@ -147,8 +148,11 @@ pub enum ForwardReply {
     Accounts(Vec<Option<Account>>),
     /// `code` is a `net::protocol::ErrorCode` number; message at most `ERROR_MESSAGE_BYTES_MAX` bytes
     /// (the encoder truncates a longer one at a character boundary).
+    /// `leader`: for `NotLeader`, the node the answering replica believes leads (0 = unknown), so the
+    /// sender can go there next instead of guessing.
     Error {
         code: u16,
+        leader: u64,
         message: String,
     },
 }
@@ -271,7 +275,7 @@ fn reply_bytes(reply: &ForwardReply) -> usize {
                     .sum::<usize>()
             }
             ForwardReply::Error { message, .. } => {
-                ERROR_CODE_BYTES + 4 + truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX).len()
+                ERROR_CODE_BYTES + NODE_ID_BYTES + 4 + truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX).len()
             }
         }
 }
@@ -446,11 +450,12 @@ fn put_reply(out: &mut Vec<u8>, reply: &ForwardReply) {
                 }
             }
         }
-        ForwardReply::Error { code, message } => {
+        ForwardReply::Error { code, leader, message } => {
             assert!(ErrorCode::from_u16(*code).is_some(), "error code {code} is not an ErrorCode");
             let message = truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX);
             out.push(REPLY_ERROR);
             out.extend_from_slice(&code.to_le_bytes());
+            out.extend_from_slice(&leader.to_le_bytes());
             out.extend_from_slice(&(message.len() as u32).to_le_bytes());
             out.extend_from_slice(message.as_bytes());
         }
@@ -628,6 +633,7 @@ fn read_reply(reader: &mut Reader<'_>) -> Result<ForwardReply, WireError> {
             if ErrorCode::from_u16(code).is_none() {
                 return Err(WireError::UnknownTag { what: "error code", tag: code });
             }
+            let leader = reader.u64()?;
             let bytes = reader.u32()? as usize;
             if bytes > ERROR_MESSAGE_BYTES_MAX {
                 return Err(WireError::TooMany {
@@ -639,7 +645,7 @@ fn read_reply(reader: &mut Reader<'_>) -> Result<ForwardReply, WireError> {
             let message = std::str::from_utf8(reader.take(bytes)?)
                 .map_err(|_| WireError::Invalid("error message is not UTF-8"))?
                 .to_owned();
-            Ok(ForwardReply::Error { code, message })
+            Ok(ForwardReply::Error { code, leader, message })
         }
         tag => Err(WireError::UnknownTag { what: "forward reply", tag: tag.into() }),
     }
@@ -851,8 +857,9 @@ mod tests {
         prop_oneof![
             prop::collection::vec(result, 0..8).prop_map(ForwardReply::Results),
             prop::collection::vec(prop::option::of(arb_account()), 0..8).prop_map(ForwardReply::Accounts),
-            ((0..ErrorCode::ALL.len()), "[a-zé€ ]{0,40}")
-                .prop_map(|(i, message)| ForwardReply::Error { code: ErrorCode::ALL[i] as u16, message }),
+            ((0..ErrorCode::ALL.len()), any::<u64>(), "[a-zé€ ]{0,40}").prop_map(|(i, leader, message)| {
+                ForwardReply::Error { code: ErrorCode::ALL[i] as u16, leader, message }
+            }),
         ]
     }
 
@@ -954,7 +961,11 @@ mod tests {
             PeerItem::ForwardReply {
                 request_id: 4,
                 partition: 3,
-                reply: ForwardReply::Error { code: ErrorCode::NotLeader as u16, message: "not leader".into() },
+                reply: ForwardReply::Error {
+                    code: ErrorCode::NotLeader as u16,
+                    leader: 2,
+                    message: "not leader".into(),
+                },
             },
         ]
     }
@@ -998,7 +1009,7 @@ mod tests {
             let item = PeerItem::ForwardReply {
                 request_id: 1,
                 partition: 0,
-                reply: ForwardReply::Error { code: ErrorCode::Internal as u16, message: text.clone() },
+                reply: ForwardReply::Error { code: ErrorCode::Internal as u16, leader: 0, message: text.clone() },
             };
             let body = encoded(std::slice::from_ref(&item));
             assert_eq!(body.len(), BATCH_PREFIX_BYTES + item_encoded_bytes(&item));
@@ -1093,6 +1104,7 @@ mod tests {
             bytes.extend_from_slice(&[0; 12]);
             bytes.push(REPLY_ERROR);
             bytes.extend_from_slice(&code.to_le_bytes());
+            bytes.extend_from_slice(&3u64.to_le_bytes()); // leader hint
             bytes.extend_from_slice(&claimed_bytes.to_le_bytes());
             bytes.extend_from_slice(message);
             decode_items(&batch_of_one(&bytes))

@@ -182,11 +182,30 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
     if args.no_pin {
         config.engine.pin_cores = false;
     }
-    if let Some(manifest) =
-        engine::replica::node::ClusterManifest::read(&config.engine.data_dir).map_err(|e| e.to_string())?
-    {
-        config.engine.idempotency_window_ms = manifest.idempotency_window_ms;
-        config.engine.idempotency_ids_max = manifest.idempotency_ids_max;
+    // Every replica must decide alike, so the idempotency bounds come from the cluster file; a node
+    // file that sets its own is refused rather than silently overruled.
+    let defaults = engine::NodeConfig::default();
+    for (field, own, default, cluster_value) in [
+        (
+            "idempotency_window_ms",
+            config.engine.idempotency_window_ms,
+            defaults.idempotency_window_ms,
+            cluster.idempotency_window_ms,
+        ),
+        (
+            "idempotency_ids_max",
+            config.engine.idempotency_ids_max as u64,
+            defaults.idempotency_ids_max as u64,
+            cluster.idempotency_ids_max as u64,
+        ),
+    ] {
+        if own != default && own != cluster_value {
+            return Err(format!(
+                "engine.{field} = {own} in the node configuration: in a cluster it is set once for every node, in \
+                 the cluster file ({} says {cluster_value})",
+                path.display()
+            ));
+        }
     }
     signals::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let started = Instant::now();

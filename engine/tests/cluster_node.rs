@@ -1,0 +1,306 @@
+//! Cluster nodes in one process, on real sockets on loopback and real logs in temporary directories:
+//! what a node takes from the cluster file, how the peer transport connects, and how a request for a
+//! partition this node holds no replica of is forwarded. The peers in the forwarding test are bare
+//! transports driven by the test, so it can answer late, from the wrong node, or with a leader hint.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{unbounded, Receiver};
+use engine::cluster_config::ClusterConfig;
+use engine::replica::node::ClusterManifest;
+use engine::replica::transport::{Dispatch, PeerListener, Transport};
+use engine::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
+use engine::replica::ClusterNode;
+use engine::{EngineError, NodeConfig};
+use net::protocol::{Consistency, ErrorCode};
+use net::types::{
+    partition_of, transfer_id_from_parts, CreateAccount, ItemResult, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL,
+};
+
+const CLUSTER_ID: u128 = 0x5eed;
+const USD: u32 = 840;
+/// Longest any single wait in these tests lasts; every wait ends by itself.
+const WAIT_MS: u64 = 10_000;
+
+fn free_loopback_addresses(count: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
+    held.iter().map(|l| l.local_addr().expect("bound")).collect()
+}
+
+fn local_cluster(nodes: usize, partitions: u32, replication_factor: u32) -> ClusterConfig {
+    let addresses = free_loopback_addresses(2 * nodes);
+    let mut cluster = ClusterConfig::local(CLUSTER_ID, nodes, partitions, replication_factor, 1, 1);
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        node.address = addresses[i];
+        node.peer_address = addresses[nodes + i];
+    }
+    cluster.replication.forward_timeout_ms = 1_500;
+    cluster
+}
+
+fn node_config(dir: &std::path::Path) -> NodeConfig {
+    NodeConfig { data_dir: dir.to_path_buf(), shards: 1, pin_cores: false, ..NodeConfig::default() }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as u64
+}
+
+/// An account id whose partition is `partition`, the `n`th such id from 1 up.
+fn account_in(partition: u32, partitions: u32, n: usize) -> u64 {
+    (1u64..).filter(|&id| partition_of(id, partitions) == partition).nth(n).expect("ids are unbounded")
+}
+
+fn transfer(sequence: u128, debit: u64, credit: u64) -> Transfer {
+    Transfer {
+        id: transfer_id_from_parts(now_ns() / 1_000_000, sequence),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount: 1,
+        ledger: USD,
+        flags: 0,
+        user_data: 0,
+    }
+}
+
+type Answer = Result<Vec<ItemResult>, EngineError>;
+
+fn submit(node: &ClusterNode, transfers: Vec<Transfer>) -> Receiver<Answer> {
+    let (sender, receiver) = unbounded();
+    node.create_transfers(transfers, Box::new(move |answer| drop(sender.send(answer)))).expect("accepted");
+    receiver
+}
+
+/// A node of the cluster played by the test: a transport and a listener whose inbound items land in
+/// `inbox`.
+struct FakePeer {
+    id: u64,
+    transport: Arc<Transport>,
+    _listener: PeerListener,
+    inbox: Receiver<(u64, PeerItem)>,
+}
+
+impl FakePeer {
+    fn start(cluster: &ClusterConfig, id: u64) -> FakePeer {
+        let peers: Vec<(u64, SocketAddr)> =
+            cluster.nodes.iter().filter(|n| n.id != id).map(|n| (n.id, n.peer_address)).collect();
+        let transport = Transport::new(id, CLUSTER_ID, &peers, &cluster.replication);
+        let (sender, inbox) = unbounded();
+        let dispatch: Dispatch = Arc::new(move |from, item| drop(sender.send((from, item))));
+        let bind = cluster.node(id).expect("listed").peer_address;
+        let listener = PeerListener::start(bind, transport.clone(), dispatch.clone()).expect("listen");
+        transport.start(dispatch).expect("start");
+        FakePeer { id, transport, _listener: listener, inbox }
+    }
+
+    /// The next forwarded request, skipping anything else.
+    fn next_forward(&self) -> (u64, u32, ForwardRequest) {
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok((from, PeerItem::Forward { request_id, from_node, partition, request })) => {
+                    assert_eq!((from, from_node), (1, 1), "forwards come from node 1");
+                    return (request_id, partition, request);
+                }
+                Ok(_) => continue,
+                Err(_) => panic!("node {} got no forwarded request within {WAIT_MS} ms", self.id),
+            }
+        }
+    }
+
+    fn no_forward_within(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while let Ok((_, item)) = self.inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            assert!(!matches!(item, PeerItem::Forward { .. }), "node {} was sent {item:?}", self.id);
+        }
+    }
+
+    fn reply(&self, request_id: u64, partition: u32, reply: ForwardReply) {
+        assert!(self.transport.send(1, PeerItem::ForwardReply { request_id, partition, reply }));
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        // Its threads hold the transport too: stop them, or the node would outlive the value.
+        self.transport.shutdown();
+    }
+}
+
+fn ok_results(count: usize, seq: u64) -> ForwardReply {
+    ForwardReply::Results(
+        (0..count)
+            .map(|i| ItemResult { index: i as u32, code: ResultCode::Ok, flags: 0, seq: seq + i as u64 })
+            .collect(),
+    )
+}
+
+fn not_leader(leader: u64) -> ForwardReply {
+    ForwardReply::Error { code: ErrorCode::NotLeader as u16, leader, message: "not the leader".into() }
+}
+
+#[test]
+fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_deadline() {
+    // Three nodes, one replica per partition: node 1 holds partition 0 only, so partition 1 (preferred
+    // leader node 2) is always forwarded.
+    let cluster = local_cluster(3, 3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let two = FakePeer::start(&cluster, 2);
+    let three = FakePeer::start(&cluster, 3);
+    let booted_at_ns = now_ns();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &Default::default()).unwrap();
+    let (a, b) = (account_in(1, 3, 0), account_in(1, 3, 1));
+
+    let answer = submit(&node, vec![transfer(1, a, b)]);
+    let (first_id, partition, request) = two.next_forward();
+    assert_eq!(partition, 1);
+    assert!(matches!(&request, ForwardRequest::Transfers(t) if t.len() == 1 && t[0].debit_account_id == a));
+    assert!(first_id >= booted_at_ns, "request ids start at the boot clock, got {first_id} < {booted_at_ns}");
+    // A reply from a node the request did not go to, and a reply with another id, are not answers.
+    three.reply(first_id, 1, ok_results(1, 99));
+    two.reply(first_id + 1, 1, ok_results(1, 98));
+    assert!(answer.recv_timeout(Duration::from_millis(300)).is_err(), "a stray reply answered the client");
+    // Node 2 no longer leads and names node 3: the request goes there at once, under a new id.
+    two.reply(first_id, 1, not_leader(3));
+    let (second_id, _, request_again) = three.next_forward();
+    assert_ne!(second_id, first_id);
+    assert_eq!(request_again, request, "the same items are sent on");
+    three.reply(second_id, 1, ok_results(1, 7));
+    let results = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap();
+    assert_eq!(results, vec![ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq: 7 }]);
+
+    // The hint is remembered: the next batch goes straight to node 3.
+    let answer = submit(&node, vec![transfer(2, a, b)]);
+    let (third_id, _, _) = three.next_forward();
+    three.reply(third_id, 1, ok_results(1, 8));
+    assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    two.no_forward_within(Duration::from_millis(100));
+
+    // Sent on after a NotLeader, a request keeps the client's deadline: node 3 bounces it late, node 2
+    // never answers, and the client hears back when the first forward_timeout_ms runs out.
+    let submitted = Instant::now();
+    let answer = submit(&node, vec![transfer(3, a, b)]);
+    let (fourth_id, _, _) = three.next_forward();
+    std::thread::sleep(Duration::from_millis(1_000));
+    three.reply(fourth_id, 1, not_leader(2));
+    two.next_forward();
+    let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
+    let waited = submitted.elapsed();
+    assert!(matches!(outcome, Err(EngineError::Unavailable(_))), "{outcome:?}");
+    assert!(
+        waited < Duration::from_millis(2_200),
+        "answered after {waited:?}: the second forward got a fresh {} ms",
+        cluster.replication.forward_timeout_ms
+    );
+
+    // After a restart, request ids continue above every id the earlier run used, so a late reply to
+    // an old request cannot answer a new one.
+    node.shutdown().unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &Default::default()).unwrap();
+    let answer = submit(&node, vec![transfer(4, a, b)]);
+    // The restarted node starts again from the preferred leader, node 2.
+    let (fifth_id, _, _) = two.next_forward();
+    assert!(fifth_id > fourth_id + 1, "request id {fifth_id} after a restart reuses the earlier run's ids");
+    two.reply(fifth_id, 1, ok_results(1, 9));
+    assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn the_lower_node_dials_at_start_so_the_higher_one_reaches_it_first() {
+    let cluster = local_cluster(2, 1, 1);
+    // Node 2 sends to node 1, which has nothing to send: node 1 must still connect, at start and after
+    // a restart. Until it does, node 2 has no connection and drops what it sends (and counts it).
+    let two = FakePeer::start(&cluster, 2);
+    for round in 0..2u64 {
+        let one = FakePeer::start(&cluster, 1);
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+        let mut sent = 0;
+        let received = loop {
+            assert!(Instant::now() < deadline, "round {round}: node 1 never heard from node 2");
+            sent += 1;
+            two.reply(round * 1_000 + sent, 0, ok_results(0, 0));
+            match one.inbox.recv_timeout(Duration::from_millis(50)) {
+                Ok((from, PeerItem::ForwardReply { request_id, .. })) => break (from, request_id),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => continue,
+            }
+        };
+        assert_eq!(received.0, 2);
+        assert!(received.1 > round * 1_000 && received.1 <= round * 1_000 + sent);
+        drop(one);
+    }
+}
+
+#[test]
+fn replicas_take_the_idempotency_bounds_from_the_cluster_file() {
+    let mut cluster = local_cluster(3, 1, 3);
+    cluster.idempotency_ids_max = 1024;
+    cluster.idempotency_window_ms = 3_600_000;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Each node's own configuration says something else; the cluster file wins on every node.
+    let own_bounds = [(2048, 60_000), (4096, 120_000), (1500, 7_200_000)];
+    let nodes: Vec<ClusterNode> = (0..3)
+        .map(|i| {
+            let config = NodeConfig {
+                idempotency_ids_max: own_bounds[i].0,
+                idempotency_window_ms: own_bounds[i].1,
+                ..node_config(dirs[i].path())
+            };
+            ClusterNode::open(config, cluster.clone(), i as u64 + 1, &Default::default()).unwrap()
+        })
+        .collect();
+    for dir in &dirs {
+        let manifest = ClusterManifest::read(dir.path()).unwrap().expect("written at creation");
+        assert_eq!((manifest.idempotency_ids_max, manifest.idempotency_window_ms), (1024, 3_600_000));
+    }
+    // Start once the preferred node leads, so no leadership handover interrupts the batches below.
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while !nodes[0].status_blocking().unwrap()[0].leader {
+        assert!(Instant::now() < deadline, "node 1 never took the lead of partition 0");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // More transfers than the id table holds, so every replica evicts: identically.
+    let (bank, alice) = (1u64, 2u64);
+    let accounts = vec![
+        CreateAccount { id: bank, ledger: USD, flags: ACCOUNT_FLAG_EXTERNAL, user_data: 0 },
+        CreateAccount { id: alice, ledger: USD, flags: 0, user_data: 0 },
+    ];
+    let created = blocking_accounts(&nodes[0], accounts);
+    assert!(created.iter().all(|r| r.code == ResultCode::Ok), "{created:?}");
+    let mut sequence = 0u128;
+    for _ in 0..5 {
+        let batch: Vec<Transfer> = (0..600)
+            .map(|_| {
+                sequence += 1;
+                transfer(sequence, bank, alice)
+            })
+            .collect();
+        let results = submit(&nodes[0], batch).recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap();
+        assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+    }
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let states: Vec<_> = nodes.iter().map(|n| n.status_blocking().unwrap()[0].clone()).collect();
+        if states.iter().all(|s| s.applied_seq == states[0].applied_seq && s.digest == states[0].digest) {
+            let balance = nodes[2].lookup_accounts_blocking(Consistency::Any, vec![alice]).unwrap();
+            assert_eq!(balance[0].as_ref().map(|a| a.balance), Some(3_000));
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas did not converge: {states:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+fn blocking_accounts(node: &ClusterNode, accounts: Vec<CreateAccount>) -> Vec<ItemResult> {
+    let (sender, receiver) = unbounded();
+    node.create_accounts(accounts, Box::new(move |answer| drop(sender.send(answer)))).expect("accepted");
+    receiver.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap()
+}
