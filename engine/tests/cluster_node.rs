@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{unbounded, Receiver};
 use engine::cluster_config::ClusterConfig;
-use engine::replica::node::ClusterManifest;
+use engine::replica::node::{ClusterManifest, OpenOptions};
 use engine::replica::transport::{Dispatch, PeerListener, Transport};
 use engine::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 use engine::replica::ClusterNode;
@@ -18,6 +18,7 @@ use net::protocol::{Consistency, ErrorCode};
 use net::types::{
     partition_of, transfer_id_from_parts, CreateAccount, ItemResult, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL,
 };
+use raft::{Message, MessageBody};
 
 const CLUSTER_ID: u128 = 0x5eed;
 const USD: u32 = 840;
@@ -152,7 +153,7 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     let two = FakePeer::start(&cluster, 2);
     let three = FakePeer::start(&cluster, 3);
     let booted_at_ns = now_ns();
-    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &Default::default()).unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
     let (a, b) = (account_in(1, 3, 0), account_in(1, 3, 1));
 
     let answer = submit(&node, vec![transfer(1, a, b)]);
@@ -200,7 +201,7 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     // After a restart, request ids continue above every id the earlier run used, so a late reply to
     // an old request cannot answer a new one.
     node.shutdown().unwrap();
-    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &Default::default()).unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
     let answer = submit(&node, vec![transfer(4, a, b)]);
     // The restarted node starts again from the preferred leader, node 2.
     let (fifth_id, _, _) = two.next_forward();
@@ -251,7 +252,7 @@ fn replicas_take_the_idempotency_bounds_from_the_cluster_file() {
                 idempotency_window_ms: own_bounds[i].1,
                 ..node_config(dirs[i].path())
             };
-            ClusterNode::open(config, cluster.clone(), i as u64 + 1, &Default::default()).unwrap()
+            ClusterNode::open(config, cluster.clone(), i as u64 + 1, &OpenOptions::default()).unwrap()
         })
         .collect();
     for dir in &dirs {
@@ -303,4 +304,94 @@ fn blocking_accounts(node: &ClusterNode, accounts: Vec<CreateAccount>) -> Vec<It
     let (sender, receiver) = unbounded();
     node.create_accounts(accounts, Box::new(move |answer| drop(sender.send(answer)))).expect("accepted");
     receiver.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap()
+}
+
+/// Sends node 1 a vote request from `candidate` every 100 ms for `wait`; true once node 1 grants it.
+fn vote_granted(candidate: &FakePeer, term: u64, last_log_index: u64, last_log_term: u64, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let body = MessageBody::VoteRequest { pre_vote: false, last_log_index, last_log_term, transfer: false };
+        let message = Message { from: candidate.id, to: 1, term, body };
+        assert!(candidate.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Ok((_, item)) = candidate.inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            if let PeerItem::Raft {
+                message: Message { body: MessageBody::VoteResponse { granted: true, pre_vote: false }, .. },
+                ..
+            } = item
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The next TermProbe node 1 sends this peer.
+fn next_probe(peer: &FakePeer) -> u32 {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match peer.inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((1, PeerItem::TermProbe { partition })) => return partition,
+            Ok(_) => continue,
+            Err(_) => panic!("node {} was never asked for its term", peer.id),
+        }
+    }
+}
+
+#[test]
+fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_early_votes() {
+    // Partition 0 lives on nodes 1, 2 and 3; 2 and 3 are played by the test. Node 1 lost its data.
+    let cluster = local_cluster(3, 1, 3);
+    let two = FakePeer::start(&cluster, 2);
+    let three = FakePeer::start(&cluster, 3);
+
+    // Control: a node starting empty without --rejoin votes for anyone with a log at least as long.
+    let fresh = tempfile::tempdir().unwrap();
+    let node = ClusterNode::open(node_config(fresh.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    assert!(vote_granted(&two, 5, 10, 4, Duration::from_millis(WAIT_MS)), "the control case must grant");
+    node.shutdown().unwrap();
+
+    let wiped = tempfile::tempdir().unwrap();
+    let options = OpenOptions { rejoin: true, ..OpenOptions::default() };
+    let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &options).unwrap();
+    assert_eq!((next_probe(&two), next_probe(&three)), (0, 0));
+    // Until every other replica has answered, it takes no part in Raft at all.
+    assert!(!vote_granted(&two, 5, 10, 4, Duration::from_millis(500)), "voted before hearing from every replica");
+    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 10 }));
+    assert!(!vote_granted(&two, 8, 10, 7, Duration::from_millis(500)), "voted with one replica unheard");
+    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 4 }));
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while node.status_blocking().unwrap()[0].term != 7 {
+        assert!(Instant::now() < deadline, "node 1 did not move to the highest reported term");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Node 3, a deposed leader of term 6, cannot refill it: its append is answered in term 7.
+    let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 4 };
+    assert!(three
+        .transport
+        .send(1, PeerItem::Raft { partition: 0, message: Message { from: 3, to: 1, term: 6, body: append } }));
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match three.inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((1, PeerItem::Raft { message, .. })) => {
+                assert!(
+                    !matches!(message.body, MessageBody::AppendResponse { .. }),
+                    "accepted a stale leader: {message:?}"
+                );
+                assert_eq!(message.term, 7, "{message:?}");
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => panic!("node 1 never answered the stale append"),
+        }
+    }
+    // It may have voted in term 7 before it lost its data, so it votes in no term-7 election, and in
+    // none at all until it holds commit index 10: not even for a candidate whose log looks complete.
+    assert!(!vote_granted(&two, 7, 10, 7, Duration::from_millis(500)), "voted twice in term 7");
+    assert!(!vote_granted(&three, 8, 12, 7, Duration::from_millis(500)), "voted before holding the commit");
+    let status = node.status_blocking().unwrap();
+    assert_eq!((status[0].term, status[0].leader), (8, false));
+    node.shutdown().unwrap();
 }

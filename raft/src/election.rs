@@ -10,7 +10,7 @@ impl<S: Storage> Raft<S> {
     /// Starts an election. With `pre_vote` it first asks whether it could win, without bumping
     /// any term, so a partitioned replica rejoining cannot depose a healthy leader.
     pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
-        if !self.is_promotable() {
+        if !self.is_promotable() || self.votes_withheld() {
             return;
         }
         let vote_term = if pre_vote {
@@ -57,9 +57,10 @@ impl<S: Storage> Raft<S> {
         last_log_term: u64,
     ) {
         // One vote per term (§5.2); a pre-vote for a future term promises nothing.
-        let can_vote = self.vote == Some(message.from)
+        let can_vote = (self.vote == Some(message.from)
             || (self.vote.is_none() && self.leader_id.is_none())
-            || (pre_vote && message.term > self.term);
+            || (pre_vote && message.term > self.term))
+            && !self.votes_withheld();
         if can_vote && self.log.is_up_to_date(last_log_index, last_log_term) {
             if pre_vote {
                 self.send_with_term(

@@ -60,6 +60,8 @@ pub struct Raft<S: Storage> {
     pub(crate) lease_disabled: bool,
     /// Ticks since this replica started (saturating), for the post-restart lease quiet period.
     pub(crate) ticks_since_start: u64,
+    /// No vote, pre-vote or campaign until the commit index reaches this (0: no restriction).
+    pub(crate) votes_withheld_until: u64,
 }
 
 impl<S: Storage> Raft<S> {
@@ -97,6 +99,7 @@ impl<S: Storage> Raft<S> {
             leader_ticks: 1,
             lease_disabled: false,
             ticks_since_start: 0,
+            votes_withheld_until: 0,
         };
         raft.replay_membership()?;
         let term = raft.term;
@@ -131,6 +134,11 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn is_promotable(&self) -> bool {
         self.voters().contains(&self.id)
+    }
+
+    /// A replica rebuilt from nothing takes no part in elections until it holds what was committed.
+    pub(crate) fn votes_withheld(&self) -> bool {
+        self.log.committed() < self.votes_withheld_until
     }
 
     fn next_random(&mut self) -> u64 {
@@ -323,7 +331,10 @@ impl<S: Storage> Raft<S> {
 
     fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.is_promotable() && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
+        if self.is_promotable()
+            && !self.votes_withheld()
+            && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
+        {
             self.election_elapsed_ticks = 0;
             self.campaign(self.config.pre_vote, false);
         }

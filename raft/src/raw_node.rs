@@ -137,6 +137,28 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
+    /// For a replica that lost its log and vote (a wiped node coming back): grant no vote or pre-vote
+    /// and never campaign until this replica's commit index reaches `index`, the highest commit index
+    /// the other replicas reported. Until then it could help elect a node that lacks entries the old
+    /// copy of this replica helped commit.
+    pub fn withhold_votes_until(&mut self, index: u64) {
+        self.raft.votes_withheld_until = index;
+    }
+
+    /// For a replica that lost its log and vote, once the other replicas have reported their terms and
+    /// commit indexes: it moves to `term`, the highest reported, as a follower that counts as having
+    /// voted (for itself) in it, so it never votes twice in a term it may have voted in before the
+    /// loss, and it withholds votes until its commit index reaches `commit`, the highest reported. A
+    /// deposed leader still in an older term can no longer refill it. The new term and vote are
+    /// persisted through the next Ready.
+    pub fn rejoin_after_loss(&mut self, term: u64, commit: u64) {
+        if term > self.raft.term {
+            self.raft.become_follower(term, None);
+            self.raft.vote = Some(self.raft.id);
+        }
+        self.raft.votes_withheld_until = commit;
+    }
+
     /// The node this leader is handing leadership to, while a transfer is in progress (it refuses
     /// proposals meanwhile).
     pub fn lead_transferee(&self) -> Option<NodeId> {

@@ -591,3 +591,45 @@ fn a_follower_that_lost_its_log_is_brought_back() {
     assert_eq!(status.commit, index, "the wiped follower caught up");
     assert_eq!(cluster.node(3).storage().snapshot().expect("snapshot").meta.index, snapshot_index);
 }
+
+#[test]
+fn a_replica_withholding_votes_grants_none_and_stands_for_nothing_until_it_holds_the_commit() {
+    // Node 3 is rebuilt from nothing (empty log, term 0) and told the others had committed up to 3.
+    let voters = [1, 2, 3];
+    let mut cluster = Cluster::with_storages(
+        vec![
+            (1, storage_with_log(&voters, &[1, 1, 1], 1)),
+            (2, storage_with_log(&voters, &[1, 1], 1)),
+            (3, storage_with_log(&voters, &[], 0)),
+        ],
+        |_| {},
+    );
+    cluster.node(3).withhold_votes_until(3);
+    // Node 2 lacks entry 3; node 3's empty log would otherwise make node 2 look up to date.
+    cluster.node(3).step(vote_request(2, 3, 2, 2, 1));
+    let (messages, _, _) = drain(cluster.node(3));
+    assert!(
+        messages.iter().all(|m| !matches!(m.body, MessageBody::VoteResponse { granted: true, .. })),
+        "a withheld vote was granted: {messages:?}"
+    );
+    // Its own election timer does not make it stand either.
+    cluster.isolate(1);
+    cluster.isolate(2);
+    cluster.tick_all(100);
+    assert_eq!(cluster.node(3).status().role, Role::Follower);
+    // Once a leader brings its commit index to 3, it votes like anyone else.
+    cluster.heal();
+    cluster.elect(1);
+    cluster.tick_all(2); // a heartbeat carries the commit index
+    let (one, three) = (cluster.node(1).status(), cluster.node(3).status());
+    assert!(three.commit >= 3, "leader {one:?}, node 3 {three:?}");
+    let term = cluster.node(3).status().term;
+    let last = cluster.node(1).status().last_index;
+    cluster.isolate(1);
+    cluster.node(3).step(vote_request(2, 3, term + 1, last, term));
+    let (messages, _, _) = drain(cluster.node(3));
+    assert!(
+        messages.iter().any(|m| matches!(m.body, MessageBody::VoteResponse { granted: true, pre_vote: false })),
+        "a caught-up replica refused a valid vote: {messages:?}"
+    );
+}

@@ -393,12 +393,13 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
     workload.wait_for_batches(before + 20, 60_000);
 
     // Node 2 down and wiped: the others compact their logs meanwhile, so it can only come back
-    // through InstallSnapshot plus the log after it.
+    // through InstallSnapshot plus the log after it. It restarts with --rejoin: each replica first
+    // learns the others' term and commit index, and votes only once it holds that commit index.
     cluster.kill(2);
     cluster.wipe(2);
     let before = workload.acknowledged_batches.load(Ordering::SeqCst);
     workload.wait_for_batches(before + 100, 60_000);
-    cluster.start_node(2);
+    cluster.start_node_with(2, &["--rejoin"]);
     let before = workload.acknowledged_batches.load(Ordering::SeqCst);
     workload.wait_for_batches(before + 20, 60_000);
     workload.stop.store(true, Ordering::SeqCst);
@@ -432,6 +433,8 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
     assert!(entries > 0, "the wiped node serves the history in its log");
     let log = cluster.log_tail(2, 400);
     assert!(log.contains("installed snapshot"), "the wiped node should come back through a snapshot:\n{log}");
+    let whole_log = cluster.log_tail(2, usize::MAX);
+    assert_eq!(whole_log.matches("rejoined in term").count(), PARTITIONS as usize, "every replica rejoins:\n{log}");
     stop_and_verify_replay(&mut cluster, &live);
 }
 

@@ -93,6 +93,17 @@ impl ClusterManifest {
     }
 }
 
+/// How a cluster node is opened beyond its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Replaces the address this node dials to reach a peer (a fault-injecting proxy, in tests).
+    pub peer_overrides: HashMap<u64, SocketAddr>,
+    /// This node lost its data directory and comes back under its old id: every partition replica that
+    /// starts empty first asks every other replica for its term and commit index, and joins Raft only
+    /// with all answers in hand (see `ReplicaShard`). Never set it for the first start of a new cluster.
+    pub rejoin: bool,
+}
+
 pub struct ClusterNode {
     node_id: u64,
     config: NodeConfig,
@@ -106,12 +117,12 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// Opens (creating if new) this node's replicas, connects to the peers and starts serving them.
-    /// `peer_overrides` replaces the address this node dials to reach a peer (a proxy, in tests).
+    /// See [`OpenOptions`] for `options`.
     pub fn open(
         config: NodeConfig,
         cluster: ClusterConfig,
         node_id: u64,
-        peer_overrides: &HashMap<u64, SocketAddr>,
+        options: &OpenOptions,
     ) -> Result<ClusterNode, EngineError> {
         cluster.validate().map_err(|e| EngineError::Io(e.to_string()))?;
         let me = cluster
@@ -133,7 +144,7 @@ impl ClusterNode {
             .nodes
             .iter()
             .filter(|n| n.id != node_id)
-            .map(|n| (n.id, peer_overrides.get(&n.id).copied().unwrap_or(n.peer_address)))
+            .map(|n| (n.id, options.peer_overrides.get(&n.id).copied().unwrap_or(n.peer_address)))
             .collect();
         let transport = Transport::new(node_id, config.cluster_id, &peers, &cluster.replication);
         let shards = config.shards.min(config.partitions);
@@ -145,7 +156,15 @@ impl ClusterNode {
         }
         let mut opened = Vec::new();
         for (shard, partitions) in local.iter().enumerate() {
-            opened.push(ReplicaShard::open(shard as u32, node_id, &config, &cluster, partitions, transport.clone())?);
+            opened.push(ReplicaShard::open(
+                shard as u32,
+                node_id,
+                &config,
+                &cluster,
+                partitions,
+                transport.clone(),
+                options.rejoin,
+            )?);
         }
         let cores = if config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut clients = Vec::new();
@@ -172,7 +191,9 @@ impl ClusterNode {
             let partition = match &item {
                 PeerItem::Raft { partition, .. }
                 | PeerItem::Forward { partition, .. }
-                | PeerItem::ForwardReply { partition, .. } => *partition,
+                | PeerItem::ForwardReply { partition, .. }
+                | PeerItem::TermProbe { partition }
+                | PeerItem::TermReport { partition, .. } => *partition,
             };
             // A full queue blocks this connection's reader: TCP pushes back on the sender.
             let _ = peer_queues[(partition % shards) as usize].send((from, item));

@@ -214,7 +214,23 @@ struct Group {
     index_waits: Vec<(u64, PendingRead)>,
     preferred_caught_up_at: Option<Instant>,
     last_transfer_attempt: Option<Instant>,
+    /// Set while this replica, rebuilt from nothing on a rejoining node, waits for every other replica's
+    /// term and commit index; it takes no part in Raft until then.
+    recovery: Option<Recovery>,
 }
+
+/// A replica that lost its log and vote, asking the others where the group stands.
+struct Recovery {
+    /// (term, commit index) per replica that answered.
+    reports: HashMap<u64, (u64, u64)>,
+    last_probe: Option<Instant>,
+    last_warning: Instant,
+}
+
+/// How often a recovering replica asks the replicas that have not answered yet, and how often it says
+/// whom it is still waiting for.
+const RECOVERY_PROBE_INTERVAL_MS: u64 = 100;
+const RECOVERY_WARNING_INTERVAL_MS: u64 = 5_000;
 
 pub struct ReplicaShard {
     id: u32,
@@ -249,7 +265,8 @@ const TICKS_PER_ROUND_MAX: u32 = 3;
 
 impl ReplicaShard {
     /// Opens (creating if new) the groups of `partitions`, restoring each from its snapshot file; Raft
-    /// then re-applies the committed log after it.
+    /// then re-applies the committed log after it. With `rejoin` (this node lost its data), a group
+    /// that starts empty first asks every other replica for its term and commit index.
     pub fn open(
         id: u32,
         node_id: u64,
@@ -257,12 +274,13 @@ impl ReplicaShard {
         cluster: &ClusterConfig,
         partitions: &[u32],
         transport: Arc<Transport>,
+        rejoin: bool,
     ) -> Result<ReplicaShard, EngineError> {
         let replication = cluster.replication.clone();
         let mut groups = Vec::new();
         let mut group_of = HashMap::new();
         for &partition in partitions {
-            let group = open_group(node_id, config, cluster, partition)?;
+            let group = open_group(node_id, config, cluster, partition, rejoin)?;
             group_of.insert(partition, groups.len());
             groups.push(group);
         }
@@ -290,7 +308,7 @@ impl ReplicaShard {
         let tick = Duration::from_millis(self.replication.tick_interval_ms);
         // A brand-new cluster: each preferred leader stands at once instead of waiting for a timeout.
         for group in &mut self.groups {
-            if group.preferred_leader == self.node_id && group.raw.status().term == 0 {
+            if group.preferred_leader == self.node_id && group.raw.status().term == 0 && group.recovery.is_none() {
                 group.raw.campaign();
             }
         }
@@ -354,7 +372,7 @@ impl ReplicaShard {
         while self.last_tick.elapsed() >= tick && ticks < TICKS_PER_ROUND_MAX {
             self.last_tick += tick;
             ticks += 1;
-            for group in &mut self.groups {
+            for group in self.groups.iter_mut().filter(|g| g.recovery.is_none()) {
                 group.raw.tick();
             }
         }
@@ -363,6 +381,7 @@ impl ReplicaShard {
         }
         if ticks > 0 {
             self.rebalance();
+            self.probe_for_recovery();
         }
     }
 
@@ -397,6 +416,9 @@ impl ReplicaShard {
             PeerItem::Raft { partition, message } => {
                 let Some(&slot) = self.group_of.get(&partition) else { return };
                 let group = &mut self.groups[slot];
+                if group.recovery.is_some() {
+                    return;
+                }
                 if message.from == group.preferred_leader {
                     if let MessageBody::AppendResponse { index, reject: None } = message.body {
                         if index >= group.commit_index && group.role == Role::Leader {
@@ -412,7 +434,74 @@ impl ReplicaShard {
             }
             PeerItem::Forward { .. } => {}
             PeerItem::ForwardReply { request_id, reply, .. } => self.on_forward_reply(from, request_id, reply),
+            PeerItem::TermProbe { partition } => {
+                // Only a replica that has its state answers; two rebuilt replicas must not vouch for
+                // each other.
+                let Some(&slot) = self.group_of.get(&partition) else { return };
+                let group = &self.groups[slot];
+                if group.recovery.is_none() && self.failed.is_none() {
+                    let status = group.raw.status();
+                    let report = PeerItem::TermReport { partition, term: status.term, commit: status.commit };
+                    self.transport.send(from, report);
+                }
+            }
+            PeerItem::TermReport { partition, term, commit } => self.on_term_report(from, partition, term, commit),
         }
+    }
+
+    /// Asks the replicas that have not reported yet, for every recovering group.
+    fn probe_for_recovery(&mut self) {
+        let now = Instant::now();
+        for group in &mut self.groups {
+            let Some(recovery) = group.recovery.as_mut() else { continue };
+            if recovery
+                .last_probe
+                .is_some_and(|at| now.duration_since(at) < Duration::from_millis(RECOVERY_PROBE_INTERVAL_MS))
+            {
+                continue;
+            }
+            recovery.last_probe = Some(now);
+            let missing: Vec<u64> = self
+                .cluster
+                .replicas(group.partition)
+                .into_iter()
+                .filter(|&n| n != self.node_id && !recovery.reports.contains_key(&n))
+                .collect();
+            for &node in &missing {
+                self.transport.send(node, PeerItem::TermProbe { partition: group.partition });
+            }
+            if now.duration_since(recovery.last_warning) >= Duration::from_millis(RECOVERY_WARNING_INTERVAL_MS) {
+                recovery.last_warning = now;
+                eprintln!(
+                    "node {}: partition {}: rejoining; still waiting for the term and commit index of replicas {missing:?}",
+                    self.node_id, group.partition
+                );
+            }
+        }
+    }
+
+    /// Records a replica's answer; once every other replica has answered, the group joins Raft in the
+    /// highest reported term, withholding votes until it holds the highest reported commit index.
+    fn on_term_report(&mut self, from: u64, partition: u32, term: u64, commit: u64) {
+        let Some(&slot) = self.group_of.get(&partition) else { return };
+        let others: Vec<u64> = self.cluster.replicas(partition).into_iter().filter(|&n| n != self.node_id).collect();
+        if !others.contains(&from) {
+            return;
+        }
+        let group = &mut self.groups[slot];
+        let Some(recovery) = group.recovery.as_mut() else { return };
+        recovery.reports.insert(from, (term, commit));
+        if !others.iter().all(|n| recovery.reports.contains_key(n)) {
+            return;
+        }
+        let term = recovery.reports.values().map(|r| r.0).max().unwrap_or(0);
+        let commit = recovery.reports.values().map(|r| r.1).max().unwrap_or(0);
+        group.recovery = None;
+        group.raw.rejoin_after_loss(term, commit);
+        eprintln!(
+            "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {commit}",
+            self.node_id, partition
+        );
     }
 
     /// Relays a forwarded request's answer, or sends the request on when the node no longer led.
@@ -977,6 +1066,7 @@ fn open_group(
     config: &NodeConfig,
     cluster: &ClusterConfig,
     partition: u32,
+    rejoin: bool,
 ) -> Result<Group, EngineError> {
     let dir = partition_dir(&config.data_dir, partition);
     let mut storage = WalStorage::open(&dir, replica_wal_options(config))
@@ -1014,6 +1104,9 @@ fn open_group(
     let raw =
         RawNode::new(raft_config, storage).map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
     let status = raw.status();
+    // Nothing on disk for this partition: on a rejoining node, that means it was lost.
+    let lost = rejoin && status.term == 0 && status.last_index == 0 && snapshot.meta.index == 0;
+    let recovery = lost.then(|| Recovery { reports: HashMap::new(), last_probe: None, last_warning: Instant::now() });
     Ok(Group {
         partition,
         preferred_leader: cluster.preferred_leader(partition),
@@ -1037,6 +1130,7 @@ fn open_group(
         index_waits: Vec::new(),
         preferred_caught_up_at: None,
         last_transfer_attempt: None,
+        recovery,
     })
 }
 

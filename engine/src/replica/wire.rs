@@ -17,6 +17,8 @@
 //! | item 0 Raft           | tag, partition u32, message                                                 |
 //! | item 1 Forward        | tag, request_id u64, from_node u64, partition u32, request                  |
 //! | item 2 ForwardReply   | tag, request_id u64, partition u32, reply                                   |
+//! | item 3 TermProbe      | tag, partition u32                                                          |
+//! | item 4 TermReport     | tag, partition u32, term u64, commit u64                                    |
 //! | message               | from u64, to u64, term u64, body tag, body                                  |
 //! | body 0 VoteRequest    | pre_vote bool, last_log_index u64, last_log_term u64, transfer bool         |
 //! | body 1 VoteResponse   | pre_vote bool, granted bool                                                 |
@@ -74,14 +76,16 @@ const TAG_BYTES: usize = 1;
 const MESSAGE_PREFIX_BYTES: usize = 8 + 8 + 8 + TAG_BYTES;
 /// An entry with a Noop payload.
 const ENTRY_BYTES_MIN: usize = 8 + 8 + TAG_BYTES;
-/// The smallest item: a ForwardReply carrying no results.
-const PEER_ITEM_BYTES_MIN: usize = TAG_BYTES + 8 + 4 + TAG_BYTES + 4;
+/// The smallest item: a TermProbe.
+const PEER_ITEM_BYTES_MIN: usize = TAG_BYTES + 4;
 const NODE_ID_BYTES: usize = 8;
 const ERROR_CODE_BYTES: usize = 2;
 
 const ITEM_RAFT: u8 = 0;
 const ITEM_FORWARD: u8 = 1;
 const ITEM_FORWARD_REPLY: u8 = 2;
+const ITEM_TERM_PROBE: u8 = 3;
+const ITEM_TERM_REPORT: u8 = 4;
 
 const BODY_VOTE_REQUEST: u8 = 0;
 const BODY_VOTE_RESPONSE: u8 = 1;
@@ -132,6 +136,16 @@ pub enum PeerItem {
         request_id: u64,
         partition: u32,
         reply: ForwardReply,
+    },
+    /// From a replica rebuilt from nothing (`walletd --rejoin`): "what are your term and commit index
+    /// for this partition?" Answered by a `TermReport` from every replica that has its state.
+    TermProbe {
+        partition: u32,
+    },
+    TermReport {
+        partition: u32,
+        term: u64,
+        commit: u64,
     },
 }
 
@@ -217,6 +231,8 @@ pub fn item_encoded_bytes(item: &PeerItem) -> usize {
             PeerItem::Raft { message, .. } => 4 + message_bytes(message),
             PeerItem::Forward { request, .. } => 8 + 8 + 4 + request_bytes(request),
             PeerItem::ForwardReply { reply, .. } => 8 + 4 + reply_bytes(reply),
+            PeerItem::TermProbe { .. } => 4,
+            PeerItem::TermReport { .. } => 4 + 8 + 8,
         }
 }
 
@@ -299,6 +315,16 @@ fn put_item(out: &mut Vec<u8>, item: &PeerItem) {
             out.extend_from_slice(&request_id.to_le_bytes());
             out.extend_from_slice(&partition.to_le_bytes());
             put_reply(out, reply);
+        }
+        PeerItem::TermProbe { partition } => {
+            out.push(ITEM_TERM_PROBE);
+            out.extend_from_slice(&partition.to_le_bytes());
+        }
+        PeerItem::TermReport { partition, term, commit } => {
+            out.push(ITEM_TERM_REPORT);
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.extend_from_slice(&term.to_le_bytes());
+            out.extend_from_slice(&commit.to_le_bytes());
         }
     }
 }
@@ -485,6 +511,10 @@ fn read_item(reader: &mut Reader<'_>) -> Result<PeerItem, WireError> {
             partition: reader.u32()?,
             reply: read_reply(reader)?,
         }),
+        ITEM_TERM_PROBE => Ok(PeerItem::TermProbe { partition: reader.u32()? }),
+        ITEM_TERM_REPORT => {
+            Ok(PeerItem::TermReport { partition: reader.u32()?, term: reader.u64()?, commit: reader.u64()? })
+        }
         tag => Err(WireError::UnknownTag { what: "peer item", tag: tag.into() }),
     }
 }
@@ -876,6 +906,12 @@ mod tests {
             ),
             (any::<u64>(), any::<u32>(), arb_reply())
                 .prop_map(|(request_id, partition, reply)| PeerItem::ForwardReply { request_id, partition, reply }),
+            any::<u32>().prop_map(|partition| PeerItem::TermProbe { partition }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(partition, term, commit)| PeerItem::TermReport {
+                partition,
+                term,
+                commit
+            }),
         ]
     }
 
@@ -967,6 +1003,8 @@ mod tests {
                     message: "not leader".into(),
                 },
             },
+            PeerItem::TermProbe { partition: 3 },
+            PeerItem::TermReport { partition: 3, term: 9, commit: 41 },
         ]
     }
 
@@ -979,7 +1017,7 @@ mod tests {
         for item in &items {
             assert!(item_encoded_bytes(item) >= PEER_ITEM_BYTES_MIN, "{item:?} is below the minimum size");
         }
-        let smallest = PeerItem::ForwardReply { request_id: 0, partition: 0, reply: ForwardReply::Results(Vec::new()) };
+        let smallest = PeerItem::TermProbe { partition: 0 };
         assert_eq!(item_encoded_bytes(&smallest), PEER_ITEM_BYTES_MIN);
         assert_eq!(decode_items(&encoded(&[])), Ok(Vec::new()));
     }

@@ -48,6 +48,11 @@ struct Args {
     /// Dial peer ID at ADDR instead of its configured peer address (e.g. through a proxy). Repeatable.
     #[arg(long = "peer", value_name = "ID=ADDR", value_parser = parse_peer_override)]
     peers: Vec<(u64, std::net::SocketAddr)>,
+    /// This cluster node lost its data directory and comes back under its old id: each empty
+    /// partition replica waits for every other replica's term and commit index before taking part,
+    /// and votes only once it holds what they had committed. Not for a new cluster's first start.
+    #[arg(long, requires = "cluster_config")]
+    rejoin: bool,
 }
 
 fn parse_peer_override(text: &str) -> Result<(u64, std::net::SocketAddr), String> {
@@ -216,8 +221,11 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
         cluster.partitions,
         cluster.replication_factor
     );
-    let overrides = args.peers.iter().copied().collect();
-    let node = engine::replica::ClusterNode::open(config.engine.clone(), cluster, node_id, &overrides)
+    let options = engine::replica::node::OpenOptions {
+        peer_overrides: args.peers.iter().copied().collect(),
+        rejoin: args.rejoin,
+    };
+    let node = engine::replica::ClusterNode::open(config.engine.clone(), cluster, node_id, &options)
         .map_err(|e| format!("cannot open the node: {e}"))?;
     let cluster_id = node.config().cluster_id;
     eprintln!("walletd: node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());

@@ -151,7 +151,7 @@ impl LocalCluster {
         }
 
         let cluster = LocalCluster { nodes, links, config_path, root, dir };
-        let log_starts: Vec<(u64, u64)> = ids.iter().map(|&id| (id, cluster.spawn(id))).collect();
+        let log_starts: Vec<(u64, u64)> = ids.iter().map(|&id| (id, cluster.spawn(id, &[]))).collect();
         for (id, log_start) in log_starts {
             cluster.wait_listening(id, log_start);
         }
@@ -219,8 +219,14 @@ impl LocalCluster {
 
     /// (Re)starts a stopped node with its original arguments and waits until it listens.
     pub fn start_node(&mut self, id: u64) {
+        self.start_node_with(id, &[]);
+    }
+
+    /// (Re)starts a stopped node with its original arguments plus `extra` (e.g. `--rejoin` after a
+    /// wipe) and waits until it listens.
+    pub fn start_node_with(&mut self, id: u64, extra: &[&str]) {
         assert!(!self.is_running(id), "node {id} is already running");
-        let log_start = self.spawn(id);
+        let log_start = self.spawn(id, extra);
         self.wait_listening(id, log_start);
     }
 
@@ -311,13 +317,14 @@ impl LocalCluster {
 
     /// Spawns the node with its log appended to; returns the log length before the spawn, so
     /// only this run's lines are searched for the listening line.
-    fn spawn(&self, id: u64) -> u64 {
+    fn spawn(&self, id: u64, extra: &[&str]) -> u64 {
         let node = self.node(id);
         let log = OpenOptions::new().create(true).append(true).open(&node.log_path).expect("open node log");
         let log_start = log.metadata().expect("node log metadata").len();
         let stderr = log.try_clone().expect("clone node log");
         let process = Command::new(env!("CARGO_BIN_EXE_walletd"))
             .args(&node.args)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
