@@ -92,6 +92,7 @@ pub fn code_valid_for_kind(kind: EventKind, code: ResultCode) -> bool {
                 | ZeroAmount
                 | Overflow
                 | IdExpired
+                | IdFromFuture
                 | CrossPartitionUnsupported
                 | InvalidFlags
                 | ReservedId

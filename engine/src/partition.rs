@@ -17,7 +17,8 @@
 //! 2. id 0 -> `ReservedId`
 //! 3. id in the id table: same fingerprint -> the original code and seq with `RESULT_FLAG_REPLAYED`, no
 //!    event, nothing changes; different fingerprint -> `ExistsWithDifferentFields`
-//! 4. id not in the table but at or below the watermark -> `IdExpired`
+//! 4. id not in the table but at or below the watermark -> `IdExpired`; id timestamp more than
+//!    `TRANSFER_ID_FUTURE_MS_MAX` after the event's timestamp -> `IdFromFuture`
 //! 5. debit == credit -> `SameAccount`
 //! 6. amount 0 -> `ZeroAmount`
 //! 7. amount > i64::MAX -> `Overflow`
@@ -43,10 +44,13 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use net::types::{
-    partition_of, Account, AccountId, CreateAccount, HistoryEntry, HistoryKind, ItemResult, ResultCode, Transfer,
-    TransferId, ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
+    partition_of, transfer_id_timestamp_ms, Account, AccountId, CreateAccount, HistoryEntry, HistoryKind, ItemResult,
+    ResultCode, Transfer, TransferId, ACCOUNT_FLAGS_KNOWN, RESULT_FLAG_REPLAYED, TRANSFER_FLAGS_KNOWN,
+    TRANSFER_ID_FUTURE_MS_MAX,
 };
 use thiserror::Error;
+
+const NANOS_PER_MS: u64 = 1_000_000;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Event, EventBatchView, EventBody, EventBuffer};
@@ -264,7 +268,9 @@ impl PartitionState {
                 let end = transfers.len().min(index + WARM_AHEAD_TRANSFERS);
                 self.warm(transfers[index..end].iter());
             }
-            let result = match self.decide_transfer(transfer) {
+            // The timestamp this transfer's event will carry: replay judges the id against the same one.
+            let at_ns = now_ns.max(self.last_timestamp_ns + 1);
+            let result = match self.decide_transfer(transfer, at_ns) {
                 TransferDecision::Replayed(entry) => {
                     ItemResult { index: 0, code: entry.code, flags: RESULT_FLAG_REPLAYED, seq: entry.seq }
                 }
@@ -511,7 +517,7 @@ impl PartitionState {
     }
 
     #[inline]
-    fn decide_transfer(&self, transfer: &Transfer) -> TransferDecision {
+    fn decide_transfer(&self, transfer: &Transfer, at_ns: u64) -> TransferDecision {
         if transfer.flags & !TRANSFER_FLAGS_KNOWN != 0 {
             return TransferDecision::RejectedUnrecorded(ResultCode::InvalidFlags);
         }
@@ -528,6 +534,9 @@ impl PartitionState {
         }
         if self.ids.is_expired(transfer.id) {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdExpired);
+        }
+        if transfer_id_timestamp_ms(transfer.id) > (at_ns / NANOS_PER_MS).saturating_add(TRANSFER_ID_FUTURE_MS_MAX) {
+            return TransferDecision::RejectedUnrecorded(ResultCode::IdFromFuture);
         }
         match self.check_posting(transfer) {
             Ok(posting) => TransferDecision::Posted { fingerprint, posting },
@@ -677,7 +686,7 @@ impl PartitionState {
             EventBody::TransferPosted { transfer, .. } | EventBody::TransferRejected { transfer, .. } => {
                 // Re-decide the transfer against this replica's state: the log must say exactly what the
                 // leader decided from the same state, or the replicas have diverged.
-                let decision = self.decide_transfer(&transfer);
+                let decision = self.decide_transfer(&transfer, event.timestamp_ns);
                 match (decision, event.body) {
                     (TransferDecision::Posted { fingerprint, posting }, logged @ EventBody::TransferPosted { .. }) => {
                         assert_eq!(
@@ -1110,6 +1119,42 @@ mod tests {
         assert_eq!(h.codes(&[transfer(ids[0], EXTERNAL, 2, 1)]), vec![ResultCode::IdExpired]);
         assert!(h.transfer(&[transfer(ids[1], EXTERNAL, 2, 1)])[0].is_replayed());
         assert_eq!(h.balance(2), 4);
+    }
+
+    #[test]
+    fn an_id_from_the_future_is_refused_unrecorded_until_the_clock_catches_up() {
+        let mut h = funded();
+        let now_ms = h.now_ns / MS;
+        let at_bound = transfer(transfer_id_from_parts(now_ms + TRANSFER_ID_FUTURE_MS_MAX, 1), 2, 3, 1);
+        let beyond = transfer(transfer_id_from_parts(now_ms + TRANSFER_ID_FUTURE_MS_MAX + 1, 2), 2, 3, 1);
+        let far = transfer(transfer_id_from_parts(now_ms + 365 * 86_400_000, 3), 2, 3, 1);
+        let (balance, ids) = (h.balance(3), h.state.ids().len());
+        assert_eq!(h.codes(&[beyond, far]), vec![ResultCode::IdFromFuture, ResultCode::IdFromFuture]);
+        assert_eq!((h.balance(3), h.state.ids().len()), (balance, ids), "nothing applied, nothing recorded");
+        assert_eq!(h.codes(&[at_bound]), vec![ResultCode::Ok]);
+        // A millisecond later `beyond` is within the bound: the refusal did not consume its id.
+        h.now_ns += MS;
+        assert_eq!(h.codes(&[beyond]), vec![ResultCode::Ok]);
+        assert_eq!(h.balance(3), balance + 2);
+        // Replay judges each id against the event's own timestamp and reaches the same state.
+        assert_eq!(h.replayed().digest(), h.state.digest());
+    }
+
+    #[test]
+    fn a_refused_future_id_cannot_push_the_watermark_past_honest_ids() {
+        // Before the bound, one far-future id, once evicted, expired every honest id after it.
+        let mut h = Harness::single(u64::MAX, 2);
+        h.create(&[account(EXTERNAL, USD, ACCOUNT_FLAG_EXTERNAL), account(2, USD, 0)]);
+        let now_ms = h.now_ns / MS;
+        let far = transfer(transfer_id_from_parts(now_ms + 86_400_000, 1), EXTERNAL, 2, 1);
+        assert_eq!(h.codes(&[far]), vec![ResultCode::IdFromFuture]);
+        // Honest clients, one id per millisecond: the table (2 ids) evicts all the time.
+        for k in 1..=4u64 {
+            h.now_ns += MS;
+            let honest = transfer(transfer_id_from_parts(now_ms + k, k as u128), EXTERNAL, 2, 1);
+            assert_eq!(h.codes(&[honest]), vec![ResultCode::Ok], "honest id {k} refused");
+        }
+        assert!(h.state.id_watermark_ms().is_some_and(|w| w < now_ms + 4), "the watermark trails the clock");
     }
 
     #[test]

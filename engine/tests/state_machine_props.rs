@@ -7,7 +7,8 @@ use engine::event::{Event, EventBatchView, EventBody, EventBuffer, EventKind, EV
 use engine::idempotency::IdEntry;
 use engine::partition::{DirtyRow, PartitionConfig, PartitionRows, PartitionState};
 use net::types::{
-    transfer_id_from_parts, Account, CreateAccount, ItemResult, ResultCode, Transfer, TransferId, ACCOUNT_FLAG_EXTERNAL,
+    transfer_id_from_parts, Account, CreateAccount, ItemResult, ResultCode, Transfer, TransferId,
+    ACCOUNT_FLAG_EXTERNAL, TRANSFER_ID_FUTURE_MS_MAX,
 };
 use proptest::prelude::*;
 
@@ -51,10 +52,12 @@ fn amount() -> impl Strategy<Value = u64> {
 }
 
 /// A transfer id as (lag behind the clock in ms, entropy), resolved against the clock when run: small
-/// entropy makes retries and conflicts common, lag makes some ids fall below the watermark.
-fn transfer() -> impl Strategy<Value = (u64, u128, Transfer)> {
+/// entropy makes retries and conflicts common, lag makes some ids fall below the watermark, and a
+/// negative lag around `TRANSFER_ID_FUTURE_MS_MAX` makes some ids too far ahead of the clock.
+fn transfer() -> impl Strategy<Value = (i64, u128, Transfer)> {
+    let ahead = TRANSFER_ID_FUTURE_MS_MAX as i64;
     (
-        prop_oneof![6 => 0..20u64, 1 => 20..200u64],
+        prop_oneof![6 => 0..20i64, 1 => 20..200i64, 1 => -(ahead + 60)..-(ahead - 60)],
         prop_oneof![20 => 1..6u128, 1 => Just(0u128)],
         1..=ACCOUNT_IDS_MAX + 1,
         1..=ACCOUNT_IDS_MAX + 1,
@@ -81,7 +84,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => prop::collection::vec(create_account(), 1..8).prop_map(Command::Create),
         4 => prop::collection::vec(transfer(), 1..24).prop_map(|items| Command::Transfer(
             // Lag and entropy are folded into the id later; stash them in the id field for now.
-            items.into_iter().map(|(lag_ms, entropy, t)| Transfer { id: ((lag_ms as u128) << 64) | entropy, ..t }).collect()
+            items.into_iter().map(|(lag_ms, entropy, t)| Transfer { id: ((lag_ms as u64 as u128) << 64) | entropy, ..t }).collect()
         )),
         1 => prop::collection::vec(any::<prop::sample::Index>(), 1..8).prop_map(Command::Retry),
     ];
@@ -153,7 +156,7 @@ fn check_transfer_results(model: &mut Model, state: &PartitionState, transfers: 
             continue;
         }
         match r.code {
-            ResultCode::InvalidFlags | ResultCode::ReservedId | ResultCode::IdExpired => {}
+            ResultCode::InvalidFlags | ResultCode::ReservedId | ResultCode::IdExpired | ResultCode::IdFromFuture => {}
             ResultCode::ExistsWithDifferentFields => {
                 let (original, _, _) = model.decided.get(&t.id).expect("conflicts with a decided id");
                 assert_ne!(Transfer { id: t.id, ..*original }, *t);
@@ -202,8 +205,9 @@ fn run(steps: &[Step], window_ms: u64, ids_max: usize) -> (Run, Model) {
                 let transfers: Vec<Transfer> = raw
                     .iter()
                     .map(|t| {
-                        let (lag_ms, entropy) = ((t.id >> 64) as u64, t.id & u64::MAX as u128);
-                        let id = if entropy == 0 { 0 } else { transfer_id_from_parts(now_ms - lag_ms, entropy) };
+                        let (lag_ms, entropy) = ((t.id >> 64) as u64 as i64, t.id & u64::MAX as u128);
+                        let id_ms = now_ms.saturating_add_signed(-lag_ms);
+                        let id = if entropy == 0 { 0 } else { transfer_id_from_parts(id_ms, entropy) };
                         Transfer { id, ..*t }
                     })
                     .collect();
@@ -383,7 +387,7 @@ fn every_event_shape_round_trips() {
     let view = EventBatchView::new(buffer.finish()).expect("valid");
     assert_eq!(view.partition(), u32::MAX);
     assert_eq!(view.iter().collect::<Vec<_>>(), events);
-    assert_eq!(events.len(), 2 + 5 + 12, "every rejection code of both kinds is covered");
+    assert_eq!(events.len(), 2 + 5 + 13, "every rejection code of both kinds is covered");
 }
 
 /// The generators above must reach every outcome, or the properties prove less than they claim.

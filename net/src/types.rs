@@ -31,6 +31,13 @@ pub const RESULT_FLAG_REPLAYED: u16 = 1 << 0;
 /// bounded memory: see ARCHITECTURE.md, "Idempotency window".
 pub const TRANSFER_ID_TIMESTAMP_BITS: u32 = 48;
 
+/// How far ahead of the leader's clock a transfer id's timestamp may be. An id recorded in the id table
+/// becomes, once evicted, the partition's expiry watermark: every id at or below it is refused
+/// `id_expired`. An id far in the future would therefore expire every honest id for as long as it was
+/// ahead; bounding it bounds that damage to this many milliseconds. Part of what the log means: the
+/// leader and every replaying replica judge an id against the same event timestamp with this bound.
+pub const TRANSFER_ID_FUTURE_MS_MAX: u64 = 10_000;
+
 /// Milliseconds since the Unix epoch embedded in a time-ordered transfer id (0 for small ids).
 pub fn transfer_id_timestamp_ms(id: TransferId) -> u64 {
     (id >> (128 - TRANSFER_ID_TIMESTAMP_BITS)) as u64
@@ -208,10 +215,14 @@ pub enum ResultCode {
     AccountNotFound = 14,
     /// Create-account: ledger 0 is reserved.
     InvalidLedger = 15,
+    /// The transfer id's timestamp is more than `TRANSFER_ID_FUTURE_MS_MAX` ahead of the leader's clock
+    /// (a client clock far ahead, or an id that is not time-ordered). Nothing is recorded: once the
+    /// clock catches up the same id is accepted.
+    IdFromFuture = 16,
 }
 
 impl ResultCode {
-    pub const ALL: [ResultCode; 16] = [
+    pub const ALL: [ResultCode; 17] = [
         ResultCode::Ok,
         ResultCode::Exists,
         ResultCode::ExistsWithDifferentFields,
@@ -228,6 +239,7 @@ impl ResultCode {
         ResultCode::ReservedId,
         ResultCode::AccountNotFound,
         ResultCode::InvalidLedger,
+        ResultCode::IdFromFuture,
     ];
 
     pub fn from_u16(value: u16) -> Option<ResultCode> {
@@ -253,6 +265,7 @@ impl ResultCode {
             ResultCode::ReservedId => "reserved_id",
             ResultCode::AccountNotFound => "account_not_found",
             ResultCode::InvalidLedger => "invalid_ledger",
+            ResultCode::IdFromFuture => "id_from_future",
         }
     }
 }
