@@ -146,15 +146,17 @@ fn not_leader(leader: u64) -> ForwardReply {
 
 #[test]
 fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_deadline() {
-    // Three nodes, one replica per partition: node 1 holds partition 0 only, so partition 1 (preferred
-    // leader node 2) is always forwarded.
-    let cluster = local_cluster(3, 3, 1);
+    // Four nodes, three replicas per partition: partition 1 lives on nodes 2, 3 and 4 (preferred leader
+    // 2), so node 1, which holds no replica of it, always forwards its requests.
+    let cluster = local_cluster(4, 4, 3);
+    assert_eq!(cluster.replicas(1), vec![2, 3, 4]);
     let dir = tempfile::tempdir().unwrap();
     let two = FakePeer::start(&cluster, 2);
     let three = FakePeer::start(&cluster, 3);
+    let _four = FakePeer::start(&cluster, 4);
     let booted_at_ns = now_ns();
     let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
-    let (a, b) = (account_in(1, 3, 0), account_in(1, 3, 1));
+    let (a, b) = (account_in(1, 4, 0), account_in(1, 4, 1));
 
     let answer = submit(&node, vec![transfer(1, a, b)]);
     let (first_id, partition, request) = two.next_forward();
@@ -339,6 +341,26 @@ fn next_probe(peer: &FakePeer) -> u32 {
     }
 }
 
+/// Waits for node 1's next Raft message to `peer`, skipping anything else.
+fn next_raft_message(peer: &FakePeer) -> Message {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match peer.inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((1, PeerItem::Raft { message, .. })) => return message,
+            Ok(_) => continue,
+            Err(_) => panic!("node 1 sent node {} no Raft message", peer.id),
+        }
+    }
+}
+
+fn wait_for_term(node: &ClusterNode, term: u64) {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while node.status_blocking().unwrap()[0].term != term {
+        assert!(Instant::now() < deadline, "node 1 did not reach term {term}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_early_votes() {
     // Partition 0 lives on nodes 1, 2 and 3; 2 and 3 are played by the test. Node 1 lost its data.
@@ -353,45 +375,103 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     node.shutdown().unwrap();
 
     let wiped = tempfile::tempdir().unwrap();
+    let marker =
+        engine::replica::shard::partition_dir(wiped.path(), 0).join(engine::replica::shard::REJOIN_MARKER_FILE);
     let options = OpenOptions { rejoin: true, ..OpenOptions::default() };
     let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &options).unwrap();
     assert_eq!((next_probe(&two), next_probe(&three)), (0, 0));
     // Until every other replica has answered, it takes no part in Raft at all.
     assert!(!vote_granted(&two, 5, 10, 4, Duration::from_millis(500)), "voted before hearing from every replica");
-    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 10 }));
+    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3 }));
     assert!(!vote_granted(&two, 8, 10, 7, Duration::from_millis(500)), "voted with one replica unheard");
-    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 4 }));
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    while node.status_blocking().unwrap()[0].term != 7 {
-        assert!(Instant::now() < deadline, "node 1 did not move to the highest reported term");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Node 3 holds entry 3's predecessor only and knows less as committed: the highest *last* index (3)
+    // is what node 1 must hold before it votes, since its lost copy may have helped commit entry 3.
+    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2 }));
+    wait_for_term(&node, 7);
 
     // Node 3, a deposed leader of term 6, cannot refill it: its append is answered in term 7.
-    let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 4 };
-    assert!(three
-        .transport
-        .send(1, PeerItem::Raft { partition: 0, message: Message { from: 3, to: 1, term: 6, body: append } }));
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    loop {
-        match three.inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((1, PeerItem::Raft { message, .. })) => {
-                assert!(
-                    !matches!(message.body, MessageBody::AppendResponse { .. }),
-                    "accepted a stale leader: {message:?}"
-                );
-                assert_eq!(message.term, 7, "{message:?}");
-                break;
-            }
-            Ok(_) => continue,
-            Err(_) => panic!("node 1 never answered the stale append"),
-        }
-    }
+    let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
+    let message = Message { from: 3, to: 1, term: 6, body: append };
+    assert!(three.transport.send(1, PeerItem::Raft { partition: 0, message }));
+    let answer = next_raft_message(&three);
+    assert!(!matches!(answer.body, MessageBody::AppendResponse { .. }), "accepted a stale leader: {answer:?}");
+    assert_eq!(answer.term, 7, "{answer:?}");
     // It may have voted in term 7 before it lost its data, so it votes in no term-7 election, and in
-    // none at all until it holds commit index 10: not even for a candidate whose log looks complete.
+    // none at all until it holds commit index 3: not even for a candidate whose log looks complete.
     assert!(!vote_granted(&two, 7, 10, 7, Duration::from_millis(500)), "voted twice in term 7");
     assert!(!vote_granted(&three, 8, 12, 7, Duration::from_millis(500)), "voted before holding the commit");
-    let status = node.status_blocking().unwrap();
-    assert_eq!((status[0].term, status[0].leader), (8, false));
+    assert_eq!(node.status_blocking().unwrap()[0].term, 8);
+
+    // A restart during catch-up, even without --rejoin, keeps withholding: the marker says so.
+    node.shutdown().unwrap();
+    assert!(std::fs::read_to_string(&marker).unwrap().contains("withhold-votes-until 3"));
+    let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    assert!(!vote_granted(&three, 9, 12, 7, Duration::from_millis(500)), "voted after a restart mid catch-up");
+
+    // Node 2 leads term 10 and brings it up to commit index 3; from then on it votes like anyone.
+    let entries = (1..=3).map(|index| raft::Entry { index, term: 10, payload: raft::Payload::Noop }).collect();
+    let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries, commit: 3 };
+    assert!(two
+        .transport
+        .send(1, PeerItem::Raft { partition: 0, message: Message { from: 2, to: 1, term: 10, body: append } }));
+    let answer = next_raft_message(&two);
+    assert!(matches!(answer.body, MessageBody::AppendResponse { index: 3, reject: None }), "{answer:?}");
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while marker.exists() {
+        assert!(Instant::now() < deadline, "the rejoin marker outlived the catch-up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(vote_granted(&three, 11, 3, 10, Duration::from_millis(WAIT_MS)), "a caught-up replica refused a vote");
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick() {
+    // Partition 0 on nodes 1, 2 and 3; node 1 is a follower that believes node 2 leads.
+    let mut cluster = local_cluster(3, 1, 3);
+    cluster.replication.election_timeout_ticks_min = 1_000;
+    cluster.replication.election_timeout_ticks_max = 2_000;
+    let two = FakePeer::start(&cluster, 2);
+    let three = FakePeer::start(&cluster, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    // Node 2 speaks as leader of term 5 until node 1 (which dials it) has connected and heard it.
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while node.status_blocking().unwrap()[0].term != 5 {
+        assert!(Instant::now() < deadline, "node 1 never heard node 2's heartbeat");
+        let heartbeat = MessageBody::Heartbeat { commit: 0, read_seq: 0, lease_tick: 0 };
+        let message = Message { from: 2, to: 1, term: 5, body: heartbeat };
+        assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (a, b) = (account_in(0, 1, 0), account_in(0, 1, 1));
+    let answer = submit(&node, vec![transfer(1, a, b)]);
+    let (first_id, _, _) = two.next_forward();
+    // Node 2 names node 3: node 1 goes there at once, although its own replica still says node 2.
+    two.reply(first_id, 0, not_leader(3));
+    let (second_id, _, _) = three.next_forward();
+    // Now the two stale nodes point at each other for a second: node 1 keeps trying, but at most once
+    // per tick (20 ms), not at network speed.
+    three.reply(second_id, 0, not_leader(2));
+    let until = Instant::now() + Duration::from_millis(1_000);
+    let mut forwards = 0;
+    while Instant::now() < until {
+        for (peer, other) in [(&two, 3), (&three, 2)] {
+            while let Ok((_, item)) = peer.inbox.try_recv() {
+                if let PeerItem::Forward { request_id, .. } = item {
+                    forwards += 1;
+                    peer.reply(request_id, 0, not_leader(other));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ticks = 1_000 / cluster.replication.tick_interval_ms;
+    assert!(forwards >= 5, "node 1 gave up re-sending: {forwards} forwards");
+    assert!(forwards <= ticks + 10, "{forwards} forwards in {ticks} ticks: the request bounced at network speed");
+    // The client's deadline (1.5 s) ends it.
+    let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
     node.shutdown().unwrap();
 }

@@ -633,3 +633,25 @@ fn a_replica_withholding_votes_grants_none_and_stands_for_nothing_until_it_holds
         "a caught-up replica refused a valid vote: {messages:?}"
     );
 }
+
+#[test]
+fn a_rejoining_replica_adopts_the_reported_term_as_already_voted_and_persists_it() {
+    let voters = [1, 2, 3];
+    let mut node = RawNode::new(config(3), storage_with_log(&voters, &[], 0)).unwrap();
+    node.rejoin_after_loss(5, 0);
+    let (messages, _, _) = drain(&mut node);
+    assert!(messages.is_empty());
+    let hard_state = node.storage().initial_state().unwrap().hard_state;
+    assert_eq!((hard_state.term, hard_state.vote), (5, Some(3)), "the adopted term and vote are durable");
+    // It may have voted in term 5 before it lost its state: no vote in term 5, for anyone.
+    node.step(vote_request(2, 3, 5, 0, 0));
+    let (messages, _, _) = drain(&mut node);
+    assert!(
+        messages.iter().all(|m| !matches!(m.body, MessageBody::VoteResponse { granted: true, .. })),
+        "voted in the adopted term: {messages:?}"
+    );
+    // A later term is a fresh one (nothing withheld here: the reported commit was 0).
+    node.step(vote_request(2, 3, 6, 0, 0));
+    let (messages, _, _) = drain(&mut node);
+    assert!(messages.iter().any(|m| matches!(m.body, MessageBody::VoteResponse { granted: true, pre_vote: false })));
+}

@@ -32,26 +32,35 @@ pub fn cluster_error_response(error: &EngineError) -> Response {
 
 /// A node's Status answer: its view of every partition it replicates, and the cluster's members.
 pub fn cluster_status(node: &ClusterNode, groups: &[GroupStatus]) -> NodeStatus {
+    NodeStatus { partition_states: partition_states(groups), ..status_without_partitions(node) }
+}
+
+/// Everything in a Status answer that does not come from the shards.
+fn status_without_partitions(node: &ClusterNode) -> NodeStatus {
     NodeStatus {
         node_id: node.node_id(),
         partitions: node.config().partitions,
         shards: node.config().shards,
-        partition_states: groups
-            .iter()
-            .map(|g| PartitionStatus {
-                partition: g.partition,
-                flags: if g.leader { PARTITION_FLAG_LEADER } else { 0 },
-                term: g.term,
-                leader: g.leader_id,
-                last_index: g.last_index,
-                commit_index: g.commit_index,
-                applied_index: g.applied_index,
-                applied_seq: g.applied_seq,
-                state_digest: g.digest as u64,
-            })
-            .collect(),
+        partition_states: Vec::new(),
         nodes: node.cluster().nodes.iter().map(|n| NodeAddress { node_id: n.id, address: n.address }).collect(),
     }
+}
+
+fn partition_states(groups: &[GroupStatus]) -> Vec<PartitionStatus> {
+    groups
+        .iter()
+        .map(|g| PartitionStatus {
+            partition: g.partition,
+            flags: if g.leader { PARTITION_FLAG_LEADER } else { 0 },
+            term: g.term,
+            leader: g.leader_id,
+            last_index: g.last_index,
+            commit_index: g.commit_index,
+            applied_index: g.applied_index,
+            applied_seq: g.applied_seq,
+            state_digest: g.digest as u64,
+        })
+        .collect()
 }
 
 impl Handler for ClusterHandler {
@@ -91,9 +100,13 @@ impl Handler for ClusterHandler {
                 Box::new(move |outcome| responder.respond(history_response(outcome, cluster_error_response))),
             ),
             Request::Status => {
-                let node = self.node.clone();
-                self.node
-                    .status(Box::new(move |groups| responder.respond(Response::Status(cluster_status(&node, &groups)))))
+                // The reply must not hold the node: walletd takes sole ownership of it to shut it down,
+                // possibly while a status answer is still on its way through the shards.
+                let mut status = status_without_partitions(&self.node);
+                self.node.status(Box::new(move |groups| {
+                    status.partition_states = partition_states(&groups);
+                    responder.respond(Response::Status(status))
+                }))
             }
         };
         if let Err(error) = submitted {

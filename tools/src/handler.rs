@@ -64,7 +64,9 @@ pub fn history_response(
     }
 }
 
-fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
+/// `partitions` and `shards` are the node's configuration, taken before the call so the reply holds no
+/// reference to the node (walletd takes sole ownership of it to shut it down).
+fn status_response(partitions: u32, shard_count: u32, shards: Vec<ShardStatus>) -> Response {
     let mut partition_states: Vec<PartitionStatus> = shards
         .iter()
         .flat_map(|shard| shard.partitions.iter().map(move |p| (shard, p)))
@@ -83,8 +85,8 @@ fn status_response(node: &Node, shards: Vec<ShardStatus>) -> Response {
     partition_states.sort_by_key(|p| p.partition);
     Response::Status(NodeStatus {
         node_id: SINGLE_NODE_ID,
-        partitions: node.config().partitions,
-        shards: node.config().shards,
+        partitions,
+        shards: shard_count,
         partition_states,
         nodes: Vec::new(),
     })
@@ -137,8 +139,9 @@ impl Handler for NodeHandler {
                 Box::new(move |outcome| responder.respond(history_response(outcome, error_response))),
             ),
             Request::Status => {
-                let node = self.node.clone();
-                self.node.status(Box::new(move |shards| responder.respond(status_response(&node, shards))))
+                let (partitions, shard_count) = (self.node.config().partitions, self.node.config().shards);
+                self.node
+                    .status(Box::new(move |shards| responder.respond(status_response(partitions, shard_count, shards))))
             }
         };
         if let Err(error) = submitted {

@@ -298,3 +298,32 @@ fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
     let (code, out) = walletctl(&["verify", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn walletd_stops_cleanly_while_status_requests_are_in_flight() {
+    // walletd takes sole ownership of the node to shut it down; a status answer still on its way
+    // through the shards must not hold a reference to it (it did, and the stop failed).
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..6 {
+        let walletd = Walletd::start(dir.path(), &["--partitions", "4", "--shards", "2"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pollers: Vec<_> = (0..3)
+            .map(|_| {
+                let (stop, mut client) = (stop.clone(), walletd.client());
+                std::thread::spawn(move || {
+                    let mut answered = 0u64;
+                    while !stop.load(Ordering::SeqCst) && client.status().is_ok() {
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let status = walletd.terminate();
+        stop.store(true, Ordering::SeqCst);
+        let answered: u64 = pollers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert!(answered > 0, "round {round}: no status was answered");
+        assert!(status.success(), "round {round}: walletd stopped with {status}");
+    }
+}

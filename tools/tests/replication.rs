@@ -270,7 +270,7 @@ fn wait_converged(cluster: &LocalCluster) -> Vec<(u32, u64, u64)> {
 }
 
 /// Stops every node cleanly and replays each one's replicas offline with `walletctl verify`: every
-/// replica of a partition must replay to the same commit index and digest, equal to the live one.
+/// replica of a partition must replay to at least the live applied index and to the live digest.
 fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) {
     for id in cluster.node_ids() {
         if cluster.is_running(id) {
@@ -291,7 +291,10 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
                 .iter()
                 .find(|p| p["partition"] == partition)
                 .unwrap_or_else(|| panic!("node {id} has no replica of partition {partition}"));
-            assert_eq!(replay["commit_index"], applied, "node {id} partition {partition}: {replay}");
+            // Stopping the nodes one by one can elect a new leader among the last ones, whose no-op entry
+            // commits after the live check: the index may grow, the state may not.
+            let commit_index = replay["commit_index"].as_u64().unwrap();
+            assert!(commit_index >= applied, "node {id} partition {partition} replays to {commit_index} < {applied}");
             assert_eq!(replay["state_digest"], format!("{digest:016x}"), "node {id} partition {partition}: {replay}");
         }
     }
@@ -410,23 +413,25 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
         workload.check_node(&cluster, id);
     }
     // History on the node that came back through a snapshot covers the log after it; older pages say
-    // they went into the snapshot.
-    let account = workload.partitions[1].accounts[0];
+    // they went into the snapshot. (Node 2 compacts its own log every 32 entries, so any one account
+    // may have nothing left in it: count over every account of every partition.)
     let mut client = cluster.client(2);
-    let mut from_seq = 0;
     let mut entries = 0;
-    loop {
-        match client.account_history(account, from_seq, 100) {
-            Ok(page) => {
-                entries += page.entries.len();
-                match page.next_from_seq {
-                    Some(next) => from_seq = next,
-                    None => break,
+    for account in workload.partitions.iter().flat_map(|p| p.accounts.iter().copied()) {
+        let mut from_seq = 0;
+        loop {
+            match client.account_history(account, from_seq, 100) {
+                Ok(page) => {
+                    entries += page.entries.len();
+                    match page.next_from_seq {
+                        Some(next) => from_seq = next,
+                        None => break,
+                    }
                 }
-            }
-            Err(error) => {
-                assert!(error.to_string().contains("snapshot"), "{error}");
-                break;
+                Err(error) => {
+                    assert!(error.to_string().contains("snapshot"), "{error}");
+                    break;
+                }
             }
         }
     }
@@ -586,4 +591,35 @@ fn a_node_file_cannot_set_its_own_idempotency_bounds() {
     assert!(!status.success());
     assert!(stderr.contains("idempotency_ids_max = 5000") && stderr.contains("cluster file"), "{stderr}");
     assert!(!data_dir.exists(), "the refused node created its data directory");
+}
+
+#[test]
+fn a_node_stops_cleanly_while_status_requests_are_in_flight() {
+    // walletd takes sole ownership of the node to shut it down; a status answer still travelling
+    // through the shards once held a reference to it, and the stop failed with exit status 1.
+    let options = ClusterOptions { nodes: 1, partitions: 4, replication_factor: 1, ..Default::default() };
+    let mut cluster = LocalCluster::start(options);
+    for round in 0..6 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pollers: Vec<JoinHandle<u64>> = (0..3)
+            .map(|_| {
+                let (stop, client) = (stop.clone(), cluster.client(1));
+                std::thread::spawn(move || {
+                    let mut client = client;
+                    let mut answered = 0;
+                    while !stop.load(Ordering::SeqCst) && client.status().is_ok() {
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let status = cluster.terminate(1);
+        stop.store(true, Ordering::SeqCst);
+        let answered: u64 = pollers.into_iter().map(|p| p.join().expect("poller")).sum();
+        assert!(answered > 0, "round {round}: no status was answered");
+        assert!(status.success(), "round {round}: walletd stopped with {status}:\n{}", cluster.log_tail(1, 20));
+        cluster.start_node(1);
+    }
 }

@@ -158,23 +158,33 @@ impl Request {
     }
 }
 
-/// A request this shard forwarded to node `to`, waiting for its reply. `deadline` is the client's: a
-/// request sent on to another leader keeps it.
+/// A client request's journey: the client's deadline, kept however often the request is sent on, and
+/// how many times a node answered `NotLeader` so far.
+#[derive(Clone, Copy)]
+struct Trip {
+    deadline: Instant,
+    hops: u32,
+}
+
+/// A request this shard forwarded to node `to`, waiting for its reply.
 struct Forwarded {
     to: u64,
     partition: u32,
     request: Request,
-    deadline: Instant,
+    trip: Trip,
 }
 
 /// A request waiting for its partition to have a leader (an election or a leadership transfer in
-/// progress), or to be sent again after the node it was forwarded to no longer led. It is not sent
-/// again before `not_before`, so a stale leader hint cannot make it bounce between nodes at full speed.
+/// progress), or to be sent again after the node it was forwarded to no longer led: to `to` when that
+/// node named a leader, else wherever routing points. Only the first hop after a named leader is
+/// immediate; later ones wait until `not_before` (a tick), so two nodes with stale views cannot bounce a
+/// request between them at network speed.
 struct Parked {
     partition: u32,
     request: Request,
-    deadline: Instant,
+    trip: Trip,
     not_before: Instant,
+    to: Option<u64>,
 }
 
 /// Answers owed once the entry at `index` (with `term`) is applied.
@@ -217,12 +227,16 @@ struct Group {
     /// Set while this replica, rebuilt from nothing on a rejoining node, waits for every other replica's
     /// term and commit index; it takes no part in Raft until then.
     recovery: Option<Recovery>,
+    /// After recovery: the commit index below which it grants no vote (mirrored in the rejoin marker).
+    votes_withheld_until: Option<u64>,
+    /// The partition's directory (log, hard state, snapshot, rejoin marker).
+    dir: PathBuf,
 }
 
 /// A replica that lost its log and vote, asking the others where the group stands.
 struct Recovery {
-    /// (term, commit index) per replica that answered.
-    reports: HashMap<u64, (u64, u64)>,
+    /// (term, commit index, last index) per replica that answered.
+    reports: HashMap<u64, (u64, u64, u64)>,
     last_probe: Option<Instant>,
     last_warning: Instant,
 }
@@ -441,11 +455,13 @@ impl ReplicaShard {
                 let group = &self.groups[slot];
                 if group.recovery.is_none() && self.failed.is_none() {
                     let status = group.raw.status();
-                    let report = PeerItem::TermReport { partition, term: status.term, commit: status.commit };
-                    self.transport.send(from, report);
+                    let (term, commit, last_index) = (status.term, status.commit, status.last_index);
+                    self.transport.send(from, PeerItem::TermReport { partition, term, commit, last_index });
                 }
             }
-            PeerItem::TermReport { partition, term, commit } => self.on_term_report(from, partition, term, commit),
+            PeerItem::TermReport { partition, term, commit, last_index } => {
+                self.on_term_report(from, partition, (term, commit, last_index))
+            }
         }
     }
 
@@ -480,9 +496,12 @@ impl ReplicaShard {
         }
     }
 
-    /// Records a replica's answer; once every other replica has answered, the group joins Raft in the
-    /// highest reported term, withholding votes until it holds the highest reported commit index.
-    fn on_term_report(&mut self, from: u64, partition: u32, term: u64, commit: u64) {
+    /// Records a replica's `(term, commit, last index)`; once every other replica has answered, the
+    /// group joins Raft in the highest reported term and withholds its votes until its commit index
+    /// reaches the highest reported *last* index. Any entry the lost copy helped commit is in the log of
+    /// some other replica (a majority holds it, and that majority includes another replica), though
+    /// maybe not yet known there as committed: the last index covers it where a commit index might not.
+    fn on_term_report(&mut self, from: u64, partition: u32, report: (u64, u64, u64)) {
         let Some(&slot) = self.group_of.get(&partition) else { return };
         let others: Vec<u64> = self.cluster.replicas(partition).into_iter().filter(|&n| n != self.node_id).collect();
         if !others.contains(&from) {
@@ -490,16 +509,21 @@ impl ReplicaShard {
         }
         let group = &mut self.groups[slot];
         let Some(recovery) = group.recovery.as_mut() else { return };
-        recovery.reports.insert(from, (term, commit));
+        recovery.reports.insert(from, report);
         if !others.iter().all(|n| recovery.reports.contains_key(n)) {
             return;
         }
         let term = recovery.reports.values().map(|r| r.0).max().unwrap_or(0);
-        let commit = recovery.reports.values().map(|r| r.1).max().unwrap_or(0);
+        let target = recovery.reports.values().map(|r| r.2).max().unwrap_or(0);
+        // Durable first: a restart during catch-up must come back withholding, with or without --rejoin.
+        if let Err(error) = write_rejoin_marker(&group.dir, RejoinMarker::WithholdVotesUntil(target)) {
+            return self.fail(format!("partition {partition}: {error}"));
+        }
         group.recovery = None;
-        group.raw.rejoin_after_loss(term, commit);
+        group.raw.rejoin_after_loss(term, target);
+        group.votes_withheld_until = Some(target);
         eprintln!(
-            "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {commit}",
+            "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
             self.node_id, partition
         );
     }
@@ -510,21 +534,23 @@ impl ReplicaShard {
         if self.forwarded.get(&request_id).is_none_or(|forwarded| forwarded.to != from) {
             return;
         }
-        let Forwarded { partition, request, deadline, .. } = self.forwarded.remove(&request_id).expect("checked");
+        let Forwarded { partition, request, trip, .. } = self.forwarded.remove(&request_id).expect("checked");
         let now = Instant::now();
         match (request, reply) {
             (request, ForwardReply::Error { code, leader, .. })
-                if code == ErrorCode::NotLeader as u16 && deadline > now =>
+                if code == ErrorCode::NotLeader as u16 && trip.deadline > now =>
             {
-                let hint = (leader != 0 && leader != from && leader != self.node_id).then_some(leader);
+                let replica = self.cluster.replicas(partition).contains(&leader);
+                let hint = (replica && leader != from && leader != self.node_id).then_some(leader);
                 if !self.group_of.contains_key(&partition) {
                     let next = hint.unwrap_or_else(|| self.replica_after(partition, from));
                     self.remote_leaders.insert(partition, next);
                 }
-                // A named new leader is tried at once; otherwise give the election a tick.
-                let not_before =
-                    if hint.is_some() { now } else { now + Duration::from_millis(self.replication.tick_interval_ms) };
-                self.parked.push(Parked { partition, request, deadline, not_before });
+                // The first named leader is tried at once; otherwise give the election a tick.
+                let tick = Duration::from_millis(self.replication.tick_interval_ms);
+                let not_before = if hint.is_some() && trip.hops == 0 { now } else { now + tick };
+                let trip = Trip { hops: trip.hops + 1, ..trip };
+                self.parked.push(Parked { partition, request, trip, not_before, to: hint });
             }
             (Request::Items { part, .. }, ForwardReply::Results(results)) if results.len() == part.len() => {
                 part.complete(Ok(results))
@@ -580,7 +606,8 @@ impl ReplicaShard {
 
     /// Returns the number of items the command carried.
     fn on_client(&mut self, command: ClientCommand, now_ns: u64) -> usize {
-        let deadline = Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms);
+        let trip =
+            Trip { deadline: Instant::now() + Duration::from_millis(self.replication.forward_timeout_ms), hops: 0 };
         match command {
             ClientCommand::Status { reply } => {
                 reply(self.groups.iter().map(|g| self.group_status(g)).collect());
@@ -593,12 +620,12 @@ impl ReplicaShard {
             }
             ClientCommand::Transfers { partition, items, part } => {
                 let n = items.len();
-                self.route(partition, Request::Items { batch: Batch::Transfers(items), part }, deadline, now_ns);
+                self.route(partition, Request::Items { batch: Batch::Transfers(items), part }, trip, now_ns);
                 n
             }
             ClientCommand::CreateAccounts { partition, items, part } => {
                 let n = items.len();
-                self.route(partition, Request::Items { batch: Batch::Accounts(items), part }, deadline, now_ns);
+                self.route(partition, Request::Items { batch: Batch::Accounts(items), part }, trip, now_ns);
                 n
             }
             ClientCommand::Lookup { partition, consistency, ids, reply } => {
@@ -609,7 +636,7 @@ impl ReplicaShard {
                     Some(slot) if consistency != Consistency::Linearizable && self.failed.is_none() => {
                         self.lookup(slot, consistency, ids, LookupTo::Local { slots, reply })
                     }
-                    _ => self.route(partition, Request::Lookup { consistency, ids, slots, reply }, deadline, now_ns),
+                    _ => self.route(partition, Request::Lookup { consistency, ids, slots, reply }, trip, now_ns),
                 }
                 n
             }
@@ -655,14 +682,14 @@ impl ReplicaShard {
 
     /// Serves a request here if this node leads its partition, sends it to the leader otherwise, and
     /// parks it while the partition has no leader.
-    fn route(&mut self, partition: u32, request: Request, deadline: Instant, now_ns: u64) {
+    fn route(&mut self, partition: u32, request: Request, trip: Trip, now_ns: u64) {
         if let Some(reason) = &self.failed {
             return request.fail(EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
         }
         let Some(&slot) = self.group_of.get(&partition) else {
             let to = self.remote_leaders.get(&partition).copied();
             let to = to.unwrap_or_else(|| self.cluster.preferred_leader(partition));
-            return self.forward(to, partition, request, deadline);
+            return self.forward(to, partition, request, trip);
         };
         let group = &self.groups[slot];
         if group.may_decide() {
@@ -674,10 +701,10 @@ impl ReplicaShard {
             };
         }
         match group.leader {
-            Some(leader) if leader != self.node_id => self.forward(leader, partition, request, deadline),
+            Some(leader) if leader != self.node_id => self.forward(leader, partition, request, trip),
             // No leader known, or this node just won and has not rebuilt its state yet, or it is
             // handing leadership over: wait.
-            _ => self.parked.push(Parked { partition, request, deadline, not_before: Instant::now() }),
+            _ => self.parked.push(Parked { partition, request, trip, not_before: Instant::now(), to: None }),
         }
     }
 
@@ -688,32 +715,52 @@ impl ReplicaShard {
         }
         let now = Instant::now();
         for parked in std::mem::take(&mut self.parked) {
+            let local = self.group_of.get(&parked.partition).map(|&slot| &self.groups[slot]);
+            let decides_here = local.is_some_and(Group::may_decide);
             let ready = parked.not_before <= now
-                && self.group_of.get(&parked.partition).is_none_or(|&slot| {
-                    let group = &self.groups[slot];
-                    group.may_decide() || group.leader.is_some_and(|leader| leader != self.node_id)
-                });
-            if parked.deadline <= now {
+                && (parked.to.is_some()
+                    || local.is_none_or(|group| {
+                        group.may_decide() || group.leader.is_some_and(|leader| leader != self.node_id)
+                    }));
+            if parked.trip.deadline <= now {
                 parked.request.fail(EngineError::Unavailable(format!(
                     "partition {} had no reachable leader within {} ms",
                     parked.partition, self.replication.forward_timeout_ms
                 )));
-            } else if ready {
-                self.route(parked.partition, parked.request, parked.deadline, now_ns);
-            } else {
+            } else if !ready {
                 self.parked.push(parked);
+            } else if let (Some(to), false) = (parked.to, decides_here) {
+                // The node that refused named the leader: go there, whatever this replica believes.
+                self.forward(to, parked.partition, parked.request, parked.trip);
+            } else {
+                self.route(parked.partition, parked.request, parked.trip, now_ns);
             }
         }
     }
 
-    fn forward(&mut self, to: u64, partition: u32, request: Request, deadline: Instant) {
+    fn forward(&mut self, to: u64, partition: u32, request: Request, trip: Trip) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         if !self.transport.send(to, item) {
+            self.suspect_remote_leader(partition, to);
             return request.fail(EngineError::Unavailable(format!("cannot queue the request for node {to}")));
         }
-        self.forwarded.insert(request_id, Forwarded { to, partition, request, deadline });
+        self.forwarded.insert(request_id, Forwarded { to, partition, request, trip });
+    }
+
+    /// `to` did not take or did not answer a request for a partition this node holds no replica of:
+    /// if it is where such requests go, try the next replica from now on.
+    fn suspect_remote_leader(&mut self, partition: u32, to: u64) {
+        if self.group_of.contains_key(&partition) {
+            return;
+        }
+        let current =
+            self.remote_leaders.get(&partition).copied().unwrap_or_else(|| self.cluster.preferred_leader(partition));
+        if current == to {
+            let next = self.replica_after(partition, to);
+            self.remote_leaders.insert(partition, next);
+        }
     }
 
     /// Leader path: validate against the speculative state and collect the events of this round.
@@ -905,6 +952,17 @@ impl ReplicaShard {
         let node_id = self.node_id;
         let group = &mut self.groups[slot];
         let status = group.raw.status();
+        if group.votes_withheld_until.is_some_and(|target| status.commit >= target) {
+            if let Err(error) = remove_rejoin_marker(&group.dir) {
+                let reason = format!("partition {}: {error}", group.partition);
+                return self.fail(reason);
+            }
+            group.votes_withheld_until = None;
+            eprintln!(
+                "node {node_id}: partition {}: caught up to commit index {}; votes no longer withheld",
+                group.partition, status.commit
+            );
+        }
         let was = group.role;
         group.role = status.role;
         group.term = status.term;
@@ -956,9 +1014,10 @@ impl ReplicaShard {
     fn expire_waits(&mut self) {
         let now = Instant::now();
         let expired: Vec<u64> =
-            self.forwarded.iter().filter(|(_, forwarded)| forwarded.deadline <= now).map(|(&id, _)| id).collect();
+            self.forwarded.iter().filter(|(_, forwarded)| forwarded.trip.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             if let Some(forwarded) = self.forwarded.remove(&id) {
+                self.suspect_remote_leader(forwarded.partition, forwarded.to);
                 forwarded.request.fail(EngineError::Unavailable(format!(
                     "node {}, the leader of partition {} as far as this node knew, did not answer in time",
                     forwarded.to, forwarded.partition
@@ -1103,10 +1162,28 @@ fn open_group(
     raft_config.applied_index = snapshot.meta.index;
     let raw =
         RawNode::new(raft_config, storage).map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
+    let mut raw = raw;
     let status = raw.status();
-    // Nothing on disk for this partition: on a rejoining node, that means it was lost.
-    let lost = rejoin && status.term == 0 && status.last_index == 0 && snapshot.meta.index == 0;
-    let recovery = lost.then(|| Recovery { reports: HashMap::new(), last_probe: None, last_warning: Instant::now() });
+    // Nothing on disk for this partition: on a rejoining node, that means it was lost. A marker left by
+    // an earlier run that did not finish rejoining keeps its rules, whatever the flags say now.
+    let marker = read_rejoin_marker(&dir)?;
+    let empty = status.term == 0 && status.last_index == 0 && snapshot.meta.index == 0;
+    let lost = rejoin && empty && replicas.len() > 1 && marker.is_none();
+    if lost {
+        write_rejoin_marker(&dir, RejoinMarker::AwaitingReports)?;
+    }
+    let recovery = (lost || marker == Some(RejoinMarker::AwaitingReports)).then(|| Recovery {
+        reports: HashMap::new(),
+        last_probe: None,
+        last_warning: Instant::now(),
+    });
+    let votes_withheld_until = match marker {
+        Some(RejoinMarker::WithholdVotesUntil(index)) => {
+            raw.withhold_votes_until(index);
+            Some(index)
+        }
+        _ => None,
+    };
     Ok(Group {
         partition,
         preferred_leader: cluster.preferred_leader(partition),
@@ -1131,7 +1208,60 @@ fn open_group(
         preferred_caught_up_at: None,
         last_transfer_attempt: None,
         recovery,
+        votes_withheld_until,
+        dir,
     })
+}
+
+/// File in a partition directory while a replica rebuilt on a rejoining node does not yet take full
+/// part in Raft: `awaiting-reports` until every other replica has answered, then `withhold-votes-until N`
+/// until its commit index reaches N. It survives restarts, so a crash during catch-up resumes the same
+/// rules with or without `--rejoin`.
+pub const REJOIN_MARKER_FILE: &str = "rejoin-pending";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RejoinMarker {
+    AwaitingReports,
+    WithholdVotesUntil(u64),
+}
+
+fn read_rejoin_marker(dir: &Path) -> Result<Option<RejoinMarker>, EngineError> {
+    let path = dir.join(REJOIN_MARKER_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EngineError::Io(format!("{}: {e}", path.display()))),
+    };
+    let text = text.trim();
+    if text == "awaiting-reports" {
+        return Ok(Some(RejoinMarker::AwaitingReports));
+    }
+    text.strip_prefix("withhold-votes-until ")
+        .and_then(|index| index.parse().ok())
+        .map(|index| Some(RejoinMarker::WithholdVotesUntil(index)))
+        .ok_or_else(|| EngineError::Store(format!("{}: unreadable rejoin marker {text:?}", path.display())))
+}
+
+/// Replaces the marker atomically (temporary file, fsync, rename, directory fsync).
+fn write_rejoin_marker(dir: &Path, marker: RejoinMarker) -> Result<(), EngineError> {
+    let text = match marker {
+        RejoinMarker::AwaitingReports => "awaiting-reports\n".to_string(),
+        RejoinMarker::WithholdVotesUntil(index) => format!("withhold-votes-until {index}\n"),
+    };
+    let path = dir.join(REJOIN_MARKER_FILE);
+    let temporary = dir.join(format!("{REJOIN_MARKER_FILE}.tmp"));
+    let error = |e: std::io::Error| EngineError::Io(format!("{}: {e}", path.display()));
+    std::fs::write(&temporary, text).map_err(error)?;
+    std::fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(error)?;
+    std::fs::rename(&temporary, &path).map_err(error)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)
+}
+
+fn remove_rejoin_marker(dir: &Path) -> Result<(), EngineError> {
+    let path = dir.join(REJOIN_MARKER_FILE);
+    let error = |e: std::io::Error| EngineError::Io(format!("{}: {e}", path.display()));
+    std::fs::remove_file(&path).map_err(error)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)
 }
 
 impl Group {

@@ -22,7 +22,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use net::protocol::{encode_raw_frame, FrameDecoder, Message, HEADER_BYTES, PEER_FRAME_BYTES_MAX};
@@ -39,10 +39,16 @@ const READ_CHUNK_BYTES: usize = 256 << 10;
 /// First pause after a failed dial; it doubles up to `peer_reconnect_backoff_ms_max`.
 const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(10);
 
-/// A writer's reconnect state: the next pause, and whether the failure was already reported.
+/// A connection that ends sooner than this after it was made counts as a failed attempt: the next
+/// dial waits out the backoff (a peer that accepts and then refuses our hello is not redialed in a loop).
+const CONNECTION_STABLE_MS: u64 = 1_000;
+
+/// A writer's reconnect state: the next pause, whether the failure was already reported, and when the
+/// current connection was made.
 struct Redial {
     backoff: Duration,
     warned: bool,
+    connected_at: Option<Instant>,
 }
 
 struct PeerLink {
@@ -203,7 +209,7 @@ impl Transport {
     fn run_writer(self: Arc<Self>, peer: u64, address: SocketAddr, queue: Receiver<PeerItem>) {
         let link = self.links[&peer].clone();
         let dials = peer > self.node_id;
-        let mut redial = Redial { backoff: REDIAL_BACKOFF_MIN, warned: false };
+        let mut redial = Redial { backoff: REDIAL_BACKOFF_MIN, warned: false, connected_at: None };
         let mut batch = Vec::new();
         let mut body = Vec::new();
         let mut frame = Vec::new();
@@ -274,14 +280,29 @@ impl Transport {
         link: &PeerLink,
         redial: &mut Redial,
     ) -> Option<(u64, TcpStream)> {
+        let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
+        if let Some(at) = redial.connected_at.take() {
+            if at.elapsed() < Duration::from_millis(CONNECTION_STABLE_MS) {
+                std::thread::sleep(redial.backoff);
+                redial.backoff = (redial.backoff * 2).min(backoff_max);
+            } else {
+                redial.backoff = REDIAL_BACKOFF_MIN;
+            }
+        }
         match self.dial(address) {
             Ok(stream) => {
                 if redial.warned {
                     eprintln!("node {}: connected to peer {peer} at {address}", self.node_id);
                 }
-                *redial = Redial { backoff: REDIAL_BACKOFF_MIN, warned: false };
+                redial.warned = false;
+                redial.connected_at = Some(Instant::now());
                 let reader = stream.try_clone();
                 let generation = link.install(stream);
+                if self.stop.load(Ordering::SeqCst) {
+                    // Shutdown retired every connection while we were dialing: do not leave this one.
+                    link.retire(generation);
+                    return None;
+                }
                 if let (Ok(reader), Some(dispatch)) = (reader, self.dispatch.get()) {
                     self.spawn_reader(reader, Some((peer, generation)), dispatch.clone());
                 }
@@ -293,7 +314,6 @@ impl Transport {
                     redial.warned = true;
                 }
                 std::thread::sleep(redial.backoff);
-                let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
                 redial.backoff = (redial.backoff * 2).min(backoff_max);
                 None
             }

@@ -18,7 +18,7 @@
 //! | item 1 Forward        | tag, request_id u64, from_node u64, partition u32, request                  |
 //! | item 2 ForwardReply   | tag, request_id u64, partition u32, reply                                   |
 //! | item 3 TermProbe      | tag, partition u32                                                          |
-//! | item 4 TermReport     | tag, partition u32, term u64, commit u64                                    |
+//! | item 4 TermReport     | tag, partition u32, term u64, commit u64, last_index u64                    |
 //! | message               | from u64, to u64, term u64, body tag, body                                  |
 //! | body 0 VoteRequest    | pre_vote bool, last_log_index u64, last_log_term u64, transfer bool         |
 //! | body 1 VoteResponse   | pre_vote bool, granted bool                                                 |
@@ -71,6 +71,8 @@ pub const ITEMS_PER_FORWARD_MAX: usize = BATCH_ITEMS_MAX;
 pub const ENTRIES_PER_MESSAGE_MAX: usize = 1 << 20;
 /// Most items in one batch body.
 pub const PEER_ITEMS_PER_BATCH_MAX: usize = 1 << 20;
+/// Items a decoder reserves room for before it has decoded them.
+const PEER_ITEMS_PREALLOCATED_MAX: usize = 1024;
 
 const TAG_BYTES: usize = 1;
 const MESSAGE_PREFIX_BYTES: usize = 8 + 8 + 8 + TAG_BYTES;
@@ -146,6 +148,7 @@ pub enum PeerItem {
         partition: u32,
         term: u64,
         commit: u64,
+        last_index: u64,
     },
 }
 
@@ -216,7 +219,8 @@ pub fn encode_items(items: &[PeerItem], out: &mut Vec<u8>) {
 pub fn decode_items(body: &[u8]) -> Result<Vec<PeerItem>, WireError> {
     let mut reader = Reader::new(body);
     let count = reader.count("peer items", PEER_ITEMS_PER_BATCH_MAX, PEER_ITEM_BYTES_MIN)?;
-    let mut items = Vec::with_capacity(count);
+    // A small item is 5 bytes on the wire but far larger in memory: grow as items actually decode.
+    let mut items = Vec::with_capacity(count.min(PEER_ITEMS_PREALLOCATED_MAX));
     for _ in 0..count {
         items.push(read_item(&mut reader)?);
     }
@@ -232,7 +236,7 @@ pub fn item_encoded_bytes(item: &PeerItem) -> usize {
             PeerItem::Forward { request, .. } => 8 + 8 + 4 + request_bytes(request),
             PeerItem::ForwardReply { reply, .. } => 8 + 4 + reply_bytes(reply),
             PeerItem::TermProbe { .. } => 4,
-            PeerItem::TermReport { .. } => 4 + 8 + 8,
+            PeerItem::TermReport { .. } => 4 + 8 + 8 + 8,
         }
 }
 
@@ -320,11 +324,12 @@ fn put_item(out: &mut Vec<u8>, item: &PeerItem) {
             out.push(ITEM_TERM_PROBE);
             out.extend_from_slice(&partition.to_le_bytes());
         }
-        PeerItem::TermReport { partition, term, commit } => {
+        PeerItem::TermReport { partition, term, commit, last_index } => {
             out.push(ITEM_TERM_REPORT);
             out.extend_from_slice(&partition.to_le_bytes());
             out.extend_from_slice(&term.to_le_bytes());
             out.extend_from_slice(&commit.to_le_bytes());
+            out.extend_from_slice(&last_index.to_le_bytes());
         }
     }
 }
@@ -512,9 +517,12 @@ fn read_item(reader: &mut Reader<'_>) -> Result<PeerItem, WireError> {
             reply: read_reply(reader)?,
         }),
         ITEM_TERM_PROBE => Ok(PeerItem::TermProbe { partition: reader.u32()? }),
-        ITEM_TERM_REPORT => {
-            Ok(PeerItem::TermReport { partition: reader.u32()?, term: reader.u64()?, commit: reader.u64()? })
-        }
+        ITEM_TERM_REPORT => Ok(PeerItem::TermReport {
+            partition: reader.u32()?,
+            term: reader.u64()?,
+            commit: reader.u64()?,
+            last_index: reader.u64()?,
+        }),
         tag => Err(WireError::UnknownTag { what: "peer item", tag: tag.into() }),
     }
 }
@@ -907,11 +915,11 @@ mod tests {
             (any::<u64>(), any::<u32>(), arb_reply())
                 .prop_map(|(request_id, partition, reply)| PeerItem::ForwardReply { request_id, partition, reply }),
             any::<u32>().prop_map(|partition| PeerItem::TermProbe { partition }),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(partition, term, commit)| PeerItem::TermReport {
-                partition,
-                term,
-                commit
-            }),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(partition, term, commit, last_index)| {
+                    PeerItem::TermReport { partition, term, commit, last_index }
+                }
+            ),
         ]
     }
 
@@ -1004,7 +1012,7 @@ mod tests {
                 },
             },
             PeerItem::TermProbe { partition: 3 },
-            PeerItem::TermReport { partition: 3, term: 9, commit: 41 },
+            PeerItem::TermReport { partition: 3, term: 9, commit: 41, last_index: 43 },
         ]
     }
 
