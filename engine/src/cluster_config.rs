@@ -237,6 +237,23 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// Digest of what every node must agree on, exchanged in the peers' hello: a node started with a
+    /// different cluster file is refused instead of replicating with different rules. The cluster id,
+    /// partitions, replication factor, idempotency bounds and the node ids in order (placement follows
+    /// the order). Addresses and `[replication]` timings may differ between nodes.
+    pub fn agreement_digest(&self) -> u64 {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let text = format!(
+            "cluster {:?} partitions {} replication_factor {} idempotency_window_ms {} idempotency_ids_max {} nodes {ids:?}",
+            self.cluster_id().ok(),
+            self.partitions,
+            self.replication_factor,
+            self.idempotency_window_ms,
+            self.idempotency_ids_max
+        );
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    }
+
     pub fn node(&self, id: u64) -> Option<&ClusterNodeSpec> {
         self.nodes.iter().find(|node| node.id == id)
     }

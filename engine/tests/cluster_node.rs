@@ -88,7 +88,7 @@ impl FakePeer {
     fn start(cluster: &ClusterConfig, id: u64) -> FakePeer {
         let peers: Vec<(u64, SocketAddr)> =
             cluster.nodes.iter().filter(|n| n.id != id).map(|n| (n.id, n.peer_address)).collect();
-        let transport = Transport::new(id, CLUSTER_ID, &peers, &cluster.replication);
+        let transport = Transport::new(id, CLUSTER_ID, cluster.agreement_digest(), &peers, &cluster.replication);
         let (sender, inbox) = unbounded();
         let dispatch: Dispatch = Arc::new(move |from, item| drop(sender.send((from, item))));
         let bind = cluster.node(id).expect("listed").peer_address;
@@ -474,4 +474,37 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
     let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     node.shutdown().unwrap();
+}
+
+#[test]
+fn a_peer_with_a_different_cluster_file_is_refused() {
+    let cluster = local_cluster(2, 1, 1);
+    let mut other = cluster.clone();
+    other.idempotency_ids_max = 4096;
+    assert_ne!(cluster.agreement_digest(), other.agreement_digest());
+    let mut moved = cluster.clone();
+    moved.nodes[0].address = other.nodes[1].peer_address;
+    moved.replication.tick_interval_ms = 7;
+    assert_eq!(cluster.agreement_digest(), moved.agreement_digest(), "addresses and timings may differ");
+
+    // Node 1 runs with other bounds: it dials node 2, and each side refuses the other's hello, so
+    // nothing gets through in either direction.
+    let two = FakePeer::start(&cluster, 2);
+    let one = FakePeer::start(&other, 1);
+    for n in 0..20 {
+        assert!(one.transport.send(2, PeerItem::TermProbe { partition: n }));
+        two.reply(n as u64, 0, ok_results(0, 0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(one.inbox.try_recv().is_err(), "node 1 heard from a node with another cluster file");
+    assert!(two.inbox.try_recv().is_err(), "node 2 heard from a node with another cluster file");
+    // With the same file they talk (the control).
+    drop(one);
+    let one = FakePeer::start(&cluster, 1);
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while one.inbox.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the control pair never connected");
+        two.reply(7, 0, ok_results(0, 0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -563,34 +563,39 @@ fn a_node_file_cannot_set_its_own_idempotency_bounds() {
         node.address.set_port(ports[i]);
         node.peer_address.set_port(ports[3 + i]);
     }
+    cluster.idempotency_ids_max = 4096;
     let cluster_path = dir.path().join("cluster.toml");
     std::fs::write(&cluster_path, cluster.to_toml()).unwrap();
-    let node_path = dir.path().join("node.toml");
-    std::fs::write(&node_path, "[engine]\nidempotency_ids_max = 5000\n").unwrap();
-    let data_dir = dir.path().join("node-1");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .args(["--cluster-config", cluster_path.to_str().unwrap(), "--node-id", "1", "--no-pin"])
-        .args(["--config", node_path.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("walletd starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("walletd accepted a node file with its own idempotency bounds");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
-    assert!(stderr.contains("idempotency_ids_max = 5000") && stderr.contains("cluster file"), "{stderr}");
-    assert!(!data_dir.exists(), "the refused node created its data directory");
+    // A value of its own, and the engine's default named explicitly: both differ from the cluster's.
+    for own in [5000, engine::NodeConfig::default().idempotency_ids_max] {
+        let node_path = dir.path().join("node.toml");
+        std::fs::write(&node_path, format!("[engine]\nidempotency_ids_max = {own}\n")).unwrap();
+        let data_dir = dir.path().join("node-1");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+            .args(["--cluster-config", cluster_path.to_str().unwrap(), "--node-id", "1", "--no-pin"])
+            .args(["--config", node_path.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("walletd starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("walletd accepted a node file with its own idempotency bounds ({own})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success());
+        let named = format!("idempotency_ids_max = {own}");
+        assert!(stderr.contains(&named) && stderr.contains("cluster file"), "{stderr}");
+        assert!(!data_dir.exists(), "the refused node created its data directory");
+    }
 }
 
 #[test]

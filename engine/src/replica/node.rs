@@ -146,7 +146,8 @@ impl ClusterNode {
             .filter(|n| n.id != node_id)
             .map(|n| (n.id, options.peer_overrides.get(&n.id).copied().unwrap_or(n.peer_address)))
             .collect();
-        let transport = Transport::new(node_id, config.cluster_id, &peers, &cluster.replication);
+        let transport =
+            Transport::new(node_id, config.cluster_id, cluster.agreement_digest(), &peers, &cluster.replication);
         let shards = config.shards.min(config.partitions);
         let mut local: Vec<Vec<u32>> = vec![Vec::new(); shards as usize];
         for partition in 0..config.partitions {

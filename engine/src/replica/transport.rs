@@ -28,7 +28,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use net::protocol::{encode_raw_frame, FrameDecoder, Message, HEADER_BYTES, PEER_FRAME_BYTES_MAX};
 
 use crate::cluster_config::ReplicationConfig;
-use crate::replica::wire::{self, PeerItem, PEER_KIND_BATCH, PEER_KIND_HELLO};
+use crate::replica::wire::{self, Hello, PeerItem, PEER_KIND_BATCH, PEER_KIND_HELLO, PEER_WIRE_VERSION};
 
 /// A blocked write to a peer gives up after this long and reconnects.
 pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
@@ -91,6 +91,8 @@ impl PeerLink {
 pub struct Transport {
     node_id: u64,
     cluster_id: u128,
+    /// Our cluster file's `agreement_digest`: a peer whose hello carries another is refused.
+    settings_digest: u64,
     peers: Vec<(u64, SocketAddr)>,
     config: ReplicationConfig,
     links: HashMap<u64, Arc<PeerLink>>,
@@ -105,6 +107,7 @@ impl Transport {
     pub fn new(
         node_id: u64,
         cluster_id: u128,
+        settings_digest: u64,
         peers: &[(u64, SocketAddr)],
         config: &ReplicationConfig,
     ) -> Arc<Transport> {
@@ -121,6 +124,7 @@ impl Transport {
         Arc::new(Transport {
             node_id,
             cluster_id,
+            settings_digest,
             peers: peers.to_vec(),
             config: config.clone(),
             links,
@@ -200,7 +204,9 @@ impl Transport {
 
     fn hello_frame(&self) -> Vec<u8> {
         let mut hello = Vec::new();
-        wire::encode_hello(self.node_id, &mut hello);
+        let ours =
+            Hello { node_id: self.node_id, wire_version: PEER_WIRE_VERSION, settings_digest: self.settings_digest };
+        wire::encode_hello(&ours, &mut hello);
         let mut frame = Vec::new();
         encode_raw_frame(&mut frame, PEER_KIND_HELLO, self.cluster_id, 0, &hello);
         frame
@@ -441,13 +447,30 @@ fn read_peer(
                     };
                     match (kind, from) {
                         (PEER_KIND_HELLO, None) => {
-                            let node = match wire::decode_hello(&body) {
-                                Ok(node) => node,
+                            let hello = match wire::decode_hello(&body) {
+                                Ok(hello) => hello,
                                 Err(error) => {
                                     eprintln!("peer connection from {remote}: bad hello: {error}; closing");
                                     return owner;
                                 }
                             };
+                            let node = hello.node_id;
+                            if hello.wire_version != PEER_WIRE_VERSION {
+                                eprintln!(
+                                    "peer node {node} at {remote} speaks node-to-node version {}, this node {}; closing",
+                                    hello.wire_version, PEER_WIRE_VERSION
+                                );
+                                return owner;
+                            }
+                            if hello.settings_digest != transport.settings_digest {
+                                eprintln!(
+                                    "peer node {node} at {remote} runs with a cluster file that differs from ours in \
+                                     what replicas must agree on (cluster id, partitions, replication factor, \
+                                     idempotency bounds or node list: digest {:016x}, ours {:016x}); closing",
+                                    hello.settings_digest, transport.settings_digest
+                                );
+                                return owner;
+                            }
                             match expected {
                                 Some((peer, _)) if peer != node => {
                                     eprintln!("peer at {remote} says it is node {node}, expected {peer}; closing");

@@ -12,7 +12,7 @@
 //!
 //! | what                  | bytes                                                                       |
 //! |-----------------------|-----------------------------------------------------------------------------|
-//! | hello                 | node_id u64 (never 0)                                                       |
+//! | hello                 | node_id u64 (never 0), wire_version u16, settings_digest u64                |
 //! | batch                 | count u32, then `count` items                                               |
 //! | item 0 Raft           | tag, partition u32, message                                                 |
 //! | item 1 Forward        | tag, request_id u64, from_node u64, partition u32, request                  |
@@ -60,7 +60,18 @@ pub const PEER_KIND_HELLO: u16 = 0x8000;
 pub const PEER_KIND_BATCH: u16 = 0x8001;
 const _: () = assert!(PEER_KIND_HELLO >= net::protocol::kind::PEER_MIN && PEER_KIND_BATCH > PEER_KIND_HELLO);
 
-pub const HELLO_BYTES: usize = 8;
+pub const HELLO_BYTES: usize = 8 + 2 + 8;
+/// Version of everything in this module; peers that differ refuse each other at the hello.
+pub const PEER_WIRE_VERSION: u16 = 1;
+
+/// What a connection's first frame says about the node that opened its side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub node_id: u64,
+    pub wire_version: u16,
+    /// `ClusterConfig::agreement_digest` of the sender's cluster file.
+    pub settings_digest: u64,
+}
 /// Bytes in front of a batch's items (the item count): a batch body is this plus the sum of
 /// [`item_encoded_bytes`].
 pub const BATCH_PREFIX_BYTES: usize = 4;
@@ -189,19 +200,21 @@ pub enum WireError {
     Invalid(&'static str),
 }
 
-pub fn encode_hello(node_id: u64, out: &mut Vec<u8>) {
-    assert_ne!(node_id, 0, "node id 0 is reserved");
-    out.extend_from_slice(&node_id.to_le_bytes());
+pub fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
+    assert_ne!(hello.node_id, 0, "node id 0 is reserved");
+    out.extend_from_slice(&hello.node_id.to_le_bytes());
+    out.extend_from_slice(&hello.wire_version.to_le_bytes());
+    out.extend_from_slice(&hello.settings_digest.to_le_bytes());
 }
 
-pub fn decode_hello(body: &[u8]) -> Result<u64, WireError> {
+pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
     let mut reader = Reader::new(body);
-    let node_id = reader.u64()?;
+    let hello = Hello { node_id: reader.u64()?, wire_version: reader.u16()?, settings_digest: reader.u64()? };
     reader.finish()?;
-    if node_id == 0 {
+    if hello.node_id == 0 {
         return Err(WireError::Invalid("node id 0 is reserved"));
     }
-    Ok(node_id)
+    Ok(hello)
 }
 
 /// Appends the batch body of `items` to `out` (what was in `out` stays untouched).
@@ -1041,12 +1054,13 @@ mod tests {
     #[test]
     fn hello_round_trips_and_rejects_bad_bodies() {
         let mut body = vec![0xEE];
-        encode_hello(42, &mut body);
+        let hello = Hello { node_id: 42, wire_version: PEER_WIRE_VERSION, settings_digest: 0xfeed };
+        encode_hello(&hello, &mut body);
         assert_eq!(body.len(), 1 + HELLO_BYTES);
-        assert_eq!(decode_hello(&body[1..]), Ok(42));
-        assert_eq!(decode_hello(&body[1..8]), Err(WireError::Truncated));
+        assert_eq!(decode_hello(&body[1..]), Ok(hello));
+        assert_eq!(decode_hello(&body[1..HELLO_BYTES]), Err(WireError::Truncated));
         assert_eq!(decode_hello(&body), Err(WireError::TrailingBytes));
-        assert!(matches!(decode_hello(&[0; 8]), Err(WireError::Invalid(_))));
+        assert!(matches!(decode_hello(&[0; HELLO_BYTES]), Err(WireError::Invalid(_))));
     }
 
     #[test]

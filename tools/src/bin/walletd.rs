@@ -188,28 +188,24 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
         config.engine.pin_cores = false;
     }
     // Every replica must decide alike, so the idempotency bounds come from the cluster file; a node
-    // file that sets its own is refused rather than silently overruled.
-    let defaults = engine::NodeConfig::default();
-    for (field, own, default, cluster_value) in [
-        (
-            "idempotency_window_ms",
-            config.engine.idempotency_window_ms,
-            defaults.idempotency_window_ms,
-            cluster.idempotency_window_ms,
-        ),
-        (
-            "idempotency_ids_max",
-            config.engine.idempotency_ids_max as u64,
-            defaults.idempotency_ids_max as u64,
-            cluster.idempotency_ids_max as u64,
-        ),
-    ] {
-        if own != default && own != cluster_value {
-            return Err(format!(
-                "engine.{field} = {own} in the node configuration: in a cluster it is set once for every node, in \
-                 the cluster file ({} says {cluster_value})",
-                path.display()
-            ));
+    // file that names its own (even the default) is refused unless they agree, never silently overruled.
+    if let Some(node_file) = &args.config {
+        let text = std::fs::read_to_string(node_file).map_err(|e| format!("{}: {e}", node_file.display()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", node_file.display()))?;
+        let engine_table = table.get("engine").and_then(|v| v.as_table());
+        for (field, cluster_value) in [
+            ("idempotency_window_ms", cluster.idempotency_window_ms),
+            ("idempotency_ids_max", cluster.idempotency_ids_max as u64),
+        ] {
+            let own = engine_table.and_then(|t| t.get(field)).and_then(|v| v.as_integer());
+            if let Some(own) = own.filter(|&own| own as u64 != cluster_value) {
+                return Err(format!(
+                    "engine.{field} = {own} in {}: in a cluster it is set once for every node, in the cluster file \
+                     ({} says {cluster_value})",
+                    node_file.display(),
+                    path.display()
+                ));
+            }
         }
     }
     signals::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
