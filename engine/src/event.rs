@@ -40,7 +40,14 @@ use thiserror::Error;
 
 pub const EVENT_BATCH_HEADER_BYTES: usize = 32;
 pub const EVENT_BYTES: usize = 120;
-pub const EVENT_BATCH_FORMAT_VERSION: u16 = 1;
+/// Version written. 2 adds the `id_from_future` rule (`net::types::TRANSFER_ID_FUTURE_MS_MAX`): replay
+/// judges transfer ids against their event's timestamp only in batches of version 2 or later, since a
+/// version-1 log may hold posted transfers with ids far ahead of the clock.
+pub const EVENT_BATCH_FORMAT_VERSION: u16 = 2;
+/// Oldest version still read.
+pub const EVENT_BATCH_FORMAT_VERSION_MIN: u16 = 1;
+/// First version whose transfers were decided with the `id_from_future` rule.
+pub const FUTURE_ID_RULE_FORMAT_VERSION: u16 = 2;
 const EVENT_BODY_OFFSET: usize = 24;
 const EVENT_DEBIT_BALANCE_OFFSET: usize = 88;
 const EVENT_CREDIT_BALANCE_OFFSET: usize = 96;
@@ -289,6 +296,7 @@ pub enum EventDecodeError {
 pub struct EventBatchView<'a> {
     bytes: &'a [u8],
     partition: u32,
+    format_version: u16,
     event_count: u32,
     first_seq: u64,
 }
@@ -301,7 +309,7 @@ impl<'a> EventBatchView<'a> {
         }
         let partition = le_u32(bytes, 0);
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != EVENT_BATCH_FORMAT_VERSION {
+        if !(EVENT_BATCH_FORMAT_VERSION_MIN..=EVENT_BATCH_FORMAT_VERSION).contains(&version) {
             return Err(EventDecodeError::UnknownFormatVersion { version });
         }
         let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
@@ -327,7 +335,7 @@ impl<'a> EventBatchView<'a> {
         if bytes.len() as u64 != expected_len {
             return Err(EventDecodeError::LengthMismatch { event_count, expected_len, len: bytes.len() });
         }
-        let view = EventBatchView { bytes, partition, event_count, first_seq };
+        let view = EventBatchView { bytes, partition, format_version: version, event_count, first_seq };
         let mut previous_ns: Option<u64> = None;
         for index in 0..event_count {
             let event = Event::decode(view.event_bytes(index), index)?;
@@ -347,6 +355,11 @@ impl<'a> EventBatchView<'a> {
             previous_ns = Some(event.timestamp_ns);
         }
         Ok(view)
+    }
+
+    /// The batch's format version (see `EVENT_BATCH_FORMAT_VERSION`).
+    pub fn format_version(&self) -> u16 {
+        self.format_version
     }
 
     pub fn partition(&self) -> u32 {
@@ -614,7 +627,11 @@ mod tests {
             copy[offset] = value;
             EventBatchView::new(&copy).unwrap_err()
         };
-        assert_eq!(mutate(4, 2), EventDecodeError::UnknownFormatVersion { version: 2 });
+        assert_eq!(mutate(4, 3), EventDecodeError::UnknownFormatVersion { version: 3 });
+        assert_eq!(mutate(4, 0), EventDecodeError::UnknownFormatVersion { version: 0 });
+        let mut version_one = bytes.clone();
+        version_one[4] = 1;
+        assert_eq!(EventBatchView::new(&version_one).expect("version 1 is still read").format_version(), 1);
         assert_eq!(mutate(6, 1), EventDecodeError::UnknownBatchFlags { flags: 1 });
         assert_eq!(mutate(13, 1), EventDecodeError::HeaderReservedNotZero);
         assert_eq!(mutate(30, 1), EventDecodeError::HeaderReservedNotZero);

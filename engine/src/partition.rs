@@ -53,7 +53,7 @@ use thiserror::Error;
 const NANOS_PER_MS: u64 = 1_000_000;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::event::{Event, EventBatchView, EventBody, EventBuffer};
+use crate::event::{Event, EventBatchView, EventBody, EventBuffer, FUTURE_ID_RULE_FORMAT_VERSION};
 use crate::fast_hash::FastBuildHasher;
 use crate::idempotency::{transfer_fingerprint, IdChange, IdEntry, IdRestoreError, IdTable};
 
@@ -270,7 +270,7 @@ impl PartitionState {
             }
             // The timestamp this transfer's event will carry: replay judges the id against the same one.
             let at_ns = now_ns.max(self.last_timestamp_ns + 1);
-            let result = match self.decide_transfer(transfer, at_ns) {
+            let result = match self.decide_transfer(transfer, Some(at_ns)) {
                 TransferDecision::Replayed(entry) => {
                     ItemResult { index: 0, code: entry.code, flags: RESULT_FLAG_REPLAYED, seq: entry.seq }
                 }
@@ -359,8 +359,9 @@ impl PartitionState {
                 }
                 _ => None,
             }));
+            let judge_future_ids = batch.format_version() >= FUTURE_ID_RULE_FORMAT_VERSION;
             for event in chunk.iter().flatten() {
-                self.apply_event(event);
+                self.apply_event(event, judge_future_ids);
             }
         }
         assert_eq!(self.last_seq, batch.last_seq());
@@ -517,7 +518,9 @@ impl PartitionState {
     }
 
     #[inline]
-    fn decide_transfer(&self, transfer: &Transfer, at_ns: u64) -> TransferDecision {
+    /// `at_ns`: the timestamp of the event that will record the outcome, against which the id's own
+    /// time is judged; None replays a batch written before that rule (format version 1).
+    fn decide_transfer(&self, transfer: &Transfer, at_ns: Option<u64>) -> TransferDecision {
         if transfer.flags & !TRANSFER_FLAGS_KNOWN != 0 {
             return TransferDecision::RejectedUnrecorded(ResultCode::InvalidFlags);
         }
@@ -535,7 +538,9 @@ impl PartitionState {
         if self.ids.is_expired(transfer.id) {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdExpired);
         }
-        if transfer_id_timestamp_ms(transfer.id) > (at_ns / NANOS_PER_MS).saturating_add(TRANSFER_ID_FUTURE_MS_MAX) {
+        if at_ns.is_some_and(|at_ns| {
+            transfer_id_timestamp_ms(transfer.id) > (at_ns / NANOS_PER_MS).saturating_add(TRANSFER_ID_FUTURE_MS_MAX)
+        }) {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdFromFuture);
         }
         match self.check_posting(transfer) {
@@ -672,7 +677,7 @@ impl PartitionState {
         }
     }
 
-    fn apply_event(&mut self, event: &Event) {
+    fn apply_event(&mut self, event: &Event, judge_future_ids: bool) {
         assert_eq!(event.seq, self.last_seq + 1, "validated by apply_batch and the decoder");
         assert!(self.last_seq == 0 || event.timestamp_ns > self.last_timestamp_ns);
         match event.body {
@@ -686,7 +691,7 @@ impl PartitionState {
             EventBody::TransferPosted { transfer, .. } | EventBody::TransferRejected { transfer, .. } => {
                 // Re-decide the transfer against this replica's state: the log must say exactly what the
                 // leader decided from the same state, or the replicas have diverged.
-                let decision = self.decide_transfer(&transfer, event.timestamp_ns);
+                let decision = self.decide_transfer(&transfer, judge_future_ids.then_some(event.timestamp_ns));
                 match (decision, event.body) {
                     (TransferDecision::Posted { fingerprint, posting }, logged @ EventBody::TransferPosted { .. }) => {
                         assert_eq!(
@@ -1138,6 +1143,41 @@ mod tests {
         assert_eq!(h.balance(3), balance + 2);
         // Replay judges each id against the event's own timestamp and reaches the same state.
         assert_eq!(h.replayed().digest(), h.state.digest());
+    }
+
+    #[test]
+    fn a_version_1_log_with_a_future_id_still_replays() {
+        // Logs written before the id_from_future rule may hold posted transfers with ids far ahead of
+        // their event: replay must accept them as decided then, not re-judge them by today's rule.
+        let mut h = funded();
+        let honest = transfer_id_from_parts(h.now_ns / MS, 77);
+        assert_eq!(h.codes(&[transfer(honest, 2, 3, 1)]), vec![ResultCode::Ok]);
+        let future = transfer_id_from_parts(h.now_ns / MS + 86_400_000, 77);
+        let mut old_log = h.log.clone();
+        let last = old_log.last_mut().expect("logged");
+        let at = last.windows(16).position(|w| w == honest.to_le_bytes()).expect("the id is in the batch");
+        last[at..at + 16].copy_from_slice(&future.to_le_bytes());
+        last[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let mut replica = PartitionState::new(h.state.config());
+        for bytes in &old_log {
+            replica.apply_batch(&EventBatchView::new(bytes).expect("valid")).expect("applies");
+        }
+        assert_eq!(replica.account(3).expect("exists").balance, h.balance(3));
+        assert!(replica.ids().get(future).is_some(), "the old decision is remembered");
+        // The same bytes as a version-2 batch contradict the rule: the replica refuses to diverge.
+        last_as_version_2_panics(&old_log, h.state.config());
+    }
+
+    fn last_as_version_2_panics(log: &[Vec<u8>], config: PartitionConfig) {
+        let mut log = log.to_vec();
+        log.last_mut().expect("logged")[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let outcome = std::panic::catch_unwind(move || {
+            let mut replica = PartitionState::new(config);
+            for bytes in &log {
+                let _ = replica.apply_batch(&EventBatchView::new(bytes).expect("valid"));
+            }
+        });
+        assert!(outcome.is_err(), "a version-2 batch with a future id posted must not replay");
     }
 
     #[test]

@@ -308,8 +308,15 @@ fn blocking_accounts(node: &ClusterNode, accounts: Vec<CreateAccount>) -> Vec<It
     receiver.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap()
 }
 
-/// Sends node 1 a vote request from `candidate` every 100 ms for `wait`; true once node 1 grants it.
-fn vote_granted(candidate: &FakePeer, term: u64, last_log_index: u64, last_log_term: u64, wait: Duration) -> bool {
+/// Sends node 1 a vote request from `candidate` every 100 ms for up to `wait`: `Some(granted)` from its
+/// first answer, `None` if it never answered at all (it takes no part in Raft, or is not connected).
+fn vote_answer(
+    candidate: &FakePeer,
+    term: u64,
+    last_log_index: u64,
+    last_log_term: u64,
+    wait: Duration,
+) -> Option<bool> {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         let body = MessageBody::VoteRequest { pre_vote: false, last_log_index, last_log_term, transfer: false };
@@ -318,15 +325,15 @@ fn vote_granted(candidate: &FakePeer, term: u64, last_log_index: u64, last_log_t
         let until = Instant::now() + Duration::from_millis(100);
         while let Ok((_, item)) = candidate.inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
             if let PeerItem::Raft {
-                message: Message { body: MessageBody::VoteResponse { granted: true, pre_vote: false }, .. },
+                message: Message { body: MessageBody::VoteResponse { granted, pre_vote: false }, .. },
                 ..
             } = item
             {
-                return true;
+                return Some(granted);
             }
         }
     }
-    false
+    None
 }
 
 /// The next TermProbe node 1 sends this peer.
@@ -371,7 +378,7 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     // Control: a node starting empty without --rejoin votes for anyone with a log at least as long.
     let fresh = tempfile::tempdir().unwrap();
     let node = ClusterNode::open(node_config(fresh.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
-    assert!(vote_granted(&two, 5, 10, 4, Duration::from_millis(WAIT_MS)), "the control case must grant");
+    assert_eq!(vote_answer(&two, 5, 10, 4, Duration::from_millis(WAIT_MS)), Some(true), "the control case must grant");
     node.shutdown().unwrap();
 
     let wiped = tempfile::tempdir().unwrap();
@@ -381,9 +388,13 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &options).unwrap();
     assert_eq!((next_probe(&two), next_probe(&three)), (0, 0));
     // Until every other replica has answered, it takes no part in Raft at all.
-    assert!(!vote_granted(&two, 5, 10, 4, Duration::from_millis(500)), "voted before hearing from every replica");
+    assert_eq!(
+        vote_answer(&two, 5, 10, 4, Duration::from_millis(500)),
+        None,
+        "took part before hearing from every replica"
+    );
     assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3 }));
-    assert!(!vote_granted(&two, 8, 10, 7, Duration::from_millis(500)), "voted with one replica unheard");
+    assert_eq!(vote_answer(&two, 8, 10, 7, Duration::from_millis(500)), None, "took part with one replica unheard");
     // Node 3 holds entry 3's predecessor only and knows less as committed: the highest *last* index (3)
     // is what node 1 must hold before it votes, since its lost copy may have helped commit entry 3.
     assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2 }));
@@ -398,15 +409,23 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     assert_eq!(answer.term, 7, "{answer:?}");
     // It may have voted in term 7 before it lost its data, so it votes in no term-7 election, and in
     // none at all until it holds commit index 3: not even for a candidate whose log looks complete.
-    assert!(!vote_granted(&two, 7, 10, 7, Duration::from_millis(500)), "voted twice in term 7");
-    assert!(!vote_granted(&three, 8, 12, 7, Duration::from_millis(500)), "voted before holding the commit");
+    assert_eq!(vote_answer(&two, 7, 10, 7, Duration::from_millis(500)), Some(false), "voted twice in term 7");
+    assert_eq!(
+        vote_answer(&three, 8, 12, 7, Duration::from_millis(500)),
+        Some(false),
+        "voted before holding the commit"
+    );
     assert_eq!(node.status_blocking().unwrap()[0].term, 8);
 
     // A restart during catch-up, even without --rejoin, keeps withholding: the marker says so.
     node.shutdown().unwrap();
-    assert!(std::fs::read_to_string(&marker).unwrap().contains("withhold-votes-until 3"));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "withhold-votes-until 3 term 7");
     let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
-    assert!(!vote_granted(&three, 9, 12, 7, Duration::from_millis(500)), "voted after a restart mid catch-up");
+    assert_eq!(
+        vote_answer(&three, 9, 12, 7, Duration::from_millis(WAIT_MS)),
+        Some(false),
+        "voted after a restart mid catch-up"
+    );
 
     // Node 2 leads term 10 and brings it up to commit index 3; from then on it votes like anyone.
     let entries = (1..=3).map(|index| raft::Entry { index, term: 10, payload: raft::Payload::Noop }).collect();
@@ -421,7 +440,11 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
         assert!(Instant::now() < deadline, "the rejoin marker outlived the catch-up");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(vote_granted(&three, 11, 3, 10, Duration::from_millis(WAIT_MS)), "a caught-up replica refused a vote");
+    assert_eq!(
+        vote_answer(&three, 11, 3, 10, Duration::from_millis(WAIT_MS)),
+        Some(true),
+        "a caught-up replica refused a vote"
+    );
     node.shutdown().unwrap();
 }
 
@@ -507,4 +530,43 @@ fn a_peer_with_a_different_cluster_file_is_refused() {
         two.reply(7, 0, ok_results(0, 0));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_crash_between_the_rejoin_decision_and_the_hard_state_still_adopts_the_term() {
+    let cluster = local_cluster(3, 1, 3);
+    let two = FakePeer::start(&cluster, 2);
+    let three = FakePeer::start(&cluster, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = engine::replica::shard::partition_dir(dir.path(), 0).join(engine::replica::shard::REJOIN_MARKER_FILE);
+    // Node 1 starts rejoining and stops before any replica answers: its hard state is still empty.
+    let options = OpenOptions { rejoin: true, ..OpenOptions::default() };
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &options).unwrap();
+    next_probe(&two);
+    node.shutdown().unwrap();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "awaiting-reports");
+    // As if it had then decided (term 7, withhold until 3) and crashed before term 7 was persisted.
+    std::fs::write(&marker, "withhold-votes-until 3 term 7\n").unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    assert_eq!(node.status_blocking().unwrap()[0].term, 7, "the term is re-adopted at open");
+    // A deposed leader of term 6 is answered in term 7, not obeyed.
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    let answer = loop {
+        assert!(Instant::now() < deadline, "node 1 never answered node 3");
+        let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
+        let message = Message { from: 3, to: 1, term: 6, body: append };
+        assert!(three.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        match three.inbox.recv_timeout(Duration::from_millis(100)) {
+            Ok((1, PeerItem::Raft { message, .. })) => break message,
+            _ => continue,
+        }
+    };
+    assert!(!matches!(answer.body, MessageBody::AppendResponse { .. }), "obeyed a stale leader: {answer:?}");
+    assert_eq!(answer.term, 7);
+    assert_eq!(
+        vote_answer(&two, 8, 10, 7, Duration::from_millis(WAIT_MS)),
+        Some(false),
+        "voted before holding the commit"
+    );
+    node.shutdown().unwrap();
 }

@@ -516,7 +516,7 @@ impl ReplicaShard {
         let term = recovery.reports.values().map(|r| r.0).max().unwrap_or(0);
         let target = recovery.reports.values().map(|r| r.2).max().unwrap_or(0);
         // Durable first: a restart during catch-up must come back withholding, with or without --rejoin.
-        if let Err(error) = write_rejoin_marker(&group.dir, RejoinMarker::WithholdVotesUntil(target)) {
+        if let Err(error) = write_rejoin_marker(&group.dir, RejoinMarker::WithholdVotesUntil { index: target, term }) {
             return self.fail(format!("partition {partition}: {error}"));
         }
         group.recovery = None;
@@ -1178,8 +1178,9 @@ fn open_group(
         last_warning: Instant::now(),
     });
     let votes_withheld_until = match marker {
-        Some(RejoinMarker::WithholdVotesUntil(index)) => {
-            raw.withhold_votes_until(index);
+        Some(RejoinMarker::WithholdVotesUntil { index, term }) => {
+            // Re-adopt the term too: a crash may have come before it reached the hard state.
+            raw.rejoin_after_loss(term, index);
             Some(index)
         }
         _ => None,
@@ -1214,15 +1215,16 @@ fn open_group(
 }
 
 /// File in a partition directory while a replica rebuilt on a rejoining node does not yet take full
-/// part in Raft: `awaiting-reports` until every other replica has answered, then `withhold-votes-until N`
-/// until its commit index reaches N. It survives restarts, so a crash during catch-up resumes the same
+/// part in Raft: `awaiting-reports` until every other replica has answered, then
+/// `withhold-votes-until N term T` until its commit index reaches N (T: the term it adopted, re-adopted
+/// at open in case the crash came before the new term reached the hard state). It survives restarts, so a crash during catch-up resumes the same
 /// rules with or without `--rejoin`.
 pub const REJOIN_MARKER_FILE: &str = "rejoin-pending";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RejoinMarker {
     AwaitingReports,
-    WithholdVotesUntil(u64),
+    WithholdVotesUntil { index: u64, term: u64 },
 }
 
 fn read_rejoin_marker(dir: &Path) -> Result<Option<RejoinMarker>, EngineError> {
@@ -1236,17 +1238,18 @@ fn read_rejoin_marker(dir: &Path) -> Result<Option<RejoinMarker>, EngineError> {
     if text == "awaiting-reports" {
         return Ok(Some(RejoinMarker::AwaitingReports));
     }
-    text.strip_prefix("withhold-votes-until ")
-        .and_then(|index| index.parse().ok())
-        .map(|index| Some(RejoinMarker::WithholdVotesUntil(index)))
-        .ok_or_else(|| EngineError::Store(format!("{}: unreadable rejoin marker {text:?}", path.display())))
+    let parsed = text.strip_prefix("withhold-votes-until ").and_then(|rest| {
+        let (index, term) = rest.split_once(" term ")?;
+        Some(RejoinMarker::WithholdVotesUntil { index: index.parse().ok()?, term: term.parse().ok()? })
+    });
+    parsed.map(Some).ok_or_else(|| EngineError::Store(format!("{}: unreadable rejoin marker {text:?}", path.display())))
 }
 
 /// Replaces the marker atomically (temporary file, fsync, rename, directory fsync).
 fn write_rejoin_marker(dir: &Path, marker: RejoinMarker) -> Result<(), EngineError> {
     let text = match marker {
         RejoinMarker::AwaitingReports => "awaiting-reports\n".to_string(),
-        RejoinMarker::WithholdVotesUntil(index) => format!("withhold-votes-until {index}\n"),
+        RejoinMarker::WithholdVotesUntil { index, term } => format!("withhold-votes-until {index} term {term}\n"),
     };
     let path = dir.join(REJOIN_MARKER_FILE);
     let temporary = dir.join(format!("{REJOIN_MARKER_FILE}.tmp"));

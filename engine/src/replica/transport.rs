@@ -310,7 +310,7 @@ impl Transport {
                     return None;
                 }
                 if let (Ok(reader), Some(dispatch)) = (reader, self.dispatch.get()) {
-                    self.spawn_reader(reader, Some((peer, generation)), dispatch.clone());
+                    self.spawn_reader(reader, Some((peer, generation)), dispatch.clone(), None);
                 }
                 link.current()
             }
@@ -337,18 +337,30 @@ impl Transport {
 
     /// Reads one connection until it fails. `expected`: the peer and connection generation when we
     /// dialed it (its hello must name that peer); None for an accepted connection (the hello decides).
-    fn spawn_reader(self: &Arc<Self>, stream: TcpStream, expected: Option<(u64, u64)>, dispatch: Dispatch) {
+    /// When the reader ends, for whatever reason (peer gone, bad frame, refused hello), the socket is
+    /// shut down, so the other side sees the connection end at once, and `on_exit` runs.
+    fn spawn_reader(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        expected: Option<(u64, u64)>,
+        dispatch: Dispatch,
+        on_exit: Option<Box<dyn FnOnce() + Send>>,
+    ) {
         let transport = self.clone();
         let _ = std::thread::Builder::new().name("peer-in".into()).spawn(move || {
-            let retire = |transport: &Transport, owner: Option<(u64, u64)>| {
-                if let Some((peer, generation)) = owner {
-                    if let Some(link) = transport.links.get(&peer) {
-                        link.retire(generation);
-                    }
-                }
-            };
+            let closer = stream.try_clone();
             let owner = read_peer(&transport, stream, expected, dispatch);
-            retire(&transport, owner);
+            if let Some((peer, generation)) = owner {
+                if let Some(link) = transport.links.get(&peer) {
+                    link.retire(generation);
+                }
+            }
+            if let Ok(closer) = closer {
+                let _ = closer.shutdown(Shutdown::Both);
+            }
+            if let Some(on_exit) = on_exit {
+                on_exit();
+            }
         });
     }
 }
@@ -366,7 +378,8 @@ pub type Dispatch = Arc<dyn Fn(u64, PeerItem) + Send + Sync>;
 pub struct PeerListener {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
+    /// Accepted connections whose reader still runs, by accept number, to be shut down with the listener.
+    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -375,23 +388,25 @@ impl PeerListener {
         let listener = TcpListener::bind(bind)?;
         let address = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(HashMap::new()));
         let thread = {
             let stop = stop.clone();
             let connections = connections.clone();
             std::thread::Builder::new().name("peer-listen".into()).spawn(move || {
-                for accepted in listener.incoming() {
+                for (number, accepted) in (0u64..).zip(listener.incoming()) {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let Ok(stream) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
                     if let Ok(clone) = stream.try_clone() {
-                        let mut open = connections.lock().unwrap_or_else(|p| p.into_inner());
-                        open.retain(|s: &TcpStream| s.peer_addr().is_ok());
-                        open.push(clone);
+                        connections.lock().unwrap_or_else(|p| p.into_inner()).insert(number, clone);
                     }
-                    transport.spawn_reader(stream, None, dispatch.clone());
+                    let open = connections.clone();
+                    let forget = Box::new(move || {
+                        open.lock().unwrap_or_else(|p| p.into_inner()).remove(&number);
+                    });
+                    transport.spawn_reader(stream, None, dispatch.clone(), Some(forget));
                 }
             })?
         };
@@ -409,7 +424,7 @@ impl PeerListener {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        for stream in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for (_, stream) in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
