@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::fast_hash::FastBuildHasher;
 
-const NANOS_PER_MILLI: u64 = 1_000_000;
+pub(crate) const NANOS_PER_MILLI: u64 = 1_000_000;
 /// The entry ring reserves room for at most this many entries up front and grows (amortised) up to
 /// `idempotency_ids_max` beyond it, so a partition configured with a large bound does not commit all of
 /// its 64 bytes per id at creation. The index (16 bytes per id) is allocated whole up front.

@@ -49,13 +49,11 @@ use net::types::{
     TRANSFER_ID_FUTURE_MS_MAX,
 };
 use thiserror::Error;
-
-const NANOS_PER_MS: u64 = 1_000_000;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Event, EventBatchView, EventBody, EventBuffer, FUTURE_ID_RULE_FORMAT_VERSION};
 use crate::fast_hash::FastBuildHasher;
-use crate::idempotency::{transfer_fingerprint, IdChange, IdEntry, IdRestoreError, IdTable};
+use crate::idempotency::{transfer_fingerprint, IdChange, IdEntry, IdRestoreError, IdTable, NANOS_PER_MILLI};
 
 /// How many transfers' memory is touched ahead of deciding them (see `PartitionState::warm`): enough
 /// independent cache misses in flight to cover DRAM latency, few enough to stay inside the CPU's
@@ -539,7 +537,7 @@ impl PartitionState {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdExpired);
         }
         if at_ns.is_some_and(|at_ns| {
-            transfer_id_timestamp_ms(transfer.id) > (at_ns / NANOS_PER_MS).saturating_add(TRANSFER_ID_FUTURE_MS_MAX)
+            transfer_id_timestamp_ms(transfer.id) > (at_ns / NANOS_PER_MILLI).saturating_add(TRANSFER_ID_FUTURE_MS_MAX)
         }) {
             return TransferDecision::RejectedUnrecorded(ResultCode::IdFromFuture);
         }

@@ -199,6 +199,12 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
         "answered after {waited:?}: the second forward got a fresh {} ms",
         cluster.replication.forward_timeout_ms
     );
+    // Node 2 took the request and never answered: node 1 moves on to the next replica, node 3.
+    let answer = submit(&node, vec![transfer(5, a, b)]);
+    let (sixth_id, _, _) = three.next_forward();
+    three.reply(sixth_id, 1, ok_results(1, 10));
+    assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    two.no_forward_within(Duration::from_millis(100));
 
     // After a restart, request ids continue above every id the earlier run used, so a late reply to
     // an old request cannot answer a new one.
@@ -207,7 +213,7 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     let answer = submit(&node, vec![transfer(4, a, b)]);
     // The restarted node starts again from the preferred leader, node 2.
     let (fifth_id, _, _) = two.next_forward();
-    assert!(fifth_id > fourth_id + 1, "request id {fifth_id} after a restart reuses the earlier run's ids");
+    assert!(fifth_id > sixth_id + 1, "request id {fifth_id} after a restart reuses the earlier run's ids");
     two.reply(fifth_id, 1, ok_results(1, 9));
     assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
     node.shutdown().unwrap();
@@ -360,6 +366,29 @@ fn next_raft_message(peer: &FakePeer) -> Message {
     }
 }
 
+/// `stale` sends node 1 an empty append as leader of `stale_term` (again every 100 ms, until node 1 is
+/// connected and answers): node 1 must answer in `term` and must not accept it.
+fn assert_refuses_stale_leader(stale: &FakePeer, stale_term: u64, term: u64) {
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    let answer = loop {
+        assert!(Instant::now() < deadline, "node 1 never answered node {}", stale.id);
+        let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
+        let message = Message { from: stale.id, to: 1, term: stale_term, body: append };
+        assert!(stale.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        match stale.inbox.recv_timeout(Duration::from_millis(100)) {
+            Ok((1, PeerItem::Raft { message, .. })) => break message,
+            _ => continue,
+        }
+    };
+    assert!(!matches!(answer.body, MessageBody::AppendResponse { .. }), "obeyed a stale leader: {answer:?}");
+    assert_eq!(answer.term, term, "{answer:?}");
+}
+
+/// Where node 1 keeps partition 0's rejoin marker.
+fn rejoin_marker(data_dir: &std::path::Path) -> std::path::PathBuf {
+    engine::replica::shard::partition_dir(data_dir, 0).join(engine::replica::shard::REJOIN_MARKER_FILE)
+}
+
 fn wait_for_term(node: &ClusterNode, term: u64) {
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
     while node.status_blocking().unwrap()[0].term != term {
@@ -382,8 +411,7 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     node.shutdown().unwrap();
 
     let wiped = tempfile::tempdir().unwrap();
-    let marker =
-        engine::replica::shard::partition_dir(wiped.path(), 0).join(engine::replica::shard::REJOIN_MARKER_FILE);
+    let marker = rejoin_marker(wiped.path());
     let options = OpenOptions { rejoin: true, ..OpenOptions::default() };
     let node = ClusterNode::open(node_config(wiped.path()), cluster.clone(), 1, &options).unwrap();
     assert_eq!((next_probe(&two), next_probe(&three)), (0, 0));
@@ -401,12 +429,7 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     wait_for_term(&node, 7);
 
     // Node 3, a deposed leader of term 6, cannot refill it: its append is answered in term 7.
-    let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
-    let message = Message { from: 3, to: 1, term: 6, body: append };
-    assert!(three.transport.send(1, PeerItem::Raft { partition: 0, message }));
-    let answer = next_raft_message(&three);
-    assert!(!matches!(answer.body, MessageBody::AppendResponse { .. }), "accepted a stale leader: {answer:?}");
-    assert_eq!(answer.term, 7, "{answer:?}");
+    assert_refuses_stale_leader(&three, 6, 7);
     // It may have voted in term 7 before it lost its data, so it votes in no term-7 election, and in
     // none at all until it holds commit index 3: not even for a candidate whose log looks complete.
     assert_eq!(vote_answer(&two, 7, 10, 7, Duration::from_millis(500)), Some(false), "voted twice in term 7");
@@ -538,7 +561,7 @@ fn a_crash_between_the_rejoin_decision_and_the_hard_state_still_adopts_the_term(
     let two = FakePeer::start(&cluster, 2);
     let three = FakePeer::start(&cluster, 3);
     let dir = tempfile::tempdir().unwrap();
-    let marker = engine::replica::shard::partition_dir(dir.path(), 0).join(engine::replica::shard::REJOIN_MARKER_FILE);
+    let marker = rejoin_marker(dir.path());
     // Node 1 starts rejoining and stops before any replica answers: its hard state is still empty.
     let options = OpenOptions { rejoin: true, ..OpenOptions::default() };
     let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &options).unwrap();
@@ -550,23 +573,41 @@ fn a_crash_between_the_rejoin_decision_and_the_hard_state_still_adopts_the_term(
     let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
     assert_eq!(node.status_blocking().unwrap()[0].term, 7, "the term is re-adopted at open");
     // A deposed leader of term 6 is answered in term 7, not obeyed.
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    let answer = loop {
-        assert!(Instant::now() < deadline, "node 1 never answered node 3");
-        let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
-        let message = Message { from: 3, to: 1, term: 6, body: append };
-        assert!(three.transport.send(1, PeerItem::Raft { partition: 0, message }));
-        match three.inbox.recv_timeout(Duration::from_millis(100)) {
-            Ok((1, PeerItem::Raft { message, .. })) => break message,
-            _ => continue,
-        }
-    };
-    assert!(!matches!(answer.body, MessageBody::AppendResponse { .. }), "obeyed a stale leader: {answer:?}");
-    assert_eq!(answer.term, 7);
+    assert_refuses_stale_leader(&three, 6, 7);
     assert_eq!(
         vote_answer(&two, 8, 10, 7, Duration::from_millis(WAIT_MS)),
         Some(false),
         "voted before holding the commit"
     );
     node.shutdown().unwrap();
+}
+
+#[test]
+fn a_hello_with_another_version_or_cluster_file_gets_the_connection_closed() {
+    // A hand-made peer connects to node 2 and introduces itself as node 1: with another wire version,
+    // or another cluster file digest, node 2 must close the connection at once (the dialer sees the
+    // end of the stream, not silence); with the right ones it answers with its own hello.
+    use engine::replica::wire::{encode_hello, Hello, PEER_KIND_HELLO, PEER_WIRE_VERSION};
+    use std::io::{Read, Write};
+    let cluster = local_cluster(2, 1, 1);
+    let two = FakePeer::start(&cluster, 2);
+    let digest = cluster.agreement_digest();
+    let cases = [
+        (PEER_WIRE_VERSION + 1, digest, false),
+        (PEER_WIRE_VERSION, digest ^ 1, false),
+        (PEER_WIRE_VERSION, digest, true),
+    ];
+    for (wire_version, settings_digest, accepted) in cases {
+        let mut stream = std::net::TcpStream::connect(cluster.node(2).unwrap().peer_address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(WAIT_MS))).unwrap();
+        let mut body = Vec::new();
+        encode_hello(&Hello { node_id: 1, wire_version, settings_digest }, &mut body);
+        let mut frame = Vec::new();
+        net::protocol::encode_raw_frame(&mut frame, PEER_KIND_HELLO, CLUSTER_ID, 0, &body);
+        stream.write_all(&frame).unwrap();
+        let mut buffer = [0u8; 256];
+        let read = stream.read(&mut buffer).expect("an answer or the end of the stream, not a timeout");
+        assert_eq!(read > 0, accepted, "version {wire_version}, digest {settings_digest:x}: read {read} bytes");
+    }
+    drop(two);
 }

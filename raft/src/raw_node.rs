@@ -137,14 +137,6 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
-    /// For a replica that lost its log and vote (a wiped node coming back): grant no vote or pre-vote
-    /// and never campaign until this replica's commit index reaches `index`, the highest commit index
-    /// the other replicas reported. Until then it could help elect a node that lacks entries the old
-    /// copy of this replica helped commit.
-    pub fn withhold_votes_until(&mut self, index: u64) {
-        self.raft.votes_withheld_until = index;
-    }
-
     /// For a replica that lost its log and vote, once the other replicas have reported their terms and
     /// commit indexes: it moves to `term`, the highest reported, as a follower that counts as having
     /// voted (for itself) in it, so it never votes twice in a term it may have voted in before the
@@ -157,6 +149,12 @@ impl<S: Storage> RawNode<S> {
             self.raft.vote = Some(self.raft.id);
         }
         self.raft.votes_withheld_until = commit;
+    }
+
+    /// True while `rejoin_after_loss` keeps this replica out of elections (its commit index is still
+    /// below the one it was given).
+    pub fn votes_withheld(&self) -> bool {
+        self.raft.votes_withheld()
     }
 
     /// The node this leader is handing leadership to, while a transfer is in progress (it refuses

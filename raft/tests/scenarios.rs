@@ -604,8 +604,8 @@ fn a_replica_withholding_votes_grants_none_and_stands_for_nothing_until_it_holds
         ],
         |_| {},
     );
-    cluster.node(3).withhold_votes_until(3);
-    // Node 2 lacks entry 3; node 3's empty log would otherwise make node 2 look up to date.
+    cluster.node(3).rejoin_after_loss(0, 3); // term 0: nothing to adopt, votes withheld until commit 3
+                                             // Node 2 lacks entry 3; node 3's empty log would otherwise make node 2 look up to date.
     cluster.node(3).step(vote_request(2, 3, 2, 2, 1));
     let (messages, _, _) = drain(cluster.node(3));
     assert!(

@@ -30,12 +30,8 @@ pub fn cluster_error_response(error: &EngineError) -> Response {
     Response::error(ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal), message)
 }
 
-/// A node's Status answer: its view of every partition it replicates, and the cluster's members.
-pub fn cluster_status(node: &ClusterNode, groups: &[GroupStatus]) -> NodeStatus {
-    NodeStatus { partition_states: partition_states(groups), ..status_without_partitions(node) }
-}
-
-/// Everything in a Status answer that does not come from the shards.
+/// A node's Status answer without its view of the partitions (which the shards add): its id,
+/// configuration and the cluster's members.
 fn status_without_partitions(node: &ClusterNode) -> NodeStatus {
     NodeStatus {
         node_id: node.node_id(),

@@ -552,16 +552,11 @@ fn a_node_file_cannot_set_its_own_idempotency_bounds() {
     // Replicas must evict transfer ids alike, so the bounds belong to the cluster file. A node whose
     // own file sets different ones is refused at start, before it touches its data directory.
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..6)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    let mut cluster = engine::cluster_config::ClusterConfig::local(CLUSTER_ID, 3, 3, 3, ports[0], ports[3]);
+    let addresses = support::cluster::free_loopback_addresses(6);
+    let mut cluster = engine::cluster_config::ClusterConfig::local(CLUSTER_ID, 3, 3, 3, 1, 1);
     for (i, node) in cluster.nodes.iter_mut().enumerate() {
-        node.address.set_port(ports[i]);
-        node.peer_address.set_port(ports[3 + i]);
+        node.address = addresses[i];
+        node.peer_address = addresses[3 + i];
     }
     cluster.idempotency_ids_max = 4096;
     let cluster_path = dir.path().join("cluster.toml");

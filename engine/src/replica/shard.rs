@@ -227,8 +227,9 @@ struct Group {
     /// Set while this replica, rebuilt from nothing on a rejoining node, waits for every other replica's
     /// term and commit index; it takes no part in Raft until then.
     recovery: Option<Recovery>,
-    /// After recovery: the commit index below which it grants no vote (mirrored in the rejoin marker).
-    votes_withheld_until: Option<u64>,
+    /// After recovery, while Raft withholds this replica's votes: the rejoin marker that says so is on
+    /// disk, to be removed once Raft stops withholding.
+    withhold_marker_on_disk: bool,
     /// The partition's directory (log, hard state, snapshot, rejoin marker).
     dir: PathBuf,
 }
@@ -521,7 +522,7 @@ impl ReplicaShard {
         }
         group.recovery = None;
         group.raw.rejoin_after_loss(term, target);
-        group.votes_withheld_until = Some(target);
+        group.withhold_marker_on_disk = true;
         eprintln!(
             "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
             self.node_id, partition
@@ -719,9 +720,8 @@ impl ReplicaShard {
             let decides_here = local.is_some_and(Group::may_decide);
             let ready = parked.not_before <= now
                 && (parked.to.is_some()
-                    || local.is_none_or(|group| {
-                        group.may_decide() || group.leader.is_some_and(|leader| leader != self.node_id)
-                    }));
+                    || decides_here
+                    || local.is_none_or(|group| group.leader.is_some_and(|leader| leader != self.node_id)));
             if parked.trip.deadline <= now {
                 parked.request.fail(EngineError::Unavailable(format!(
                     "partition {} had no reachable leader within {} ms",
@@ -952,12 +952,12 @@ impl ReplicaShard {
         let node_id = self.node_id;
         let group = &mut self.groups[slot];
         let status = group.raw.status();
-        if group.votes_withheld_until.is_some_and(|target| status.commit >= target) {
+        if group.withhold_marker_on_disk && !group.raw.votes_withheld() {
             if let Err(error) = remove_rejoin_marker(&group.dir) {
                 let reason = format!("partition {}: {error}", group.partition);
                 return self.fail(reason);
             }
-            group.votes_withheld_until = None;
+            group.withhold_marker_on_disk = false;
             eprintln!(
                 "node {node_id}: partition {}: caught up to commit index {}; votes no longer withheld",
                 group.partition, status.commit
@@ -1160,9 +1160,8 @@ fn open_group(
         raft_config.proposal_bytes_max.max(r.uncommitted_entries_max * RECORD_PAYLOAD_BYTES_MAX as u64);
     raft_config.random_seed = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ partition as u64 ^ clock_ns();
     raft_config.applied_index = snapshot.meta.index;
-    let raw =
+    let mut raw =
         RawNode::new(raft_config, storage).map_err(|e| EngineError::Log(format!("partition {partition}: {e}")))?;
-    let mut raw = raw;
     let status = raw.status();
     // Nothing on disk for this partition: on a rejoining node, that means it was lost. A marker left by
     // an earlier run that did not finish rejoining keeps its rules, whatever the flags say now.
@@ -1177,13 +1176,13 @@ fn open_group(
         last_probe: None,
         last_warning: Instant::now(),
     });
-    let votes_withheld_until = match marker {
+    let withhold_marker_on_disk = match marker {
         Some(RejoinMarker::WithholdVotesUntil { index, term }) => {
             // Re-adopt the term too: a crash may have come before it reached the hard state.
             raw.rejoin_after_loss(term, index);
-            Some(index)
+            true
         }
-        _ => None,
+        _ => false,
     };
     Ok(Group {
         partition,
@@ -1209,7 +1208,7 @@ fn open_group(
         preferred_caught_up_at: None,
         last_transfer_attempt: None,
         recovery,
-        votes_withheld_until,
+        withhold_marker_on_disk,
         dir,
     })
 }
@@ -1217,8 +1216,8 @@ fn open_group(
 /// File in a partition directory while a replica rebuilt on a rejoining node does not yet take full
 /// part in Raft: `awaiting-reports` until every other replica has answered, then
 /// `withhold-votes-until N term T` until its commit index reaches N (T: the term it adopted, re-adopted
-/// at open in case the crash came before the new term reached the hard state). It survives restarts, so a crash during catch-up resumes the same
-/// rules with or without `--rejoin`.
+/// at open in case the crash came before the new term reached the hard state). It survives restarts,
+/// so a crash during catch-up resumes the same rules with or without `--rejoin`.
 pub const REJOIN_MARKER_FILE: &str = "rejoin-pending";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

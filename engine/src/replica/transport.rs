@@ -51,6 +51,14 @@ struct Redial {
     connected_at: Option<Instant>,
 }
 
+impl Redial {
+    /// Waits out the current pause and doubles the next one, up to `max`.
+    fn back_off(&mut self, max: Duration) {
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(max);
+    }
+}
+
 struct PeerLink {
     queue: Sender<PeerItem>,
     dropped: AtomicU64,
@@ -289,8 +297,7 @@ impl Transport {
         let backoff_max = Duration::from_millis(self.config.peer_reconnect_backoff_ms_max);
         if let Some(at) = redial.connected_at.take() {
             if at.elapsed() < Duration::from_millis(CONNECTION_STABLE_MS) {
-                std::thread::sleep(redial.backoff);
-                redial.backoff = (redial.backoff * 2).min(backoff_max);
+                redial.back_off(backoff_max);
             } else {
                 redial.backoff = REDIAL_BACKOFF_MIN;
             }
@@ -319,8 +326,7 @@ impl Transport {
                     eprintln!("node {}: cannot reach peer {peer} at {address}: {error}; retrying", self.node_id);
                     redial.warned = true;
                 }
-                std::thread::sleep(redial.backoff);
-                redial.backoff = (redial.backoff * 2).min(backoff_max);
+                redial.back_off(backoff_max);
                 None
             }
         }
@@ -337,8 +343,9 @@ impl Transport {
 
     /// Reads one connection until it fails. `expected`: the peer and connection generation when we
     /// dialed it (its hello must name that peer); None for an accepted connection (the hello decides).
-    /// When the reader ends, for whatever reason (peer gone, bad frame, refused hello), the socket is
-    /// shut down, so the other side sees the connection end at once, and `on_exit` runs.
+    /// When the reader ends, for whatever reason (peer gone, bad frame, refused hello), its connection is
+    /// retired if a writer uses it and `on_exit` runs (the listener drops its copy), so the last handle
+    /// closes and the other side sees the connection end at once.
     fn spawn_reader(
         self: &Arc<Self>,
         stream: TcpStream,
@@ -348,15 +355,11 @@ impl Transport {
     ) {
         let transport = self.clone();
         let _ = std::thread::Builder::new().name("peer-in".into()).spawn(move || {
-            let closer = stream.try_clone();
             let owner = read_peer(&transport, stream, expected, dispatch);
             if let Some((peer, generation)) = owner {
                 if let Some(link) = transport.links.get(&peer) {
                     link.retire(generation);
                 }
-            }
-            if let Ok(closer) = closer {
-                let _ = closer.shutdown(Shutdown::Both);
             }
             if let Some(on_exit) = on_exit {
                 on_exit();

@@ -377,7 +377,8 @@ impl Drop for LocalCluster {
 
 /// Distinct free loopback addresses: all are bound at once (so none repeats), then released for
 /// walletd to bind. Another process could take one in between; on loopback in tests it does not.
-fn free_loopback_addresses(count: usize) -> Vec<SocketAddr> {
+/// `count` loopback addresses whose ports were free a moment ago.
+pub fn free_loopback_addresses(count: usize) -> Vec<SocketAddr> {
     let listeners: Vec<TcpListener> =
         (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
     listeners.iter().map(|listener| listener.local_addr().expect("bound address")).collect()
