@@ -46,13 +46,21 @@ stop() { kill -INT "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/nu
 trap stop INT TERM
 
 addr="127.0.0.1:7401"
-for _ in $(seq 1 300); do
-    if "$bin/walletctl" --addr "$addr" status >/dev/null 2>&1; then break; fi
+# Ready means every node answers and all of them name the same leader for every partition, so the
+# demo's first transfer and the status below never meet a partition whose election is still running.
+ready=""
+for _ in $(seq 1 60); do
+    if "$bin/walletctl" --addr "$addr" status --wait-for-leaders 500 >/dev/null 2>&1; then ready=1; break; fi
     for pid in "${pids[@]}"; do
         if ! kill -0 "$pid" 2>/dev/null; then echo "a walletd exited; see $dir/node-*.log" >&2; stop; exit 1; fi
     done
-    sleep 0.1
 done
+if [ -z "$ready" ]; then
+    echo "the cluster did not elect a leader for every partition within 30 s; see $dir/node-*.log" >&2
+    "$bin/walletctl" --addr "$addr" status >&2 || true
+    stop
+    exit 1
+fi
 
 ctl() { echo "\$ walletctl $*"; "$bin/walletctl" --addr "$addr" "$@" || true; }
 echo

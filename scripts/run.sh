@@ -14,7 +14,7 @@ walletd_pid=$!
 trap 'kill -INT $walletd_pid 2>/dev/null; wait $walletd_pid' INT TERM
 
 for _ in $(seq 1 300); do
-    if "$bin/walletctl" --addr "$addr" status >/dev/null 2>&1; then break; fi
+    if "$bin/walletctl" --addr "$addr" status --wait-for-leaders 100 >/dev/null 2>&1; then break; fi
     if ! kill -0 "$walletd_pid" 2>/dev/null; then echo "walletd exited" >&2; exit 1; fi
     sleep 0.1
 done

@@ -33,11 +33,12 @@ wallet_has_libclang() {
 # `apt-get install` runs once, for the missing ones only.
 wallet_missing_packages() {
     if ! wallet_has_libclang; then echo libclang-dev; fi
-    # The rocksdb crate's build compiles C++ (g++) and the tests' helpers use these tools.
-    command -v g++ >/dev/null 2>&1 || echo g++
-    command -v make >/dev/null 2>&1 || echo make
+    # The rocksdb crate's build compiles C and C++ through the cc crate (`cc`, `c++`).
+    if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then echo g++; fi
+    # scripts/tests/setup_test.sh hides files in a private mount namespace.
     command -v unshare >/dev/null 2>&1 || echo util-linux
-    command -v pkill >/dev/null 2>&1 || echo procps
+    command -v mount >/dev/null 2>&1 || echo mount
+    command -v find >/dev/null 2>&1 || echo findutils
 }
 
 wallet_install_missing() {

@@ -327,3 +327,39 @@ fn walletd_stops_cleanly_while_status_requests_are_in_flight() {
         assert!(status.success(), "round {round}: walletd stopped with {status}");
     }
 }
+
+/// `walletd --help` states the defaults a new node really gets (it once said 64 partitions and a shard
+/// per core while a new node got 1 and 1), and a node started without layout flags reports them.
+#[test]
+fn walletd_help_states_the_defaults_a_new_node_gets() {
+    let defaults = engine::config::NodeConfig::default();
+    let output = Command::new(env!("CARGO_BIN_EXE_walletd")).arg("--help").output().expect("walletd --help runs");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    // clap wraps long lines; join them back before looking for a sentence.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let states = |flag: &str, value: String| {
+        let after_flag = help.split(flag).nth(1).unwrap_or_else(|| panic!("no {flag} in: {help}"));
+        let description = after_flag.split(" --").next().unwrap();
+        assert!(
+            description.contains(&format!("Default: {value}")),
+            "{flag} should state default {value}: {description}"
+        );
+    };
+    states("--partitions <PARTITIONS>", defaults.partitions.to_string());
+    states("--shards <SHARDS>", defaults.shards.to_string());
+    states("--cluster-id <CLUSTER_ID>", defaults.cluster_id.to_string());
+    states("--listen <LISTEN>", tools::config::LISTEN_DEFAULT.to_string());
+    states("--data-dir <DATA_DIR>", defaults.data_dir.display().to_string());
+    assert!(!help.contains("one per core"), "{help}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Walletd::start(&dir.path().join("node"), &[]);
+    let (code, out) = node.ctl(&["--json", "status"]);
+    assert_eq!(code, 0, "{out}");
+    let status = json(&out);
+    let first = &status; // a single node answers with its own object, not a list of members
+    assert_eq!(first["partitions"].as_u64(), Some(u64::from(defaults.partitions)), "{out}");
+    assert_eq!(first["shards"].as_u64(), Some(u64::from(defaults.shards)), "{out}");
+    assert!(node.terminate().success());
+}

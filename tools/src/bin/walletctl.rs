@@ -71,8 +71,13 @@ enum Command {
         #[arg(long)]
         from_seq: Option<u64>,
     },
-    /// The node's partitions and their sequences.
-    Status,
+    /// The node's partitions and their sequences; for a cluster, every member's view of every partition.
+    Status {
+        /// First wait (up to this many ms) until every member answers and agrees on a leader for
+        /// every partition; exits 3 (unavailable) if that does not happen in time.
+        #[arg(long, value_name = "MS")]
+        wait_for_leaders: Option<u64>,
+    },
     /// Replay a STOPPED node's logs and report drift against its state store.
     Verify {
         #[arg(long)]
@@ -174,7 +179,10 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
 
 /// Status of the node at `--addr` and, for a cluster, of every other member it lists: each partition's
 /// role, leader, term, commit and applied index and applied sequence, as each node sees it.
-fn status(cli: &Cli) -> Result<i32, Failure> {
+type StatusView = (u64, Result<net::protocol::NodeStatus, String>);
+
+/// The node at `--addr`, then every other member it lists, each asked for its own view.
+fn gather_status(cli: &Cli) -> Result<(net::protocol::NodeStatus, Vec<StatusView>), Failure> {
     let first = connect(cli)?.status()?;
     let mut views = vec![(first.node_id, Ok(first.clone()))];
     for member in &first.nodes {
@@ -186,6 +194,56 @@ fn status(cli: &Cli) -> Result<i32, Failure> {
             .map_err(|e| e.to_string());
         views.push((member.node_id, view));
     }
+    Ok((first, views))
+}
+
+/// Every member answered, and all of them name the same known leader for every partition.
+fn every_partition_has_a_leader(views: &[StatusView]) -> bool {
+    let mut leaders: Option<Vec<u64>> = None;
+    for (_, view) in views {
+        let Ok(status) = view else { return false };
+        let named: Vec<u64> = status.partition_states.iter().map(|p| p.leader).collect();
+        if named.len() != status.partitions as usize || named.contains(&0) {
+            return false;
+        }
+        match &leaders {
+            Some(agreed) if *agreed != named => return false,
+            Some(_) => {}
+            None => leaders = Some(named),
+        }
+    }
+    true
+}
+
+fn status(cli: &Cli, wait_for_leaders_ms: Option<u64>) -> Result<i32, Failure> {
+    let (first, views) = match wait_for_leaders_ms {
+        None => gather_status(cli)?,
+        Some(wait_ms) => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+            loop {
+                // A node still starting refuses connections: that counts as "not yet" until the deadline.
+                let gathered = gather_status(cli);
+                let past_deadline = std::time::Instant::now() >= deadline;
+                match gathered {
+                    Ok(gathered) if every_partition_has_a_leader(&gathered.1) => break gathered,
+                    Ok(gathered) if past_deadline => {
+                        eprintln!(
+                            "walletctl: not every partition has a leader known to every member after {wait_ms} ms"
+                        );
+                        print_status(cli, &gathered.0, &gathered.1);
+                        return Ok(exit::UNAVAILABLE);
+                    }
+                    Err(failure) if past_deadline => return Err(failure),
+                    _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+            }
+        }
+    };
+    Ok(if print_status(cli, &first, &views) { exit::UNAVAILABLE } else { exit::OK })
+}
+
+/// Prints every view; returns whether some member was unreachable.
+fn print_status(cli: &Cli, first: &net::protocol::NodeStatus, views: &[StatusView]) -> bool {
     let mut unreachable = false;
     if cli.json {
         let nodes: Vec<_> = views
@@ -218,7 +276,7 @@ fn status(cli: &Cli) -> Result<i32, Failure> {
             println!("{}", json!({ "nodes": nodes }));
         }
     } else {
-        for (id, view) in &views {
+        for (id, view) in views {
             match view {
                 Ok(status) => {
                     println!("node {id}: {} partitions over {} shards", status.partitions, status.shards);
@@ -239,7 +297,7 @@ fn status(cli: &Cli) -> Result<i32, Failure> {
             }
         }
     }
-    Ok(if unreachable { exit::UNAVAILABLE } else { exit::OK })
+    unreachable
 }
 
 fn run(cli: &Cli) -> Result<i32, Failure> {
@@ -317,7 +375,7 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
             Ok(if result.code == ResultCode::Ok { exit::OK } else { exit::REJECTED })
         }
         Command::History { id, limit, from_seq } => history(cli, &registry, *id, *limit, *from_seq),
-        Command::Status => status(cli),
+        Command::Status { wait_for_leaders } => status(cli, *wait_for_leaders),
         Command::Verify { data_dir } => verify(cli, data_dir),
         Command::Wal { command: WalCommand::Dump { data_dir, shard, from, limit } } => {
             let options = DumpOptions { shard: *shard, from_index: *from, records_max: *limit, json: cli.json };

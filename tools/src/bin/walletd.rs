@@ -21,20 +21,21 @@ struct Args {
     /// TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory (event logs, state stores). Default: ./data
-    #[arg(long)]
+    /// Data directory (event logs, state stores).
+    #[arg(long, help = default_help("Data directory (event logs, state stores)", defaults().data_dir.display()))]
     data_dir: Option<PathBuf>,
-    /// Address to serve clients on. Default: 127.0.0.1:7400
-    #[arg(long)]
+    /// Address to serve clients on.
+    #[arg(long, help = default_help("Address to serve clients on", tools::config::LISTEN_DEFAULT))]
     listen: Option<std::net::SocketAddr>,
-    /// Partitions, fixed when the data directory is created. Default: 64
-    #[arg(long)]
+    /// Partitions, fixed when the data directory is created.
+    #[arg(long, help = default_help("Partitions, fixed when the data directory is created", defaults().partitions))]
     partitions: Option<u32>,
-    /// Shard threads, fixed when the data directory is created. Default: one per core
-    #[arg(long)]
+    /// Shard threads, fixed when the data directory is created.
+    #[arg(long, help = default_help("Shard threads, fixed when the data directory is created", defaults().shards))]
     shards: Option<u32>,
-    /// Cluster id (decimal or 0x hex); clients must present it. Default: 1
-    #[arg(long, value_parser = parse_cluster_id)]
+    /// Cluster id (decimal or 0x hex); clients must present it in every frame.
+    #[arg(long, value_parser = parse_cluster_id,
+          help = default_help("Cluster id (decimal or 0x hex); clients must present it in every frame", defaults().cluster_id))]
     cluster_id: Option<u128>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
@@ -53,6 +54,15 @@ struct Args {
     /// and votes only once it holds what they had committed. Not for a new cluster's first start.
     #[arg(long, requires = "cluster_config")]
     rejoin: bool,
+}
+
+/// The defaults a new single node gets: `--help` states these values, never a copy of them.
+fn defaults() -> engine::config::NodeConfig {
+    engine::config::NodeConfig::default()
+}
+
+fn default_help(text: &str, value: impl std::fmt::Display) -> String {
+    format!("{text}. Default: {value}")
 }
 
 fn parse_peer_override(text: &str) -> Result<(u64, std::net::SocketAddr), String> {
