@@ -141,6 +141,28 @@ impl DataDirLock {
         }
         Ok(DataDirLock { _file: file })
     }
+
+    /// For audit tools: the same exclusive lock (no node may start while they read), but the lock file
+    /// is opened read-only and never created, so the audit changes nothing in the directory. A
+    /// directory without one was never opened by a node; nothing is locked then.
+    pub fn acquire_for_audit(data_dir: &Path) -> Result<Option<DataDirLock>, EngineError> {
+        use std::os::fd::AsRawFd;
+        let path = data_dir.join("node.lock");
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(EngineError::Manifest { path: path.display().to_string(), why: e.to_string() }),
+        };
+        // SAFETY: flock on a file descriptor we own; it has no memory-safety preconditions.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            return Err(EngineError::Manifest {
+                path: data_dir.display().to_string(),
+                why: "the data directory is in use by another process (stop the node before auditing it)".into(),
+            });
+        }
+        Ok(Some(DataDirLock { _file: file }))
+    }
 }
 
 pub struct Node {

@@ -83,33 +83,57 @@ pub struct WalStorage {
     hard_state: HardState,
     /// `snapshot.meta.index + 1` is the first index; index 0 with empty data when none.
     snapshot: Snapshot,
+    /// Opened read-only over a log that does not continue the snapshot: only the snapshot is served.
+    log_detached: bool,
 }
 
 impl WalStorage {
     /// Opens (creating if missing) the storage in `dir`, which it shares with the wal's segments.
     pub fn open(dir: &Path, options: WalOptions) -> Result<WalStorage, WalStorageError> {
         fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-        let hard_state = match read_meta(&dir.join(HARD_STATE_FILE), HARD_STATE_MAGIC)? {
-            Some(body) => decode_hard_state(&body).map_err(|reason| corrupt_meta(dir, HARD_STATE_FILE, reason))?,
-            None => HardState::default(),
-        };
-        let snapshot = match read_meta(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC)? {
-            Some(body) => decode_snapshot(&body).map_err(|reason| corrupt_meta(dir, SNAPSHOT_FILE, reason))?,
-            None => Snapshot::default(),
-        };
+        let (hard_state, snapshot) = read_meta_files(dir)?;
         let (mut wal, _report) = Wal::open(dir, options)?;
-        let snapshot_index = snapshot.meta.index;
-        let continues_snapshot = wal.first_index() <= snapshot_index + 1
-            && wal.last_index() >= snapshot_index
-            && (snapshot_index == 0
-                || snapshot_index < wal.first_index()
-                || wal.term_at(snapshot_index) == Some(snapshot.meta.term));
-        if !continues_snapshot {
-            wal.reset(snapshot_index + 1)?;
+        if !log_continues_snapshot(&wal, &snapshot) {
+            wal.reset(snapshot.meta.index + 1)?;
         }
-        Ok(WalStorage { wal, dir: dir.to_path_buf(), hard_state, snapshot })
+        Ok(WalStorage { wal, dir: dir.to_path_buf(), hard_state, snapshot, log_detached: false })
     }
 
+    /// Opens a stopped replica's storage for reading only (`walletctl verify`): no file is created,
+    /// repaired or rewritten (the log through `Wal::open_read_only`). Where `open` would restart a log
+    /// that does not continue the snapshot (a crash between the snapshot file and the log reset), this
+    /// serves the snapshot alone, which is what `open` would leave. Every write is refused.
+    pub fn open_read_only(dir: &Path, options: WalOptions) -> Result<WalStorage, WalStorageError> {
+        let (hard_state, snapshot) = read_meta_files(dir)?;
+        let (wal, _report) = Wal::open_read_only(dir, options)?;
+        let log_detached = !log_continues_snapshot(&wal, &snapshot);
+        Ok(WalStorage { wal, dir: dir.to_path_buf(), hard_state, snapshot, log_detached })
+    }
+}
+
+fn read_meta_files(dir: &Path) -> Result<(HardState, Snapshot), WalStorageError> {
+    let hard_state = match read_meta(&dir.join(HARD_STATE_FILE), HARD_STATE_MAGIC)? {
+        Some(body) => decode_hard_state(&body).map_err(|reason| corrupt_meta(dir, HARD_STATE_FILE, reason))?,
+        None => HardState::default(),
+    };
+    let snapshot = match read_meta(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC)? {
+        Some(body) => decode_snapshot(&body).map_err(|reason| corrupt_meta(dir, SNAPSHOT_FILE, reason))?,
+        None => Snapshot::default(),
+    };
+    Ok((hard_state, snapshot))
+}
+
+/// Whether the log holds the entries right after the snapshot (and agrees on its term).
+fn log_continues_snapshot(wal: &Wal, snapshot: &Snapshot) -> bool {
+    let snapshot_index = snapshot.meta.index;
+    wal.first_index() <= snapshot_index + 1
+        && wal.last_index() >= snapshot_index
+        && (snapshot_index == 0
+            || snapshot_index < wal.first_index()
+            || wal.term_at(snapshot_index) == Some(snapshot.meta.term))
+}
+
+impl WalStorage {
     pub fn directory(&self) -> &Path {
         &self.dir
     }
@@ -156,7 +180,16 @@ impl WalStorage {
         Ok(())
     }
 
+    /// Every write of a meta file passes here; the log itself refuses writes when read-only.
+    fn check_writable(&self) -> Result<(), WalStorageError> {
+        if self.wal.is_read_only() {
+            return Err(WalError::ReadOnly { dir: self.dir.clone() }.into());
+        }
+        Ok(())
+    }
+
     fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), WalStorageError> {
+        self.check_writable()?;
         write_meta(&self.dir, SNAPSHOT_FILE, SNAPSHOT_MAGIC, &encode_snapshot(snapshot))
     }
 }
@@ -207,6 +240,9 @@ impl Storage for WalStorage {
     }
 
     fn last_index(&self) -> StorageResult<u64> {
+        if self.log_detached {
+            return Ok(self.snapshot.meta.index);
+        }
         // `open`, `apply_snapshot` and `create_snapshot` keep the wal reaching the snapshot.
         Ok(self.wal.last_index().max(self.snapshot.meta.index))
     }
@@ -231,6 +267,7 @@ impl Storage for WalStorage {
     }
 
     fn set_hard_state(&mut self, hard_state: HardState) -> StorageResult<()> {
+        self.check_writable()?;
         write_meta(&self.dir, HARD_STATE_FILE, HARD_STATE_MAGIC, &encode_hard_state(&hard_state))?;
         self.hard_state = hard_state;
         Ok(())

@@ -57,7 +57,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, EngineError> {
             why: "no node.toml: not a node data directory".into(),
         });
     };
-    let _lock = DataDirLock::acquire(data_dir)?;
+    let _lock = DataDirLock::acquire_for_audit(data_dir)?;
     let config = manifest.apply_to(NodeConfig::with_data_dir(data_dir));
     let mut report = VerifyReport::default();
     for shard in 0..manifest.shards {
@@ -70,7 +70,7 @@ fn verify_shard(config: &NodeConfig, shard: u32) -> Result<ShardVerification, En
     let dir = shard_dir(&config.data_dir, shard);
     let store = Store::open_read_only(&dir.join("state"))?;
     let checkpoint_index = store.applied_index()?;
-    let (wal, _) = Wal::open(&dir.join("wal"), wal_options(config))?;
+    let (wal, _) = Wal::open_read_only(&dir.join("wal"), wal_options(config))?;
     let mut states: HashMap<u32, PartitionState> = owned_partitions(shard, config.shards, config.partitions)
         .map(|p| (p, PartitionState::new(partition_config(config, p))))
         .collect();

@@ -31,7 +31,7 @@ pub struct DumpOptions {
 /// Writes the dump through `emit`, one line per record and per event.
 pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)) -> Result<(), DumpError> {
     let manifest = Manifest::read(data_dir)?.ok_or_else(|| DumpError::NotADataDir(data_dir.display().to_string()))?;
-    let _lock = DataDirLock::acquire(data_dir)?;
+    let _lock = DataDirLock::acquire_for_audit(data_dir)?;
     let shards: Vec<u32> = match options.shard {
         Some(shard) if shard >= manifest.shards => {
             return Err(DumpError::NoSuchShard { shard, shards: manifest.shards })
@@ -41,8 +41,10 @@ pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)
     };
     let segment_bytes = NodeConfig::default().wal_segment_bytes;
     for shard in shards {
-        let (log, report) =
-            Wal::open(&shard_dir(data_dir, shard).join("wal"), WalOptions { segment_bytes, ..WalOptions::default() })?;
+        let (log, report) = Wal::open_read_only(
+            &shard_dir(data_dir, shard).join("wal"),
+            WalOptions { segment_bytes, ..WalOptions::default() },
+        )?;
         if !options.json {
             emit(format!(
                 "shard {shard}: {} segments, records {}..={}",

@@ -15,6 +15,9 @@ use net::protocol::{AccountLookup, Consistency};
 use net::types::{transfer_id_from_parts, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
 
+#[path = "support/fingerprint.rs"]
+mod fingerprint;
+
 /// Longest walletd may take to start listening.
 const START_TIMEOUT_MS: u64 = 30_000;
 
@@ -144,6 +147,10 @@ fn walletctl_moves_money_and_explains_every_balance() {
     assert_eq!(json(&out)["partitions"], 1);
 
     assert!(node.terminate().success(), "SIGTERM stops walletd cleanly");
+    // A torn tail, as a crash in the middle of a write leaves it: the audit tools must read past it
+    // and leave it where it is (only the node's own recovery repairs a log).
+    let torn_segment = plant_torn_tail(&data.join("shard-000/wal"));
+    let before = fingerprint::tree_fingerprint(&data);
     let (code, out) = walletctl(&["verify", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("verify: OK"));
@@ -153,10 +160,48 @@ fn walletctl_moves_money_and_explains_every_balance() {
         out.contains("transfer_posted") && out.contains("transfer_rejected") && out.contains("insufficient_funds"),
         "{out}"
     );
+    let (code, out) = walletctl(&["--json", "wal", "dump", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    fingerprint::assert_unchanged(&before, &fingerprint::tree_fingerprint(&data), "verify and wal dump");
+    assert!(has_torn_tail_marker(&torn_segment), "the audit left the torn tail in place");
 
     let node = Walletd::start(&data, &[]);
     assert_eq!(json(&node.ctl(&["--json", "balance", "2"]).1)["balance"], "70.00", "state survives a restart");
+    assert!(!has_torn_tail_marker(&torn_segment), "the node's own recovery zeroes the torn tail");
+    // While a node runs, the audit tools refuse its directory rather than read a log being written.
+    let (code, out) = walletctl(&["verify", "--data-dir", data.to_str().unwrap()]);
+    assert_ne!(code, 0, "verify of a running node's directory: {out}");
     node.terminate();
+}
+
+/// Bytes a torn write leaves: non-zero garbage after the last whole record of the newest segment.
+const TORN_TAIL_MARKER: &[u8] = b"\xde\xad torn write \xbe\xef";
+/// How far past the last non-zero byte the garbage goes: beyond any zero run inside a record's payload.
+const TORN_TAIL_GAP_BYTES: u64 = 8192;
+
+fn newest_segment(wal_dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(wal_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a segment")
+}
+
+fn plant_torn_tail(wal_dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    let segment = newest_segment(wal_dir);
+    let bytes = std::fs::read(&segment).unwrap();
+    let last_non_zero = bytes.iter().rposition(|&b| b != 0).expect("the segment holds records") as u64;
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(TORN_TAIL_MARKER, last_non_zero + TORN_TAIL_GAP_BYTES).unwrap();
+    segment
+}
+
+fn has_torn_tail_marker(segment: &Path) -> bool {
+    let bytes = std::fs::read(segment).unwrap();
+    bytes.windows(TORN_TAIL_MARKER.len()).any(|window| window == TORN_TAIL_MARKER)
 }
 
 #[test]

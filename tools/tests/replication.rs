@@ -280,7 +280,9 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
     }
     for id in cluster.node_ids() {
         let dir = cluster.data_dir(id);
+        let before = support::fingerprint::tree_fingerprint(&dir);
         let (code, out) = cluster.walletctl(&["--json", "verify", "--data-dir", dir.to_str().unwrap()]);
+        support::fingerprint::assert_unchanged(&before, &support::fingerprint::tree_fingerprint(&dir), "verify");
         let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
         assert_eq!(code, 0, "node {id} verify: {out}");
         assert_eq!(report["clean"], true, "node {id}: {out}");

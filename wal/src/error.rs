@@ -30,6 +30,8 @@ pub enum WalError {
     IndexOutOfRange { index: u64, first: u64, last: u64 },
     #[error("invalid options: {reason}")]
     InvalidOptions { reason: String },
+    #[error("the log in {dir} was opened read-only (for audit); it refuses every write")]
+    ReadOnly { dir: PathBuf },
 }
 
 impl WalError {

@@ -70,10 +70,12 @@ pub struct RecoveryReport {
     /// As `Wal::first_index` / `Wal::last_index` after recovery.
     pub first_index: u64,
     pub last_index: u64,
-    /// Bytes of torn tail zeroed in the last segment (0 after a clean shutdown).
+    /// Bytes of torn tail in the last segment (0 after a clean shutdown): zeroed by `open`, only
+    /// skipped by `open_read_only`, which leaves the file as it found it.
     pub truncated_bytes: u64,
     pub truncated_segment: Option<PathBuf>,
-    /// Leftover `.wal.tmp` files from a crash during segment creation, deleted.
+    /// Leftover `.wal.tmp` files from a crash during segment creation, deleted (never by
+    /// `open_read_only`, which ignores them).
     pub temp_files_removed: usize,
     pub elapsed: Duration,
 }
@@ -126,7 +128,20 @@ pub struct Wal {
     writer: SyncWriter,
     spare_buffers: Vec<Vec<u8>>,
     failure: Option<String>,
-    _lock: File,
+    /// Opened by `open_read_only`: every call that would change a file is refused.
+    read_only: bool,
+    /// Held while the `Wal` lives: exclusive for a writer, shared for a reader, none for a reader of a
+    /// log that never had a writer (no lock file, and a reader creates none).
+    _lock: Option<File>,
+}
+
+/// How `open` treats the files it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    /// Recovery repairs: a torn tail is zeroed, leftover temporaries removed, a segment created.
+    ReadWrite,
+    /// For audit tools: nothing is created, removed or rewritten; a torn tail is skipped.
+    ReadOnly,
 }
 
 /// What recovery of the existing segment files produced.
@@ -141,13 +156,31 @@ impl Wal {
     /// Opens (creating `dir` if missing) and recovers the log; see the crate docs for what
     /// recovery accepts. Holds an exclusive lock on the directory while the `Wal` lives.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_in(dir, options, OpenMode::ReadWrite)
+    }
+
+    /// Opens an existing log for reading only, as audit tools (`verify`, `wal dump`) must: no file or
+    /// folder is created, removed or written, a torn tail is reported and skipped rather than zeroed,
+    /// and leftover temporaries are ignored. Takes a shared lock, so it refuses a log that a writer
+    /// has open. Every call that would write (`append`, `submit`, truncation, `reset`) is refused.
+    pub fn open_read_only(dir: &Path, options: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_in(dir, options, OpenMode::ReadOnly)
+    }
+
+    fn open_in(dir: &Path, options: WalOptions, mode: OpenMode) -> Result<(Wal, RecoveryReport), WalError> {
         let started = Instant::now();
         options.validate()?;
-        fs::create_dir_all(dir).map_err(|error| WalError::io("create directory", dir, error))?;
-        let lock = lock_dir(dir)?;
-        let temp_files_removed = remove_temp_files(dir)?;
-        let mut recovered = recover_segments(dir)?;
+        let (lock, temp_files_removed) = match mode {
+            OpenMode::ReadWrite => {
+                fs::create_dir_all(dir).map_err(|error| WalError::io("create directory", dir, error))?;
+                let lock = lock_dir(dir)?;
+                (Some(lock), remove_temp_files(dir)?)
+            }
+            OpenMode::ReadOnly => (lock_dir_shared(dir)?, 0),
+        };
+        let mut recovered = recover_segments(dir, mode)?;
         if recovered.segments.is_empty() {
+            // In memory only until the first submit (read-write) or never (read-only).
             let segment = new_segment(dir, FIRST_INDEX_FRESH, options.segment_bytes);
             recovered.segments.push_back(segment);
         }
@@ -167,9 +200,12 @@ impl Wal {
             writer,
             spare_buffers: Vec::new(),
             failure: None,
+            read_only: mode == OpenMode::ReadOnly,
             _lock: lock,
         };
-        wal.ensure_segment_file(wal.segments.len() - 1)?;
+        if mode == OpenMode::ReadWrite {
+            wal.ensure_segment_file(wal.segments.len() - 1)?;
+        }
         let report = RecoveryReport {
             segments: wal.segments.len(),
             first_index: wal.first_index(),
@@ -200,6 +236,28 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
     Ok(file)
 }
 
+/// A reader's lock: shared, so it coexists with other readers and refuses a log a writer holds. A
+/// directory without a lock file never had a writer; the reader creates none and takes no lock.
+fn lock_dir_shared(dir: &Path) -> Result<Option<File>, WalError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    if !dir.is_dir() {
+        let error = std::io::Error::from(std::io::ErrorKind::NotFound);
+        return Err(WalError::io("open log directory", dir, error));
+    }
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io("open lock file", &path, error)),
+    };
+    // SAFETY: plain syscall on an fd we own; no memory is passed.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(WalError::io("lock directory for reading (is a writer running?)", &path, error));
+    }
+    Ok(Some(file))
+}
+
 fn remove_temp_files(dir: &Path) -> Result<usize, WalError> {
     let mut removed = 0;
     for name in list_names(dir)? {
@@ -222,7 +280,7 @@ fn list_names(dir: &Path) -> Result<Vec<String>, WalError> {
     Ok(names)
 }
 
-fn recover_segments(dir: &Path) -> Result<Recovered, WalError> {
+fn recover_segments(dir: &Path, mode: OpenMode) -> Result<Recovered, WalError> {
     let mut first_indexes: Vec<u64> = list_names(dir)?.iter().filter_map(|name| parse_segment_name(name)).collect();
     first_indexes.sort_unstable();
     let mut recovered = Recovered {
@@ -233,7 +291,7 @@ fn recover_segments(dir: &Path) -> Result<Recovered, WalError> {
     };
     for (position, &first_index) in first_indexes.iter().enumerate() {
         let is_last = position + 1 == first_indexes.len();
-        let segment = recover_segment(dir, first_index, is_last, &mut recovered)?;
+        let segment = recover_segment(dir, first_index, is_last, mode, &mut recovered)?;
         recovered.segments.push_back(segment);
     }
     Ok(recovered)
@@ -243,12 +301,13 @@ fn recover_segment(
     dir: &Path,
     first_index: u64,
     is_last: bool,
+    mode: OpenMode,
     recovered: &mut Recovered,
 ) -> Result<Segment, WalError> {
     let path = segment_path(dir, first_index);
     let corrupt =
         |offset: usize, reason: String| WalError::Corrupt { segment: path.clone(), offset: offset as u64, reason };
-    let (file, map) = open_mapped(&path)?;
+    let (file, map) = open_mapped(&path, mode)?;
     let header_index = decode_segment_header(&map).map_err(|reason| corrupt(0, reason.into()))?;
     if header_index != first_index || first_index == 0 {
         return Err(corrupt(0, format!("header says first index {header_index}")));
@@ -266,7 +325,9 @@ fn recover_segment(
             let reason = "sealed segment has bytes after its last whole record".to_string();
             return Err(corrupt(scan.end_offset, reason));
         }
-        zero_range(&file, &path, scan.end_offset, scan.garbage_end)?;
+        if mode == OpenMode::ReadWrite {
+            zero_range(&file, &path, scan.end_offset, scan.garbage_end)?;
+        }
         recovered.truncated_bytes = (scan.garbage_end - scan.end_offset) as u64;
         recovered.truncated_segment = Some(path.clone());
     }
@@ -282,11 +343,15 @@ fn recover_segment(
     })
 }
 
-fn open_mapped(path: &Path) -> Result<(File, Mmap), WalError> {
-    let file =
-        File::options().read(true).write(true).open(path).map_err(|error| WalError::io("open segment", path, error))?;
-    // SAFETY: the directory is flock'ed by this Wal, so no other process writes the file; this
-    // process only rewrites bytes through `&mut Wal`, while readers borrow `&Wal`.
+fn open_mapped(path: &Path, mode: OpenMode) -> Result<(File, Mmap), WalError> {
+    let file = File::options()
+        .read(true)
+        .write(mode == OpenMode::ReadWrite)
+        .open(path)
+        .map_err(|error| WalError::io("open segment", path, error))?;
+    // SAFETY: the directory is flock'ed by this Wal (exclusively by a writer, shared by a reader,
+    // which a writer's exclusive lock excludes), so no other process writes the file; this process
+    // only rewrites bytes through `&mut Wal` of a read-write log, while readers borrow `&Wal`.
     let map = unsafe { Mmap::map(&file) }.map_err(|error| WalError::io("mmap", path, error))?;
     Ok((file, map))
 }
@@ -388,7 +453,16 @@ impl Wal {
         Ok(())
     }
 
+    /// Whether this log was opened by `open_read_only`.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Every call that may write a file passes here first.
     fn check_healthy(&self) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(WalError::ReadOnly { dir: self.dir.clone() });
+        }
         match &self.failure {
             None => Ok(()),
             Some(reason) => Err(WalError::Poisoned { reason: reason.clone() }),

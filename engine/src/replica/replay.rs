@@ -38,6 +38,7 @@ pub struct ReplicaReplay {
 
 /// Replays every partition replica in a stopped cluster node's data directory.
 pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineError> {
+    let _lock = crate::node::DataDirLock::acquire_for_audit(data_dir)?;
     let manifest = ClusterManifest::read(data_dir)?.ok_or_else(|| EngineError::Manifest {
         path: data_dir.display().to_string(),
         why: "not a cluster node's data directory (no cluster-node.toml)".into(),
@@ -61,7 +62,7 @@ pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineErro
 
 fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<ReplicaReplay, EngineError> {
     let log_error = |e: &dyn std::fmt::Display| EngineError::Log(format!("partition {partition}: {e}"));
-    let storage = WalStorage::open(dir, replica_wal_options(config)).map_err(|e| log_error(&e))?;
+    let storage = WalStorage::open_read_only(dir, replica_wal_options(config)).map_err(|e| log_error(&e))?;
     let snapshot = storage.snapshot().map_err(|e| log_error(&e))?;
     let commit = storage.initial_state().map_err(|e| log_error(&e))?.hard_state.commit;
     let last_index = storage.last_index().map_err(|e| log_error(&e))?;
