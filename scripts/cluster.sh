@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: builds the binaries (release) and starts a local 3-node wallet
+# The main job on a fresh machine: builds everything (release, the same build as the tests) and starts a local 3-node wallet
 # cluster on loopback (clients on 127.0.0.1:7401-7403, peers on 127.0.0.1:7501-7503, data in
 # ./data/cluster/node-N), 3 partitions each replicated on all three nodes with leaders spread over them.
 # It shows a first deposit and transfer sent to node 1 (forwarded to the partition's leader) and the
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --locked -p tools --bins
+wallet_build
 bin="$CARGO_TARGET_DIR/release"
 dir="./data/cluster"
 mkdir -p "$dir"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: builds the binaries (release), starts one wallet node on loopback
+# The main job on a fresh machine: builds everything (release, the same build as the tests), starts one wallet node on loopback
 # with its data in ./data, shows a first deposit and transfer with walletctl, then keeps serving until
 # Ctrl-C (SIGINT), which stops the node cleanly. Extra arguments go to walletd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --locked -p tools --bins
+wallet_build
 bin="$CARGO_TARGET_DIR/release"
 addr="127.0.0.1:7400"
 

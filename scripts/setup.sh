@@ -66,6 +66,13 @@ if ! wallet_has_libclang; then
     return 1 2>/dev/null || exit 1
 fi
 
+# The one build every project command runs: the same packages, targets and features each time, so the
+# test suite, the node scripts and benchmarks share every artifact (a narrower `-p tools --bins` build
+# resolves features differently and recompiles io-uring, wal, engine and tools on each switch).
+wallet_build() {
+    cargo build --release --workspace --all-targets --locked
+}
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is not on PATH; install Rust (rustup) first" >&2
     return 1 2>/dev/null || exit 1

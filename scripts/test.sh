@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 . scripts/setup.sh
 # What set-up decides about a machine (libclang present, missing, or only a look-alike), first: seconds.
 bash scripts/tests/setup_test.sh
-cargo build --release --workspace --all-targets --locked
+wallet_build
 cargo test --release --workspace --locked
