@@ -20,6 +20,7 @@ mod fast_hash;
 pub mod history;
 pub mod idempotency;
 pub mod join;
+pub mod logging;
 pub mod node;
 pub mod partition;
 pub mod raft_storage;

@@ -417,9 +417,11 @@ impl ReplicaShard {
             if caught_up && may_try {
                 group.last_transfer_attempt = Some(now);
                 if group.raw.transfer_leader(group.preferred_leader).is_ok() {
-                    eprintln!(
+                    log::info!(
                         "node {}: partition {}: handing leadership to its preferred node {}",
-                        self.node_id, group.partition, group.preferred_leader
+                        self.node_id,
+                        group.partition,
+                        group.preferred_leader
                     );
                 }
             }
@@ -489,7 +491,7 @@ impl ReplicaShard {
             }
             if now.duration_since(recovery.last_warning) >= Duration::from_millis(RECOVERY_WARNING_INTERVAL_MS) {
                 recovery.last_warning = now;
-                eprintln!(
+                log::warn!(
                     "node {}: partition {}: rejoining; still waiting for the term and commit index of replicas {missing:?}",
                     self.node_id, group.partition
                 );
@@ -523,9 +525,10 @@ impl ReplicaShard {
         group.recovery = None;
         group.raw.rejoin_after_loss(term, target);
         group.withhold_marker_on_disk = true;
-        eprintln!(
+        log::info!(
             "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
-            self.node_id, partition
+            self.node_id,
+            partition
         );
     }
 
@@ -902,7 +905,7 @@ impl ReplicaShard {
                 group.batch_index.clear();
                 group.applied_index = snapshot.meta.index;
                 group.last_snapshot_index = snapshot.meta.index;
-                eprintln!(
+                log::info!(
                     "node {node_id}: partition {}: installed snapshot at index {} (seq {})",
                     group.partition,
                     snapshot.meta.index,
@@ -958,9 +961,10 @@ impl ReplicaShard {
                 return self.fail(reason);
             }
             group.withhold_marker_on_disk = false;
-            eprintln!(
+            log::info!(
                 "node {node_id}: partition {}: caught up to commit index {}; votes no longer withheld",
-                group.partition, status.commit
+                group.partition,
+                status.commit
             );
         }
         let was = group.role;
@@ -982,7 +986,7 @@ impl ReplicaShard {
                 }
             }
             if was != Role::Leader {
-                eprintln!("node {node_id}: partition {}: leader in term {}", group.partition, status.term);
+                log::info!("node {node_id}: partition {}: leader in term {}", group.partition, status.term);
             }
         }
         if !leads && group.speculative.is_some() {
@@ -1004,9 +1008,11 @@ impl ReplicaShard {
             for (_, read) in group.index_waits.drain(..) {
                 answer_lookup(&self.transport, read.to, Err(error.clone()));
             }
-            eprintln!(
+            log::info!(
                 "node {node_id}: partition {}: no longer leader (term {}, leader {:?})",
-                group.partition, status.term, status.leader
+                group.partition,
+                status.term,
+                status.leader
             );
         }
     }
@@ -1071,7 +1077,7 @@ impl ReplicaShard {
         if self.failed.is_some() {
             return;
         }
-        eprintln!("node {} shard {}: FAILED, refusing all commands until restart: {reason}", self.node_id, self.id);
+        log::error!("node {} shard {}: FAILED, refusing all commands until restart: {reason}", self.node_id, self.id);
         self.failed = Some(reason.clone());
         let error = EngineError::ShardFailed { shard: self.id, reason };
         for group in &mut self.groups {

@@ -206,7 +206,7 @@ impl Transport {
         let mut writer = stream.try_clone().ok()?;
         writer.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_TIMEOUT_MS))).ok()?;
         writer.write_all(&self.hello_frame()).ok()?;
-        eprintln!("node {}: peer {peer} connected", self.node_id);
+        log::info!("node {}: peer {peer} connected", self.node_id);
         Some(link.install(writer))
     }
 
@@ -268,7 +268,7 @@ impl Transport {
             if HEADER_BYTES + body.len() > PEER_FRAME_BYTES_MAX {
                 // Only one huge item (a snapshot beyond the frame limit) can get here: it can never be
                 // sent, so say so instead of cutting the connection over and over.
-                eprintln!(
+                log::error!(
                     "node {}: dropping a {}-byte message batch to peer {peer}: above PEER_FRAME_BYTES_MAX",
                     self.node_id,
                     body.len()
@@ -279,7 +279,7 @@ impl Transport {
             frame.clear();
             encode_raw_frame(&mut frame, PEER_KIND_BATCH, self.cluster_id, 0, &body);
             if let Err(error) = stream.write_all(&frame) {
-                eprintln!("node {}: connection to peer {peer} lost: {error}", self.node_id);
+                log::warn!("node {}: connection to peer {peer} lost: {error}", self.node_id);
                 link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 link.retire(generation);
             }
@@ -305,7 +305,7 @@ impl Transport {
         match self.dial(address) {
             Ok(stream) => {
                 if redial.warned {
-                    eprintln!("node {}: connected to peer {peer} at {address}", self.node_id);
+                    log::info!("node {}: connected to peer {peer} at {address}", self.node_id);
                 }
                 redial.warned = false;
                 redial.connected_at = Some(Instant::now());
@@ -323,7 +323,7 @@ impl Transport {
             }
             Err(error) => {
                 if !redial.warned {
-                    eprintln!("node {}: cannot reach peer {peer} at {address}: {error}; retrying", self.node_id);
+                    log::warn!("node {}: cannot reach peer {peer} at {address}: {error}; retrying", self.node_id);
                     redial.warned = true;
                 }
                 redial.back_off(backoff_max);
@@ -460,7 +460,7 @@ fn read_peer(
                 Ok(Some((frame, used))) => {
                     consumed += used;
                     let Message::Peer { kind, body } = frame.message else {
-                        eprintln!("peer connection from {remote}: a non-peer frame; closing");
+                        log::warn!("peer connection from {remote}: a non-peer frame; closing");
                         return owner;
                     };
                     match (kind, from) {
@@ -468,37 +468,38 @@ fn read_peer(
                             let hello = match wire::decode_hello(&body) {
                                 Ok(hello) => hello,
                                 Err(error) => {
-                                    eprintln!("peer connection from {remote}: bad hello: {error}; closing");
+                                    log::warn!("peer connection from {remote}: bad hello: {error}; closing");
                                     return owner;
                                 }
                             };
                             let node = hello.node_id;
                             if hello.wire_version != PEER_WIRE_VERSION {
-                                eprintln!(
+                                log::warn!(
                                     "peer node {node} at {remote} speaks node-to-node version {}, this node {}; closing",
                                     hello.wire_version, PEER_WIRE_VERSION
                                 );
                                 return owner;
                             }
                             if hello.settings_digest != transport.settings_digest {
-                                eprintln!(
+                                log::warn!(
                                     "peer node {node} at {remote} runs with a cluster file that differs from ours in \
                                      what replicas must agree on (cluster id, partitions, replication factor, \
                                      idempotency bounds or node list: digest {:016x}, ours {:016x}); closing",
-                                    hello.settings_digest, transport.settings_digest
+                                    hello.settings_digest,
+                                    transport.settings_digest
                                 );
                                 return owner;
                             }
                             match expected {
                                 Some((peer, _)) if peer != node => {
-                                    eprintln!("peer at {remote} says it is node {node}, expected {peer}; closing");
+                                    log::warn!("peer at {remote} says it is node {node}, expected {peer}; closing");
                                     return owner;
                                 }
                                 Some(_) => {}
                                 None => match transport.adopt(node, &stream) {
                                     Some(generation) => owner = Some((node, generation)),
                                     None => {
-                                        eprintln!("peer connection from node {node} at {remote}: refused; closing");
+                                        log::warn!("peer connection from node {node} at {remote}: refused; closing");
                                         let _ = stream.shutdown(Shutdown::Both);
                                         return owner;
                                     }
@@ -513,19 +514,19 @@ fn read_peer(
                                 }
                             }
                             Err(error) => {
-                                eprintln!("peer connection from node {node}: bad batch: {error}; closing");
+                                log::warn!("peer connection from node {node}: bad batch: {error}; closing");
                                 return owner;
                             }
                         },
                         _ => {
-                            eprintln!("peer connection from {remote}: unexpected frame kind {kind:#x}; closing");
+                            log::warn!("peer connection from {remote}: unexpected frame kind {kind:#x}; closing");
                             return owner;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    eprintln!("peer connection from {remote}: {}; closing", error.error);
+                    log::warn!("peer connection from {remote}: {}; closing", error.error);
                     return owner;
                 }
             }

@@ -1,18 +1,21 @@
 //! `walletd`: one wallet node serving the binary protocol.
 //!
-//! With no arguments it runs a single node on 127.0.0.1:7400 with its data in `./data`. It logs one
-//! line per start, recovery and stop; SIGINT/SIGTERM finish in-flight batches and stop cleanly, and
-//! SIGKILL is safe at any moment (the event log is the truth; restart replays it).
+//! With no arguments it runs a single node on 127.0.0.1:7400 with its data in `./data`. It logs to
+//! stderr (`engine::logging`: UTC timestamp, level and node id on every line; `--log-format json` for
+//! one JSON object per line): one line per start, recovery, readiness (`listening on ADDR`) and stop,
+//! and whatever the node reports while it runs. SIGINT/SIGTERM finish in-flight batches and stop
+//! cleanly, and SIGKILL is safe at any moment (the event log is the truth; restart replays it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use engine::logging::LogFormat;
 use engine::Node;
 use net::server::{Server, ServerConfig};
 use tools::config::{parse_cluster_id, WalletdConfig};
-use tools::handler::NodeHandler;
+use tools::handler::{NodeHandler, SINGLE_NODE_ID};
 use tools::signals;
 
 #[derive(Parser, Debug)]
@@ -54,6 +57,10 @@ struct Args {
     /// and votes only once it holds what they had committed. Not for a new cluster's first start.
     #[arg(long, requires = "cluster_config")]
     rejoin: bool,
+    /// Log line format on stderr: `text` (one line per record) or `json` (one object per line). Every
+    /// line carries a UTC RFC 3339 timestamp, a level and the node id.
+    #[arg(long, value_name = "text|json", default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// The defaults a new single node gets: `--help` states these values, never a copy of them.
@@ -74,8 +81,16 @@ fn parse_peer_override(text: &str) -> Result<(u64, std::net::SocketAddr), String
 
 fn main() {
     let args = Args::parse();
+    // A single node reports itself as node 1 (as its Status answer does).
+    let node_id = args.node_id.unwrap_or(SINGLE_NODE_ID);
+    if let Err(error) = engine::logging::init(node_id, args.log_format) {
+        // Only a second logger in one process gets here, which walletd never installs.
+        eprintln!("walletd: cannot install the logger: {error}");
+        std::process::exit(1);
+    }
     if let Err(message) = run(args) {
-        eprintln!("walletd: {message}");
+        log::error!("{message}");
+        log::logger().flush();
         std::process::exit(1);
     }
 }
@@ -124,8 +139,8 @@ fn run(args: Args) -> Result<(), String> {
     signals::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
 
     let started = Instant::now();
-    eprintln!(
-        "walletd: starting: data {} partitions {} shards {} cluster {:#x}",
+    log::info!(
+        "starting: data {} partitions {} shards {} cluster {:#x}",
         config.engine.data_dir.display(),
         config.engine.partitions,
         config.engine.shards,
@@ -133,8 +148,8 @@ fn run(args: Args) -> Result<(), String> {
     );
     let (node, recovery) = Node::open(config.engine.clone()).map_err(|e| format!("cannot open the node: {e}"))?;
     for shard in &recovery.shards {
-        eprintln!(
-            "walletd: recovered shard {}: {} segments, log {}..={}, checkpoint at {}, replayed {} records, truncated {} torn bytes, in {} ms",
+        log::info!(
+            "recovered shard {}: {} segments, log {}..={}, checkpoint at {}, replayed {} records, truncated {} torn bytes, in {} ms",
             shard.shard,
             shard.segments,
             shard.log_first_index,
@@ -162,20 +177,19 @@ fn serve<N, H: net::server::Handler>(
 ) -> Result<(), String> {
     let server = Server::start(ServerConfig::new(listen, cluster_id), handler)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    println!("walletd: listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // The readiness line: scripts and tests wait for `listening on ADDR`.
+    log::info!("listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
 
     let signal = signals::wait_for_shutdown_signal().map_err(|e| format!("waiting for signals failed: {e}"))?;
-    eprintln!("walletd: {signal}: stopping: finishing in-flight requests");
+    log::info!("{signal}: stopping: finishing in-flight requests");
     let stopping = Instant::now();
     if let Err(error) = server.shutdown() {
-        eprintln!("walletd: server shutdown: {error}");
+        log::error!("server shutdown: {error}");
     }
     let node =
         Arc::try_unwrap(node).map_err(|_| "the node is still referenced after the server stopped".to_string())?;
     shutdown(node).map_err(|e| format!("node shutdown failed: {e}"))?;
-    eprintln!("walletd: stopped cleanly in {} ms", stopping.elapsed().as_millis());
+    log::info!("stopped cleanly in {} ms", stopping.elapsed().as_millis());
     Ok(())
 }
 
@@ -220,8 +234,8 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
     }
     signals::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let started = Instant::now();
-    eprintln!(
-        "walletd: starting node {node_id} of cluster {}: data {} partitions {} replication factor {}",
+    log::info!(
+        "starting node {node_id} of cluster {}: data {} partitions {} replication factor {}",
         cluster.cluster_id,
         config.engine.data_dir.display(),
         cluster.partitions,
@@ -234,7 +248,7 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
     let node = engine::replica::ClusterNode::open(config.engine.clone(), cluster, node_id, &options)
         .map_err(|e| format!("cannot open the node: {e}"))?;
     let cluster_id = node.config().cluster_id;
-    eprintln!("walletd: node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());
+    log::info!("node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());
     let node = Arc::new(node);
     let handler = tools::cluster_handler::ClusterHandler::new(node.clone());
     serve(config.listen, cluster_id, started, node, handler, engine::replica::ClusterNode::shutdown)

@@ -2,7 +2,7 @@
 //! crashes (SIGKILL), clean stops (SIGTERM), restarts, wiped disks and network partitions.
 //!
 //! Layout of the cluster directory: `cluster.toml`, one data dir `node-N/` and one log
-//! `node-N.log` per node (stdout and stderr, appended across restarts). With `proxied`, every
+//! `node-N.log` per node (its log, stderr, with stdout too; appended across restarts). With `proxied`, every
 //! ordered pair of nodes (i -> j) talks through its own [`FaultProxy`], so a test can cut any
 //! node off from the others while clients still reach it.
 
@@ -29,7 +29,8 @@ const TERMINATE_TIMEOUT_MS: u64 = 20_000;
 const POLL_INTERVAL_MS: u64 = 20;
 /// Log lines shown when a node fails to start or stops unexpectedly.
 const FAILURE_LOG_LINES: usize = 40;
-const LISTENING_PREFIX: &str = "walletd: listening on ";
+/// What walletd's readiness record says, in either log format.
+const LISTENING_PREFIX: &str = "listening on ";
 /// Set to keep the cluster directory (and its logs) after the test.
 const KEEP_ENV: &str = "WALLET_KEEP_CLUSTER";
 
@@ -430,7 +431,6 @@ fn listening_line_written(log_path: &Path, log_start: u64) -> bool {
         Some(end) => &text[..end],
         None => return false,
     };
-    // `contains`, not `starts_with`: stdout and stderr share the file, and an unbuffered stderr write
-    // can land in the middle of the listening line.
+    // `contains`: the message follows the record's timestamp, level and node id.
     complete.lines().any(|line| line.contains(LISTENING_PREFIX))
 }

@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod fingerprint;
+pub mod log_lines;
 pub mod proxy;
