@@ -27,8 +27,11 @@ impl Handler for NullHandler {
                 nodes: Vec::new(),
             }),
             Request::Ping => Response::Pong,
-            Request::LookupAccounts { ids, .. } => Response::Accounts(
-                ids.into_iter().map(|id| AccountLookup::NotFound { id, code: ResultCode::AccountNotFound }).collect(),
+            Request::LookupAccounts { reads, .. } => Response::Accounts(
+                reads
+                    .into_iter()
+                    .map(|read| AccountLookup::NotFound { id: read.id, code: ResultCode::AccountNotFound })
+                    .collect(),
             ),
             Request::AccountHistory { .. } => {
                 Response::error(ErrorCode::Unavailable, "the null server keeps no history")

@@ -116,11 +116,12 @@ impl Handler for ModelServer {
                     .collect();
                 Response::Results(results)
             }
-            Request::LookupAccounts { ids, .. } => Response::Accounts(
-                ids.iter()
-                    .map(|id| match ledger.accounts.get(id) {
+            Request::LookupAccounts { reads, .. } => Response::Accounts(
+                reads
+                    .iter()
+                    .map(|read| match ledger.accounts.get(&read.id) {
                         Some(account) => AccountLookup::Found(*account),
-                        None => AccountLookup::NotFound { id: *id, code: ResultCode::AccountNotFound },
+                        None => AccountLookup::NotFound { id: read.id, code: ResultCode::AccountNotFound },
                     })
                     .collect(),
             ),

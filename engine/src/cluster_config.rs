@@ -301,6 +301,49 @@ impl ClusterConfig {
 mod tests {
     use super::*;
 
+    /// The "Cluster file reference" section of ARCHITECTURE.md, from its heading to the next one.
+    fn reference_section() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
+        let text = std::fs::read_to_string(&path).expect("ARCHITECTURE.md is beside the crates");
+        let start = text.find("### Cluster file reference").expect("the reference section exists");
+        let rest = &text[start..];
+        let end = rest[4..].find("\n### ").map_or(rest.len(), |at| at + 4);
+        rest[..end].to_string()
+    }
+
+    /// Issue 16, item 14: the documented example is a valid cluster file whose values are the defaults
+    /// the table claims, and every key the code accepts is in the table.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let section = reference_section();
+        let block_start = section.find("```toml\n").expect("an example block") + "```toml\n".len();
+        let block_end = block_start + section[block_start..].find("```").expect("the block ends");
+        let config: ClusterConfig = toml::from_str(&section[block_start..block_end]).expect("the example parses");
+        config.validate().expect("the example is valid");
+        assert_eq!(config.cluster_id().unwrap(), 0x2a);
+        assert_eq!(config.replication, ReplicationConfig::default(), "the example shows the defaults");
+        assert_eq!(config.idempotency_window_ms, default_idempotency_window_ms());
+        assert_eq!(config.idempotency_ids_max, default_idempotency_ids_max());
+        let table: toml::Table = toml::from_str(&config.to_toml()).expect("serializes");
+        let mut keys = Vec::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("nodes", toml::Value::Array(nodes)) => {
+                    let node = nodes[0].as_table().expect("a node is a table");
+                    keys.extend(node.keys().map(|k| format!("nodes[].{k}")));
+                }
+                ("replication", toml::Value::Table(replication)) => {
+                    keys.extend(replication.keys().map(|k| format!("replication.{k}")));
+                }
+                (key, _) => keys.push(key.to_string()),
+            }
+        }
+        assert_eq!(keys.len(), 20, "{keys:?}");
+        for key in keys {
+            assert!(section.contains(&format!("| `{key}` |")), "{key} is missing from the reference table");
+        }
+    }
+
     #[test]
     fn placement_spreads_preferred_leaders_and_replicas() {
         let config = ClusterConfig::local(1, 3, 6, 3, 7401, 7501);

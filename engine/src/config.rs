@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub checkpoint_interval_ms: u64,
     /// Size of one event-log segment file.
     pub wal_segment_bytes: u64,
+    /// Longest an `at_least` lookup waits for its partitions to reach the sequences it names before it
+    /// is refused `Unavailable` (the cluster's `[replication] read_wait_timeout_ms` does the same).
+    pub read_wait_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +59,7 @@ impl Default for NodeConfig {
             idempotency_ids_max: 262_144,
             checkpoint_interval_ms: 1000,
             wal_segment_bytes: 256 << 20,
+            read_wait_timeout_ms: 5000,
         }
     }
 }
@@ -94,6 +98,7 @@ impl NodeConfig {
             1 << 30,
             "8 MiB..=1 GiB (a segment holds the largest record)",
         )?;
+        check("read_wait_timeout_ms", self.read_wait_timeout_ms, 1, 60_000, "1..=60000")?;
         check("cluster_id", (self.cluster_id != 0) as u64, 1, 1, "non-zero")?;
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use net::protocol::AccountRead;
 use net::types::{partition_of, Account, CreateAccount, ItemResult, Transfer};
 use serde::{Deserialize, Serialize};
 
@@ -275,25 +276,36 @@ impl Node {
         Ok(())
     }
 
-    /// Looks accounts up; answers after everything they could reflect is durable.
-    pub fn lookup_accounts(&self, ids: Vec<u64>, reply: LookupReply) -> Result<(), EngineError> {
-        if ids.len() > BATCH_ITEMS_MAX {
-            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+    /// Looks accounts up; answers after everything they could reflect is durable. Each read's
+    /// `at_least_seq` is the lowest sequence its partition must have applied first (0: none): the
+    /// lookup waits for it up to `read_wait_timeout_ms`, then is refused `Unavailable`.
+    pub fn lookup_accounts(&self, reads: Vec<AccountRead>, reply: LookupReply) -> Result<(), EngineError> {
+        if reads.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: reads.len(), limit: BATCH_ITEMS_MAX });
         }
-        let mut per_shard: Vec<Vec<(u32, u64)>> = vec![Vec::new(); self.senders.len()];
-        for (slot, &id) in ids.iter().enumerate() {
-            per_shard[self.shard_of_partition(self.partition_of(id))].push((slot as u32, id));
+        let mut per_shard: Vec<(Vec<(u32, u64)>, Vec<(u32, u64)>)> = vec![Default::default(); self.senders.len()];
+        for (slot, read) in reads.iter().enumerate() {
+            let partition = self.partition_of(read.id);
+            let (ids, at_least) = &mut per_shard[self.shard_of_partition(partition)];
+            ids.push((slot as u32, read.id));
+            if read.at_least_seq > 0 {
+                match at_least.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, seq)) => *seq = (*seq).max(read.at_least_seq),
+                    None => at_least.push((partition, read.at_least_seq)),
+                }
+            }
         }
-        let used: Vec<(usize, Vec<(u32, u64)>)> =
-            per_shard.into_iter().enumerate().filter(|(_, ids)| !ids.is_empty()).collect();
+        let used: Vec<(usize, (Vec<(u32, u64)>, Vec<(u32, u64)>))> =
+            per_shard.into_iter().enumerate().filter(|(_, (ids, _))| !ids.is_empty()).collect();
         if used.is_empty() {
             reply(Ok(Vec::new()));
             return Ok(());
         }
-        let gather = LookupGather::new(ids.len(), used.len(), reply);
-        for (shard, ids) in used {
+        let gather = LookupGather::new(reads.len(), used.len(), reply);
+        for (shard, (ids, at_least)) in used {
             let gather = gather.clone();
-            self.send(shard, ShardCommand::Lookup { ids, reply: Box::new(move |answers| gather.deliver(answers)) })?;
+            let reply = Box::new(move |answers| gather.deliver(answers));
+            self.send(shard, ShardCommand::Lookup { ids, at_least, reply })?;
         }
         Ok(())
     }
@@ -330,7 +342,8 @@ impl Node {
     }
 
     pub fn lookup_accounts_blocking(&self, ids: Vec<u64>) -> Result<Vec<Option<Account>>, EngineError> {
-        blocking(|reply| self.lookup_accounts(ids, reply))?
+        let reads = ids.into_iter().map(|id| AccountRead { id, at_least_seq: 0 }).collect();
+        blocking(|reply| self.lookup_accounts(reads, reply))?
     }
 
     pub fn history_blocking(

@@ -13,6 +13,10 @@
 //! log holds everything it could have observed. A failed write or sync stops the shard (fail-stop): its
 //! memory may hold effects the log lacks, so it refuses every later command until the node restarts and
 //! rebuilds from the log. Nothing unacknowledged is ever reported as done.
+//!
+//! A lookup that asks for at least a sequence its partition has not reached yet (a client's seq from
+//! another node, or from the future) waits, like a cluster replica's, until the partition has applied
+//! it or `read_wait_timeout_ms` passes; then it is refused `Unavailable`, which is retryable.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -58,9 +62,11 @@ pub enum ShardCommand {
         items: Vec<CreateAccount>,
         part: BatchPart,
     },
-    /// Account ids with the slot each answer goes to in the caller's result.
+    /// Account ids with the slot each answer goes to in the caller's result, and the lowest sequence
+    /// each listed partition must have applied before it is served (a partition not listed: none).
     Lookup {
         ids: Vec<(u32, u64)>,
+        at_least: Vec<(u32, u64)>,
         reply: LookupReply,
     },
     History {
@@ -119,6 +125,14 @@ enum Owed {
     Lookup { answers: Vec<(u32, Option<Account>)>, reply: LookupReply },
 }
 
+/// A lookup waiting for its partitions to reach the sequences it asked for, until `deadline`.
+struct SeqWait {
+    ids: Vec<(u32, u64)>,
+    at_least: Vec<(u32, u64)>,
+    reply: LookupReply,
+    deadline: Instant,
+}
+
 /// A partition's batches appended since the last checkpoint: (first_seq, log index).
 type RecentBatches = Vec<(u64, u64)>;
 
@@ -142,6 +156,9 @@ pub struct Shard {
     last_checkpoint: Instant,
     owed: VecDeque<(u64, Vec<Owed>)>,
     round_owed: Vec<Owed>,
+    /// Lookups waiting for a sequence, in arrival order. Bounded by what the server lets be in flight
+    /// (requests per connection times connections), and each leaves within `read_wait_timeout_ms`.
+    seq_waits: Vec<SeqWait>,
     failed: Option<String>,
 }
 
@@ -253,6 +270,7 @@ impl Shard {
             last_checkpoint: Instant::now(),
             owed: VecDeque::new(),
             round_owed: Vec::new(),
+            seq_waits: Vec::new(),
             failed: None,
         };
         let replayed = shard.replay_after_checkpoint()?;
@@ -356,6 +374,7 @@ impl Shard {
                     command => items += self.execute(command, now_ns),
                 }
             }
+            self.serve_seq_waits(Instant::now());
             self.end_round();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
             if self.checkpoint_due() && self.owed.is_empty() {
@@ -396,16 +415,15 @@ impl Shard {
                 self.round_owed.push(Owed::Items { part, results });
                 items.len()
             }
-            ShardCommand::Lookup { ids, reply } => {
-                let answers = ids
-                    .iter()
-                    .map(|&(slot_in_reply, id)| {
-                        let partition = net::types::partition_of(id, self.config.partitions);
-                        (slot_in_reply, self.partitions[self.slot(partition)].account(id))
-                    })
-                    .collect();
-                self.round_owed.push(Owed::Lookup { answers, reply });
-                ids.len()
+            ShardCommand::Lookup { ids, at_least, reply } => {
+                let count = ids.len();
+                if self.reached(&at_least) {
+                    self.owe_lookup(&ids, reply);
+                } else {
+                    let deadline = Instant::now() + Duration::from_millis(self.config.read_wait_timeout_ms);
+                    self.seq_waits.push(SeqWait { ids, at_least, reply, deadline });
+                }
+                count
             }
             ShardCommand::History { account_id, from_seq, limit, reply } => {
                 // History is read from the log itself, so everything in memory must reach it first.
@@ -421,6 +439,57 @@ impl Shard {
                 0
             }
             ShardCommand::Status { .. } | ShardCommand::Shutdown { .. } => unreachable!("handled before execution"),
+        }
+    }
+
+    /// Whether every partition listed has applied (in memory) at least its sequence. The answer is
+    /// still held until the log is durable, so it never reflects what could be lost.
+    fn reached(&self, at_least: &[(u32, u64)]) -> bool {
+        at_least.iter().all(|&(partition, seq)| self.partitions[self.slot(partition)].last_seq() >= seq)
+    }
+
+    /// Reads the accounts now and files the answer behind this round's log record.
+    fn owe_lookup(&mut self, ids: &[(u32, u64)], reply: LookupReply) {
+        let answers = ids
+            .iter()
+            .map(|&(slot_in_reply, id)| {
+                let partition = net::types::partition_of(id, self.config.partitions);
+                (slot_in_reply, self.partitions[self.slot(partition)].account(id))
+            })
+            .collect();
+        self.round_owed.push(Owed::Lookup { answers, reply });
+    }
+
+    /// Serves the waiting lookups whose sequences this round reached and refuses those past their
+    /// deadline (`Unavailable`: retryable; the client may ask again, here or elsewhere).
+    fn serve_seq_waits(&mut self, now: Instant) {
+        if self.seq_waits.is_empty() {
+            return;
+        }
+        for wait in std::mem::take(&mut self.seq_waits) {
+            if self.failed.is_none() && self.reached(&wait.at_least) {
+                self.owe_lookup(&wait.ids, wait.reply);
+            } else if wait.deadline <= now || self.failed.is_some() {
+                let behind: Vec<String> = wait
+                    .at_least
+                    .iter()
+                    .filter(|&&(p, seq)| self.partitions[self.slot(p)].last_seq() < seq)
+                    .map(|&(p, seq)| {
+                        format!("partition {p} at seq {} < {seq}", self.partitions[self.slot(p)].last_seq())
+                    })
+                    .collect();
+                let error = match &self.failed {
+                    Some(reason) => EngineError::ShardFailed { shard: self.id, reason: reason.clone() },
+                    None => EngineError::Unavailable(format!(
+                        "at_least read not reached within read_wait_timeout_ms {}: {}",
+                        self.config.read_wait_timeout_ms,
+                        behind.join(", ")
+                    )),
+                };
+                (wait.reply)(Err(error));
+            } else {
+                self.seq_waits.push(wait);
+            }
         }
     }
 
@@ -511,7 +580,7 @@ impl Shard {
 
     fn fail(&mut self, reason: String) {
         if self.failed.is_none() {
-            eprintln!("shard {}: FAILED, refusing all commands until restart: {reason}", self.id);
+            log::error!("shard {}: FAILED, refusing all commands until restart: {reason}", self.id);
             self.failed = Some(reason);
         }
     }
@@ -615,6 +684,9 @@ impl Shard {
     }
 
     fn close(mut self, reply: Option<DoneReply>) {
+        for wait in std::mem::take(&mut self.seq_waits) {
+            (wait.reply)(Err(EngineError::ShuttingDown));
+        }
         self.end_round();
         self.drive_log(true);
         let result = self.checkpoint().and_then(|_| self.store.flush().map_err(EngineError::from));

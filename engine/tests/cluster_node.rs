@@ -600,8 +600,14 @@ fn a_hello_with_another_version_or_cluster_file_gets_the_connection_closed() {
     for (wire_version, settings_digest, accepted) in cases {
         let mut stream = std::net::TcpStream::connect(cluster.node(2).unwrap().peer_address).unwrap();
         stream.set_read_timeout(Some(Duration::from_millis(WAIT_MS))).unwrap();
-        let mut body = Vec::new();
-        encode_hello(&Hello { node_id: 1, wire_version, settings_digest }, &mut body);
+        // Issue 16, item 2: the hello body as ARCHITECTURE.md documents it, written by hand:
+        // `node_id u64 | wire_version u16 | settings_digest u64`, 18 bytes little-endian.
+        let mut body = 1u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&wire_version.to_le_bytes());
+        body.extend_from_slice(&settings_digest.to_le_bytes());
+        let mut encoded = Vec::new();
+        encode_hello(&Hello { node_id: 1, wire_version, settings_digest }, &mut encoded);
+        assert_eq!((body.len(), &body), (18, &encoded), "the documented layout is the encoder's");
         let mut frame = Vec::new();
         net::protocol::encode_raw_frame(&mut frame, PEER_KIND_HELLO, CLUSTER_ID, 0, &body);
         stream.write_all(&frame).unwrap();

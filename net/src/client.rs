@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use crate::protocol::{
-    encode_request, AccountLookup, Consistency, DecodeError, ErrorCode, FrameDecoder, Message, NodeStatus,
-    ProtocolError, Request, Response,
+    encode_request, AccountLookup, AccountRead, Consistency, DecodeError, ErrorCode, FrameDecoder, Message, NodeStatus,
+    ProtocolError, ReadLevel, Request, Response,
 };
 use crate::server::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
 use crate::types::{transfer_id_from_parts, AccountId, CreateAccount, HistoryEntry, ItemResult, Transfer, TransferId};
@@ -131,6 +131,8 @@ pub struct HistoryPage {
     pub entries: Vec<HistoryEntry>,
     /// Pass as `from_seq` for the next page; `None` after the last page.
     pub next_from_seq: Option<u64>,
+    /// No account has the id (then there are no entries and no next page).
+    pub account_not_found: bool,
 }
 
 pub struct Client {
@@ -386,12 +388,24 @@ impl Client {
         }
     }
 
+    /// Looks `ids` up, every one at `consistency` (see [`Request::lookup`]: one `AtLeast` sequence
+    /// suits accounts of one partition; use [`Client::lookup`] to give each account its own).
     pub fn lookup_accounts(
         &mut self,
         consistency: Consistency,
         ids: &[AccountId],
     ) -> Result<Vec<AccountLookup>, ClientError> {
-        match self.call(&Request::LookupAccounts { consistency, ids: ids.to_vec() })? {
+        self.call_lookup(&Request::lookup(consistency, ids))
+    }
+
+    /// Looks accounts up at `consistency`, each with its own minimum sequence (`AtLeast` only): the
+    /// `seq` the last write to that account was answered with, whatever its partition.
+    pub fn lookup(&mut self, consistency: ReadLevel, reads: &[AccountRead]) -> Result<Vec<AccountLookup>, ClientError> {
+        self.call_lookup(&Request::LookupAccounts { consistency, reads: reads.to_vec() })
+    }
+
+    fn call_lookup(&mut self, request: &Request) -> Result<Vec<AccountLookup>, ClientError> {
+        match self.call(request)? {
             Response::Accounts(accounts) => Ok(accounts),
             other => Err(unexpected("Accounts", other)),
         }
@@ -404,7 +418,9 @@ impl Client {
         limit: u32,
     ) -> Result<HistoryPage, ClientError> {
         match self.call(&Request::AccountHistory { account_id, from_seq, limit })? {
-            Response::History { entries, next_from_seq } => Ok(HistoryPage { entries, next_from_seq }),
+            Response::History { entries, next_from_seq, account_not_found } => {
+                Ok(HistoryPage { entries, next_from_seq, account_not_found })
+            }
             other => Err(unexpected("History", other)),
         }
     }

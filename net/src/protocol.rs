@@ -46,6 +46,15 @@ pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
 pub const STATUS_NODES_MAX: usize = 1024;
 /// Most history entries one AccountHistory request may ask for.
 pub const HISTORY_LIMIT_MAX: u32 = BATCH_ITEMS_MAX as u32;
+/// The page size a history request's `limit` asks for: 0 and anything above [`HISTORY_LIMIT_MAX`] mean
+/// `HISTORY_LIMIT_MAX`, so every limit has an answer.
+pub fn history_page_entries(limit: u32) -> usize {
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        HISTORY_LIMIT_MAX as usize
+    } else {
+        limit as usize
+    }
+}
 /// Most per-partition records in a Status response.
 pub const STATUS_PARTITIONS_MAX: usize = BATCH_ITEMS_MAX;
 /// Longest error message carried by an Error response, in UTF-8 bytes (longer ones are truncated
@@ -81,6 +90,8 @@ pub mod kind {
 pub const PARTITION_FLAG_LEADER: u32 = 1 << 0;
 /// History body flag: `next_from_seq` is present (there are more entries).
 const HISTORY_FLAG_HAS_NEXT: u32 = 1 << 0;
+/// History body flag: no account has this id (the page is then empty and has no cursor).
+const HISTORY_FLAG_ACCOUNT_NOT_FOUND: u32 = 1 << 1;
 
 /// Error codes carried by Error responses. Stable numbers: they are on the wire.
 #[repr(u16)]
@@ -197,7 +208,9 @@ pub struct DecodeError {
     pub error: ProtocolError,
 }
 
-/// Read consistency of a lookup (DESIGN.md section 8).
+/// How one partition's part of a lookup is served (DESIGN.md section 8). A lookup request carries a
+/// [`ReadLevel`] and a minimum sequence per account; the node turns them into one `Consistency` per
+/// partition (the highest minimum among that partition's accounts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
     /// Served by the partition leader after confirming leadership.
@@ -208,23 +221,78 @@ pub enum Consistency {
     Any,
 }
 
+/// The consistency byte of a LookupAccounts request: 0 linearizable, 1 at_least, 2 any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// Served by each partition's leader after confirming leadership (ReadIndex).
+    Linearizable,
+    /// Served by any replica once it has applied, in each account's partition, at least the sequence
+    /// given with that account ([`AccountRead::at_least_seq`]).
+    AtLeast,
+    /// Served by any replica from whatever it has applied.
+    Any,
+}
+
+impl ReadLevel {
+    /// How a partition whose accounts ask for at least `at_least_seq` (their highest minimum) is read.
+    pub fn for_partition(self, at_least_seq: u64) -> Consistency {
+        match self {
+            ReadLevel::Linearizable => Consistency::Linearizable,
+            ReadLevel::AtLeast => Consistency::AtLeast(at_least_seq),
+            ReadLevel::Any => Consistency::Any,
+        }
+    }
+}
+
+/// One account of a lookup. Wire layout, 16 bytes: `id u64 | at_least_seq u64`. `at_least_seq` is the
+/// lowest sequence of the account's partition the answer must reflect (the `seq` an earlier answer
+/// gave for a write to that account); it is read only under [`ReadLevel::AtLeast`] and must be 0
+/// otherwise. 0 under `AtLeast` means no minimum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AccountRead {
+    pub id: AccountId,
+    pub at_least_seq: u64,
+}
+
+impl AccountRead {
+    pub const WIRE_BYTES: usize = 16;
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Ping,
     Status,
     CreateAccounts(Vec<CreateAccount>),
     CreateTransfers(Vec<Transfer>),
+    /// Answered with one [`AccountLookup`] per account, in request order.
     LookupAccounts {
-        consistency: Consistency,
-        ids: Vec<AccountId>,
+        consistency: ReadLevel,
+        reads: Vec<AccountRead>,
     },
     /// The account's history newest first: entries with `seq <= from_seq` (`0` = from the newest), at
-    /// most `limit` (1..=[`HISTORY_LIMIT_MAX`]). Each entry carries the balance right after it.
+    /// most `limit` entries: 0 and anything above [`HISTORY_LIMIT_MAX`] ask for the largest page,
+    /// `HISTORY_LIMIT_MAX`. Each entry carries the balance right after it.
     AccountHistory {
         account_id: AccountId,
         from_seq: u64,
         limit: u32,
     },
+}
+
+impl Request {
+    /// A lookup of `ids`, every one read at `consistency`. `Consistency::AtLeast(seq)` gives every
+    /// account the same minimum, which only makes sense for accounts of one partition (sequences are
+    /// per partition); accounts of several partitions take a minimum each, through
+    /// [`Request::LookupAccounts`] directly.
+    pub fn lookup(consistency: Consistency, ids: &[AccountId]) -> Request {
+        let (level, at_least_seq) = match consistency {
+            Consistency::Linearizable => (ReadLevel::Linearizable, 0),
+            Consistency::AtLeast(seq) => (ReadLevel::AtLeast, seq),
+            Consistency::Any => (ReadLevel::Any, 0),
+        };
+        let reads = ids.iter().map(|&id| AccountRead { id, at_least_seq }).collect();
+        Request::LookupAccounts { consistency: level, reads }
+    }
 }
 
 /// One partition's state in a Status response, as this node sees it. Wire layout, 64 bytes:
@@ -307,10 +375,12 @@ pub enum Response {
     Results(Vec<ItemResult>),
     Accounts(Vec<AccountLookup>),
     /// `next_from_seq`: pass it as `from_seq` to get the next (older) page; `None` when this page
-    /// reached the account's creation.
+    /// reached the account's creation. `account_not_found`: no account has the id (no entries, no
+    /// cursor), as opposed to a page past the account's first event.
     History {
         entries: Vec<HistoryEntry>,
         next_from_seq: Option<u64>,
+        account_not_found: bool,
     },
     Error {
         code: ErrorCode,
@@ -493,23 +563,25 @@ fn write_request_body(out: &mut Vec<u8>, request: &Request) -> Result<u16, Proto
             }
             Ok(kind::CREATE_TRANSFERS)
         }
-        Request::LookupAccounts { consistency, ids } => {
-            check_batch(ids.len(), BATCH_ITEMS_MAX, false)?;
-            let (mode, seq) = match consistency {
-                Consistency::Linearizable => (0u8, 0u64),
-                Consistency::AtLeast(seq) => (1, *seq),
-                Consistency::Any => (2, 0),
+        Request::LookupAccounts { consistency, reads } => {
+            check_batch(reads.len(), BATCH_ITEMS_MAX, false)?;
+            let mode = match consistency {
+                ReadLevel::Linearizable => 0u8,
+                ReadLevel::AtLeast => 1,
+                ReadLevel::Any => 2,
             };
+            if *consistency != ReadLevel::AtLeast && reads.iter().any(|r| r.at_least_seq != 0) {
+                return Err(ProtocolError::Malformed(LOOKUP_STRAY_SEQ));
+            }
             out.extend_from_slice(&[mode, 0, 0, 0]);
-            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-            out.extend_from_slice(&seq.to_le_bytes());
-            for id in ids {
-                out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&(reads.len() as u32).to_le_bytes());
+            for read in reads {
+                out.extend_from_slice(&read.id.to_le_bytes());
+                out.extend_from_slice(&read.at_least_seq.to_le_bytes());
             }
             Ok(kind::LOOKUP_ACCOUNTS)
         }
         Request::AccountHistory { account_id, from_seq, limit } => {
-            check_batch(*limit as usize, HISTORY_LIMIT_MAX as usize, false)?;
             out.extend_from_slice(&account_id.to_le_bytes());
             out.extend_from_slice(&from_seq.to_le_bytes());
             out.extend_from_slice(&limit.to_le_bytes());
@@ -585,9 +657,13 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
             }
             Ok(kind::ACCOUNTS)
         }
-        Response::History { entries, next_from_seq } => {
+        Response::History { entries, next_from_seq, account_not_found } => {
             check_batch(entries.len(), BATCH_ITEMS_MAX, true)?;
-            let flags = if next_from_seq.is_some() { HISTORY_FLAG_HAS_NEXT } else { 0 };
+            if *account_not_found && (!entries.is_empty() || next_from_seq.is_some()) {
+                return Err(ProtocolError::Malformed("a history of a missing account has no entries or cursor"));
+            }
+            let flags = if next_from_seq.is_some() { HISTORY_FLAG_HAS_NEXT } else { 0 }
+                | if *account_not_found { HISTORY_FLAG_ACCOUNT_NOT_FOUND } else { 0 };
             out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             out.extend_from_slice(&flags.to_le_bytes());
             out.extend_from_slice(&next_from_seq.unwrap_or(0).to_le_bytes());
@@ -788,24 +864,33 @@ fn decode_items<T>(
     Ok(items)
 }
 
+/// Why a lookup with a minimum sequence under another level than at_least is refused: a
+/// linearizable read already reflects every committed sequence, and `any` promises none, so a
+/// non-zero minimum there is a client bug, not a request with one obvious meaning.
+const LOOKUP_STRAY_SEQ: &str = "lookup at_least_seq must be 0 unless consistency is 1 (at_least)";
+
 fn decode_lookup(body: &[u8]) -> Result<Request, ProtocolError> {
-    if body.len() < 16 {
+    if body.len() < 8 {
         return Err(ProtocolError::Malformed("lookup body shorter than its prefix"));
     }
     if body[1..4] != [0, 0, 0] {
         return Err(ProtocolError::Malformed("reserved lookup field must be zero"));
     }
-    let seq = read_u64(body, 8);
-    let consistency = match (body[0], seq) {
-        (0, 0) => Consistency::Linearizable,
-        (1, seq) => Consistency::AtLeast(seq),
-        (2, 0) => Consistency::Any,
-        _ => return Err(ProtocolError::Malformed("unknown consistency or stray sequence")),
+    let consistency = match body[0] {
+        0 => ReadLevel::Linearizable,
+        1 => ReadLevel::AtLeast,
+        2 => ReadLevel::Any,
+        _ => return Err(ProtocolError::Malformed("unknown lookup consistency (0, 1 or 2)")),
     };
-    let count = check_count(read_u32(body, 4), BATCH_ITEMS_MAX, false, body.len() - 16, 8)?;
-    let mut ids = Vec::with_capacity(count);
-    ids.extend(body[16..].chunks_exact(8).map(|chunk| read_u64(chunk, 0)));
-    Ok(Request::LookupAccounts { consistency, ids })
+    check_count(read_u32(body, 4), BATCH_ITEMS_MAX, false, body.len() - 8, AccountRead::WIRE_BYTES)?;
+    let reads: Vec<AccountRead> = body[8..]
+        .chunks_exact(AccountRead::WIRE_BYTES)
+        .map(|chunk| AccountRead { id: read_u64(chunk, 0), at_least_seq: read_u64(chunk, 8) })
+        .collect();
+    if consistency != ReadLevel::AtLeast && reads.iter().any(|r| r.at_least_seq != 0) {
+        return Err(ProtocolError::Malformed(LOOKUP_STRAY_SEQ));
+    }
+    Ok(Request::LookupAccounts { consistency, reads })
 }
 
 fn decode_history_request(body: &[u8]) -> Result<Request, ProtocolError> {
@@ -815,13 +900,9 @@ fn decode_history_request(body: &[u8]) -> Result<Request, ProtocolError> {
     if read_u32(body, 20) != 0 {
         return Err(ProtocolError::Malformed("reserved history field must be zero"));
     }
+    // Any limit is accepted: it is the most entries wanted, and the server serves at most
+    // HISTORY_LIMIT_MAX (0 asks for that many), so no count can be refused or close the connection.
     let limit = read_u32(body, 16);
-    if limit == 0 {
-        return Err(ProtocolError::EmptyBatch);
-    }
-    if limit > HISTORY_LIMIT_MAX {
-        return Err(ProtocolError::TooManyItems { count: limit as u64, limit: HISTORY_LIMIT_MAX as usize });
-    }
     Ok(Request::AccountHistory { account_id: read_u64(body, 0), from_seq: read_u64(body, 8), limit })
 }
 
@@ -902,9 +983,10 @@ fn decode_history(body: &[u8]) -> Result<Response, ProtocolError> {
     if body.len() < 16 {
         return Err(ProtocolError::Malformed("history body shorter than its prefix"));
     }
-    let next_from_seq = match (read_u32(body, 4), read_u64(body, 8)) {
-        (HISTORY_FLAG_HAS_NEXT, seq) => Some(seq),
-        (0, 0) => None,
+    let (next_from_seq, account_not_found) = match (read_u32(body, 4), read_u64(body, 8)) {
+        (HISTORY_FLAG_HAS_NEXT, seq) => (Some(seq), false),
+        (0, 0) => (None, false),
+        (HISTORY_FLAG_ACCOUNT_NOT_FOUND, 0) if read_u32(body, 0) == 0 => (None, true),
         _ => return Err(ProtocolError::Malformed("unknown history flags or stray cursor")),
     };
     let count = check_count(read_u32(body, 0), BATCH_ITEMS_MAX, true, body.len() - 16, HistoryEntry::WIRE_BYTES)?;
@@ -915,7 +997,7 @@ fn decode_history(body: &[u8]) -> Result<Response, ProtocolError> {
         }
         entries.push(HistoryEntry::decode(chunk).ok_or(ProtocolError::Malformed("unknown history kind or code"))?);
     }
-    Ok(Response::History { entries, next_from_seq })
+    Ok(Response::History { entries, next_from_seq, account_not_found })
 }
 
 fn decode_error(body: &[u8]) -> Result<Response, ProtocolError> {

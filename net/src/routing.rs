@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::client::{Client, ClientConfig, ClientError, RETRY_BACKOFF_MS_MAX};
-use crate::protocol::{AccountLookup, Consistency, NodeStatus, Request, Response, PARTITION_FLAG_LEADER};
+use crate::protocol::{
+    AccountLookup, AccountRead, Consistency, NodeStatus, ReadLevel, Request, Response, PARTITION_FLAG_LEADER,
+};
 use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer};
 
 /// Node id used for the seed connection while no route is known (node ids start at 1).
@@ -119,10 +121,18 @@ impl RoutingClient {
         consistency: Consistency,
         ids: &[AccountId],
     ) -> Result<Vec<AccountLookup>, ClientError> {
-        let request = |ids: Vec<AccountId>| Request::LookupAccounts { consistency, ids };
+        let Request::LookupAccounts { consistency, reads } = Request::lookup(consistency, ids) else {
+            unreachable!("Request::lookup builds a lookup")
+        };
+        self.lookup(consistency, &reads)
+    }
+
+    /// Like [`RoutingClient::lookup_accounts`], each account with its own minimum sequence.
+    pub fn lookup(&mut self, consistency: ReadLevel, reads: &[AccountRead]) -> Result<Vec<AccountLookup>, ClientError> {
+        let request = |reads: Vec<AccountRead>| Request::LookupAccounts { consistency, reads };
         let answers = self.routed(
-            ids,
-            |&id| id,
+            reads,
+            |read| read.id,
             request,
             |response, count| match response {
                 Response::Accounts(accounts) if accounts.len() == count => Ok(accounts),

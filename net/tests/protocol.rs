@@ -46,20 +46,26 @@ fn arb_account() -> impl Strategy<Value = Account> {
 fn arb_request() -> impl Strategy<Value = Request> {
     let create_account = (any::<u64>(), any::<u32>(), any::<u32>(), any::<u128>())
         .prop_map(|(id, ledger, flags, user_data)| CreateAccount { id, ledger, flags, user_data });
-    let consistency = prop_oneof![
-        Just(Consistency::Linearizable),
-        any::<u64>().prop_map(Consistency::AtLeast),
-        Just(Consistency::Any),
+    // A minimum sequence per account under at_least; zero under the other levels.
+    let lookup = prop_oneof![
+        prop::collection::vec(any::<u64>(), 1..40).prop_map(|ids| Request::lookup(Consistency::Linearizable, &ids)),
+        prop::collection::vec(any::<u64>(), 1..40).prop_map(|ids| Request::lookup(Consistency::Any, &ids)),
+        prop::collection::vec((any::<u64>(), any::<u64>()), 1..40).prop_map(|reads| Request::LookupAccounts {
+            consistency: ReadLevel::AtLeast,
+            reads: reads.into_iter().map(|(id, at_least_seq)| AccountRead { id, at_least_seq }).collect(),
+        }),
     ];
     prop_oneof![
         Just(Request::Ping),
         Just(Request::Status),
         prop::collection::vec(create_account, 1..40).prop_map(Request::CreateAccounts),
         prop::collection::vec(arb_transfer(), 1..40).prop_map(Request::CreateTransfers),
-        (consistency, prop::collection::vec(any::<u64>(), 1..40))
-            .prop_map(|(consistency, ids)| Request::LookupAccounts { consistency, ids }),
-        (any::<u64>(), any::<u64>(), 1..=HISTORY_LIMIT_MAX)
-            .prop_map(|(account_id, from_seq, limit)| Request::AccountHistory { account_id, from_seq, limit }),
+        lookup,
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(account_id, from_seq, limit)| Request::AccountHistory {
+            account_id,
+            from_seq,
+            limit
+        }),
     ]
 }
 
@@ -124,8 +130,10 @@ fn arb_response() -> impl Strategy<Value = Response> {
         status.prop_map(Response::Status),
         prop::collection::vec(item, 0..40).prop_map(Response::Results),
         prop::collection::vec(lookup, 0..40).prop_map(Response::Accounts),
-        (prop::collection::vec(entry, 0..20), any::<Option<u64>>())
-            .prop_map(|(entries, next_from_seq)| Response::History { entries, next_from_seq }),
+        (prop::collection::vec(entry, 0..20), any::<Option<u64>>()).prop_map(|(entries, next_from_seq)| {
+            Response::History { entries, next_from_seq, account_not_found: false }
+        }),
+        Just(Response::History { entries: Vec::new(), next_from_seq: None, account_not_found: true }),
         ((0..ErrorCode::ALL.len()), "[a-zA-Zé ]{0,80}")
             .prop_map(|(i, message)| Response::Error { code: ErrorCode::ALL[i], message }),
     ]
@@ -196,7 +204,8 @@ fn largest_batches_fit_in_a_frame() {
         transfer: Transfer::default(),
         balance_after: 3,
     };
-    let history = Response::History { entries: vec![entry; BATCH_ITEMS_MAX], next_from_seq: Some(7) };
+    let history =
+        Response::History { entries: vec![entry; BATCH_ITEMS_MAX], next_from_seq: Some(7), account_not_found: false };
     out.clear();
     encode_response(&mut out, CLUSTER, 1, &history).expect("max history fits");
     assert!(out.len() <= FRAME_BYTES_MAX);
@@ -210,12 +219,14 @@ fn encoder_refuses_what_the_decoder_would_refuse() {
     let too_many = Request::CreateTransfers(vec![Transfer::default(); BATCH_ITEMS_MAX + 1]);
     assert!(matches!(encode_request(&mut out, CLUSTER, 1, &too_many), Err(ProtocolError::TooManyItems { .. })));
     assert_eq!(encode_request(&mut out, CLUSTER, 1, &Request::CreateAccounts(vec![])), Err(ProtocolError::EmptyBatch));
-    let lookup = Request::LookupAccounts { consistency: Consistency::Any, ids: vec![] };
+    let lookup = Request::lookup(Consistency::Any, &[]);
     assert_eq!(encode_request(&mut out, CLUSTER, 1, &lookup), Err(ProtocolError::EmptyBatch));
-    let history = Request::AccountHistory { account_id: 1, from_seq: 0, limit: 0 };
-    assert_eq!(encode_request(&mut out, CLUSTER, 1, &history), Err(ProtocolError::EmptyBatch));
-    let history = Request::AccountHistory { account_id: 1, from_seq: 0, limit: HISTORY_LIMIT_MAX + 1 };
-    assert!(matches!(encode_request(&mut out, CLUSTER, 1, &history), Err(ProtocolError::TooManyItems { .. })));
+    let stray =
+        Request::LookupAccounts { consistency: ReadLevel::Any, reads: vec![AccountRead { id: 1, at_least_seq: 3 }] };
+    assert!(matches!(encode_request(&mut out, CLUSTER, 1, &stray), Err(ProtocolError::Malformed(_))));
+    let missing_with_entries =
+        Response::History { entries: Vec::new(), next_from_seq: Some(3), account_not_found: true };
+    assert!(matches!(encode_response(&mut out, CLUSTER, 1, &missing_with_entries), Err(ProtocolError::Malformed(_))));
     assert_eq!(out, vec![1, 2, 3], "a refused frame leaves the buffer as it was");
 }
 
@@ -300,8 +311,10 @@ fn every_error_kind_from_a_crafted_frame() {
     lookup.extend_from_slice(&[0; 16]);
     assert_eq!(error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)), (MalformedFrame, 77));
     lookup[0] = 0;
-    lookup[8] = 5; // a sequence with Linearizable is not canonical
+    lookup[1] = 1; // reserved
     assert_eq!(error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup, |_| {}, false)), (MalformedFrame, 77));
+    lookup[1] = 0;
+    assert_eq!(error_of(crafted(kind::LOOKUP_ACCOUNTS, &lookup[..16], |_| {}, false)), (MalformedFrame, 77));
 
     let mut results = batch_body(1, 16, 1);
     results[12] = 200; // unknown result code
@@ -353,7 +366,7 @@ fn randomized_frames_never_panic_and_decode_consistently() {
     let samples: Vec<Request> = vec![
         Request::Ping,
         Request::CreateTransfers(vec![Transfer { id: 5, amount: 9, ..Transfer::default() }; 3]),
-        Request::LookupAccounts { consistency: Consistency::AtLeast(4), ids: vec![1, 2, 3] },
+        Request::lookup(Consistency::AtLeast(4), &[1, 2, 3]),
         Request::AccountHistory { account_id: 1, from_seq: 2, limit: 3 },
         Request::CreateAccounts(vec![CreateAccount { id: 1, ledger: 840, flags: 0, user_data: 0 }]),
     ];
@@ -442,4 +455,107 @@ fn reserved_bytes_inside_items_are_refused_so_the_codec_stays_canonical() {
     assert!(crafted(kind::HISTORY, &history, |_| {}, false).is_ok());
     history[16 + 21] = 1;
     assert_eq!(error_of(crafted(kind::HISTORY, &history, |_| {}, false)).0, ErrorCode::MalformedFrame);
+}
+
+/// The lookup body a client in another language writes: `consistency u8 | reserved [3] | count u32 |
+/// count x {id u64 | at_least_seq u64}`.
+fn lookup_body(consistency: u8, reads: &[(u64, u64)]) -> Vec<u8> {
+    let mut body = vec![consistency, 0, 0, 0];
+    body.extend_from_slice(&(reads.len() as u32).to_le_bytes());
+    for (id, seq) in reads {
+        body.extend_from_slice(&id.to_le_bytes());
+        body.extend_from_slice(&seq.to_le_bytes());
+    }
+    body
+}
+
+/// Issue 16, items 5 and 6: each account of a lookup carries its own minimum sequence (sequences are
+/// per partition); the minimum is read only under at_least, and a non-zero one under linearizable or
+/// any is refused MalformedFrame with a message that names the rule.
+#[test]
+fn each_looked_up_account_carries_its_own_minimum_sequence_read_only_under_at_least() {
+    let decoded = |body: &[u8]| match crafted(kind::LOOKUP_ACCOUNTS, body, |_| {}, false) {
+        Ok(Some((frame, _))) => frame.message,
+        other => panic!("{other:?}"),
+    };
+    let at_least = decoded(&lookup_body(1, &[(5, 17), (6, 0), (7, 3)]));
+    let expected = Request::LookupAccounts {
+        consistency: ReadLevel::AtLeast,
+        reads: vec![
+            AccountRead { id: 5, at_least_seq: 17 },
+            AccountRead { id: 6, at_least_seq: 0 },
+            AccountRead { id: 7, at_least_seq: 3 },
+        ],
+    };
+    assert_eq!(at_least, Message::Request(expected.clone()));
+    let mut out = Vec::new();
+    encode_request(&mut out, CLUSTER, 77, &expected).expect("encodes");
+    assert_eq!(&out[HEADER_BYTES..], &lookup_body(1, &[(5, 17), (6, 0), (7, 3)])[..], "byte for byte as documented");
+    assert_eq!(decoded(&lookup_body(0, &[(5, 0)])), Message::Request(Request::lookup(Consistency::Linearizable, &[5])));
+    assert_eq!(decoded(&lookup_body(2, &[(5, 0)])), Message::Request(Request::lookup(Consistency::Any, &[5])));
+    for level in [0u8, 2] {
+        let error = crafted(kind::LOOKUP_ACCOUNTS, &lookup_body(level, &[(5, 0), (6, 9)]), |_| {}, false)
+            .expect_err("a minimum outside at_least is refused");
+        assert_eq!((error.error.code(), error.request_id), (ErrorCode::MalformedFrame, 77));
+        assert!(error.error.to_string().contains("at_least_seq must be 0 unless consistency is 1"), "{}", error.error);
+    }
+}
+
+/// Issue 16, item 9: a history limit is the most entries wanted: 0 and anything above the largest
+/// page ask for the largest page; no limit is refused or closes the connection. A missing account is
+/// said so by flag bit 1, with no entries and no cursor.
+#[test]
+fn every_history_limit_is_accepted_and_a_missing_account_is_flagged() {
+    for limit in [0u32, 1, HISTORY_LIMIT_MAX, HISTORY_LIMIT_MAX + 1, u32::MAX] {
+        let mut body = 9u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&limit.to_le_bytes());
+        body.extend_from_slice(&[0; 4]);
+        let (frame, _) = crafted(kind::ACCOUNT_HISTORY, &body, |_| {}, false).expect("accepted").expect("whole");
+        assert_eq!(frame.message, Message::Request(Request::AccountHistory { account_id: 9, from_seq: 0, limit }));
+    }
+    assert_eq!(history_page_entries(0), HISTORY_LIMIT_MAX as usize);
+    assert_eq!(history_page_entries(1), 1);
+    assert_eq!(history_page_entries(HISTORY_LIMIT_MAX), HISTORY_LIMIT_MAX as usize);
+    assert_eq!(history_page_entries(u32::MAX), HISTORY_LIMIT_MAX as usize);
+
+    let missing = [0u8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let (frame, _) = crafted(kind::HISTORY, &missing, |_| {}, false).expect("accepted").expect("whole");
+    assert_eq!(
+        frame.message,
+        Message::Response(Response::History { entries: Vec::new(), next_from_seq: None, account_not_found: true })
+    );
+    // Not-found with a cursor, or with both flags, is not a canonical answer.
+    let mut with_cursor = missing;
+    with_cursor[8] = 1;
+    assert_eq!(error_of(crafted(kind::HISTORY, &with_cursor, |_| {}, false)).0, ErrorCode::MalformedFrame);
+    let mut both = missing;
+    both[4] = 3;
+    assert_eq!(error_of(crafted(kind::HISTORY, &both, |_| {}, false)).0, ErrorCode::MalformedFrame);
+}
+
+/// Issue 16, item 10: a member's IPv4 address takes the first 4 of the 16 ip bytes, the rest zero;
+/// family 4 with anything in the other 12 is refused.
+#[test]
+fn an_ipv4_node_address_fills_the_first_four_ip_bytes() {
+    let status = Response::Status(NodeStatus {
+        node_id: 2,
+        partitions: 1,
+        shards: 1,
+        partition_states: Vec::new(),
+        nodes: vec![NodeAddress { node_id: 3, address: "10.1.2.3:7401".parse().unwrap() }],
+    });
+    let mut out = Vec::new();
+    encode_response(&mut out, CLUSTER, 1, &status).expect("encodes");
+    let record = &out[HEADER_BYTES + 24..];
+    assert_eq!(record.len(), NodeAddress::WIRE_BYTES);
+    assert_eq!(&record[0..8], &3u64.to_le_bytes());
+    assert_eq!(&record[8..10], &7401u16.to_le_bytes());
+    assert_eq!(record[10], 4, "family");
+    assert_eq!(&record[11..16], &[0; 5], "reserved");
+    assert_eq!(&record[16..20], &[10, 1, 2, 3]);
+    assert_eq!(&record[20..32], &[0; 12]);
+    let mut body = out[HEADER_BYTES..].to_vec();
+    body[24 + 31] = 1;
+    assert_eq!(error_of(crafted(kind::STATUS_RESPONSE, &body, |_| {}, false)).0, ErrorCode::MalformedFrame);
 }

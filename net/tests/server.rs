@@ -66,11 +66,12 @@ impl Bank {
                     .collect();
                 Response::Results(results)
             }
-            Request::LookupAccounts { ids, .. } => Response::Accounts(
-                ids.iter()
-                    .map(|id| match state.accounts.get(id) {
+            Request::LookupAccounts { reads, .. } => Response::Accounts(
+                reads
+                    .iter()
+                    .map(|read| match state.accounts.get(&read.id) {
                         Some(account) => AccountLookup::Found(*account),
-                        None => AccountLookup::NotFound { id: *id, code: ResultCode::AccountNotFound },
+                        None => AccountLookup::NotFound { id: read.id, code: ResultCode::AccountNotFound },
                     })
                     .collect(),
             ),
@@ -80,9 +81,10 @@ impl Bank {
                 all.reverse();
                 let start = if from_seq == 0 { u64::MAX } else { from_seq };
                 let eligible: Vec<HistoryEntry> = all.into_iter().filter(|e| e.seq <= start).collect();
-                let entries: Vec<HistoryEntry> = eligible.iter().take(limit as usize).copied().collect();
+                let entries: Vec<HistoryEntry> = eligible.iter().take(history_page_entries(limit)).copied().collect();
                 let next_from_seq = eligible.get(entries.len()).map(|e| e.seq);
-                Response::History { entries, next_from_seq }
+                let account_not_found = !state.accounts.contains_key(&account_id);
+                Response::History { entries, next_from_seq, account_not_found }
             }
         }
     }
@@ -297,7 +299,7 @@ fn pipelined_requests_complete_out_of_order_and_match_by_id() {
     for _round in 0..10 {
         let mut expected = HashMap::new();
         for id in &ids {
-            let request = Request::LookupAccounts { consistency: Consistency::Any, ids: vec![*id, 1000 + *id] };
+            let request = Request::lookup(Consistency::Any, &[*id, 1000 + *id]);
             expected.insert(client.send(&request).expect("sent"), *id);
         }
         assert!(matches!(client.send(&Request::Ping), Err(ClientError::TooManyInFlight { limit: 64 })));
@@ -444,7 +446,10 @@ fn each_bad_frame_gets_its_error_code_and_closes_only_its_connection() {
         assert_eq!((pong.header.request_id, pong.message), (7, Message::Response(Response::Pong)), "{name}");
         let error = read_frame(&mut stream, &mut buffer);
         assert_eq!(error_code_of(&error), expected, "{name}");
+        // Issue 16, item 3: the request id is the refused frame's when its header checksum held, 0
+        // when it could not be trusted; the cluster id is always the node's own, not the client's.
         assert_eq!(error.header.request_id, request_id, "{name}");
+        assert_eq!(error.header.cluster_id, CLUSTER, "{name}");
         assert_closed(&mut stream);
         bystander.ping().unwrap_or_else(|e| panic!("bystander broken after {name}: {e}"));
     }
@@ -651,5 +656,32 @@ fn recv_until_gives_up_at_its_deadline_and_keeps_the_connection() {
     let second = client.send(&Request::Ping).expect("the connection was kept");
     requests.recv_timeout(WAIT).expect("second ping reaches the server").1.respond(Response::Pong);
     assert_eq!(client.recv().expect("second answer"), (second, Response::Pong));
+    server.shutdown().expect("clean shutdown");
+}
+
+/// Issue 16, item 4: answers on one connection come back in the order they complete, not the order
+/// they were sent: a Ping sent after a batch of transfers is answered first when the transfers take
+/// longer (as they do on a node: they wait for the disk). Clients match answers by request id.
+#[test]
+fn a_ping_sent_after_transfers_may_be_answered_before_them() {
+    let (handler, requests) = holding();
+    let server = start(handler, |_| {});
+    let mut stream = TcpStream::connect(server.local_address()).expect("connect");
+    let mut bytes = Vec::new();
+    encode_request(&mut bytes, CLUSTER, 1, &Request::CreateTransfers(vec![transfer(1, 2, 5)])).expect("ok");
+    encode_request(&mut bytes, CLUSTER, 2, &Request::Ping).expect("ok");
+    stream.write_all(&bytes).expect("write both at once");
+    let (first, transfers_responder) = requests.recv_timeout(WAIT).expect("transfers arrive");
+    assert!(matches!(first, Request::CreateTransfers(_)));
+    let (second, ping_responder) = requests.recv_timeout(WAIT).expect("ping arrives");
+    assert_eq!(second, Request::Ping);
+    ping_responder.respond(Response::Pong);
+    let mut buffer = Vec::new();
+    let answer = read_frame(&mut stream, &mut buffer);
+    assert_eq!((answer.header.request_id, answer.message), (2, Message::Response(Response::Pong)));
+    let result = ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq: 1 };
+    transfers_responder.respond(Response::Results(vec![result]));
+    let answer = read_frame(&mut stream, &mut buffer);
+    assert_eq!((answer.header.request_id, answer.message), (1, Message::Response(Response::Results(vec![result]))));
     server.shutdown().expect("clean shutdown");
 }

@@ -76,11 +76,11 @@ impl Handler for ClusterHandler {
             }
             Request::CreateAccounts(accounts) => self.node.create_accounts(accounts, items_reply(responder)),
             Request::CreateTransfers(transfers) => self.node.create_transfers(transfers, items_reply(responder)),
-            Request::LookupAccounts { consistency, ids } => {
-                let requested = ids.clone();
+            Request::LookupAccounts { consistency, reads } => {
+                let requested: Vec<u64> = reads.iter().map(|read| read.id).collect();
                 self.node.lookup_accounts(
                     consistency,
-                    ids,
+                    reads,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
                             Ok(accounts) => accounts_response(&requested, accounts),
@@ -92,7 +92,7 @@ impl Handler for ClusterHandler {
             Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
                 account_id,
                 (from_seq != 0).then_some(from_seq),
-                limit as usize,
+                net::protocol::history_page_entries(limit),
                 Box::new(move |outcome| responder.respond(history_response(outcome, cluster_error_response))),
             ),
             Request::Status => {
@@ -106,7 +106,7 @@ impl Handler for ClusterHandler {
             }
         };
         if let Err(error) = submitted {
-            eprintln!("walletd: request refused by the engine: {error}");
+            log::warn!("walletd: request refused by the engine: {error}");
         }
     }
 }

@@ -30,7 +30,9 @@ impl NodeHandler {
 /// request (same transfer ids) can be sent again once the node is back.
 pub fn error_response(error: &EngineError) -> Response {
     let code = match error {
-        EngineError::ShuttingDown | EngineError::ShardFailed { .. } => ErrorCode::Unavailable,
+        EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
+            ErrorCode::Unavailable
+        }
         EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
         _ => ErrorCode::Internal,
     };
@@ -52,14 +54,16 @@ pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Acc
 }
 
 /// The History answer for a page (or the engine's error, through `error_response`). An unknown account
-/// has no history: an empty last page, like any other.
+/// is said so (`account_not_found`), so a client can tell it from a page past the account's creation.
 pub fn history_response(
     outcome: Result<engine::history::HistoryPage, EngineError>,
     error_response: impl Fn(&EngineError) -> Response,
 ) -> Response {
     match outcome {
-        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq },
-        Err(EngineError::AccountNotFound { .. }) => Response::History { entries: Vec::new(), next_from_seq: None },
+        Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq, account_not_found: false },
+        Err(EngineError::AccountNotFound { .. }) => {
+            Response::History { entries: Vec::new(), next_from_seq: None, account_not_found: true }
+        }
         Err(error) => error_response(&error),
     }
 }
@@ -119,11 +123,12 @@ impl Handler for NodeHandler {
                 }),
             ),
             // One replica: every lookup is served by the partition's leader after the log holds all it
-            // could reflect, which satisfies Linearizable, AtLeast and Any alike.
-            Request::LookupAccounts { consistency: _, ids } => {
-                let requested = ids.clone();
+            // could reflect, which satisfies Linearizable and Any; an AtLeast read also waits until its
+            // partitions have reached the sequences it names (the decoder keeps them 0 otherwise).
+            Request::LookupAccounts { consistency: _, reads } => {
+                let requested: Vec<u64> = reads.iter().map(|read| read.id).collect();
                 self.node.lookup_accounts(
-                    ids,
+                    reads,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
                             Ok(accounts) => accounts_response(&requested, accounts),
@@ -135,7 +140,7 @@ impl Handler for NodeHandler {
             Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
                 account_id,
                 (from_seq != 0).then_some(from_seq),
-                limit as usize,
+                net::protocol::history_page_entries(limit),
                 Box::new(move |outcome| responder.respond(history_response(outcome, error_response))),
             ),
             Request::Status => {
@@ -148,7 +153,7 @@ impl Handler for NodeHandler {
             // The node refused before taking the callback only when it is shutting down or the batch
             // is over its limit; the responder was moved into the dropped callback, which answers
             // `Internal`. Log why, so the operator sees the real cause.
-            eprintln!("walletd: request refused by the engine: {error}");
+            log::warn!("walletd: request refused by the engine: {error}");
         }
     }
 }

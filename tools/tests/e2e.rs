@@ -2,6 +2,8 @@
 //! client: accounts, funding, transfers, balances, history, idempotent retries, rejections, clean
 //! stop, verify, wal dump, restart, and SIGKILL under load. Every test ends on conservation of money.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -11,12 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net::client::{Client, ClientConfig};
-use net::protocol::{AccountLookup, Consistency};
-use net::types::{transfer_id_from_parts, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
+use net::protocol::{AccountLookup, Consistency, Request, Response};
+use net::types::{transfer_id_from_parts, CreateAccount, HistoryKind, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
 
-#[path = "support/fingerprint.rs"]
-mod fingerprint;
+use support::fingerprint;
 
 /// Longest walletd may take to start listening.
 const START_TIMEOUT_MS: u64 = 30_000;
@@ -24,6 +25,9 @@ const START_TIMEOUT_MS: u64 = 30_000;
 struct Walletd {
     child: Child,
     addr: SocketAddr,
+    /// Every line walletd wrote (its log, on stderr), as read so far; also echoed to the test's stderr.
+    log_lines: Arc<Mutex<Vec<String>>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Walletd {
@@ -32,21 +36,39 @@ impl Walletd {
             .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("walletd starts");
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log_lines = Arc::new(Mutex::new(Vec::new()));
         let (sender, receiver) = std::sync::mpsc::channel();
+        // walletd writes nothing on stdout; anything it did write there would be a line outside the log.
+        let stdout_lines = log_lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("walletd: listening on ") {
-                    let addr = rest.split(' ').next().unwrap().to_string();
+                stdout_lines.lock().unwrap().push(format!("(stdout) {line}"));
+            }
+        });
+        let lines = log_lines.clone();
+        let log_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("walletd| {line}");
+                if let Some((_, rest)) = line.split_once("listening on ") {
+                    let addr = rest.split([' ', '"']).next().unwrap().to_string();
                     let _ = sender.send(addr);
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = receiver.recv_timeout(Duration::from_millis(START_TIMEOUT_MS)).expect("walletd reports its address");
-        Walletd { child, addr: addr.parse().unwrap() }
+        Walletd { child, addr: addr.parse().unwrap(), log_lines, log_reader: Some(log_reader) }
+    }
+
+    /// Every line walletd wrote, once it has exited (the reader has then seen its stderr close).
+    fn log_after_exit(&mut self) -> Vec<String> {
+        self.log_reader.take().expect("read once").join().expect("log reader");
+        self.log_lines.lock().unwrap().clone()
     }
 
     fn ctl(&self, args: &[&str]) -> (i32, String) {
@@ -407,4 +429,167 @@ fn walletd_help_states_the_defaults_a_new_node_gets() {
     assert_eq!(first["partitions"].as_u64(), Some(u64::from(defaults.partitions)), "{out}");
     assert_eq!(first["shards"].as_u64(), Some(u64::from(defaults.shards)), "{out}");
     assert!(node.terminate().success());
+}
+
+/// Every line a single node writes, in either format, is a log record with a UTC timestamp, a level and
+/// the node id (1 for a single node); the records cover start, recovery, readiness and the clean stop.
+#[test]
+fn every_line_walletd_writes_is_a_timestamped_record_with_level_and_node_id() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Walletd::start(dir.path(), &["--log-format", format]);
+        let (code, _) = node.ctl(&["account", "create", "--id", "1", "--ledger", "USD", "--external"]);
+        assert_eq!(code, 0);
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+        assert!(node.child.wait().unwrap().success());
+        let lines = node.log_after_exit();
+        let messages: Vec<String> =
+            lines.iter().map(|line| support::log_lines::assert_record(line, format, 1)).collect();
+        for expected in
+            ["starting: data", "recovered shard 0", "listening on 127.0.0.1:", "stopping", "stopped cleanly"]
+        {
+            assert!(
+                messages.iter().any(|m| m.starts_with(expected) || m.contains(expected)),
+                "{format}: no {expected:?} in {lines:#?}"
+            );
+        }
+    }
+}
+
+fn account(id: u64, flags: u32) -> CreateAccount {
+    CreateAccount { id, ledger: 840, flags, user_data: 0 }
+}
+
+fn usd_transfer(debit: u64, credit: u64, amount: u64) -> Transfer {
+    Transfer {
+        id: net::client::new_transfer_id(),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: 840,
+        flags: 0,
+        user_data: 0,
+    }
+}
+
+/// Issue 16, items 1, 8, 9, 11 and 13: what ARCHITECTURE.md's protocol section says a client gets,
+/// against a real node: the values a client needs, retry semantics, lookups of missing accounts and
+/// history pages of every limit.
+#[test]
+fn a_real_node_answers_as_the_protocol_section_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Walletd::start(dir.path(), &[]);
+    let mut client = node.client();
+
+    // Item 11: the external flag is bit 0, no other account flag and no transfer flag exists; ids 0
+    // and u64::MAX are reserved; a ledger is a non-zero u32 (ISO 4217 numeric code, USD = 840).
+    let results = client
+        .create_accounts(&[
+            account(1, ACCOUNT_FLAG_EXTERNAL),
+            account(2, 0),
+            account(3, 1 << 1),
+            account(0, 0),
+            account(u64::MAX, 0),
+            CreateAccount { ledger: 0, ..account(4, 0) },
+        ])
+        .unwrap();
+    let codes: Vec<ResultCode> = results.iter().map(|r| r.code).collect();
+    use ResultCode::*;
+    assert_eq!(codes, [Ok, Ok, InvalidFlags, ReservedId, ReservedId, InvalidLedger]);
+    let flagged = Transfer { flags: 1, ..usd_transfer(1, 2, 5) };
+    let zero_id = Transfer { id: 0, ..usd_transfer(1, 2, 5) };
+    let codes: Vec<ResultCode> = client.create_transfers(&[flagged, zero_id]).unwrap().iter().map(|r| r.code).collect();
+    assert_eq!(codes, [InvalidFlags, ReservedId]);
+
+    // Item 13: every decided item, rejections included, takes the partition's next sequence.
+    let deposit = usd_transfer(1, 2, 10_000); // 100.00 USD in minor units
+    let overdraft = usd_transfer(2, 1, 1_000_000);
+    let results = client.create_transfers(&[deposit, overdraft, deposit]).unwrap();
+    assert_eq!((results[0].code, results[0].is_replayed()), (Ok, false));
+    assert_eq!((results[1].code, results[1].seq), (InsufficientFunds, results[0].seq + 1), "a rejection takes a seq");
+    // A duplicate id inside one batch is a retry of the earlier item: its outcome, replayed.
+    assert_eq!((results[2].code, results[2].seq, results[2].is_replayed()), (Ok, results[0].seq, true));
+    let retry = client.create_transfers(&[overdraft]).unwrap()[0];
+    assert_eq!((retry.code, retry.seq, retry.is_replayed()), (InsufficientFunds, results[1].seq, true));
+    let changed = Transfer { amount: 7, ..deposit };
+    let conflict = client.create_transfers(&[changed]).unwrap()[0];
+    assert_eq!((conflict.code, conflict.is_replayed()), (ExistsWithDifferentFields, false));
+    assert_eq!(conflict.seq, results[1].seq + 1, "a conflicting id is a logged rejection: a new seq");
+    // Re-creating an account is not a replay: `exists`, no replayed flag, and a new seq of its own.
+    let again = client.create_accounts(&[account(2, 0)]).unwrap()[0];
+    assert_eq!((again.code, again.is_replayed(), again.seq), (Exists, false, conflict.seq + 1));
+    let different = client.create_accounts(&[account(2, ACCOUNT_FLAG_EXTERNAL)]).unwrap()[0];
+    assert_eq!(different.code, ExistsWithDifferentFields);
+
+    // Item 8: a missing account comes back with code 14 (account_not_found) and only its id.
+    let found = client.lookup_accounts(Consistency::Any, &[2, 99]).unwrap();
+    assert!(matches!(found[0], AccountLookup::Found(a) if a.id == 2 && a.balance == 10_000));
+    assert_eq!(found[1], AccountLookup::NotFound { id: 99, code: AccountNotFound });
+    assert_eq!(AccountNotFound as u16, 14);
+
+    // Items 1 and 9: history holds creations and postings only (kind 3 is never sent: rejected
+    // attempts are not in an account's history); every limit is answered on the same connection.
+    for limit in [0, 1, 8190, 8191, u32::MAX] {
+        let page = client.account_history(2, 0, limit).unwrap();
+        let kinds: Vec<HistoryKind> = page.entries.iter().map(|e| e.kind).collect();
+        if limit == 1 {
+            assert_eq!(kinds, [HistoryKind::TransferPosted]);
+            assert!(page.next_from_seq.is_some());
+        } else {
+            assert_eq!(kinds, [HistoryKind::TransferPosted, HistoryKind::AccountCreated], "limit {limit}");
+            assert_eq!(page.next_from_seq, None);
+        }
+        assert!(!page.account_not_found);
+    }
+    let missing = client.account_history(99, 0, 10).unwrap();
+    assert!(missing.account_not_found && missing.entries.is_empty() && missing.next_from_seq.is_none());
+    client.ping().expect("nothing above closed the connection");
+    node.terminate();
+}
+
+/// Issue 16, item 7: a single node agrees with a cluster on at_least: a lookup names a sequence its
+/// partition has not reached, waits until a write reaches it, and is refused `Unavailable`
+/// (retryable) once `read_wait_timeout_ms` passes without it.
+#[test]
+fn a_single_node_waits_for_at_least_seq_like_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walletd.toml");
+    std::fs::write(&config, "[engine]\nread_wait_timeout_ms = 2000\n").unwrap();
+    let node = Walletd::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let mut client = node.client();
+    client.create_accounts(&[account(1, ACCOUNT_FLAG_EXTERNAL), account(2, 0)]).unwrap();
+    let first = client.create_transfers(&[usd_transfer(1, 2, 5)]).unwrap()[0];
+    let at_least = |seq| Request::lookup(Consistency::AtLeast(seq), &[2]);
+
+    // Reached already: answered at once.
+    let started = Instant::now();
+    let now = client.lookup_accounts(Consistency::AtLeast(first.seq), &[2]).unwrap();
+    assert!(matches!(now[0], AccountLookup::Found(a) if a.balance == 5));
+    assert!(started.elapsed() < Duration::from_millis(1000));
+
+    // One ahead: waits until another connection's transfer takes that seq, then shows it.
+    let waiting = client.send(&at_least(first.seq + 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut writer = node.client();
+    let second = writer.create_transfers(&[usd_transfer(1, 2, 7)]).unwrap()[0];
+    assert_eq!(second.seq, first.seq + 1);
+    let (request_id, answer) = client.recv().unwrap();
+    assert_eq!(request_id, waiting);
+    let Response::Accounts(found) = answer else { panic!("{answer:?}") };
+    assert!(matches!(found[0], AccountLookup::Found(a) if a.balance == 12), "{found:?}");
+
+    // Never reached: refused Unavailable after the timeout, and the connection stays usable.
+    let started = Instant::now();
+    let waiting = client.send(&at_least(second.seq + 100)).unwrap();
+    let (request_id, answer) = client.recv().unwrap();
+    assert_eq!(request_id, waiting);
+    let Response::Error { code, message } = answer else { panic!("{answer:?}") };
+    assert_eq!(code, net::protocol::ErrorCode::Unavailable, "{message}");
+    assert!(code.is_retryable());
+    assert!(message.contains("read_wait_timeout_ms"), "{message}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_millis(4000), "{waited:?}");
+    client.ping().expect("the connection survives the refusal");
+    node.terminate();
 }

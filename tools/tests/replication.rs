@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use net::client::ClientConfig;
-use net::protocol::{AccountLookup, Consistency, NodeStatus, PARTITION_FLAG_LEADER};
+use net::protocol::{AccountLookup, AccountRead, Consistency, NodeStatus, ReadLevel, PARTITION_FLAG_LEADER};
 use net::routing::RoutingClient;
 use net::types::{partition_of, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
@@ -443,6 +443,30 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
     let whole_log = cluster.log_tail(2, usize::MAX);
     assert_eq!(whole_log.matches("rejoined in term").count(), PARTITIONS as usize, "every replica rejoins:\n{log}");
     stop_and_verify_replay(&mut cluster, &live);
+    // Killed, wiped and restarted nodes alike: every line is a record of its own node.
+    assert_every_log_line_is_a_record(&cluster, "text");
+}
+
+/// The balances of looked-up accounts, every one of which must exist.
+fn found_balances(found: &[AccountLookup], node: u64) -> Vec<i64> {
+    found
+        .iter()
+        .map(|l| match l {
+            AccountLookup::Found(account) => account.balance,
+            other => panic!("node {node}: {other:?}"),
+        })
+        .collect()
+}
+
+/// Every line of every node's log (all its runs) is a log record of `format` naming that node.
+fn assert_every_log_line_is_a_record(cluster: &LocalCluster, format: &str) {
+    for id in cluster.node_ids() {
+        let log = cluster.log_tail(id, usize::MAX);
+        assert!(log.lines().count() >= 3, "node {id} logged too little:\n{log}");
+        for line in log.lines() {
+            support::log_lines::assert_record(line, format, id);
+        }
+    }
 }
 
 #[test]
@@ -491,10 +515,16 @@ fn an_isolated_leader_commits_nothing_and_the_majority_carries_on() {
 
 #[test]
 fn reads_at_every_consistency_level_see_acknowledged_transfers() {
-    let options = ClusterOptions { replication: vec!["read_wait_timeout_ms = 1000".into()], ..Default::default() };
-    let cluster = LocalCluster::start(options);
+    let options = ClusterOptions {
+        replication: vec!["read_wait_timeout_ms = 1000".into()],
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    };
+    let mut cluster = LocalCluster::start(options);
     let workload = Workload::new();
     workload.create_accounts(&cluster);
+    // Per partition: the credited account, the seq its transfer was answered with, and the amount.
+    let mut writes = Vec::new();
     for partition in 0..PARTITIONS as usize {
         let p = &workload.partitions[partition];
         let credit = p.accounts[0];
@@ -520,6 +550,7 @@ fn reads_at_every_consistency_level_see_acknowledged_transfers() {
             }
         };
         assert_eq!(result.code, ResultCode::Ok);
+        writes.push((credit, result.seq, transfer.amount as i64));
         let ids = [p.bank, credit];
         for node in cluster.node_ids() {
             let mut client = cluster.client(node);
@@ -527,13 +558,7 @@ fn reads_at_every_consistency_level_see_acknowledged_transfers() {
             let at_least = client.lookup_accounts(Consistency::AtLeast(result.seq), &ids).expect("at_least read");
             let linearizable = client.lookup_accounts(Consistency::Linearizable, &ids).expect("linearizable read");
             for found in [at_least, linearizable] {
-                let balances: Vec<i64> = found
-                    .iter()
-                    .map(|l| match l {
-                        AccountLookup::Found(account) => account.balance,
-                        other => panic!("node {node}: {other:?}"),
-                    })
-                    .collect();
+                let balances = found_balances(&found, node);
                 assert_eq!(balances, vec![-(transfer.amount as i64), transfer.amount as i64], "node {node}");
             }
             // `any` answers at once from whatever the replica has applied: never more than was sent.
@@ -547,6 +572,23 @@ fn reads_at_every_consistency_level_see_acknowledged_transfers() {
             .expect_err("nobody has applied that far");
         assert!(error.is_retryable(), "{error}");
     }
+    // Issue 16, item 6: one lookup across every partition, each account with the seq of its own
+    // partition's write, is read-your-writes on every replica at once: each partition waits for its own
+    // minimum only (well inside the 1 s read_wait_timeout_ms, which a shared seq could not meet).
+    let reads: Vec<AccountRead> = writes.iter().map(|&(id, seq, _)| AccountRead { id, at_least_seq: seq }).collect();
+    let seqs: Vec<u64> = writes.iter().map(|w| w.1).collect();
+    for node in cluster.node_ids() {
+        let started = Instant::now();
+        let found = cluster.client(node).lookup(ReadLevel::AtLeast, &reads).expect("at_least across partitions");
+        assert!(started.elapsed() < Duration::from_millis(1000), "node {node} waited {:?}", started.elapsed());
+        let balances = found_balances(&found, node);
+        let expected: Vec<i64> = writes.iter().map(|w| w.2).collect();
+        assert_eq!(balances, expected, "node {node} with seqs {seqs:?}");
+    }
+    for id in cluster.node_ids() {
+        assert!(cluster.terminate(id).success());
+    }
+    assert_every_log_line_is_a_record(&cluster, "json");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
-use net::protocol::Consistency;
+use net::protocol::{AccountRead, Consistency, ReadLevel, Request};
 use net::types::{partition_of, Account, CreateAccount, Transfer};
 use serde::{Deserialize, Serialize};
 
@@ -256,27 +256,33 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Looks accounts up at `level`; each partition's part is served at its own consistency: under
+    /// `AtLeast`, the highest `at_least_seq` among that partition's accounts (sequences are per
+    /// partition, so one lookup can read-its-writes in several at once).
     pub fn lookup_accounts(
         &self,
-        consistency: Consistency,
-        ids: Vec<u64>,
+        level: ReadLevel,
+        reads: Vec<AccountRead>,
         reply: LookupReply,
     ) -> Result<(), EngineError> {
-        if ids.len() > BATCH_ITEMS_MAX {
-            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+        if reads.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: reads.len(), limit: BATCH_ITEMS_MAX });
         }
-        let mut per_partition: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
-        for (slot, &id) in ids.iter().enumerate() {
-            per_partition.entry(partition_of(id, self.config.partitions)).or_default().push((slot as u32, id));
+        let mut per_partition: HashMap<u32, (Vec<(u32, u64)>, u64)> = HashMap::new();
+        for (slot, read) in reads.iter().enumerate() {
+            let (ids, at_least_seq) = per_partition.entry(partition_of(read.id, self.config.partitions)).or_default();
+            ids.push((slot as u32, read.id));
+            *at_least_seq = (*at_least_seq).max(read.at_least_seq);
         }
         if per_partition.is_empty() {
             reply(Ok(Vec::new()));
             return Ok(());
         }
-        let gather = LookupGather::new(ids.len(), per_partition.len(), reply);
-        for (partition, ids) in per_partition {
+        let gather = LookupGather::new(reads.len(), per_partition.len(), reply);
+        for (partition, (ids, at_least_seq)) in per_partition {
             let gather = gather.clone();
             let reply = Box::new(move |answers| gather.deliver(answers));
+            let consistency = level.for_partition(at_least_seq);
             self.send(partition, ClientCommand::Lookup { partition, consistency, ids, reply });
         }
         Ok(())
@@ -317,7 +323,10 @@ impl ClusterNode {
         consistency: Consistency,
         ids: Vec<u64>,
     ) -> Result<Vec<Option<Account>>, EngineError> {
-        blocking(|reply| self.lookup_accounts(consistency, ids, reply))?
+        let Request::LookupAccounts { consistency, reads } = Request::lookup(consistency, &ids) else {
+            unreachable!("Request::lookup builds a lookup")
+        };
+        blocking(|reply| self.lookup_accounts(consistency, reads, reply))?
     }
 
     /// Stops taking peer traffic, lets every shard finish its round, and stops the threads.
