@@ -593,3 +593,42 @@ fn a_single_node_waits_for_at_least_seq_like_a_cluster() {
     client.ping().expect("the connection survives the refusal");
     node.terminate();
 }
+
+/// Issue 16, item 12: a single node's cluster id is 1 unless `--cluster-id` sets it when the data
+/// directory is created; it is kept on later starts without the flag, another one is refused, and a
+/// client of another cluster is answered `WrongClusterId` in a frame that carries the node's own id.
+#[test]
+fn the_cluster_id_is_set_at_creation_and_every_frame_must_carry_it() {
+    use net::protocol::{encode_request, ErrorCode, FrameDecoder, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let node = Walletd::start(&data, &["--cluster-id", "0x2a"]);
+    Client::connect(ClientConfig::new(vec![node.addr], 0x2a)).unwrap().ping().expect("the node's own id");
+    let mut stream = TcpStream::connect(node.addr).unwrap();
+    let mut frame = Vec::new();
+    encode_request(&mut frame, 1, 9, &Request::Ping).unwrap();
+    stream.write_all(&frame).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let (error, _) = FrameDecoder::new(0x2a).decode(&answer).expect("the node's id").expect("a whole frame");
+    assert_eq!(error.header.cluster_id, 0x2a);
+    assert_eq!(error.header.request_id, 9);
+    assert!(matches!(error.message, Message::Response(Response::Error { code: ErrorCode::WrongClusterId, .. })));
+    assert!(node.terminate().success());
+
+    let node = Walletd::start(&data, &[]);
+    Client::connect(ClientConfig::new(vec![node.addr], 0x2a)).unwrap().ping().expect("kept without the flag");
+    assert!(node.terminate().success());
+    let refused = Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin", "--cluster-id", "7"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(log.contains("cluster id") && log.contains("ERROR node=1"), "{log}");
+
+    let fresh = Walletd::start(&dir.path().join("fresh"), &[]);
+    Client::connect(ClientConfig::new(vec![fresh.addr], 1)).unwrap().ping().expect("1 by default");
+    assert!(fresh.terminate().success());
+}
