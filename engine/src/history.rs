@@ -66,9 +66,12 @@ pub fn walk(
     mut locate: impl FnMut(u64) -> Result<Option<u64>, EngineError>,
     mut read: impl FnMut(u64) -> Result<Vec<u8>, EngineError>,
 ) -> Result<HistoryPage, EngineError> {
-    let mut seq = if from_seq == u64::MAX { account.last_seq } else { from_seq };
-    if seq > account.last_seq {
-        return Err(EngineError::InvalidCursor { account_id: account.id, seq });
+    // "Entries with seq <= from_seq": above the newest event that is the newest (u64::MAX included),
+    // below the creation nothing. A seq in between must be one of the account's own events (a cursor
+    // from an earlier page): finding the next one below another seq would walk the chain from the top.
+    let mut seq = from_seq.min(account.last_seq);
+    if seq < account.created_seq {
+        seq = 0;
     }
     let mut record: Option<(u64, Vec<u8>)> = None;
     let mut entries = Vec::with_capacity(limit.min(1024));

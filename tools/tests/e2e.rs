@@ -542,6 +542,13 @@ fn a_real_node_answers_as_the_protocol_section_says() {
         }
         assert!(!page.account_not_found);
     }
+    // from_seq: at or above the newest event starts at the newest, below the creation is empty.
+    let newest = client.account_history(2, 0, 10).unwrap().entries;
+    assert_eq!(client.account_history(2, u64::MAX - 1, 10).unwrap().entries, newest);
+    assert_eq!(client.account_history(2, newest[0].seq + 1_000, 10).unwrap().entries, newest);
+    let before_creation = client.account_history(2, newest[1].seq - 1, 10).unwrap();
+    assert!(before_creation.entries.is_empty() && before_creation.next_from_seq.is_none());
+    assert!(!before_creation.account_not_found);
     let missing = client.account_history(99, 0, 10).unwrap();
     assert!(missing.account_not_found && missing.entries.is_empty() && missing.next_from_seq.is_none());
     client.ping().expect("nothing above closed the connection");
