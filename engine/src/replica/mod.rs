@@ -3,9 +3,12 @@
 //!
 //! - `wire`, `snapshot`: the node-to-node message bodies and the checksummed partition image.
 //! - `transport`: one connection per peer and direction, batching every partition's messages.
-//! - `shard`: the replica shard thread (Raft groups, committed and speculative state, forwarding).
+//! - `core`: the sans-IO replica core (Raft groups, committed and speculative state, forwarding, reads,
+//!   rejoin, rebalancing): inputs in, outputs out, no clock, socket or file write of its own.
+//! - `shard`: the thread shell that drives the core (channels, clock, transport, `WalStorage`, log).
 //! - `node`: the cluster node that ties them together.
 
+pub mod core;
 pub mod node;
 pub mod replay;
 pub mod shard;

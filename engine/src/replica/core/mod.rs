@@ -1,0 +1,592 @@
+//! The sans-IO replica core: everything a replica shard decides, with no thread, clock, socket, file
+//! write or log line of its own. The thread shell (`replica::shard`) and the whole-cluster simulator
+//! (`tests/sim`) drive the same code.
+//!
+//! Inputs, each with the caller's clock (`Now`): peer items, client commands, Raft ticks, storage
+//! completions ("Ready N of partition P is durable") and undeliverable sends. Outputs, drained with
+//! [`ReplicaCore::take_outputs`] in the order they were decided: peer messages, log writes
+//! ([`Persist`], to be made durable and then reported with [`ReplicaCore::persisted`]), answers to
+//! clients, and log lines. The Raft seed and the first forwarded-request id are given at open.
+//!
+//! Storage is read through `raft::Storage` (the log, for rebuilding the speculative state and for
+//! history) and written only three ways: the `Persist` outputs, which the caller writes (the shell at
+//! once, the simulator whenever its disk model decides); Raft's own compaction (`create_snapshot`),
+//! synchronous in both; and the rejoin marker ([`ReplicaStorage::set_rejoin_marker`]), synchronous
+//! because the rules it records must be durable before the replica acts on them.
+//!
+//! The seams, one module each: `group` (a partition's Raft group and its Ready handling, apply,
+//! speculative state), `routing` (where a request goes: here, a leader elsewhere, parked; forwarded
+//! replies), `reads` (the three consistency levels), `rejoin` (a replica rebuilt from nothing), and
+//! `rebalance` (handing leadership back to the preferred node). Every answer to a client or to a
+//! forwarding node leaves through [`Sink`], the one place where items and lookups are answered.
+
+mod group;
+mod reads;
+mod rebalance;
+mod rejoin;
+mod routing;
+
+use std::collections::{BTreeMap, HashMap};
+
+use net::protocol::{Consistency, ErrorCode};
+use net::types::{Account, CreateAccount, ItemResult, Transfer};
+use raft::{Entry, HardState, Snapshot, StorageError};
+
+use crate::cluster_config::{ClusterConfig, ReplicationConfig};
+use crate::error::EngineError;
+use crate::partition::PartitionConfig;
+use crate::replica::wire::{ForwardReply, PeerItem};
+
+use group::Group;
+pub use group::initial_conf_state;
+pub use rejoin::RejoinMarker;
+use routing::{Forwarded, Parked, Request, Trip};
+
+/// The caller's clock, read once per input: monotonic milliseconds for every timeout, wall-clock
+/// nanoseconds for event timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub wall_ns: u64,
+}
+
+/// What the core needs of a partition's durable store beyond Raft's `Storage`.
+pub trait ReplicaStorage: raft::Storage {
+    /// Index of the snapshot the log continues (0 when none).
+    fn snapshot_index(&self) -> u64;
+    fn rejoin_marker(&self) -> Result<Option<RejoinMarker>, EngineError>;
+    /// Replaces (or with `None` removes) the rejoin marker; durable when it returns.
+    fn set_rejoin_marker(&mut self, marker: Option<RejoinMarker>) -> Result<(), EngineError>;
+}
+
+/// What the caller's answer handles are: `Items` answers a batch of transfers or account creations,
+/// `Lookup` a lookup (with accounts in the order of the ids asked).
+pub trait Handles {
+    type Items;
+    type Lookup;
+}
+
+/// One Ready's writes, in the order they must reach the disk: snapshot, entries, hard state. Once
+/// durable, the caller reports `persisted(partition, number)`; Readies complete in order.
+#[derive(Debug)]
+pub struct Persist {
+    pub partition: u32,
+    pub number: u64,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+}
+
+impl Persist {
+    /// Writes everything this Ready asks, in order, synchronously.
+    pub fn write_to<S: raft::Storage>(&self, storage: &mut S) -> Result<(), StorageError> {
+        if let Some(snapshot) = &self.snapshot {
+            storage.apply_snapshot(snapshot.clone())?;
+        }
+        if !self.entries.is_empty() {
+            storage.append(&self.entries)?;
+        }
+        if let Some(hard_state) = self.hard_state {
+            storage.set_hard_state(hard_state)?;
+        }
+        Ok(())
+    }
+}
+
+pub enum Output<H: Handles> {
+    /// A peer item for node `to`. If it cannot be queued, report it with `undeliverable`.
+    Send { to: u64, item: PeerItem },
+    Persist(Persist),
+    Items { to: H::Items, outcome: Result<Vec<ItemResult>, EngineError> },
+    Lookup { to: H::Lookup, outcome: Result<Vec<Option<Account>>, EngineError> },
+    /// A line for the operator's log, at `level` (the shell hands it to the logger, which adds the time).
+    Log { level: log::Level, line: String },
+}
+
+/// Client commands the core serves (status and history are queries: [`ReplicaCore::status`],
+/// [`ReplicaCore::history`]).
+pub enum Command<H: Handles> {
+    Transfers { partition: u32, items: Vec<Transfer>, to: H::Items },
+    CreateAccounts { partition: u32, items: Vec<CreateAccount>, to: H::Items },
+    Lookup { partition: u32, consistency: Consistency, ids: Vec<u64>, to: H::Lookup },
+}
+
+/// One partition's replication state as this node sees it.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStatus {
+    pub partition: u32,
+    pub leader: bool,
+    pub leader_id: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub applied_seq: u64,
+    pub digest: u128,
+    pub accounts: usize,
+    pub ledger_sums: Vec<(u32, i128)>,
+    pub failed: Option<String>,
+}
+
+/// Deliberate bugs, for proving that the simulator catches them. Every switch is off in every build
+/// the node uses; only the simulator's tests turn one on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Answer a leader's items when they are proposed instead of when their entry is applied.
+    pub answer_before_commit: bool,
+    /// Serve an `at_least(seq)` read at once from whatever this replica has applied.
+    pub at_least_without_waiting: bool,
+    /// Serve a linearizable read from the leader's committed state without a ReadIndex round.
+    pub linearizable_without_read_index: bool,
+    /// Keep the speculative state when leadership is lost (and decide against it if it comes back).
+    pub keep_speculative_after_losing_leadership: bool,
+}
+
+/// Everything a core is opened with besides its groups.
+#[derive(Clone, Debug)]
+pub struct CoreOptions {
+    /// The shard number (in `ShardFailed` errors).
+    pub shard: u32,
+    pub node_id: u64,
+    pub cluster: ClusterConfig,
+    /// Ids of forwarded requests start here, above any id an earlier run of this node used, so a late
+    /// reply to a request sent before a restart never matches a new one (the shell passes the boot's
+    /// wall clock in nanoseconds).
+    pub first_request_id: u64,
+    /// Every applied entry is also kept for [`ReplicaCore::take_applied`] (the simulator's auditor).
+    pub record_applied: bool,
+    pub planted: PlantedBugs,
+}
+
+/// One partition to open: its store, state-machine settings, whether this node lost its data, and
+/// the seed of its Raft randomness.
+pub struct GroupInit<S> {
+    pub partition: u32,
+    pub storage: S,
+    pub config: PartitionConfig,
+    pub rejoin: bool,
+    pub raft_seed: u64,
+}
+
+/// Where every answer goes: the one place items and lookups are answered, locally or to the node
+/// that forwarded them.
+pub(crate) struct Sink<H: Handles> {
+    outputs: Vec<Output<H>>,
+    planted: PlantedBugs,
+}
+
+impl<H: Handles> Sink<H> {
+    fn send(&mut self, to: u64, item: PeerItem) {
+        self.outputs.push(Output::Send { to, item });
+    }
+
+    fn log(&mut self, level: log::Level, line: String) {
+        self.outputs.push(Output::Log { level, line });
+    }
+
+    fn items(&mut self, to: ItemsTo<H>, outcome: Result<Vec<ItemResult>, EngineError>) {
+        match to {
+            ItemsTo::Local(to) => self.outputs.push(Output::Items { to, outcome }),
+            ItemsTo::Remote { node, request_id, partition } => {
+                let reply = match outcome {
+                    Ok(results) => ForwardReply::Results(results),
+                    Err(error) => error_reply(&error),
+                };
+                self.send(node, PeerItem::ForwardReply { request_id, partition, reply });
+            }
+        }
+    }
+
+    fn lookup(&mut self, to: LookupTo<H>, outcome: Result<Vec<Option<Account>>, EngineError>) {
+        match to {
+            LookupTo::Local(to) => self.outputs.push(Output::Lookup { to, outcome }),
+            LookupTo::Remote { node, request_id, partition } => {
+                let reply = match outcome {
+                    Ok(accounts) => ForwardReply::Accounts(accounts),
+                    Err(error) => error_reply(&error),
+                };
+                self.send(node, PeerItem::ForwardReply { request_id, partition, reply });
+            }
+        }
+    }
+}
+
+/// Where the answer for a batch of items goes.
+pub(crate) enum ItemsTo<H: Handles> {
+    Local(H::Items),
+    Remote { node: u64, request_id: u64, partition: u32 },
+}
+
+/// Where the answer for a lookup goes.
+pub(crate) enum LookupTo<H: Handles> {
+    Local(H::Lookup),
+    Remote { node: u64, request_id: u64, partition: u32 },
+}
+
+pub struct ReplicaCore<S: ReplicaStorage, H: Handles> {
+    shard: u32,
+    node_id: u64,
+    replication: ReplicationConfig,
+    cluster: ClusterConfig,
+    groups: Vec<Group<S, H>>,
+    /// Partition -> position in `groups`.
+    group_of: HashMap<u32, usize>,
+    /// Ordered maps wherever the core iterates, so a run is a function of its inputs alone (the
+    /// simulator replays a seed exactly).
+    forwarded: BTreeMap<u64, Forwarded<H>>,
+    parked: Vec<Parked<H>>,
+    /// Where to send requests for partitions this node holds no replica of: the last leader a
+    /// `NotLeader` answer named, else the preferred leader.
+    remote_leaders: HashMap<u32, u64>,
+    next_request_id: u64,
+    next_read_context: u64,
+    failed: Option<String>,
+    sink: Sink<H>,
+    record_applied: bool,
+    applied: Vec<(u32, Entry)>,
+}
+
+impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
+    /// Opens the groups, restoring each from its store's snapshot; Raft then re-applies the committed
+    /// log after it. A group that starts empty with `rejoin` (this node lost its data) first asks every
+    /// other replica for its term and commit index.
+    pub fn open(options: CoreOptions, groups: Vec<GroupInit<S>>, now: Now) -> Result<Self, EngineError> {
+        let mut opened = Vec::new();
+        let mut group_of = HashMap::new();
+        for init in groups {
+            let partition = init.partition;
+            let group = Group::open(options.node_id, &options.cluster, init, now)?;
+            assert!(group_of.insert(partition, opened.len()).is_none(), "partition {partition} opened twice");
+            opened.push(group);
+        }
+        let mut core = ReplicaCore {
+            shard: options.shard,
+            node_id: options.node_id,
+            replication: options.cluster.replication.clone(),
+            cluster: options.cluster,
+            groups: opened,
+            group_of,
+            forwarded: BTreeMap::new(),
+            parked: Vec::new(),
+            remote_leaders: HashMap::new(),
+            next_request_id: options.first_request_id.max(1),
+            next_read_context: 1,
+            failed: None,
+            sink: Sink { outputs: Vec::new(), planted: options.planted },
+            record_applied: options.record_applied,
+            applied: Vec::new(),
+        };
+        // A brand-new cluster: each preferred leader stands at once instead of waiting for a timeout.
+        for group in &mut core.groups {
+            if group.preferred_leader == core.node_id && group.raw.status().term == 0 && group.recovery.is_none() {
+                group.raw.campaign();
+            }
+        }
+        core.drive_all();
+        Ok(core)
+    }
+
+    /// Everything decided since the last call, in order.
+    pub fn take_outputs(&mut self) -> Vec<Output<H>> {
+        std::mem::take(&mut self.sink.outputs)
+    }
+
+    /// Entries applied since the last call (only with `record_applied`).
+    pub fn take_applied(&mut self) -> Vec<(u32, Entry)> {
+        std::mem::take(&mut self.applied)
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
+        self.groups.iter().map(|g| g.partition)
+    }
+
+    /// The store of `partition`, to write a `Persist` into.
+    pub fn storage_mut(&mut self, partition: u32) -> Option<&mut S> {
+        let slot = *self.group_of.get(&partition)?;
+        Some(self.groups[slot].raw.storage_mut())
+    }
+
+    /// Gives the stores back (a crash in the simulator).
+    pub fn into_storages(self) -> Vec<(u32, S)> {
+        self.groups.into_iter().map(|g| (g.partition, g.raw.into_storage())).collect()
+    }
+
+    /// The committed state of `partition` (what followers serve reads from).
+    pub fn committed_state(&self, partition: u32) -> Option<&crate::partition::PartitionState> {
+        let slot = *self.group_of.get(&partition)?;
+        Some(self.groups[slot].committed())
+    }
+
+    /// The index of the last entry applied to the committed state of `partition`.
+    pub fn applied_index(&self, partition: u32) -> Option<u64> {
+        let slot = *self.group_of.get(&partition)?;
+        Some(self.groups[slot].applied_index)
+    }
+
+    /// True while some group of this core, rebuilt on a node that lost its data, waits for the other
+    /// replicas' reports or withholds its votes.
+    pub fn rejoin_pending(&self) -> bool {
+        self.groups.iter().any(|g| g.recovery.is_some() || g.withhold_marker_stored)
+    }
+
+    /// Asks this node's leader of `partition` to hand leadership to `to` (operator tooling, and the
+    /// simulator's leadership transfers). False when this node does not lead it or Raft refuses.
+    pub fn transfer_leader(&mut self, partition: u32, to: u64) -> bool {
+        let Some(&slot) = self.group_of.get(&partition) else { return false };
+        let group = &mut self.groups[slot];
+        group.role == raft::Role::Leader && group.raw.transfer_leader(to).is_ok()
+    }
+
+    /// Client commands should wait in their queue while a led partition has too much uncommitted.
+    pub fn accepting_clients(&self) -> bool {
+        let max = self.replication.uncommitted_entries_max;
+        self.groups.iter().all(|g| g.speculative.is_none() || g.last_index.saturating_sub(g.commit_index) < max)
+    }
+
+    /// A client command; returns the number of items it carried.
+    pub fn on_client(&mut self, now: Now, command: Command<H>) -> usize {
+        let trip = Trip { deadline_ms: now.mono_ms + self.replication.forward_timeout_ms, hops: 0 };
+        match command {
+            Command::Transfers { partition, items, to } => {
+                let n = items.len();
+                self.route(now, partition, Request::Items { batch: Batch::Transfers(items), to }, trip);
+                n
+            }
+            Command::CreateAccounts { partition, items, to } => {
+                let n = items.len();
+                self.route(now, partition, Request::Items { batch: Batch::Accounts(items), to }, trip);
+                n
+            }
+            Command::Lookup { partition, consistency, ids, to } => {
+                let n = ids.len();
+                match self.group_of.get(&partition).copied() {
+                    // Any replica serves these from its own committed state.
+                    Some(slot) if consistency != Consistency::Linearizable && self.failed.is_none() => {
+                        self.lookup(now, slot, consistency, ids, LookupTo::Local(to))
+                    }
+                    _ => self.route(now, partition, Request::Lookup { consistency, ids, to }, trip),
+                }
+                n
+            }
+        }
+    }
+
+    /// One Raft tick of every group (the shell decides when one is due), then rebalancing and rejoin
+    /// probes.
+    pub fn tick(&mut self, now: Now) {
+        for group in self.groups.iter_mut().filter(|g| g.recovery.is_none()) {
+            group.raw.tick();
+        }
+        self.rebalance(now);
+        self.probe_for_recovery(now);
+    }
+
+    /// Proposes every led partition's events collected so far (the end of taking client commands).
+    pub fn propose_all(&mut self) {
+        for slot in 0..self.groups.len() {
+            self.propose(slot);
+        }
+    }
+
+    /// The rest of a round: drive every group's Ready, send parked requests on, propose what that
+    /// decided, and time out what waited too long.
+    pub fn end_round(&mut self, now: Now) {
+        self.drive_all();
+        self.retry_parked(now);
+        self.propose_all();
+        self.expire_waits(now);
+    }
+
+    /// Ready `number` of `partition` (and every earlier one) is durable.
+    pub fn persisted(&mut self, partition: u32, number: u64) {
+        let Some(&slot) = self.group_of.get(&partition) else {
+            panic!("persisted() for partition {partition}, which this core does not hold");
+        };
+        if self.failed.is_some() {
+            return;
+        }
+        self.groups[slot].raw.on_persisted(number);
+        self.drive_slot(slot);
+    }
+
+    /// A write the caller could not make durable: the shard stops (fail-stop), since its memory may
+    /// now hold effects its log lacks.
+    pub fn storage_failed(&mut self, partition: u32, error: impl std::fmt::Display) {
+        self.fail(format!("partition {partition}: {error}"));
+    }
+
+    /// The caller could not queue the forwarded request `request_id` for `to` (no connection, or its
+    /// queue is full): its client gets `Unavailable` at once. Other undeliverable items need no report
+    /// (Raft resends; a lost forwarded reply times out at the forwarding node).
+    pub fn forward_undeliverable(&mut self, to: u64, request_id: u64) {
+        if let Some(forwarded) = self.forwarded.remove(&request_id) {
+            assert_eq!(forwarded.to, to, "a forwarded request is recorded with the node it went to");
+            self.suspect_remote_leader(forwarded.partition, to);
+            let error = EngineError::Unavailable(format!("cannot queue the request for node {to}"));
+            forwarded.request.fail(&mut self.sink, error);
+        }
+    }
+
+    /// A peer item from node `from` (the connection names the sender).
+    pub fn on_peer(&mut self, now: Now, from: u64, item: PeerItem) {
+        match item {
+            PeerItem::Raft { partition, message } => {
+                let Some(&slot) = self.group_of.get(&partition) else { return };
+                self.groups[slot].step(now, message);
+            }
+            // An item claiming another sender is dropped.
+            PeerItem::Forward { request_id, from_node, partition, request } if from_node == from => {
+                self.on_forward(now, request_id, from, partition, request);
+            }
+            PeerItem::Forward { .. } => {}
+            PeerItem::ForwardReply { request_id, reply, .. } => self.on_forward_reply(now, from, request_id, reply),
+            PeerItem::TermProbe { partition } => self.on_term_probe(from, partition),
+            PeerItem::TermReport { partition, term, commit, last_index } => {
+                self.on_term_report(from, partition, (term, commit, last_index))
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups.iter().map(|g| g.status(self.failed.clone())).collect()
+    }
+
+    /// A page of history from this replica's committed state, walked through the events in its log.
+    pub fn history(
+        &self,
+        partition: u32,
+        account_id: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<crate::history::HistoryPage, EngineError> {
+        if let Some(reason) = &self.failed {
+            return Err(EngineError::ShardFailed { shard: self.shard, reason: reason.clone() });
+        }
+        let Some(&slot) = self.group_of.get(&partition) else {
+            let leader = Some(self.cluster.preferred_leader(partition));
+            return Err(EngineError::NotLeader { partition, leader });
+        };
+        self.groups[slot].history(account_id, from_seq, limit)
+    }
+
+    /// Answers everything still waiting with `ShuttingDown`: owed batches, queued reads, forwarded and
+    /// parked requests. A batch whose entry commits later is still in the log; a retry with the same
+    /// ids returns its outcome.
+    pub fn close(&mut self) {
+        self.propose_all();
+        self.drive_all();
+        let error = EngineError::ShuttingDown;
+        for group in &mut self.groups {
+            group.fail_everything_waiting(&mut self.sink, &error);
+        }
+        for (_, forwarded) in std::mem::take(&mut self.forwarded) {
+            forwarded.request.fail(&mut self.sink, error.clone());
+        }
+        for parked in self.parked.drain(..) {
+            parked.request.fail(&mut self.sink, error.clone());
+        }
+    }
+
+    fn drive_all(&mut self) {
+        for slot in 0..self.groups.len() {
+            self.drive_slot(slot);
+        }
+    }
+
+    fn drive_slot(&mut self, slot: usize) {
+        if self.failed.is_some() {
+            return;
+        }
+        let applied = self.record_applied.then_some(&mut self.applied);
+        if let Err(error) = self.groups[slot].drive(self.node_id, &self.replication, &mut self.sink, applied) {
+            let reason = format!("partition {}: {error}", self.groups[slot].partition);
+            return self.fail(reason);
+        }
+        if let Err(reason) = self.groups[slot].observe_role(self.node_id, &mut self.sink) {
+            self.fail(reason);
+        }
+    }
+
+    /// Leader path: validate against the speculative state and collect the events of this round.
+    fn execute(&mut self, now: Now, slot: usize, batch: Batch, to: ItemsTo<H>) {
+        if self.groups[slot].buffer.event_count() as usize + batch.len() > crate::shard::RECORD_EVENTS_MAX {
+            self.propose(slot);
+        }
+        self.groups[slot].execute(now, batch, to, &mut self.sink);
+    }
+
+    fn propose(&mut self, slot: usize) {
+        self.groups[slot].propose(&mut self.sink);
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.sink.log(log::Level::Error, format!(
+            "node {} shard {}: FAILED, refusing all commands until restart: {reason}",
+            self.node_id, self.shard
+        ));
+        self.failed = Some(reason.clone());
+        let error = EngineError::ShardFailed { shard: self.shard, reason };
+        for group in &mut self.groups {
+            group.speculative = None;
+            group.fail_everything_waiting(&mut self.sink, &error);
+        }
+    }
+
+    fn failed_error(&self) -> Option<EngineError> {
+        self.failed.as_ref().map(|reason| EngineError::ShardFailed { shard: self.shard, reason: reason.clone() })
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Batch {
+    Transfers(Vec<Transfer>),
+    Accounts(Vec<CreateAccount>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Transfers(items) => items.len(),
+            Batch::Accounts(items) => items.len(),
+        }
+    }
+}
+
+/// The answer a forwarding node gets for `error`; `NotLeader` names the leader this node knows of.
+fn error_reply(error: &EngineError) -> ForwardReply {
+    let (code, message) = error_code(error);
+    let leader = match error {
+        EngineError::NotLeader { leader: Some(leader), .. } => *leader,
+        _ => 0,
+    };
+    ForwardReply::Error { code, leader, message }
+}
+
+/// The protocol error code and message an engine error is answered with.
+pub fn error_code(error: &EngineError) -> (u16, String) {
+    let code = match error {
+        EngineError::NotLeader { .. } => ErrorCode::NotLeader,
+        EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
+            ErrorCode::Unavailable
+        }
+        EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
+        // No protocol code says "gone": the message tells the reader that older history is in the
+        // snapshot, not in the log.
+        EngineError::HistoryCompacted { .. } => ErrorCode::Unavailable,
+        EngineError::Remote { code, message, .. } => return (*code, message.clone()),
+        _ => ErrorCode::Internal,
+    };
+    (code as u16, error.to_string())
+}
