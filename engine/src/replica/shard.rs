@@ -265,7 +265,8 @@ impl ReplicaShard {
                         }
                     }
                     Output::Persist(persist) => {
-                        let storage = self.core.storage_mut(persist.partition).expect("the core names its own partitions");
+                        let storage =
+                            self.core.storage_mut(persist.partition).expect("the core names its own partitions");
                         match persist.write_to(storage) {
                             Ok(()) => self.core.persisted(persist.partition, persist.number),
                             Err(error) => self.core.storage_failed(persist.partition, error),
@@ -361,4 +362,3 @@ fn remove_rejoin_marker(dir: &Path) -> Result<(), EngineError> {
     std::fs::remove_file(&path).map_err(error)?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)
 }
-

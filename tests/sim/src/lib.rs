@@ -1,6 +1,17 @@
-//! Deterministic whole-cluster simulator for the `raft` crate (in the spirit of TigerBeetle's
-//! VOPR): every replica, the network, the disks and the clocks run in one thread from one u64
-//! seed. Faults: dropped, delayed, duplicated and reordered messages, partitions, crashes that
+//! Deterministic whole-cluster simulators (in the spirit of TigerBeetle's VOPR): every replica, the
+//! network, the disks and the clocks run in one thread from one u64 seed. Two of them:
+//!
+//! - `replica`: the engine's real replica core (`engine::replica::core`, the code a cluster node runs,
+//!   with the real `PartitionState`) on 3 or 5 nodes, with an auditor that plays the clients;
+//! - `sim`: the `raft` crate alone on `MemStorage`, with membership changes and lease reads.
+//!
+//! The replica simulator:
+//! - suite (600 runs + planted bugs): `cargo test --release -p raft-sim --test replica_seeds`
+//! - replay: `REPLICA_SIM_SEED=<seed> REPLICA_SIM_NODES=<3|5> cargo test --release -p raft-sim --test replica_seeds -- replay_seed --nocapture`
+//!   (`REPLICA_SIM_VERBOSE=1` prints the nodes' log lines)
+//! - soak: `cargo run --release -p raft-sim --bin replica-soak -- --seeds 1000000 [--first N] [--nodes 3|5|both]`
+//!
+//! The Raft simulator: Faults: dropped, delayed, duplicated and reordered messages, partitions, crashes that
 //! lose all unpersisted state, torn writes, clock jitter. Safety is checked after every step
 //! (`checker`), liveness once faults stop. A failure prints the command that replays its seed.
 //!
@@ -10,6 +21,7 @@
 //! - throughput: `cargo run --release -p raft-sim --bin raft-bench`
 
 pub mod checker;
+pub mod replica;
 pub mod rng;
 pub mod sim;
 

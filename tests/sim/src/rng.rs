@@ -30,6 +30,32 @@ impl Rng {
     }
 }
 
+impl Rng {
+    /// Fisher-Yates: a uniformly random order (messages due at the same time arrive in any order).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+
+    /// A network partition of nodes `1..=nodes`: a random minority side, returned as the pairs
+    /// `(a, b)`, `a < b`, that can no longer talk.
+    pub fn cut(&mut self, nodes: u64) -> std::collections::BTreeSet<(u64, u64)> {
+        let mut side = std::collections::BTreeSet::new();
+        for _ in 0..1 + self.below(nodes / 2 + 1) {
+            side.insert(1 + self.below(nodes));
+        }
+        let mut cut = std::collections::BTreeSet::new();
+        for &a in &side {
+            for b in (1..=nodes).filter(|b| !side.contains(b)) {
+                cut.insert((a.min(b), a.max(b)));
+            }
+        }
+        cut
+    }
+}
+
 /// Order-sensitive 64-bit mixing hash used for state-machine digests (FNV-1a style with a final
 /// splitmix; collisions only matter for the checker, never for safety of the code under test).
 pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {

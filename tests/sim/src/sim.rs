@@ -404,10 +404,7 @@ impl Sim {
             }
         }
         // Reorder among the due messages.
-        for i in (1..due.len()).rev() {
-            let j = self.rng.below(i as u64 + 1) as usize;
-            due.swap(i, j);
-        }
+        self.rng.shuffle(&mut due);
         for message in due {
             if self.blocked(message.from, message.to) {
                 continue;
@@ -553,19 +550,7 @@ impl Sim {
     fn inject_faults(&mut self) {
         let count = self.nodes.len() as u64;
         if self.rng.chance(self.options.partition_per_mille) {
-            self.cut.clear();
-            let isolated = 1 + self.rng.below(count / 2 + 1);
-            let mut side = BTreeSet::new();
-            for _ in 0..isolated {
-                side.insert(1 + self.rng.below(count));
-            }
-            for &a in &side {
-                for b in 1..=count {
-                    if !side.contains(&b) {
-                        self.cut.insert((a.min(b), a.max(b)));
-                    }
-                }
-            }
+            self.cut = self.rng.cut(count);
         }
         if self.rng.chance(self.options.heal_per_mille) {
             self.cut.clear();

@@ -233,7 +233,8 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             Err(error) => {
                 // The speculative state holds effects that will never be in the log.
                 self.speculative_stale = true;
-                let error = EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition));
+                let error =
+                    EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition));
                 for (to, _) in answers {
                     sink.items(to, Err(error.clone()));
                 }
@@ -276,12 +277,15 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 self.batch_index.clear();
                 self.applied_index = snapshot.meta.index;
                 self.last_snapshot_index = snapshot.meta.index;
-                sink.log(log::Level::Info, format!(
-                    "node {node_id}: partition {}: installed snapshot at index {} (seq {})",
-                    self.partition,
-                    snapshot.meta.index,
-                    self.committed.last_seq()
-                ));
+                sink.log(
+                    log::Level::Info,
+                    format!(
+                        "node {node_id}: partition {}: installed snapshot at index {} (seq {})",
+                        self.partition,
+                        snapshot.meta.index,
+                        self.committed.last_seq()
+                    ),
+                );
             }
             if ready.must_persist() {
                 sink.outputs.push(super::Output::Persist(Persist {
@@ -372,8 +376,10 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         let mut state = self.committed.clone();
         let last = self.raw.status().last_index;
         for index in self.applied_index + 1..=last {
-            let entry =
-                self.raw.entry(index).ok_or_else(|| EngineError::Log(format!("entry {index} is missing from the log")))?;
+            let entry = self
+                .raw
+                .entry(index)
+                .ok_or_else(|| EngineError::Log(format!("entry {index} is missing from the log")))?;
             if let Payload::Data(bytes) = &entry.payload {
                 let view = EventBatchView::new(bytes).map_err(|e| EngineError::Log(format!("entry {index}: {e}")))?;
                 state.apply_batch(&view).map_err(|e| EngineError::Log(format!("entry {index}: {e}")))?;
@@ -392,12 +398,21 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 .set_rejoin_marker(None)
                 .map_err(|error| format!("partition {}: {error}", self.partition))?;
             self.withhold_marker_stored = false;
-            sink.log(log::Level::Info, format!(
-                "node {node_id}: partition {}: caught up to commit index {}; votes no longer withheld",
-                self.partition, status.commit
-            ));
+            sink.log(
+                log::Level::Info,
+                format!(
+                    "node {node_id}: partition {}: caught up to commit index {}; votes no longer withheld",
+                    self.partition, status.commit
+                ),
+            );
         }
-        assert!(status.term >= self.term, "partition {}: term went from {} back to {}", self.partition, self.term, status.term);
+        assert!(
+            status.term >= self.term,
+            "partition {}: term went from {} back to {}",
+            self.partition,
+            self.term,
+            status.term
+        );
         assert!(
             status.commit >= self.commit_index,
             "partition {}: commit index went from {} back to {}",
@@ -422,7 +437,10 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             self.speculative = Some(state);
             self.speculative_stale = false;
             if was != Role::Leader {
-                sink.log(log::Level::Info, format!("node {node_id}: partition {}: leader in term {}", self.partition, status.term));
+                sink.log(
+                    log::Level::Info,
+                    format!("node {node_id}: partition {}: leader in term {}", self.partition, status.term),
+                );
             }
         }
         if !leads && self.speculative.is_some() && !self.speculative_kept {
@@ -434,10 +452,13 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
             let error = EngineError::NotLeader { partition: self.partition, leader: status.leader };
             self.fail_leader_waits(sink, &error);
-            sink.log(log::Level::Info, format!(
-                "node {node_id}: partition {}: no longer leader (term {}, leader {:?})",
-                self.partition, status.term, status.leader
-            ));
+            sink.log(
+                log::Level::Info,
+                format!(
+                    "node {node_id}: partition {}: no longer leader (term {}, leader {:?})",
+                    self.partition, status.term, status.leader
+                ),
+            );
         }
         if let (Some(speculative), false) = (&self.speculative, self.speculative_kept) {
             assert!(
@@ -500,7 +521,12 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     }
 
     /// A page of history from the committed state, walked through the events in the log.
-    pub fn history(&self, account_id: u64, from_seq: u64, limit: usize) -> Result<crate::history::HistoryPage, EngineError> {
+    pub fn history(
+        &self,
+        account_id: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<crate::history::HistoryPage, EngineError> {
         let account = self.committed.account(account_id).ok_or(EngineError::AccountNotFound { account_id })?;
         let index = &self.batch_index;
         crate::history::walk(

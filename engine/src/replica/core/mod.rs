@@ -37,8 +37,8 @@ use crate::error::EngineError;
 use crate::partition::PartitionConfig;
 use crate::replica::wire::{ForwardReply, PeerItem};
 
-use group::Group;
 pub use group::initial_conf_state;
+use group::Group;
 pub use rejoin::RejoinMarker;
 use routing::{Forwarded, Parked, Request, Trip};
 
@@ -95,12 +95,24 @@ impl Persist {
 
 pub enum Output<H: Handles> {
     /// A peer item for node `to`. If it cannot be queued, report it with `undeliverable`.
-    Send { to: u64, item: PeerItem },
+    Send {
+        to: u64,
+        item: PeerItem,
+    },
     Persist(Persist),
-    Items { to: H::Items, outcome: Result<Vec<ItemResult>, EngineError> },
-    Lookup { to: H::Lookup, outcome: Result<Vec<Option<Account>>, EngineError> },
+    Items {
+        to: H::Items,
+        outcome: Result<Vec<ItemResult>, EngineError>,
+    },
+    Lookup {
+        to: H::Lookup,
+        outcome: Result<Vec<Option<Account>>, EngineError>,
+    },
     /// A line for the operator's log, at `level` (the shell hands it to the logger, which adds the time).
-    Log { level: log::Level, line: String },
+    Log {
+        level: log::Level,
+        line: String,
+    },
 }
 
 /// Client commands the core serves (status and history are queries: [`ReplicaCore::status`],
@@ -532,10 +544,13 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         if self.failed.is_some() {
             return;
         }
-        self.sink.log(log::Level::Error, format!(
-            "node {} shard {}: FAILED, refusing all commands until restart: {reason}",
-            self.node_id, self.shard
-        ));
+        self.sink.log(
+            log::Level::Error,
+            format!(
+                "node {} shard {}: FAILED, refusing all commands until restart: {reason}",
+                self.node_id, self.shard
+            ),
+        );
         self.failed = Some(reason.clone());
         let error = EngineError::ShardFailed { shard: self.shard, reason };
         for group in &mut self.groups {

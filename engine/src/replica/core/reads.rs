@@ -42,7 +42,8 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                         assert!(earlier.is_none(), "read context {context} used twice");
                     }
                     Err(error) => {
-                        let error = EngineError::Unavailable(format!("partition {}: read refused: {error}", group.partition));
+                        let error =
+                            EngineError::Unavailable(format!("partition {}: read refused: {error}", group.partition));
                         sink.lookup(read.to, Err(error));
                     }
                 }
@@ -98,7 +99,8 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     fn expire_reads(&mut self, now: Now, sink: &mut Sink<H>) {
         let partition = self.partition;
         let timeout = |read: PendingRead<H>, sink: &mut Sink<H>| {
-            let error = EngineError::Unavailable(format!("partition {partition} did not reach the requested state in time"));
+            let error =
+                EngineError::Unavailable(format!("partition {partition} did not reach the requested state in time"));
             sink.lookup(read.to, Err(error));
         };
         let late = |read: &PendingRead<H>| read.deadline_ms <= now.mono_ms;

@@ -25,10 +25,13 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             if caught_up && may_try {
                 group.last_transfer_attempt_ms = Some(now.mono_ms);
                 if group.raw.transfer_leader(group.preferred_leader).is_ok() {
-                    self.sink.log(log::Level::Info, format!(
-                        "node {}: partition {}: handing leadership to its preferred node {}",
-                        self.node_id, group.partition, group.preferred_leader
-                    ));
+                    self.sink.log(
+                        log::Level::Info,
+                        format!(
+                            "node {}: partition {}: handing leadership to its preferred node {}",
+                            self.node_id, group.partition, group.preferred_leader
+                        ),
+                    );
                 }
             }
         }

@@ -103,9 +103,12 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         group.recovery = None;
         group.raw.rejoin_after_loss(term, target);
         group.withhold_marker_stored = true;
-        self.sink.log(log::Level::Info, format!(
-            "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
-            self.node_id, partition
-        ));
+        self.sink.log(
+            log::Level::Info,
+            format!(
+                "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
+                self.node_id, partition
+            ),
+        );
     }
 }

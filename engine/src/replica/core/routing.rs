@@ -79,7 +79,9 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         if group.may_decide() {
             return match request {
                 Request::Items { batch, to } => self.execute(now, slot, batch, ItemsTo::Local(to)),
-                Request::Lookup { consistency, ids, to } => self.lookup(now, slot, consistency, ids, LookupTo::Local(to)),
+                Request::Lookup { consistency, ids, to } => {
+                    self.lookup(now, slot, consistency, ids, LookupTo::Local(to))
+                }
             };
         }
         match group.leader {

@@ -1,0 +1,737 @@
+//! The whole cluster of replica cores in one thread: N nodes (3 or 5) each running the engine's real
+//! sans-IO replica core (`engine::replica::core`, with the real `PartitionState`, Raft groups,
+//! forwarding, reads, rejoin and rebalancing) over simulated disks, a faulty network that carries
+//! every item through the real node-to-node codec, and drifting clocks, all from one seed. The
+//! auditor (`auditor`) plays the clients and checks every answer and every applied entry.
+//!
+//! Faults: dropped, delayed, duplicated and reordered peer items; network partitions; crashes that
+//! lose every write not yet reported durable (the oldest may leave a torn prefix of its entries);
+//! restarts, some after the node lost its whole data directory (started with `rejoin`); clock drift
+//! (each node's clock runs at its own rate) and wall clocks that step back by up to 2 s on restart;
+//! leadership transfers to random replicas.
+
+pub mod auditor;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use engine::cluster_config::{ClusterConfig, ReplicationConfig};
+use engine::partition::PartitionConfig;
+use engine::replica::core::{
+    initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, Persist, PlantedBugs, ReplicaCore,
+};
+use engine::replica::wire::{decode_items, encode_items, PeerItem};
+use net::types::ACCOUNT_FLAG_EXTERNAL;
+
+use crate::checker::Violation;
+use crate::rng::Rng;
+use auditor::{AuditStats, Auditor, Op};
+use store::SimStore;
+
+/// The simulator's answer handles: the auditor's request numbers.
+pub struct SimHandles;
+
+impl Handles for SimHandles {
+    type Items = u64;
+    type Lookup = u64;
+}
+
+type Core = ReplicaCore<SimStore, SimHandles>;
+
+/// Wall clock of every node at simulated time 0 (ms since the epoch, late 2023).
+const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
+/// After faults stop, Raft's timing assumptions hold again: small delays, prompt disks.
+const LIVENESS_DELAY_MS_MAX: u64 = 3;
+const LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN: u32 = 600;
+const CLOCK_STEP_BACK_MS_MAX: u64 = 2_000;
+const IDEMPOTENCY_IDS_MAX: usize = 1_024;
+
+/// Fault and workload knobs; probabilities are per mille per simulated millisecond.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    pub partitions: u32,
+    /// Length of the faulty phase, in simulated milliseconds.
+    pub steps_ms: u64,
+    pub drop_per_mille: u32,
+    pub duplicate_per_mille: u32,
+    pub delay_ms_max: u64,
+    pub partition_per_mille: u32,
+    pub heal_per_mille: u32,
+    pub crash_per_mille: u32,
+    pub restart_per_mille: u32,
+    /// A restart comes back with an empty data directory and `rejoin` (one node at a time).
+    pub wipe_per_mille: u32,
+    pub torn_write_per_mille: u32,
+    pub write_complete_per_mille: u32,
+    /// Each node's clock runs at 1 ± this many parts per million.
+    pub clock_drift_ppm_max: u64,
+    /// A restarted node's wall clock steps back by up to `CLOCK_STEP_BACK_MS_MAX`.
+    pub clock_reset_per_mille: u32,
+    pub transfer_leader_per_mille: u32,
+    pub client_per_mille: u32,
+    pub snapshot_interval_entries: u64,
+    /// The partitions' transfer-id window: short, so that runs of seconds evict ids by time and by
+    /// count, and retries of forgotten ids meet `id_expired`.
+    pub idempotency_window_ms: u64,
+    /// After faults stop, everything must be answered and every replica agree within this bound.
+    pub liveness_ms_max: u64,
+    pub planted: PlantedBugs,
+}
+
+impl Options {
+    /// Swarm testing: each seed draws its own fault mix.
+    pub fn for_seed(seed: u64, nodes: usize) -> Options {
+        let mut rng = Rng::new(seed ^ 0x0C0E_5EED_FA17);
+        let slow_network = rng.chance(200);
+        Options {
+            nodes,
+            partitions: if nodes == 3 { 2 } else { 3 },
+            steps_ms: 1_500 + rng.below(1_000),
+            drop_per_mille: rng.below(150) as u32,
+            duplicate_per_mille: rng.below(50) as u32,
+            delay_ms_max: 1 + rng.below(if slow_network { 60 } else { 8 }),
+            partition_per_mille: rng.below(6) as u32,
+            heal_per_mille: 2 + rng.below(20) as u32,
+            crash_per_mille: rng.below(4) as u32,
+            restart_per_mille: 5 + rng.below(40) as u32,
+            wipe_per_mille: if rng.chance(400) { 200 + rng.below(500) as u32 } else { 0 },
+            torn_write_per_mille: 500,
+            write_complete_per_mille: 200 + rng.below(800) as u32,
+            clock_drift_ppm_max: rng.below(50_000),
+            clock_reset_per_mille: rng.below(500) as u32,
+            transfer_leader_per_mille: rng.below(3) as u32,
+            client_per_mille: 100 + rng.below(500) as u32,
+            snapshot_interval_entries: 8 + rng.below(56),
+            idempotency_window_ms: 1_000 + rng.below(2_000),
+            liveness_ms_max: 6_000,
+            planted: PlantedBugs::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub steps_ms: u64,
+    pub crashes: u64,
+    pub wipes: u64,
+    pub restarts: u64,
+    pub items_sent: u64,
+    pub leader_changes: u64,
+    pub snapshots_installed: u64,
+    pub transfers_asked: u64,
+    pub log_lines: u64,
+    pub audit: AuditStats,
+}
+
+struct Node {
+    id: u64,
+    core: Option<Core>,
+    /// The durable stores while the node is down.
+    disk: Option<Vec<(u32, SimStore)>>,
+    /// Writes handed out and not yet durable, oldest first.
+    writes: VecDeque<Persist>,
+    /// Clock rate in parts per million of simulated time.
+    rate_ppm: u64,
+    mono_offset_ms: u64,
+    wall_offset_ms: u64,
+    /// How far this node's wall clock was stepped back, in total.
+    wall_back_ms: u64,
+    /// The wall clock's nanoseconds within its millisecond (drawn at each boot: real clocks have
+    /// nanosecond resolution, so two boots never start forwarded-request ids at the same value).
+    wall_sub_ms_ns: u64,
+    next_tick_ms: u64,
+    boots: u64,
+    /// Per partition, the applied index last checked (digests are compared when it moves).
+    checked_applied: BTreeMap<u32, u64>,
+    leader_of: BTreeSet<u32>,
+}
+
+impl Node {
+    fn mono_ms(&self, now_ms: u64) -> u64 {
+        self.mono_offset_ms + now_ms * self.rate_ppm / 1_000_000
+    }
+
+    fn now(&self, now_ms: u64) -> Now {
+        let mono_ms = self.mono_ms(now_ms);
+        let elapsed_ms = mono_ms - self.mono_offset_ms;
+        let wall_ms = (WALL_EPOCH_MS + self.wall_offset_ms + elapsed_ms).saturating_sub(self.wall_back_ms);
+        Now { mono_ms, wall_ns: wall_ms * 1_000_000 + self.wall_sub_ms_ns }
+    }
+}
+
+struct InFlight {
+    deliver_at_ms: u64,
+    from: u64,
+    to: u64,
+    /// The item as the real node-to-node codec encodes it.
+    bytes: Vec<u8>,
+}
+
+pub struct Sim {
+    options: Options,
+    seed: u64,
+    rng: Rng,
+    now_ms: u64,
+    cluster: ClusterConfig,
+    nodes: Vec<Node>,
+    network: Vec<InFlight>,
+    /// Pairs (a, b), a < b, that cannot talk.
+    cut: BTreeSet<(u64, u64)>,
+    faults: bool,
+    auditor: Auditor,
+    /// (partition, applied index) -> digest of the committed state there.
+    digests: BTreeMap<(u32, u64), u128>,
+    stats: Stats,
+    verbose: bool,
+}
+
+impl Sim {
+    pub fn new(seed: u64, options: Options) -> Sim {
+        let mut rng = Rng::new(seed);
+        let mut cluster = ClusterConfig::local(0x5151, options.nodes, options.partitions, 3, 7401, 7501);
+        cluster.idempotency_window_ms = options.idempotency_window_ms;
+        // The smallest bound a node accepts: count evictions happen too.
+        cluster.idempotency_ids_max = IDEMPOTENCY_IDS_MAX;
+        cluster.replication = ReplicationConfig {
+            tick_interval_ms: 10,
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
+            heartbeat_interval_ticks: 2,
+            snapshot_interval_entries: options.snapshot_interval_entries,
+            uncommitted_entries_max: 64,
+            forward_timeout_ms: 600,
+            read_wait_timeout_ms: 400,
+            ..ReplicationConfig::default()
+        };
+        let nodes = (1..=options.nodes as u64)
+            .map(|id| {
+                let drift = options.clock_drift_ppm_max;
+                let rate_ppm = 1_000_000 - drift + rng.below(2 * drift + 1);
+                Node {
+                    id,
+                    core: None,
+                    disk: Some(fresh_disk(&cluster, id)),
+                    writes: VecDeque::new(),
+                    rate_ppm,
+                    mono_offset_ms: rng.below(1_000_000),
+                    wall_offset_ms: CLOCK_STEP_BACK_MS_MAX * 8 + rng.below(2_000),
+                    wall_back_ms: 0,
+                    wall_sub_ms_ns: rng.below(1_000_000),
+                    next_tick_ms: 0,
+                    boots: 0,
+                    checked_applied: BTreeMap::new(),
+                    leader_of: BTreeSet::new(),
+                }
+            })
+            .collect();
+        let verbose = std::env::var_os("REPLICA_SIM_VERBOSE").is_some();
+        let auditor = Auditor::new(options.partitions);
+        let mut sim = Sim {
+            options,
+            seed,
+            rng,
+            now_ms: 0,
+            cluster,
+            nodes,
+            network: Vec::new(),
+            cut: BTreeSet::new(),
+            faults: true,
+            auditor,
+            digests: BTreeMap::new(),
+            stats: Stats::default(),
+            verbose,
+        };
+        for index in 0..sim.nodes.len() {
+            sim.boot(index, false).expect("a new node opens");
+        }
+        sim
+    }
+
+    /// The command that replays this run exactly.
+    pub fn replay_command(&self) -> String {
+        let planted = if self.options.planted == PlantedBugs::default() {
+            String::new()
+        } else {
+            format!(" REPLICA_SIM_PLANTED='{:?}'", self.options.planted)
+        };
+        format!(
+            "REPLICA_SIM_SEED={} REPLICA_SIM_NODES={}{planted} cargo test --release -p raft-sim --test replica_seeds -- replay_seed --nocapture",
+            self.seed, self.options.nodes
+        )
+    }
+
+    /// Runs the faulty phase, then the liveness phase. Err carries the violation and the replay command.
+    pub fn run(mut self) -> Result<Stats, String> {
+        // An assertion inside the core is a violation like any other: report it with the replay command.
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_phases())) {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic without a message".into());
+                Err(format!("panic: {message}"))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.stats.steps_ms = self.now_ms;
+                self.stats.audit = self.auditor.stats.clone();
+                Ok(self.stats)
+            }
+            Err(violation) => Err(format!(
+                "replica sim seed {} ({} nodes) at {} ms: {violation}\nreplay: {}",
+                self.seed,
+                self.options.nodes,
+                self.now_ms,
+                self.replay_command()
+            )),
+        }
+    }
+
+    fn run_phases(&mut self) -> Result<(), Violation> {
+        while self.now_ms < self.options.steps_ms {
+            self.step()?;
+        }
+        self.heal_all()?;
+        let start = self.now_ms;
+        self.auditor.send_markers();
+        while self.now_ms - start < self.options.liveness_ms_max {
+            self.step()?;
+            if self.auditor.quiet() && self.auditor.markers_acked() && self.converged() {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "liveness: {} ms after faults stopped, {} requests still unanswered, markers acked: {}, replicas \
+             converged: {}\n  auditor: {}\n{}",
+            self.options.liveness_ms_max,
+            self.auditor.outstanding(),
+            self.auditor.markers_acked(),
+            self.converged(),
+            self.auditor.describe(),
+            self.describe_nodes()
+        ))
+    }
+
+    fn describe_nodes(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            match &node.core {
+                None => out.push_str(&format!("  node {}: down\n", node.id)),
+                Some(core) => {
+                    for status in core.status() {
+                        out.push_str(&format!(
+                            "  node {} p{}: leader {} (leader id {}) term {} last {} commit {} applied {} seq {} \
+                             writes {} rejoin {}\n",
+                            node.id,
+                            status.partition,
+                            status.leader,
+                            status.leader_id,
+                            status.term,
+                            status.last_index,
+                            status.commit_index,
+                            status.applied_index,
+                            status.applied_seq,
+                            node.writes.len(),
+                            core.rejoin_pending()
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.core.is_some()).map(|n| n.id).collect()
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        self.now_ms += 1;
+        // Ticks, on each node's own clock.
+        let tick_ms = self.cluster.replication.tick_interval_ms;
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let now = node.now(self.now_ms);
+            let Some(core) = node.core.as_mut() else { continue };
+            if now.mono_ms >= node.next_tick_ms {
+                node.next_tick_ms = now.mono_ms + tick_ms;
+                core.tick(now);
+                self.pump(index)?;
+            }
+        }
+        self.deliver()?;
+        self.clients()?;
+        // The end of each node's round: propose, drive, retry parked requests, expire waits.
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let now = node.now(self.now_ms);
+            if let Some(core) = node.core.as_mut() {
+                core.propose_all();
+                core.end_round(now);
+                self.pump(index)?;
+            }
+        }
+        self.complete_writes()?;
+        if self.faults {
+            self.inject_faults()?;
+        }
+        self.check_nodes()
+    }
+
+    /// Carries out what node `index`'s core decided: items onto the network, writes into its disk
+    /// queue, answers to the auditor; applied entries to the auditor's model first.
+    fn pump(&mut self, index: usize) -> Result<(), Violation> {
+        let node = &mut self.nodes[index];
+        let Some(core) = node.core.as_mut() else { return Ok(()) };
+        if let Some(reason) = core.failed() {
+            return Err(format!("node {}: shard failed: {reason}", node.id));
+        }
+        let id = node.id;
+        let applied = core.take_applied();
+        let outputs = core.take_outputs();
+        for (partition, entry) in applied {
+            self.auditor.applied(id, partition, entry)?;
+        }
+        for output in outputs {
+            match output {
+                Output::Send { to, item } => self.send(id, to, item),
+                Output::Persist(persist) => self.nodes[index].writes.push_back(persist),
+                Output::Items { to, outcome } => {
+                    self.auditor.items_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
+                }
+                Output::Lookup { to, outcome } => {
+                    self.auditor.lookup_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
+                }
+                Output::Log { line, .. } => {
+                    self.stats.log_lines += 1;
+                    if line.contains("installed snapshot") {
+                        self.stats.snapshots_installed += 1;
+                    }
+                    if self.verbose {
+                        eprintln!("[{} ms] {line}", self.now_ms);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: u64, to: u64, item: PeerItem) {
+        self.stats.items_sent += 1;
+        let mut bytes = Vec::new();
+        encode_items(std::slice::from_ref(&item), &mut bytes);
+        let copies = if self.faults && self.rng.chance(self.options.duplicate_per_mille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = 1 + self.rng.below(self.options.delay_ms_max);
+            self.network.push(InFlight { deliver_at_ms: self.now_ms + delay, from, to, bytes: bytes.clone() });
+        }
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        let now_ms = self.now_ms;
+        let mut due = Vec::new();
+        let mut index = 0;
+        while index < self.network.len() {
+            if self.network[index].deliver_at_ms <= now_ms {
+                due.push(self.network.swap_remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        // Reordered among the due items.
+        self.rng.shuffle(&mut due);
+        for flight in due {
+            if self.cut.contains(&(flight.from.min(flight.to), flight.from.max(flight.to))) {
+                continue;
+            }
+            if self.faults && self.rng.chance(self.options.drop_per_mille) {
+                continue;
+            }
+            let target = (flight.to - 1) as usize;
+            let node = &mut self.nodes[target];
+            let now = node.now(now_ms);
+            let Some(core) = node.core.as_mut() else { continue };
+            let items = decode_items(&flight.bytes).map_err(|e| format!("the peer codec refused its own item: {e}"))?;
+            for item in items {
+                core.on_peer(now, flight.from, item);
+            }
+            self.pump(target)?;
+        }
+        Ok(())
+    }
+
+    fn clients(&mut self) -> Result<(), Violation> {
+        let live = self.live();
+        let mut sends = self.auditor.due_retries(self.now_ms, &mut self.rng, &live);
+        if self.faults && self.rng.chance(self.options.client_per_mille) {
+            sends.extend(self.auditor.new_request(self.now_ms, &mut self.rng, &live));
+        }
+        for send in sends {
+            let index = (send.node - 1) as usize;
+            let node = &mut self.nodes[index];
+            let now = node.now(self.now_ms);
+            let core = node.core.as_mut().expect("requests go to live nodes");
+            let command = match send.op {
+                Op::Transfers { partition, items } => {
+                    self.stats.transfers_asked += items.len() as u64;
+                    Command::Transfers { partition, items, to: send.handle }
+                }
+                Op::Accounts { partition, items } => Command::CreateAccounts { partition, items, to: send.handle },
+                Op::Lookup { partition, consistency, ids, .. } => {
+                    Command::Lookup { partition, consistency, ids, to: send.handle }
+                }
+            };
+            core.on_client(now, command);
+            self.pump(index)?;
+        }
+        Ok(())
+    }
+
+    fn complete_writes(&mut self) -> Result<(), Violation> {
+        for index in 0..self.nodes.len() {
+            while !self.nodes[index].writes.is_empty() && self.rng.chance(self.options.write_complete_per_mille) {
+                let node = &mut self.nodes[index];
+                let write = node.writes.pop_front().expect("checked non-empty");
+                let core = node.core.as_mut().expect("writes exist only on live nodes");
+                let storage = core.storage_mut(write.partition).expect("the core names its own partitions");
+                write
+                    .write_to(storage)
+                    .map_err(|e| format!("node {}: simulated disk refused a write: {e}", node.id))?;
+                core.persisted(write.partition, write.number);
+                self.pump(index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) -> Result<(), Violation> {
+        let count = self.nodes.len() as u64;
+        if self.rng.chance(self.options.partition_per_mille) {
+            self.cut = self.rng.cut(count);
+        }
+        if self.rng.chance(self.options.heal_per_mille) {
+            self.cut.clear();
+        }
+        if self.rng.chance(self.options.crash_per_mille) {
+            let index = self.rng.below(count) as usize;
+            self.crash(index);
+        }
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].core.is_none() && self.rng.chance(self.options.restart_per_mille) {
+                let wipe = self.rng.chance(self.options.wipe_per_mille) && self.may_wipe(index);
+                self.boot(index, wipe)?;
+            }
+        }
+        if self.rng.chance(self.options.transfer_leader_per_mille) {
+            let partition = self.rng.below(u64::from(self.options.partitions)) as u32;
+            let replicas = self.cluster.replicas(partition);
+            let to = replicas[self.rng.below(replicas.len() as u64) as usize];
+            for index in 0..self.nodes.len() {
+                if let Some(core) = self.nodes[index].core.as_mut() {
+                    if core.transfer_leader(partition, to) {
+                        self.pump(index)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node may lose its data only while every other node holds all of its own (no rejoin under way
+    /// anywhere): two lost replicas of one group can never vouch for each other, so the group would
+    /// wait forever, by design.
+    fn may_wipe(&self, index: usize) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| {
+            let stores_clean = |stores: &Vec<(u32, SimStore)>| stores.iter().all(|(_, s)| s.marker().is_none());
+            i == index
+                || match (&node.core, &node.disk) {
+                    (Some(core), _) => !core.rejoin_pending(),
+                    (None, Some(stores)) => stores_clean(stores),
+                    (None, None) => true,
+                }
+        }) && self.nodes[index].disk.as_ref().is_some_and(|stores| stores.iter().all(|(_, s)| s.marker().is_none()))
+    }
+
+    /// Loses every write not reported durable; the oldest may leave a torn prefix of its entries (a
+    /// torn tail the real log truncates at open: the entries before the tear are whole).
+    fn crash(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let Some(core) = node.core.take() else { return };
+        self.stats.crashes += 1;
+        let mut stores = core.into_storages();
+        if let Some(write) = node.writes.pop_front() {
+            if write.snapshot.is_none()
+                && !write.entries.is_empty()
+                && self.rng.chance(self.options.torn_write_per_mille)
+            {
+                let kept = 1 + self.rng.below(write.entries.len() as u64) as usize;
+                let (_, store) = stores.iter_mut().find(|(p, _)| *p == write.partition).expect("the write's partition");
+                raft::Storage::append(store, &write.entries[..kept])
+                    .expect("a torn prefix of an in-order write appends");
+            }
+        }
+        node.writes.clear();
+        node.disk = Some(stores);
+        node.leader_of.clear();
+        let id = node.id;
+        self.auditor.node_crashed(id, self.now_ms, &mut self.rng);
+    }
+
+    /// Starts node `index` from its disk, or (with `wipe`) from nothing with `rejoin`.
+    fn boot(&mut self, index: usize, wipe: bool) -> Result<(), Violation> {
+        let reset = self.nodes[index].boots > 0 && self.rng.chance(self.options.clock_reset_per_mille);
+        let step_back_ms = 1 + self.rng.below(CLOCK_STEP_BACK_MS_MAX);
+        let sub_ms_ns = self.rng.below(1_000_000);
+        let raft_seed = self.rng.next_u64();
+        let node = &mut self.nodes[index];
+        let Some(mut disk) = node.disk.take() else { return Ok(()) };
+        if wipe {
+            disk = fresh_disk(&self.cluster, node.id);
+            self.stats.wipes += 1;
+        }
+        if node.boots > 0 {
+            self.stats.restarts += 1;
+        }
+        if reset {
+            node.wall_back_ms += step_back_ms;
+        }
+        node.wall_sub_ms_ns = sub_ms_ns;
+        let now = node.now(self.now_ms);
+        node.boots += 1;
+        node.next_tick_ms = now.mono_ms;
+        node.checked_applied.clear();
+        let groups = disk
+            .into_iter()
+            .map(|(partition, storage)| GroupInit {
+                partition,
+                storage,
+                config: partition_config(&self.cluster, partition),
+                rejoin: wipe,
+                raft_seed: raft_seed ^ u64::from(partition),
+            })
+            .collect();
+        let options = CoreOptions {
+            shard: 0,
+            node_id: node.id,
+            cluster: self.cluster.clone(),
+            first_request_id: now.wall_ns,
+            record_applied: true,
+            planted: self.options.planted,
+        };
+        let core = ReplicaCore::open(options, groups, now).map_err(|e| format!("node {} cannot open: {e}", node.id))?;
+        node.core = Some(core);
+        self.pump(index)
+    }
+
+    fn check_nodes(&mut self) -> Result<(), Violation> {
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let Some(core) = node.core.as_ref() else { continue };
+            if let Some(reason) = core.failed() {
+                return Err(format!("node {}: shard failed: {reason}", node.id));
+            }
+            let partitions: Vec<u32> = core.partitions().collect();
+            for partition in partitions {
+                let state = core.committed_state(partition).expect("listed partition");
+                let applied = core.applied_index(partition).expect("listed partition");
+                if node.checked_applied.get(&partition) == Some(&applied) {
+                    continue;
+                }
+                node.checked_applied.insert(partition, applied);
+                let digest = state.digest();
+                let known = *self.digests.entry((partition, applied)).or_insert(digest);
+                if known != digest {
+                    return Err(format!(
+                        "node {}: partition {partition} at applied index {applied} has digest {digest:#x}; another \
+                         replica had {known:#x} there",
+                        node.id
+                    ));
+                }
+                for (ledger, sum) in state.ledger_sums() {
+                    if sum != 0 {
+                        return Err(format!("node {}: partition {partition}: ledger {ledger} sums to {sum}", node.id));
+                    }
+                }
+                let mut negative = None;
+                state.for_each_account(|account| {
+                    if account.balance < 0 && account.flags & ACCOUNT_FLAG_EXTERNAL == 0 {
+                        negative = Some(account.id);
+                    }
+                });
+                if let Some(account) = negative {
+                    return Err(format!(
+                        "node {}: partition {partition}: ordinary account {account} is negative",
+                        node.id
+                    ));
+                }
+            }
+            let leads: BTreeSet<u32> = core.status().iter().filter(|s| s.leader).map(|s| s.partition).collect();
+            self.stats.leader_changes += leads.difference(&node.leader_of).count() as u64;
+            node.leader_of = leads;
+        }
+        Ok(())
+    }
+
+    /// Every replica of every partition is up, at the same applied index, with the same digest.
+    fn converged(&self) -> bool {
+        (0..self.options.partitions).all(|partition| {
+            let states: Vec<(u64, u128)> = self
+                .cluster
+                .replicas(partition)
+                .iter()
+                .filter_map(|&id| {
+                    let core = self.nodes[(id - 1) as usize].core.as_ref()?;
+                    Some((core.applied_index(partition)?, core.committed_state(partition)?.digest()))
+                })
+                .collect();
+            states.len() == 3 && states.windows(2).all(|w| w[0] == w[1])
+        })
+    }
+
+    /// Stops faults and restores the timing Raft's liveness assumes; every node comes back.
+    fn heal_all(&mut self) -> Result<(), Violation> {
+        self.faults = false;
+        self.options.delay_ms_max = self.options.delay_ms_max.min(LIVENESS_DELAY_MS_MAX);
+        self.options.write_complete_per_mille =
+            self.options.write_complete_per_mille.max(LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN);
+        self.cut.clear();
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].core.is_none() {
+                self.boot(index, false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fresh_disk(cluster: &ClusterConfig, node: u64) -> Vec<(u32, SimStore)> {
+    (0..cluster.partitions)
+        .filter(|&p| cluster.replicas(p).contains(&node))
+        .map(|p| (p, SimStore::new(initial_conf_state(cluster, p))))
+        .collect()
+}
+
+fn partition_config(cluster: &ClusterConfig, partition: u32) -> PartitionConfig {
+    PartitionConfig {
+        partition,
+        partitions: cluster.partitions,
+        idempotency_window_ms: cluster.idempotency_window_ms,
+        idempotency_ids_max: cluster.idempotency_ids_max,
+    }
+}
+
+/// Runs one seed with the fault mix it draws.
+pub fn run_seed(seed: u64, nodes: usize) -> Result<Stats, String> {
+    Sim::new(seed, Options::for_seed(seed, nodes)).run()
+}
+
+/// Like `run_seed` with planted bugs switched on.
+pub fn run_seed_planted(seed: u64, nodes: usize, planted: PlantedBugs) -> Result<Stats, String> {
+    let mut options = Options::for_seed(seed, nodes);
+    options.planted = planted;
+    Sim::new(seed, options).run()
+}
