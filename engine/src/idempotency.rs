@@ -66,6 +66,8 @@ pub fn transfer_fingerprint(transfer: &Transfer) -> u128 {
     xxh3_128(&input)
 }
 
+/// Index lines touched ahead of removing a released run's entries (see `release_ready`).
+const RELEASE_WARM_AHEAD: usize = 16;
 /// Seals of a ring of `ids_max` entries take this fraction of it at a time.
 const RUN_FRACTION_DENOMINATOR: usize = 4;
 
@@ -399,10 +401,18 @@ impl IdTable {
             }
             assert_eq!(run.first_arrival, self.head_arrival, "runs leave the ring in arrival order");
             let run = self.pending.pop_front().expect("non-empty");
-            for _ in run.first_arrival..run.end_arrival {
-                let oldest = self.entries.pop_front().expect("a pending run's entries are in the ring");
-                self.index.remove(oldest.id, self.head_arrival);
-                self.head_arrival += 1;
+            let mut left = (run.end_arrival - run.first_arrival) as usize;
+            while left > 0 {
+                // Touch the next few index lines first, so their cache misses overlap instead of each
+                // removal waiting for its own (a run is 65,536 removals at the default).
+                let ahead = left.min(RELEASE_WARM_AHEAD);
+                self.entries.iter().take(ahead).for_each(|entry| self.index.warm(entry.id));
+                for _ in 0..ahead {
+                    let oldest = self.entries.pop_front().expect("a pending run's entries are in the ring");
+                    self.index.remove(oldest.id, self.head_arrival);
+                    self.head_arrival += 1;
+                }
+                left -= ahead;
             }
             self.cold_max_id_ms = self.cold_max_id_ms.max(run.max_id_ms);
             self.cold.push(run);
