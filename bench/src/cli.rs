@@ -72,6 +72,10 @@ pub struct Args {
     /// After the run, read every account back and check that money was conserved.
     #[arg(long)]
     pub verify: bool,
+    /// At the end, resend one batch per second per connection from the first DURATION of the run
+    /// (e.g. 60s) and check that every transfer is answered as a replay of its original outcome.
+    #[arg(long, value_parser = parse_duration)]
+    pub retry_first: Option<Duration>,
     /// Results directory (default: <results-root>/<timestamp>-<rateN|closed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -127,6 +131,7 @@ impl Args {
         config.account_id_base = self.account_id_base;
         config.ledger = self.ledger;
         config.verify = self.verify;
+        config.retry_first = self.retry_first;
         config.out_dir = self.out;
         config.results_root = self.results_root;
         config.null_server = self.null_server;

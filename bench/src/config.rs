@@ -65,6 +65,9 @@ pub struct RunConfig {
     pub account_id_base: Option<u64>,
     pub ledger: u32,
     pub verify: bool,
+    /// Resend one batch per second per connection of this first part of the run at the end and check
+    /// that each is answered as a replay of its original outcome.
+    pub retry_first: Option<Duration>,
     /// The results directory; `None` makes `<results_root>/<timestamp>-<rate|closed>`.
     pub out_dir: Option<PathBuf>,
     pub results_root: PathBuf,
@@ -98,6 +101,7 @@ impl RunConfig {
             account_id_base: None,
             ledger: LEDGER_DEFAULT,
             verify: false,
+            retry_first: None,
             out_dir: None,
             results_root: PathBuf::from(RESULTS_ROOT_DEFAULT),
             null_server: false,

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use net::protocol::{AccountLookup, ErrorCode, NodeStatus, Request, Response};
+use net::protocol::{AccountLookup, ErrorCode, NodeStatus, Request, Response, TransferLookup};
 use net::server::{Handler, Responder, Server, ServerConfig, ServerError, ServerHandle};
 use net::types::{ItemResult, ResultCode};
 
@@ -35,6 +35,9 @@ impl Handler for NullHandler {
             ),
             Request::AccountHistory { .. } => {
                 Response::error(ErrorCode::Unavailable, "the null server keeps no history")
+            }
+            Request::LookupTransfers(ids) => {
+                Response::Transfers(ids.into_iter().map(|id| TransferLookup::NotFound { id }).collect())
             }
         };
         responder.respond(response);

@@ -122,6 +122,8 @@ pub struct Summary {
     pub complete: bool,
     pub worker_errors: Vec<String>,
     pub verify: Option<VerifyReport>,
+    /// `--retry-first`: early transfers resent at the end.
+    pub retry_check: Option<crate::worker::RetryCheck>,
     pub throughput_per_second: Vec<u64>,
     pub parameters: Parameters,
 }
@@ -166,6 +168,7 @@ impl Summary {
             complete: worker_errors.is_empty(),
             worker_errors,
             verify,
+            retry_check: None,
             throughput_per_second: aggregator.per_second.clone(),
             parameters,
         }
@@ -173,6 +176,7 @@ impl Summary {
 
     pub fn verify_failed(&self) -> bool {
         self.verify.as_ref().is_some_and(|verify| !verify.passed)
+            || self.retry_check.is_some_and(|check| check.mismatched > 0 || check.transfers == 0)
     }
 }
 
@@ -250,6 +254,14 @@ pub fn human_report(summary: &Summary) -> String {
                 let _ = writeln!(out, "  {problem}");
             }
         }
+    }
+    if let Some(check) = &summary.retry_check {
+        let verdict = if check.mismatched == 0 && check.transfers > 0 { "PASSED" } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "retries      {verdict}: {} early transfers resent at the end, {} replayed with their original outcome, {} not",
+            check.transfers, check.replayed_as_original, check.mismatched
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "parameters");

@@ -131,6 +131,13 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
     let (aggregator, reports) = drive(&config, &plans, &workload, start);
 
     let transfers_sent = reports.iter().map(|report| report.transfers_sent).sum();
+    let retry_check = config.retry_first.map(|_| {
+        reports.iter().fold(crate::worker::RetryCheck::default(), |total, report| crate::worker::RetryCheck {
+            transfers: total.transfers + report.retry_check.transfers,
+            replayed_as_original: total.replayed_as_original + report.retry_check.replayed_as_original,
+            mismatched: total.mismatched + report.retry_check.mismatched,
+        })
+    });
     let worker_errors: Vec<String> = reports
         .iter()
         .enumerate()
@@ -160,7 +167,8 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
     };
     let run_name =
         dir.file_name().map_or_else(|| dir.display().to_string(), |name| name.to_string_lossy().into_owned());
-    let summary = Summary::new(run_name, &aggregator, transfers_sent, worker_errors, verify, parameters);
+    let mut summary = Summary::new(run_name, &aggregator, transfers_sent, worker_errors, verify, parameters);
+    summary.retry_check = retry_check;
     write_reports(&dir, &summary, &aggregator)?;
     if config.progress {
         print!("{}", crate::report::human_report(&summary));
@@ -205,6 +213,7 @@ fn plan_workers(
                 inflight: config.inflight,
                 seed: mix64(seed.wrapping_add(index as u64)),
                 run_entropy,
+                retry_sample_until: config.retry_first.map(|first| start + first),
             }
         })
         .collect()
@@ -254,6 +263,7 @@ fn drive(
                     deltas: Vec::new(),
                     transfers_sent: 0,
                     error: Some(crate::worker::WorkerError::Unexpected("worker thread panicked".into())),
+                    retry_check: Default::default(),
                 })
             })
             .collect()

@@ -196,6 +196,19 @@ pub struct WorkerPlan {
     pub inflight: usize,
     pub seed: u64,
     pub run_entropy: u32,
+    /// Batches scheduled before this instant are sampled (one per second) and resent at the end.
+    pub retry_sample_until: Option<Instant>,
+}
+
+/// The end-of-run check that early transfers are still answered as replays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetryCheck {
+    /// Transfers resent at the end.
+    pub transfers: u64,
+    /// Answered as replays with the original code and seq.
+    pub replayed_as_original: u64,
+    /// Anything else (not replayed, another code or seq, `id_expired`).
+    pub mismatched: u64,
 }
 
 /// What a worker hands back when it ends.
@@ -205,6 +218,7 @@ pub struct WorkerReport {
     pub deltas: Vec<i64>,
     pub transfers_sent: u64,
     pub error: Option<WorkerError>,
+    pub retry_check: RetryCheck,
 }
 
 struct Slot {
@@ -242,6 +256,10 @@ struct Worker<'a> {
     transfers_sent: u64,
     reconnects: u32,
     outcomes: &'a Sender<BatchOutcome>,
+    /// Sampled early batches with their answers (results by item index), for the retry check.
+    retry_samples: Vec<(Vec<Transfer>, Vec<ItemResult>)>,
+    retry_sampled_second: Option<u64>,
+    retry_check: RetryCheck,
 }
 
 /// Runs one connection's load until its quota or time is used up, or `stop` is raised (by another
@@ -272,12 +290,20 @@ pub fn run_worker(
         transfers_sent: 0,
         reconnects: 0,
         outcomes,
+        retry_samples: Vec::new(),
+        retry_sampled_second: None,
+        retry_check: RetryCheck::default(),
     };
     let error = worker.drive(stop).err();
     if error.is_some() {
         stop.store(true, Ordering::Relaxed);
     }
-    WorkerReport { deltas: worker.deltas, transfers_sent: worker.transfers_sent, error }
+    WorkerReport {
+        deltas: worker.deltas,
+        transfers_sent: worker.transfers_sent,
+        error,
+        retry_check: worker.retry_check,
+    }
 }
 
 impl Worker<'_> {
@@ -309,7 +335,7 @@ impl Worker<'_> {
                 continue;
             }
             if !may_generate {
-                return Ok(());
+                return self.resend_samples(&mut client);
             }
             std::thread::sleep(due.saturating_duration_since(now));
         }
@@ -402,8 +428,34 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Resends every sampled early batch and counts how many answers are replays of the original.
+    fn resend_samples(&mut self, client: &mut Client) -> Result<(), WorkerError> {
+        for (transfers, originals) in std::mem::take(&mut self.retry_samples) {
+            let results = client.create_transfers_retrying(&transfers)?;
+            self.retry_check.transfers += transfers.len() as u64;
+            for result in &results {
+                let original = originals[result.index as usize];
+                if result.is_replayed() && (result.code, result.seq) == (original.code, original.seq) {
+                    self.retry_check.replayed_as_original += 1;
+                } else {
+                    self.retry_check.mismatched += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn complete(&mut self, index: usize, results: &[ItemResult]) -> Result<(), WorkerError> {
         let slot = &self.slots[index];
+        if let Some(until) = self.plan.retry_sample_until {
+            let second = slot.scheduled.saturating_duration_since(self.plan.start).as_secs();
+            if slot.scheduled < until && self.retry_sampled_second != Some(second) && slot.retries == 0 {
+                self.retry_sampled_second = Some(second);
+                let mut by_index = results.to_vec();
+                by_index.sort_by_key(|result| result.index);
+                self.retry_samples.push((slot.transfers().to_vec(), by_index));
+            }
+        }
         let transfers = slot.transfers();
         if results.len() != transfers.len() {
             return Err(WorkerError::ResultCount { sent: transfers.len(), got: results.len() });

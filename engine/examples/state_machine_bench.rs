@@ -88,6 +88,7 @@ fn run_once(seed: u64) -> Run {
         partitions: 1,
         idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
         idempotency_ids_max: IDEMPOTENCY_IDS_MAX,
+        id_hash_key: seed,
     };
     let mut state = PartitionState::new(config);
     let mut events = EventBuffer::new();

@@ -29,10 +29,21 @@ pub struct NodeConfig {
     pub shard_queue_depth_max: usize,
     /// Items a shard executes in one round before it appends them and lets the disk start.
     pub round_items_max: usize,
-    /// Transfer ids older than this (by leader time) are forgotten and refused as `id_expired`.
+    /// Transfer ids whose own time is older than this, at the timestamp of the event that would record
+    /// them, are refused as `id_expired`; every younger id is remembered (memory, then disk).
     pub idempotency_window_ms: u64,
-    /// Remembered transfer ids per partition; the oldest are forgotten first beyond it.
+    /// Transfer ids per partition held in memory; older ones move to the partition's id-index runs.
     pub idempotency_ids_max: usize,
+    /// Sustained transfers per second (whole node) that the id index must remember for the whole
+    /// window: with `idempotency_disk_bytes_max` it sizes the index, and start refuses a configuration
+    /// whose window cannot fit (see ARCHITECTURE.md, "Idempotency window").
+    pub idempotency_rate_per_s: u64,
+    /// Disk the id index of this node may use (its run files; a cluster replica keeps its runs in
+    /// memory, so there it bounds memory).
+    pub idempotency_disk_bytes_max: u64,
+    /// The data directory's random id-hash key: never configured, taken from its manifest.
+    #[serde(skip)]
+    pub id_hash_key: u64,
     /// How often dirty state is written to RocksDB. Bounds replay work after a crash.
     pub checkpoint_interval_ms: u64,
     /// Size of one event-log segment file.
@@ -57,6 +68,9 @@ impl Default for NodeConfig {
             round_items_max: 65_536,
             idempotency_window_ms: 24 * 60 * 60 * 1000,
             idempotency_ids_max: 262_144,
+            idempotency_rate_per_s: 5_000,
+            idempotency_disk_bytes_max: 64 << 30,
+            id_hash_key: 0,
             checkpoint_interval_ms: 1000,
             wal_segment_bytes: 256 << 20,
             read_wait_timeout_ms: 5000,
@@ -68,6 +82,21 @@ impl Default for NodeConfig {
 pub enum ConfigError {
     #[error("{field} = {value} is out of range ({range})")]
     OutOfRange { field: &'static str, value: u64, range: &'static str },
+    #[error(
+        "the idempotency window of {window_ms} ms at {rate_per_s} transfers/s is {ids} ids, which need \
+         {needed_bytes} bytes of id index at {bytes_per_id} bytes per id, over idempotency_disk_bytes_max \
+         = {budget_bytes}; this budget holds {held_ms} ms at that rate. Shorten idempotency_window_ms, lower \
+         idempotency_rate_per_s or raise idempotency_disk_bytes_max (the window is never silently shortened)"
+    )]
+    WindowOverBudget {
+        window_ms: u64,
+        rate_per_s: u64,
+        ids: u64,
+        needed_bytes: u64,
+        bytes_per_id: u64,
+        budget_bytes: u64,
+        held_ms: u64,
+    },
 }
 
 impl NodeConfig {
@@ -100,6 +129,57 @@ impl NodeConfig {
         )?;
         check("read_wait_timeout_ms", self.read_wait_timeout_ms, 1, 60_000, "1..=60000")?;
         check("cluster_id", (self.cluster_id != 0) as u64, 1, 1, "non-zero")?;
+        check("idempotency_rate_per_s", self.idempotency_rate_per_s, 1, 100_000_000, "1..=100000000")?;
+        check("idempotency_disk_bytes_max", self.idempotency_disk_bytes_max, 1 << 20, 1 << 50, "1 MiB..=1 PiB")?;
+        self.check_id_budget()
+    }
+
+    /// Ids the window holds at the sized rate.
+    pub fn idempotency_window_ids(&self) -> u64 {
+        (self.idempotency_window_ms as u128 * self.idempotency_rate_per_s as u128 / 1000).min(u64::MAX as u128) as u64
+    }
+
+    /// The window the disk budget holds at `rate_per_s`, in ms.
+    pub fn idempotency_window_held_ms(&self, rate_per_s: u64) -> u64 {
+        let ids = self.idempotency_disk_bytes_max / crate::id_index::DISK_BYTES_PER_ID;
+        (ids as u128 * 1000 / rate_per_s.max(1) as u128).min(u64::MAX as u128) as u64
+    }
+
+    fn check_id_budget(&self) -> Result<(), ConfigError> {
+        let ids = self.idempotency_window_ids();
+        let needed_bytes = ids.saturating_mul(crate::id_index::DISK_BYTES_PER_ID);
+        if needed_bytes > self.idempotency_disk_bytes_max {
+            return Err(ConfigError::WindowOverBudget {
+                window_ms: self.idempotency_window_ms,
+                rate_per_s: self.idempotency_rate_per_s,
+                ids,
+                needed_bytes,
+                bytes_per_id: crate::id_index::DISK_BYTES_PER_ID,
+                budget_bytes: self.idempotency_disk_bytes_max,
+                held_ms: self.idempotency_window_held_ms(self.idempotency_rate_per_s),
+            });
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_window_fits_the_default_budget_and_an_oversized_one_is_refused_saying_why() {
+        let defaults = NodeConfig::default();
+        defaults.validate().expect("the default node starts");
+        let fast = NodeConfig { idempotency_rate_per_s: 2_000_000, ..NodeConfig::default() };
+        let error = fast.validate().unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, ConfigError::WindowOverBudget { .. }), "{text}");
+        assert!(text.contains("86400000 ms at 2000000 transfers/s") && text.contains("never silently"), "{text}");
+        // 64 GiB at 82 bytes per id and 2 M/s: about 419 s.
+        let held_s = defaults.idempotency_window_held_ms(2_000_000) / 1000;
+        assert!((400..440).contains(&held_s), "{held_s} s");
+        let shorter = NodeConfig { idempotency_window_ms: 300_000, ..fast };
+        shorter.validate().expect("a 5-minute window at 2 M/s fits 64 GiB");
     }
 }

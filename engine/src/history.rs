@@ -137,6 +137,23 @@ fn entry_for(account_id: u64, event: &crate::event::Event) -> Option<(HistoryEnt
     }
 }
 
+/// The event at `seq` of `partition`, read from the log (`None` if no batch holds it).
+pub fn event_at(
+    wal: &Wal,
+    store: &Store,
+    recent_batches: &[(u64, u64)],
+    partition: u32,
+    seq: u64,
+) -> Result<Option<crate::event::Event>, EngineError> {
+    let Some(index) = locate(store, recent_batches, partition, seq)? else { return Ok(None) };
+    let bytes = read_record(wal, index)?;
+    let view = EventBatchView::new(&bytes).map_err(|e| EngineError::Log(format!("log record {index}: {e}")))?;
+    if view.partition() != partition || seq < view.first_seq() || seq > view.last_seq() {
+        return Ok(None);
+    }
+    Ok(Some(view.event((seq - view.first_seq()) as u32)))
+}
+
 /// The log index of the batch holding `seq`: recent batches first, then the store's batch index.
 fn locate(store: &Store, recent_batches: &[(u64, u64)], partition: u32, seq: u64) -> Result<Option<u64>, EngineError> {
     let after = recent_batches.partition_point(|&(first_seq, _)| first_seq <= seq);

@@ -1,34 +1,37 @@
-//! The transfer-id table: which transfer ids a partition has decided, with bounded memory.
+//! The transfer-id table: which transfer ids a partition has decided, within a window stated in time.
 //!
 //! A transfer id is the client's idempotency key. For every decided id the table keeps a fingerprint of
 //! the transfer's other fields, the outcome and the seq of the event that recorded it, so a retry gets
 //! the original answer and a reuse with different fields is caught.
 //!
-//! Memory is bounded twice: entries recorded more than `idempotency_window_ms` before the entry being
-//! inserted are evicted, and when `idempotency_ids_max` entries are held the oldest is evicted to make
-//! room. Eviction is FIFO in arrival (= seq) order and happens only inside [`IdTable::insert`], driven
-//! by the timestamp of the event being recorded — never by a wall clock — so a follower replaying the
-//! log evicts exactly what the leader evicted. An idle partition therefore keeps old entries until its
-//! next insert; that is harmless, since they still answer retries correctly.
+//! **The window is time.** An id whose own time ([`transfer_id_timestamp_ms`]) is more than
+//! `idempotency_window_ms` before the timestamp of the event that would record it is *expired*: it is
+//! refused `IdExpired` whether or not the table still holds it, and an id younger than that is never
+//! refused for age. The verdict depends only on the id and the event's timestamp (in the log), so
+//! replay and every replica agree, and the table may forget an expired id at any moment without
+//! changing any answer. Since an accepted id is at most `TRANSFER_ID_FUTURE_MS_MAX` ahead of its
+//! event, everything the table must remember is the ids decided within the window.
 //!
-//! Forgetting is made safe by the *watermark*: the largest id-timestamp
-//! ([`transfer_id_timestamp_ms`]) of any evicted id. An id that is not in the table but whose timestamp
-//! is at or below the watermark might be a late retry of a forgotten transfer, so it is refused
-//! (`IdExpired`) rather than risk applying it twice.
-//!
-//! **Small ids.** Clients are expected to use time-ordered ids (top 48 bits = ms since the Unix epoch,
-//! see `net::types::transfer_id_from_parts`). Ids whose timestamp bits are 0 (e.g. 1, 2, 3, ...) work
-//! only until the partition's first eviction: from then on the watermark is >= 0 and every such id not
-//! still in the table is `IdExpired`.
+//! **Two tiers.** The newest ids live in memory (a FIFO ring and an open-addressing index, at most
+//! `idempotency_ids_max` of them plus the runs being built). When the ring reaches that capacity, its
+//! oldest quarter is *sealed* into a run (`id_index::ColdRun`): a deterministic point in arrival order,
+//! so every replica seals the same runs. A builder thread turns the run into a hash table with a
+//! filter and, on a node with a data directory, writes and maps it; only then do its entries leave the
+//! ring, so every lookup over ring ∪ runs is exact whatever the builder's timing. A new id is checked
+//! against a run only if its time lies in the run's id-time range (time-ordered ids are newer than
+//! nearly everything on disk) and the run's filter does not rule it out. A run is dropped once every
+//! id in it has expired.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use net::types::{transfer_id_timestamp_ms, ResultCode, Transfer, TransferId};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::fast_hash::FastBuildHasher;
+use crate::fast_hash::keyed_hash_u128;
+use crate::id_index::{ColdRun, RUNS_UNBUILT_MAX};
 
 pub(crate) const NANOS_PER_MILLI: u64 = 1_000_000;
 /// The entry ring reserves room for at most this many entries up front and grows (amortised) up to
@@ -63,17 +66,13 @@ pub fn transfer_fingerprint(transfer: &Transfer) -> u128 {
     xxh3_128(&input)
 }
 
-/// One id-table change reported by [`IdTable::drain_changes`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdChange<'a> {
-    Inserted(&'a IdEntry),
-    Evicted(TransferId),
-}
+/// Index lines touched ahead of removing a released run's entries (see `release_ready`).
+const RELEASE_WARM_AHEAD: usize = 16;
+/// Seals of a ring of `ids_max` entries take this fraction of it at a time.
+const RUN_FRACTION_DENOMINATOR: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum IdRestoreError {
-    #[error("{entries} persisted id entries exceed idempotency_ids_max {ids_max}")]
-    TooManyEntries { entries: usize, ids_max: usize },
     #[error("transfer id {id:#x} is persisted twice")]
     DuplicateId { id: TransferId },
     #[error("id entries share seq {seq}")]
@@ -82,62 +81,192 @@ pub enum IdRestoreError {
     RecordedOutOfOrder { seq: u64, recorded_ns: u64, previous_ns: u64 },
     #[error("transfer id 0 is reserved and never recorded")]
     ReservedId,
+    #[error("id runs overlap or reach past the in-memory entries (run {first_arrival}..{end_arrival}, memory from {head_arrival})")]
+    RunsOutOfPlace { first_arrival: u64, end_arrival: u64, head_arrival: u64 },
+    #[error("in-memory id entries start at arrival {head_arrival}, which is not a run boundary")]
+    HeadNotAtBoundary { head_arrival: u64 },
 }
 
-/// Bounded map of decided transfer ids; see the module documentation.
+/// A table's content for a snapshot or checkpoint restore: the runs that left memory (oldest first),
+/// and the in-memory entries, which are arrivals `head_arrival..` in order.
+#[derive(Clone, Debug, Default)]
+pub struct IdImage {
+    pub cold: Vec<ColdImage>,
+    pub head_arrival: u64,
+    pub hot: Vec<IdEntry>,
+}
+
+/// One run of an [`IdImage`]: a run as it is (mapped from its file, or shared with a live table), or
+/// its entries (decoded from a snapshot; built again on restore).
+#[derive(Clone, Debug)]
+pub enum ColdImage {
+    Run(Arc<ColdRun>),
+    Entries { first_arrival: u64, entries: Vec<IdEntry> },
+}
+
+impl ColdImage {
+    pub fn first_arrival(&self) -> u64 {
+        match self {
+            ColdImage::Run(run) => run.first_arrival,
+            ColdImage::Entries { first_arrival, .. } => *first_arrival,
+        }
+    }
+
+    pub fn end_arrival(&self) -> u64 {
+        match self {
+            ColdImage::Run(run) => run.end_arrival,
+            ColdImage::Entries { first_arrival, entries } => first_arrival + entries.len() as u64,
+        }
+    }
+
+    /// The run's entries in arrival (= seq) order; reads a whole run.
+    pub fn entries(&self) -> Vec<IdEntry> {
+        match self {
+            ColdImage::Run(run) => {
+                let mut entries = Vec::new();
+                run.for_each(|e| entries.push(e));
+                entries.sort_unstable_by_key(|e| e.seq);
+                entries
+            }
+            ColdImage::Entries { entries, .. } => entries.clone(),
+        }
+    }
+}
+
+impl PartialEq for IdImage {
+    fn eq(&self, other: &Self) -> bool {
+        let runs = |image: &IdImage| -> Vec<(u64, Vec<IdEntry>)> {
+            image.cold.iter().map(|run| (run.first_arrival(), run.entries())).collect()
+        };
+        self.head_arrival == other.head_arrival && self.hot == other.hot && runs(self) == runs(other)
+    }
+}
+
+impl Eq for IdImage {}
+
+/// Arrival numbers around a drain (see [`IdTable::drain_inserted`]): the drained entries are arrivals
+/// `first_drained..next_arrival`; memory holds `head_arrival..next_arrival`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainedIds {
+    pub first_drained: u64,
+    pub head_arrival: u64,
+    pub next_arrival: u64,
+}
+
+/// Where a table's runs go once built: written under a directory, or kept in memory (a node without a
+/// data directory for them, an audit replay).
+#[derive(Clone, Debug, Default)]
+pub enum RunHome {
+    #[default]
+    Memory,
+    Directory(Arc<PathBuf>),
+}
+
+/// Two-tier table of decided ids; see the module documentation.
 #[derive(Clone, Debug)]
 pub struct IdTable {
-    window_ns: u64,
+    partition: u32,
+    window_ms: u64,
     ids_max: usize,
+    run_ids: usize,
+    key: u64,
+    home: RunHome,
     /// Arrival order, which is also seq order and recorded_ns order.
     entries: VecDeque<IdEntry>,
     /// id -> arrival number; the entry is `entries[arrival - head_arrival]`.
     index: IdIndex,
     /// Arrival number of `entries[0]`.
     head_arrival: u64,
-    watermark_ms: Option<u64>,
+    /// The next seal starts here; arrivals `head_arrival..sealed_end` are in `pending` runs.
+    sealed_end: u64,
+    /// Sealed runs whose entries are still in the ring (not yet built, or not yet written).
+    pending: VecDeque<Arc<ColdRun>>,
+    /// Sealed runs not yet handed to a builder (see [`IdTable::take_sealed`]).
+    unsent: Vec<Arc<ColdRun>>,
+    /// Runs that left the ring, oldest first.
+    cold: Vec<Arc<ColdRun>>,
+    /// Largest id time in `cold` (0 when empty): a newer id skips the cold tier.
+    cold_max_id_ms: u64,
     /// Entries with an arrival number >= this were inserted since the last drain.
     drained_arrival: u64,
-    /// Ids evicted since the last drain that had been drained (persisted) before.
-    evicted_undrained: Vec<TransferId>,
 }
 
 impl IdTable {
-    pub fn new(idempotency_window_ms: u64, idempotency_ids_max: usize) -> Self {
+    /// `hash_key`: the data directory's random key (see `fast_hash::keyed_hash_u128`).
+    pub fn new(partition: u32, idempotency_window_ms: u64, idempotency_ids_max: usize, hash_key: u64) -> Self {
         assert!(idempotency_window_ms > 0, "an idempotency window of 0 ms remembers nothing");
-        assert!(idempotency_ids_max > 0, "the id table holds at least one id");
-        let preallocated = idempotency_ids_max.min(ID_TABLE_PREALLOCATED_IDS_MAX);
+        assert!(idempotency_ids_max >= RUN_FRACTION_DENOMINATOR, "the id table holds at least a few ids");
+        let run_ids = idempotency_ids_max / RUN_FRACTION_DENOMINATOR;
+        let ring_max = idempotency_ids_max + RUNS_UNBUILT_MAX * run_ids;
+        let preallocated = ring_max.min(ID_TABLE_PREALLOCATED_IDS_MAX);
         IdTable {
-            window_ns: idempotency_window_ms.saturating_mul(NANOS_PER_MILLI),
+            partition,
+            window_ms: idempotency_window_ms,
             ids_max: idempotency_ids_max,
+            run_ids,
+            key: hash_key,
+            home: RunHome::Memory,
             entries: VecDeque::with_capacity(preallocated),
-            index: IdIndex::new(idempotency_ids_max),
+            index: IdIndex::new(ring_max, hash_key),
             head_arrival: 0,
-            watermark_ms: None,
+            sealed_end: 0,
+            pending: VecDeque::new(),
+            unsent: Vec::new(),
+            cold: Vec::new(),
+            cold_max_id_ms: 0,
             drained_arrival: 0,
-            evicted_undrained: Vec::new(),
         }
     }
 
-    /// Rebuilds a table from persisted entries (any order: they are replayed in seq order, which is the
-    /// order they were inserted in) and the persisted watermark. The result holds nothing undrained.
+    /// Where runs sealed from now on are written (the runtime sets it once, before the first insert).
+    pub fn set_home(&mut self, home: RunHome) {
+        self.home = home;
+    }
+
+    /// Rebuilds a table from an image: its runs as they are, and its in-memory entries re-inserted in
+    /// arrival order (sealing exactly where the live table sealed). The result holds nothing undrained
+    /// but the runs that re-sealing produced (see [`IdTable::take_sealed`]).
     pub fn restore(
+        partition: u32,
         idempotency_window_ms: u64,
         idempotency_ids_max: usize,
-        mut entries: Vec<IdEntry>,
-        watermark_ms: Option<u64>,
+        hash_key: u64,
+        home: RunHome,
+        image: IdImage,
     ) -> Result<Self, IdRestoreError> {
-        if entries.len() > idempotency_ids_max {
-            return Err(IdRestoreError::TooManyEntries { entries: entries.len(), ids_max: idempotency_ids_max });
+        let mut table = IdTable::new(partition, idempotency_window_ms, idempotency_ids_max, hash_key);
+        table.home = home;
+        let IdImage { cold, head_arrival, mut hot } = image;
+        if head_arrival % table.run_ids as u64 != 0 {
+            return Err(IdRestoreError::HeadNotAtBoundary { head_arrival });
         }
-        entries.sort_unstable_by_key(|entry| entry.seq);
-        let mut table = IdTable::new(idempotency_window_ms, idempotency_ids_max);
-        table.watermark_ms = watermark_ms;
-        for (position, entry) in entries.iter().enumerate() {
+        let mut previous_end = 0;
+        for image in cold {
+            let (first_arrival, end_arrival) = (image.first_arrival(), image.end_arrival());
+            if first_arrival < previous_end || end_arrival > head_arrival || end_arrival <= first_arrival {
+                return Err(IdRestoreError::RunsOutOfPlace { first_arrival, end_arrival, head_arrival });
+            }
+            previous_end = end_arrival;
+            let run = match image {
+                ColdImage::Run(run) => run,
+                ColdImage::Entries { first_arrival, entries } => {
+                    let run = ColdRun::seal(partition, hash_key, first_arrival, end_arrival, entries, None);
+                    run.settle();
+                    Arc::new(run)
+                }
+            };
+            table.cold_max_id_ms = table.cold_max_id_ms.max(run.max_id_ms);
+            table.cold.push(run);
+        }
+        table.head_arrival = head_arrival;
+        table.sealed_end = head_arrival;
+        table.drained_arrival = head_arrival;
+        hot.sort_unstable_by_key(|entry| entry.seq);
+        for (position, entry) in hot.iter().enumerate() {
             if entry.id == 0 {
                 return Err(IdRestoreError::ReservedId);
             }
-            if let Some(previous) = position.checked_sub(1).map(|p| entries[p]) {
+            if let Some(previous) = position.checked_sub(1).map(|p| hot[p]) {
                 if previous.seq == entry.seq {
                     return Err(IdRestoreError::DuplicateSeq { seq: entry.seq });
                 }
@@ -152,17 +281,22 @@ impl IdTable {
             if table.get(entry.id).is_some() {
                 return Err(IdRestoreError::DuplicateId { id: entry.id });
             }
-            table.index.insert(entry.id, position as u64);
-            table.entries.push_back(*entry);
+            table.insert(*entry);
         }
-        table.drained_arrival = table.entries.len() as u64;
+        table.drained_arrival = table.next_arrival();
         Ok(table)
     }
 
+    /// The decided entry of `id`, from memory or a run; exact.
     #[inline]
-    pub fn get(&self, id: TransferId) -> Option<&IdEntry> {
-        let arrival = self.index.find(id, self.head_arrival, |arrival| self.entry_at(arrival).id)?;
-        Some(self.entry_at(arrival))
+    pub fn get(&self, id: TransferId) -> Option<IdEntry> {
+        if let Some(arrival) = self.index.find(id, self.head_arrival, |arrival| self.entry_at(arrival).id) {
+            return Some(*self.entry_at(arrival));
+        }
+        if self.cold.is_empty() || transfer_id_timestamp_ms(id) > self.cold_max_id_ms {
+            return None;
+        }
+        self.cold.iter().rev().find_map(|run| run.find(id))
     }
 
     /// Loads the index line where a lookup of `id` starts (see `PartitionState::warm`). Reads only.
@@ -180,63 +314,122 @@ impl IdTable {
         &self.entries[(arrival - self.head_arrival) as usize]
     }
 
-    /// Touches the index slots of the `inserts` oldest entries when that many inserts would evict them,
-    /// so the evictions find them in cache (see `PartitionState::warm`). Reads only.
+    /// True when `id` is older than the window at `at_ns` (the timestamp of the event that would record
+    /// it): refused whatever the table holds.
     #[inline]
-    pub fn warm_evictions(&self, inserts: usize) {
-        let evictions = (self.entries.len() + inserts).saturating_sub(self.ids_max);
-        for entry in self.entries.iter().take(evictions) {
-            self.index.warm(entry.id);
-        }
+    pub fn is_expired(&self, id: TransferId, at_ns: u64) -> bool {
+        transfer_id_timestamp_ms(id).saturating_add(self.window_ms) < at_ns / NANOS_PER_MILLI
     }
 
-    /// True when `id` (which must not be in the table) is too old to tell from a forgotten transfer.
-    #[inline]
-    pub fn is_expired(&self, id: TransferId) -> bool {
-        self.watermark_ms.is_some_and(|watermark_ms| transfer_id_timestamp_ms(id) <= watermark_ms)
+    fn next_arrival(&self) -> u64 {
+        self.head_arrival + self.entries.len() as u64
     }
 
-    /// Records a decided id: first evicts entries recorded more than the window before
-    /// `entry.recorded_ns`, then the oldest if the table is full. The caller has checked that the id is
-    /// absent and not expired; entries arrive in seq order with non-decreasing timestamps.
+    /// Records a decided id. The caller has checked that the id is absent and not expired; entries
+    /// arrive in seq order with non-decreasing timestamps. Seals the ring's oldest quarter into a run
+    /// when it holds `idempotency_ids_max` unsealed entries.
     #[inline]
     pub fn insert(&mut self, entry: IdEntry) {
         assert!(entry.id != 0, "transfer id 0 is never recorded");
-        assert!(!self.is_expired(entry.id), "an expired id is refused, never recorded");
+        assert!(!self.is_expired(entry.id, entry.recorded_ns), "an expired id is refused, never recorded");
         if let Some(last) = self.entries.back() {
             assert!(entry.seq > last.seq, "id entries arrive in seq order");
             assert!(entry.recorded_ns >= last.recorded_ns, "id entries arrive in time order");
         }
-        while let Some(oldest) = self.entries.front() {
-            if entry.recorded_ns.saturating_sub(oldest.recorded_ns) <= self.window_ns {
-                break;
-            }
-            self.evict_oldest();
-        }
-        if self.entries.len() == self.ids_max {
-            self.evict_oldest();
-        }
-        let arrival = self.head_arrival + self.entries.len() as u64;
-        assert!(self.get(entry.id).is_none(), "a recorded id is never recorded again");
+        let arrival = self.next_arrival();
         self.index.insert(entry.id, arrival);
         self.entries.push_back(entry);
-        assert!(self.entries.len() <= self.ids_max);
+        if (self.next_arrival() - self.sealed_end) as usize >= self.ids_max {
+            self.seal(entry.recorded_ns);
+        }
+        if self.pending.front().is_some_and(|run| run.is_ready()) {
+            self.release_ready();
+        }
         assert_eq!(self.entries.len(), self.index.len());
     }
 
-    fn evict_oldest(&mut self) {
-        let oldest = self.entries.pop_front().expect("callers evict only from a non-empty table");
-        self.index.remove(oldest.id, self.head_arrival);
-        if self.head_arrival < self.drained_arrival {
-            // Persisted at an earlier checkpoint, so the store must delete it. Entries inserted and
-            // evicted between two drains were never persisted and need no delete.
-            self.evicted_undrained.push(oldest.id);
+    fn seal(&mut self, now_ns: u64) {
+        let first = (self.sealed_end - self.head_arrival) as usize;
+        let entries: Vec<IdEntry> = self.entries.range(first..first + self.run_ids).copied().collect();
+        let dir = match &self.home {
+            RunHome::Memory => None,
+            RunHome::Directory(dir) => Some(Arc::clone(dir)),
+        };
+        let run = Arc::new(ColdRun::seal(
+            self.partition,
+            self.key,
+            self.sealed_end,
+            self.sealed_end + self.run_ids as u64,
+            entries,
+            dir,
+        ));
+        self.sealed_end += self.run_ids as u64;
+        self.pending.push_back(Arc::clone(&run));
+        match self.home {
+            // No builder serves a table without a directory (a cluster replica, an audit replay, a
+            // replica's speculative state): build here, now.
+            RunHome::Memory => run.settle(),
+            RunHome::Directory(_) => self.unsent.push(run),
         }
-        self.head_arrival += 1;
-        let id_timestamp_ms = transfer_id_timestamp_ms(oldest.id);
-        self.watermark_ms = Some(self.watermark_ms.map_or(id_timestamp_ms, |w| w.max(id_timestamp_ms)));
+        // Runs whose every id has expired answer nothing any more.
+        let now_ms = now_ns / NANOS_PER_MILLI;
+        let window_ms = self.window_ms;
+        let before = self.cold.len();
+        self.cold.retain(|run| {
+            let live = run.max_id_ms.saturating_add(window_ms) >= now_ms;
+            if !live {
+                run.mark_expired();
+            }
+            live
+        });
+        if self.cold.len() != before {
+            self.cold_max_id_ms = self.cold.iter().map(|run| run.max_id_ms).max().unwrap_or(0);
+        }
+        // The builder is behind (or there is none, as for a replica's speculative state): settle the
+        // oldest run here, so memory stays bounded whatever happens to the builder.
+        while self.pending.len() > RUNS_UNBUILT_MAX {
+            self.pending.front().expect("non-empty").settle();
+            self.release_ready();
+        }
     }
 
+    /// Moves every ready run at the front of `pending` out of the ring into the cold tier.
+    fn release_ready(&mut self) {
+        while let Some(run) = self.pending.front() {
+            if !run.is_ready() {
+                break;
+            }
+            assert_eq!(run.first_arrival, self.head_arrival, "runs leave the ring in arrival order");
+            let run = self.pending.pop_front().expect("non-empty");
+            let mut left = (run.end_arrival - run.first_arrival) as usize;
+            while left > 0 {
+                // Touch the next few index lines first, so their cache misses overlap instead of each
+                // removal waiting for its own (a run is 65,536 removals at the default).
+                let ahead = left.min(RELEASE_WARM_AHEAD);
+                self.entries.iter().take(ahead).for_each(|entry| self.index.warm(entry.id));
+                for _ in 0..ahead {
+                    let oldest = self.entries.pop_front().expect("a pending run's entries are in the ring");
+                    self.index.remove(oldest.id, self.head_arrival);
+                    self.head_arrival += 1;
+                }
+                left -= ahead;
+            }
+            self.cold_max_id_ms = self.cold_max_id_ms.max(run.max_id_ms);
+            self.cold.push(run);
+        }
+    }
+
+    /// Hands every run sealed since the last call to `f` (the runtime gives them to its builder).
+    pub fn take_sealed(&mut self, f: impl FnMut(Arc<ColdRun>)) {
+        self.unsent.drain(..).for_each(f);
+    }
+
+    /// Lets ready runs leave the ring now (the runtime calls it after each round; `insert` does too).
+    pub fn release(&mut self) {
+        self.release_ready();
+    }
+
+    /// Ids in memory (the ring, including runs being built).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -245,54 +438,71 @@ impl IdTable {
         self.entries.is_empty()
     }
 
-    /// Largest id-timestamp of any evicted id; `None` until the first eviction.
-    pub fn watermark_ms(&self) -> Option<u64> {
-        self.watermark_ms
+    /// Runs that left memory, and the ids they hold.
+    pub fn cold_runs(&self) -> &[Arc<ColdRun>] {
+        &self.cold
     }
 
     pub fn ids_max(&self) -> usize {
         self.ids_max
     }
 
-    pub fn window_ms(&self) -> u64 {
-        self.window_ns / NANOS_PER_MILLI
+    /// Ids sealed into one run.
+    pub fn run_ids(&self) -> usize {
+        self.run_ids
     }
 
-    /// Every entry in arrival order (a full export, e.g. for a snapshot).
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    /// Arrival number of the oldest in-memory entry: everything before it is in runs (or expired).
+    pub fn head_arrival(&self) -> u64 {
+        self.head_arrival
+    }
+
+    /// Every in-memory entry in arrival order.
     pub fn for_each(&self, f: impl FnMut(&IdEntry)) {
         self.entries.iter().for_each(f);
     }
 
-    /// Changes since the previous drain, for a checkpoint: `Inserted` for each entry added since then
-    /// and still held (to upsert), `Evicted` for each previously persisted id evicted since then (to
-    /// delete), evictions first. The two sets never overlap: an evicted id is at or below the watermark and can never be
-    /// recorded again. Returns the watermark to persist alongside.
-    ///
-    /// One callback (not one per kind) so a caller can write both kinds into the same batch.
-    pub fn drain_changes(&mut self, mut change: impl FnMut(IdChange<'_>)) -> Option<u64> {
-        for id in self.evicted_undrained.drain(..) {
-            change(IdChange::Evicted(id));
+    /// A full image (snapshots): the cold runs shared, the in-memory entries copied.
+    pub fn export_image(&self) -> IdImage {
+        IdImage {
+            cold: self.cold.iter().map(|run| ColdImage::Run(Arc::clone(run))).collect(),
+            head_arrival: self.head_arrival,
+            hot: self.entries.iter().copied().collect(),
         }
-        let first_undrained = self.drained_arrival.max(self.head_arrival);
-        let skip = (first_undrained - self.head_arrival) as usize;
-        self.entries.iter().skip(skip).for_each(|entry| change(IdChange::Inserted(entry)));
-        self.drained_arrival = self.head_arrival + self.entries.len() as u64;
-        self.watermark_ms
     }
 
-    /// Order-independent digest of the entries and the watermark (arrival numbers are local bookkeeping
-    /// and excluded, so a restored table digests like the live one).
+    /// Entries inserted since the previous drain and still in memory, for a checkpoint (entries that
+    /// left memory since are in written runs, since a run leaves only once it is durable when the
+    /// table has a directory). A checkpoint need keep only entries from `head_arrival` on.
+    pub fn drain_inserted(&mut self, f: impl FnMut(&IdEntry)) -> DrainedIds {
+        let first_undrained = self.drained_arrival.max(self.head_arrival);
+        let skip = (first_undrained - self.head_arrival) as usize;
+        self.entries.iter().skip(skip).for_each(f);
+        self.drained_arrival = self.next_arrival();
+        DrainedIds {
+            first_drained: first_undrained,
+            head_arrival: self.head_arrival,
+            next_arrival: self.next_arrival(),
+        }
+    }
+
+    /// Digest of what every replica holds alike: the unsealed entries (which ids are still in memory
+    /// depends on builder timing, but the seals themselves do not), the seal point and the window.
     pub fn digest(&self) -> u128 {
         let mut sum: u128 = 0;
-        for entry in &self.entries {
+        let skip = (self.sealed_end - self.head_arrival) as usize;
+        for entry in self.entries.iter().skip(skip) {
             sum = sum.wrapping_add(entry_digest(entry));
         }
-        let mut input = [0u8; 41];
+        let mut input = [0u8; 40];
         input[0..16].copy_from_slice(&sum.to_le_bytes());
-        input[16..24].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        input[24] = self.watermark_ms.is_some() as u8;
-        input[25..33].copy_from_slice(&self.watermark_ms.unwrap_or(0).to_le_bytes());
-        input[33..41].copy_from_slice(&self.window_ns.to_le_bytes());
+        input[16..24].copy_from_slice(&(self.entries.len() - skip).to_le_bytes());
+        input[24..32].copy_from_slice(&self.sealed_end.to_le_bytes());
+        input[32..40].copy_from_slice(&self.window_ms.to_le_bytes());
         xxh3_128(&input)
     }
 }
@@ -313,6 +523,7 @@ struct IdIndex {
     slots: Vec<u64>,
     mask: usize,
     len: usize,
+    key: u64,
 }
 
 const ARRIVAL_BITS: u32 = 31;
@@ -322,11 +533,11 @@ const ID_INDEX_SLOTS_PER_ID: usize = 2;
 const ID_INDEX_SLOTS_MIN: usize = 16;
 
 impl IdIndex {
-    fn new(ids_max: usize) -> Self {
+    fn new(ids_max: usize, key: u64) -> Self {
         assert!((ids_max as u64) < ARRIVAL_MASK, "idempotency_ids_max must stay below 2^31");
         let capacity = (ids_max * ID_INDEX_SLOTS_PER_ID).next_power_of_two().max(ID_INDEX_SLOTS_MIN);
         assert!(capacity <= 1 << 32, "slot positions come from 32 hash bits");
-        IdIndex { slots: vec![0; capacity], mask: capacity - 1, len: 0 }
+        IdIndex { slots: vec![0; capacity], mask: capacity - 1, len: 0, key }
     }
 
     fn len(&self) -> usize {
@@ -334,8 +545,8 @@ impl IdIndex {
     }
 
     #[inline]
-    fn hash_high(id: TransferId) -> u32 {
-        (FastBuildHasher.hash_one(id) >> 32) as u32
+    fn hash_high(&self, id: TransferId) -> u32 {
+        (keyed_hash_u128(self.key, id) >> 32) as u32
     }
 
     #[inline]
@@ -358,7 +569,7 @@ impl IdIndex {
     /// The arrival of `id`, confirming tag matches against the ring through `id_at`.
     #[inline]
     fn find(&self, id: TransferId, head_arrival: u64, id_at: impl Fn(u64) -> TransferId) -> Option<u64> {
-        let hash_high = Self::hash_high(id);
+        let hash_high = self.hash_high(id);
         let mut position = self.home(hash_high);
         loop {
             let slot = self.slots[position];
@@ -378,14 +589,14 @@ impl IdIndex {
     /// Loads the cache line where `id`'s probe starts (see `PartitionState::warm`).
     #[inline]
     fn warm(&self, id: TransferId) {
-        std::hint::black_box(self.slots[self.home(Self::hash_high(id))]);
+        std::hint::black_box(self.slots[self.home(self.hash_high(id))]);
     }
 
     /// The caller has checked that `id` is absent.
     #[inline]
     fn insert(&mut self, id: TransferId, arrival: u64) {
         assert!(self.len < self.slots.len() / ID_INDEX_SLOTS_PER_ID, "the id index is sized for ids_max");
-        let hash_high = Self::hash_high(id);
+        let hash_high = self.hash_high(id);
         let mut position = self.home(hash_high);
         while self.slots[position] != 0 {
             position = (position + 1) & self.mask;
@@ -397,7 +608,7 @@ impl IdIndex {
     /// Removes `id`, indexed at `arrival`, and closes the gap by backward shift.
     #[inline]
     fn remove(&mut self, id: TransferId, arrival: u64) {
-        let hash_high = Self::hash_high(id);
+        let hash_high = self.hash_high(id);
         let wanted = Self::slot_value(hash_high, arrival);
         let mut hole = self.home(hash_high);
         loop {
@@ -452,12 +663,6 @@ mod tests {
         IdEntry { id, fingerprint: id.wrapping_mul(31), code: ResultCode::Ok, seq, recorded_ns }
     }
 
-    fn ids(table: &IdTable) -> Vec<TransferId> {
-        let mut out = Vec::new();
-        table.for_each(|entry| out.push(entry.id));
-        out
-    }
-
     #[test]
     fn fingerprint_covers_every_field_but_the_id() {
         let base =
@@ -478,153 +683,150 @@ mod tests {
     }
 
     #[test]
-    fn evicts_by_time_window() {
-        let mut table = IdTable::new(10, 100);
-        let a = transfer_id_from_parts(1_000, 1);
-        let b = transfer_id_from_parts(1_005, 2);
-        let c = transfer_id_from_parts(1_020, 3);
-        table.insert(entry(a, 1, 1_000 * MS));
-        table.insert(entry(b, 2, 1_005 * MS));
-        // Exactly the window later: a is still remembered.
-        table.insert(entry(c, 3, 1_010 * MS));
-        assert_eq!(ids(&table), vec![a, b, c]);
-        assert_eq!(table.watermark_ms(), None);
-        let d = transfer_id_from_parts(1_030, 4);
-        table.insert(entry(d, 4, 1_010 * MS + 1));
-        assert_eq!(ids(&table), vec![b, c, d], "a was recorded more than 10 ms ago");
-        assert_eq!(table.watermark_ms(), Some(1_000));
-        assert!(table.get(a).is_none());
-        assert!(table.is_expired(a));
-        assert!(table.is_expired(transfer_id_from_parts(999, 7)));
-        assert!(!table.is_expired(transfer_id_from_parts(1_001, 7)));
+    fn expiry_is_the_id_time_against_the_event_time_only() {
+        let table = IdTable::new(0, 10_000, 16, 1);
+        let id = transfer_id_from_parts(5_000, 1);
+        assert!(!table.is_expired(id, 15_000 * MS), "exactly the window old");
+        assert!(!table.is_expired(id, 15_000 * MS + MS - 1), "less than a millisecond more");
+        assert!(table.is_expired(id, 15_001 * MS));
+        assert!(!table.is_expired(id, 0), "an id from the future is not expired (another rule judges it)");
     }
 
-    #[test]
-    fn evicts_oldest_by_count() {
-        let mut table = IdTable::new(u64::MAX, 3);
-        let id = |ms: u64| transfer_id_from_parts(ms, 5);
-        for seq in 1..=3 {
-            table.insert(entry(id(seq * 10), seq, seq));
+    /// A table driven with `n` ids one 0.1 ms apart, as a stream of ids whose times match.
+    fn filled(ids_max: usize, n: u64, home: RunHome) -> (IdTable, Vec<IdEntry>) {
+        let mut table = IdTable::new(3, 86_400_000, ids_max, 0xabc);
+        table.set_home(home);
+        let mut entries = Vec::new();
+        for seq in 1..=n {
+            let recorded_ns = 1_000_000 * MS + seq * MS / 10;
+            let e = entry(transfer_id_from_parts(recorded_ns / MS, seq as u128), seq, recorded_ns);
+            table.insert(e);
+            entries.push(e);
         }
-        assert_eq!(table.watermark_ms(), None);
-        table.insert(entry(id(5), 4, 4));
-        assert_eq!(ids(&table), vec![id(20), id(30), id(5)]);
-        assert_eq!(table.watermark_ms(), Some(10));
-        table.insert(entry(id(40), 5, 5));
-        assert_eq!(table.watermark_ms(), Some(20));
-        // id(5) is older than the watermark but still held: a retry of it is still answered.
-        assert_eq!(table.get(id(5)).map(|e| e.seq), Some(4));
-        table.insert(entry(id(50), 6, 6));
-        assert_eq!(table.watermark_ms(), Some(30));
-        table.insert(entry(id(60), 7, 7));
-        assert_eq!(table.watermark_ms(), Some(30), "the watermark never moves back");
-        assert_eq!(table.len(), 3);
+        (table, entries)
     }
 
     #[test]
-    fn small_ids_work_until_the_first_eviction() {
-        let mut table = IdTable::new(u64::MAX, 2);
-        table.insert(entry(1, 1, 1));
-        table.insert(entry(2, 2, 2));
-        assert!(!table.is_expired(3));
-        table.insert(entry(3, 3, 3));
-        assert_eq!(table.watermark_ms(), Some(0));
-        assert!(table.is_expired(1));
-        assert!(table.is_expired(4), "every small id is now at or below the watermark");
-    }
-
-    #[test]
-    fn drain_reports_each_change_once_and_restore_matches() {
-        let mut table = IdTable::new(u64::MAX, 3);
-        let id = |n: u64| transfer_id_from_parts(n, n as u128);
-        table.insert(entry(id(1), 1, 1));
-        table.insert(entry(id(2), 2, 2));
-        let mut persisted: Vec<IdEntry> = Vec::new();
-        let drain = |table: &mut IdTable, persisted: &mut Vec<IdEntry>| {
-            let mut inserted = Vec::new();
-            let mut evicted = Vec::new();
-            let watermark = table.drain_changes(|change| match change {
-                IdChange::Inserted(entry) => inserted.push(*entry),
-                IdChange::Evicted(id) => evicted.push(id),
-            });
-            persisted.retain(|e| !evicted.contains(&e.id));
-            persisted.extend(inserted.iter().copied());
-            (inserted.len(), evicted, watermark)
-        };
-        assert_eq!(drain(&mut table, &mut persisted), (2, vec![], None));
-        assert_eq!(drain(&mut table, &mut persisted), (0, vec![], None), "nothing new");
-        // 3, 4, 5 arrive; 1 and 2 (persisted) and 3 (never persisted) are evicted.
-        for n in 3..=6 {
-            table.insert(entry(id(n), n, n));
+    fn every_id_is_found_across_memory_and_runs_and_memory_stays_bounded() {
+        let (table, entries) = filled(64, 5_000, RunHome::Memory);
+        assert!(table.len() <= 64 + RUNS_UNBUILT_MAX * 16, "memory holds {}", table.len());
+        assert_eq!(table.cold_runs().len() as u64, (5_000 - table.len() as u64) / 16);
+        for e in &entries {
+            assert_eq!(table.get(e.id), Some(*e));
         }
-        assert_eq!(ids(&table), vec![id(4), id(5), id(6)]);
-        assert_eq!(drain(&mut table, &mut persisted), (3, vec![id(1), id(2)], Some(3)));
-        let restored = IdTable::restore(u64::MAX, 3, persisted.clone(), Some(3)).expect("consistent rows");
-        assert_eq!(ids(&restored), ids(&table));
-        assert_eq!(restored.digest(), table.digest());
-        // The restored table evicts the same way the live one does.
-        let mut live = table.clone();
-        let mut restored = restored;
-        live.insert(entry(id(7), 7, 7));
-        restored.insert(entry(id(7), 7, 7));
-        assert_eq!(live.digest(), restored.digest());
-        assert_eq!(ids(&live), ids(&restored));
+        assert_eq!(table.get(transfer_id_from_parts(1_000_100, 777_777)), None);
+        assert_eq!(table.get(transfer_id_from_parts(999_000, 1)), None, "older than every run");
     }
 
     #[test]
-    fn index_matches_a_model_under_fifo_churn_and_wraparound() {
-        // 8 ids in 16 slots: probe runs collide and wrap around the end of the table constantly, and
-        // every insert evicts by backward shift. Any misplaced slot shows up as a wrong lookup.
-        let ids_max = 8;
-        let mut table = IdTable::new(u64::MAX, ids_max);
-        let mut model: VecDeque<TransferId> = VecDeque::new();
+    fn runs_whose_ids_all_expired_are_dropped() {
+        let mut table = IdTable::new(0, 1_000, 8, 1);
+        for seq in 1..=100u64 {
+            table.insert(entry(transfer_id_from_parts(10_000 + seq, seq as u128), seq, (10_000 + seq) * MS));
+        }
+        let runs_before = table.cold_runs().len();
+        assert!(runs_before > 0);
+        // Much later: the next seal drops every run.
+        for seq in 101..=120u64 {
+            table.insert(entry(transfer_id_from_parts(50_000 + seq, seq as u128), seq, (50_000 + seq) * MS));
+        }
+        assert!(table.cold_runs().iter().all(|run| run.min_id_ms >= 50_000), "old runs dropped");
+    }
+
+    #[test]
+    fn a_directory_table_keeps_entries_in_memory_until_their_run_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = RunHome::Directory(Arc::new(dir.path().to_path_buf()));
+        let (mut table, entries) = filled(64, 64 + 15, home);
+        let mut sealed = Vec::new();
+        table.take_sealed(|run| sealed.push(run));
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(table.len(), 79, "nothing leaves memory before its run is durable");
+        sealed[0].settle();
+        table.release();
+        assert_eq!(table.len(), 63);
+        assert_eq!(table.head_arrival(), 16);
+        assert!(dir.path().join(crate::id_index::run_file_name(0)).exists());
+        for e in &entries {
+            assert_eq!(table.get(e.id), Some(*e));
+        }
+    }
+
+    #[test]
+    fn restore_from_an_image_seals_where_the_live_table_seals() {
+        let (mut live, entries) = filled(32, 1_000, RunHome::Memory);
+        let image = live.export_image();
+        let mut restored = IdTable::restore(3, 86_400_000, 32, 0xabc, RunHome::Memory, image.clone()).expect("valid");
+        assert_eq!(restored.digest(), live.digest());
+        assert_eq!(restored.export_image(), image);
+        for seq in 1_001..=1_500u64 {
+            let recorded_ns = 1_000_000 * MS + seq * MS / 10;
+            let e = entry(transfer_id_from_parts(recorded_ns / MS, seq as u128), seq, recorded_ns);
+            live.insert(e);
+            restored.insert(e);
+            assert_eq!(restored.digest(), live.digest(), "after seq {seq}");
+        }
+        for e in &entries {
+            assert_eq!(restored.get(e.id), Some(*e));
+        }
+        // A different hash key finds the same ids: keys never change an answer.
+        let rekeyed = IdTable::restore(3, 86_400_000, 32, 0xdef, RunHome::Memory, live.export_image());
+        let rekeyed = rekeyed.expect("valid");
+        assert!(entries.iter().all(|e| rekeyed.get(e.id) == Some(*e)));
+    }
+
+    #[test]
+    fn restore_rejects_inconsistent_images() {
+        let a = entry(10, 1, 5);
+        let b = entry(11, 2, 6);
+        let image = |hot: Vec<IdEntry>| IdImage { cold: Vec::new(), head_arrival: 0, hot };
+        let restore = |image| IdTable::restore(0, 1_000, 8, 1, RunHome::Memory, image);
+        assert_eq!(
+            restore(image(vec![a, IdEntry { seq: 2, ..a }])).unwrap_err(),
+            IdRestoreError::DuplicateId { id: 10 }
+        );
+        assert_eq!(
+            restore(image(vec![a, IdEntry { seq: 1, ..b }])).unwrap_err(),
+            IdRestoreError::DuplicateSeq { seq: 1 }
+        );
+        assert!(matches!(
+            restore(image(vec![a, IdEntry { recorded_ns: 1, ..b }])),
+            Err(IdRestoreError::RecordedOutOfOrder { seq: 2, .. })
+        ));
+        assert_eq!(restore(image(vec![entry(0, 1, 1)])).unwrap_err(), IdRestoreError::ReservedId);
+        let not_boundary = IdImage { cold: Vec::new(), head_arrival: 3, hot: vec![] };
+        assert_eq!(restore(not_boundary).unwrap_err(), IdRestoreError::HeadNotAtBoundary { head_arrival: 3 });
+        let run = ColdImage::Entries { first_arrival: 0, entries: vec![a, b] };
+        let past_head = IdImage { cold: vec![run], head_arrival: 0, hot: vec![] };
+        assert!(matches!(restore(past_head), Err(IdRestoreError::RunsOutOfPlace { .. })));
+    }
+
+    #[test]
+    fn index_matches_a_model_under_churn_and_wraparound() {
+        // 8 ids in memory: probe runs collide and wrap constantly, and every seal removes entries by
+        // backward shift. Any misplaced slot shows up as a wrong lookup.
+        let mut table = IdTable::new(0, u64::MAX / MS, 8, 99);
         let mut state: u64 = 0x1234_5678;
         let mut next_entropy = || {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (state >> 11) as u128
         };
-        for seq in 1..=5_000u64 {
+        let mut all = Vec::new();
+        for seq in 1..=3_000u64 {
             let id = transfer_id_from_parts(seq, next_entropy());
             table.insert(entry(id, seq, seq));
-            model.push_back(id);
-            if model.len() > ids_max {
-                let evicted = model.pop_front().expect("non-empty");
-                assert!(table.get(evicted).is_none(), "evicted id {evicted:#x} still found");
-            }
-            assert_eq!(table.len(), model.len());
-            for (age, &held) in model.iter().enumerate() {
-                let found = table.get(held).map(|e| e.seq);
-                assert_eq!(found, Some(seq + 1 - (model.len() - age) as u64), "lookup after insert {seq}");
+            all.push(id);
+            if seq % 97 == 0 {
+                for (age, &held) in all.iter().enumerate() {
+                    assert_eq!(table.get(held).map(|e| e.seq), Some(age as u64 + 1), "lookup after insert {seq}");
+                }
             }
         }
     }
 
     #[test]
-    fn restore_rejects_inconsistent_rows() {
-        let a = entry(10, 1, 5);
-        let b = entry(11, 2, 6);
-        assert_eq!(
-            IdTable::restore(1, 1, vec![a, b], None).unwrap_err(),
-            IdRestoreError::TooManyEntries { entries: 2, ids_max: 1 }
-        );
-        assert_eq!(
-            IdTable::restore(1, 4, vec![a, IdEntry { seq: 2, ..a }], None).unwrap_err(),
-            IdRestoreError::DuplicateId { id: 10 }
-        );
-        assert_eq!(
-            IdTable::restore(1, 4, vec![a, IdEntry { seq: 1, ..b }], None).unwrap_err(),
-            IdRestoreError::DuplicateSeq { seq: 1 }
-        );
-        assert!(matches!(
-            IdTable::restore(1, 4, vec![a, IdEntry { recorded_ns: 1, ..b }], None),
-            Err(IdRestoreError::RecordedOutOfOrder { seq: 2, .. })
-        ));
-        assert_eq!(IdTable::restore(1, 4, vec![entry(0, 1, 1)], None).unwrap_err(), IdRestoreError::ReservedId);
-    }
-
-    #[test]
     fn digest_sees_every_field() {
-        let mut table = IdTable::new(100, 10);
+        let mut table = IdTable::new(0, 100, 10, 1);
         table.insert(entry(5, 1, 1));
         let base = table.digest();
         let variants = [
@@ -635,7 +837,7 @@ mod tests {
             IdEntry { recorded_ns: 2, ..entry(5, 1, 1) },
         ];
         for variant in variants {
-            let mut other = IdTable::new(100, 10);
+            let mut other = IdTable::new(0, 100, 10, 1);
             other.insert(variant);
             assert_ne!(other.digest(), base, "{variant:?}");
         }

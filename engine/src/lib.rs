@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 mod fast_hash;
 pub mod history;
+pub mod id_index;
 pub mod idempotency;
 pub mod join;
 pub mod logging;

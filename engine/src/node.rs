@@ -11,19 +11,22 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 use net::protocol::AccountRead;
-use net::types::{partition_of, Account, CreateAccount, ItemResult, Transfer};
+use net::types::{partition_of, Account, CreateAccount, ItemResult, Transfer, TransferId};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
 use crate::error::EngineError;
 use crate::history::HistoryPage;
 use crate::join::{self, BatchReply};
-use crate::shard::{Shard, ShardCommand, ShardRecovery, ShardStatus};
+use crate::shard::{Shard, ShardCommand, ShardRecovery, ShardStatus, TransferRecord};
 
 /// Name of the file that fixes a data directory's identity and layout.
 pub const MANIFEST_FILE: &str = "node.toml";
-/// Version of the data directory layout (manifest, shard folders, log and store formats).
-pub const DATA_FORMAT_VERSION: u32 = 1;
+/// Version of the data directory layout (manifest, shard folders, log, store and id-index formats).
+/// 2: the idempotency window is judged in time, older ids live in id-index run files, the id hash is
+/// keyed per directory. Format 1 directories are refused (their logs were decided under the count
+/// bound and watermark; replaying them under the time rule would re-decide them differently).
+pub const DATA_FORMAT_VERSION: u32 = 2;
 /// Longest a blocking call waits for its answer before reporting the node unavailable.
 pub const BLOCKING_CALL_TIMEOUT_MS: u64 = 60_000;
 /// Most history entries one page may carry: the protocol's limit.
@@ -42,6 +45,29 @@ pub struct Manifest {
     /// of the log's meaning: changing them would make a replay disagree with what was answered.
     pub idempotency_window_ms: u64,
     pub idempotency_ids_max: usize,
+    /// Random key of the transfer-id hash, created with the directory (hex).
+    pub id_hash_key: String,
+}
+
+/// A random 64-bit key from the kernel (for a new data directory's id hash).
+pub fn new_id_hash_key() -> Result<u64, std::io::Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Parses a manifest after checking its `format_version`, so a directory of another format is refused
+/// with a message naming both formats rather than a field-by-field parse error.
+pub fn parse_manifest<T: serde::de::DeserializeOwned>(text: &str, expected_version: u32) -> Result<T, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    match table.get("format_version").and_then(|v| v.as_integer()) {
+        Some(found) if found == expected_version as i64 => toml::from_str(text).map_err(|e| e.to_string()),
+        Some(found) => Err(format!(
+            "data format {found} was written by another version of walletd; this build reads format              {expected_version} only (format 2 judges the idempotency window in time and keeps older ids in              id-index files; a format 1 log cannot be replayed under it). Start a new data directory."
+        )),
+        None => Err("the manifest has no format_version".into()),
+    }
 }
 
 impl Manifest {
@@ -53,7 +79,12 @@ impl Manifest {
             shards: config.shards,
             idempotency_window_ms: config.idempotency_window_ms,
             idempotency_ids_max: config.idempotency_ids_max,
+            id_hash_key: format!("{:x}", config.id_hash_key),
         }
+    }
+
+    pub fn id_hash_key(&self) -> Option<u64> {
+        u64::from_str_radix(&self.id_hash_key, 16).ok()
     }
 
     /// The node configuration this data directory was created with, on top of `base` for the settings
@@ -65,6 +96,7 @@ impl Manifest {
             shards: self.shards,
             idempotency_window_ms: self.idempotency_window_ms,
             idempotency_ids_max: self.idempotency_ids_max,
+            id_hash_key: self.id_hash_key().unwrap_or(base.id_hash_key),
             ..base
         }
     }
@@ -74,7 +106,7 @@ impl Manifest {
         let path = data_dir.join(MANIFEST_FILE);
         let manifest_error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
         match fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| manifest_error(e.to_string())),
+            Ok(text) => parse_manifest(&text, DATA_FORMAT_VERSION).map(Some).map_err(manifest_error),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(manifest_error(e.to_string())),
         }
@@ -84,12 +116,17 @@ impl Manifest {
         u128::from_str_radix(&self.cluster_id, 16).ok()
     }
 
-    /// Creates the manifest of a new data directory, or checks an existing one against the config.
+    /// Creates the manifest of a new data directory (with a new random id-hash key), or checks an
+    /// existing one against the config (all but the key, which the directory alone decides).
     pub fn create_or_check(config: &NodeConfig) -> Result<Manifest, EngineError> {
         let path = config.data_dir.join(MANIFEST_FILE);
         let manifest_error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
-        let wanted = Manifest::of(config);
+        let mut wanted = Manifest::of(config);
         if let Some(found) = Manifest::read(&config.data_dir)? {
+            if found.id_hash_key().is_none() {
+                return Err(manifest_error(format!("id_hash_key {:?} is not a hex u64", found.id_hash_key)));
+            }
+            wanted.id_hash_key = found.id_hash_key.clone();
             if found != wanted {
                 return Err(manifest_error(format!(
                     "created with {found:?}, but the configuration asks for {wanted:?}; partitions, shards, cluster id and idempotency bounds are fixed at creation"
@@ -98,6 +135,8 @@ impl Manifest {
             return Ok(found);
         }
         fs::create_dir_all(&config.data_dir).map_err(|e| manifest_error(e.to_string()))?;
+        let key = new_id_hash_key().map_err(|e| manifest_error(format!("cannot draw a random id-hash key: {e}")))?;
+        wanted.id_hash_key = format!("{key:x}");
         let text = toml::to_string(&wanted).map_err(|e| manifest_error(e.to_string()))?;
         let temporary = path.with_extension("toml.tmp");
         fs::write(&temporary, text).map_err(|e| manifest_error(e.to_string()))?;
@@ -178,7 +217,8 @@ impl Node {
     pub fn open(config: NodeConfig) -> Result<(Node, NodeRecovery), EngineError> {
         let started = Instant::now();
         config.validate()?;
-        Manifest::create_or_check(&config)?;
+        let manifest = Manifest::create_or_check(&config)?;
+        let config = manifest.apply_to(config);
         let lock = DataDirLock::acquire(&config.data_dir)?;
         // Shards recover in parallel: each replays only its own log.
         let opened: Vec<Result<(Shard, ShardRecovery), EngineError>> = std::thread::scope(|scope| {
@@ -306,6 +346,32 @@ impl Node {
             let gather = gather.clone();
             let reply = Box::new(move |answers| gather.deliver(answers));
             self.send(shard, ShardCommand::Lookup { ids, at_least, reply })?;
+        }
+        Ok(())
+    }
+
+    /// What became of each transfer id within the idempotency window: the entry that decided it and the
+    /// transfer as logged, or `None`. Any partition may hold an id (a transfer belongs to its debit
+    /// account's partition), so every shard is asked; should two partitions have decided the same id
+    /// for different transfers, the lower partition's answer is given.
+    pub fn lookup_transfers(
+        &self,
+        ids: Vec<TransferId>,
+        reply: LookupReply<TransferRecord>,
+    ) -> Result<(), EngineError> {
+        if ids.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+        }
+        if ids.is_empty() {
+            reply(Ok(Vec::new()));
+            return Ok(());
+        }
+        let ids = std::sync::Arc::new(ids);
+        let gather = LookupGather::new(ids.len(), self.senders.len(), reply);
+        for shard in 0..self.senders.len() {
+            let gather = gather.clone();
+            let reply = Box::new(move |answers| gather.deliver_keyed(answers));
+            self.send(shard, ShardCommand::LookupTransfers { ids: ids.clone(), reply })?;
         }
         Ok(())
     }
@@ -488,34 +554,51 @@ impl<T> PartsGather<T> {
     }
 }
 
-pub(crate) type LookupReply = Box<dyn FnOnce(Result<Vec<Option<Account>>, EngineError>) + Send>;
+pub(crate) type LookupReply<T = Account> = Box<dyn FnOnce(Result<Vec<Option<T>>, EngineError>) + Send>;
 
-#[derive(Clone)]
-pub(crate) struct LookupGather(std::sync::Arc<std::sync::Mutex<LookupGatherState>>);
+/// Gathers per-slot answers from several shards; a slot keeps the first answer found for it (for
+/// accounts, one shard answers each slot; for transfer ids, every shard answers every slot, and the
+/// answer with the lower key wins, so the merge does not depend on which shard answers first).
+pub(crate) struct LookupGather<T = Account>(std::sync::Arc<std::sync::Mutex<LookupGatherState<T>>>);
 
-struct LookupGatherState {
-    answers: Vec<Option<Account>>,
-    error: Option<EngineError>,
-    remaining: usize,
-    reply: Option<LookupReply>,
+impl<T> Clone for LookupGather<T> {
+    fn clone(&self) -> Self {
+        LookupGather(self.0.clone())
+    }
 }
 
-impl LookupGather {
-    pub(crate) fn new(len: usize, parts: usize, reply: LookupReply) -> Self {
+struct LookupGatherState<T> {
+    answers: Vec<Option<(u32, T)>>,
+    error: Option<EngineError>,
+    remaining: usize,
+    reply: Option<LookupReply<T>>,
+}
+
+impl<T> LookupGather<T> {
+    pub(crate) fn new(len: usize, parts: usize, reply: LookupReply<T>) -> Self {
         LookupGather(std::sync::Arc::new(std::sync::Mutex::new(LookupGatherState {
-            answers: vec![None; len],
+            answers: (0..len).map(|_| None).collect(),
             error: None,
             remaining: parts,
             reply: Some(reply),
         })))
     }
 
-    pub(crate) fn deliver(&self, part: Result<Vec<(u32, Option<Account>)>, EngineError>) {
+    pub(crate) fn deliver(&self, part: Result<Vec<(u32, Option<T>)>, EngineError>) {
+        self.deliver_keyed(part.map(|answers| answers.into_iter().map(|(slot, value)| (slot, 0, value)).collect()))
+    }
+
+    /// `(slot, key, answer)`: among answers for one slot, the lowest key is kept.
+    pub(crate) fn deliver_keyed(&self, part: Result<Vec<(u32, u32, Option<T>)>, EngineError>) {
         let mut state = self.0.lock().expect("lookup gather lock is never poisoned");
         match part {
             Ok(answers) => {
-                for (slot, account) in answers {
-                    state.answers[slot as usize] = account;
+                for (slot, key, value) in answers {
+                    let Some(value) = value else { continue };
+                    let held = &mut state.answers[slot as usize];
+                    if held.as_ref().is_none_or(|(held_key, _)| key < *held_key) {
+                        *held = Some((key, value));
+                    }
                 }
             }
             Err(error) => {
@@ -527,7 +610,7 @@ impl LookupGather {
             let reply = state.reply.take().expect("answered once");
             let answer = match state.error.take() {
                 Some(error) => Err(error),
-                None => Ok(std::mem::take(&mut state.answers)),
+                None => Ok(std::mem::take(&mut state.answers).into_iter().map(|a| a.map(|(_, v)| v)).collect()),
             };
             drop(state);
             reply(answer);

@@ -23,16 +23,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use net::types::{Account, CreateAccount, ItemResult, Transfer};
+use net::types::{Account, CreateAccount, ItemResult, Transfer, TransferId};
 use wal::{Wal, WalOptions};
 
 use crate::config::NodeConfig;
 use crate::error::EngineError;
-use crate::event::{EventBatchView, EventBuffer};
+use crate::event::{EventBatchView, EventBody, EventBuffer};
 use crate::history;
+use crate::id_index::{self, ColdRun, RunBuilder};
+use crate::idempotency::{ColdImage, IdImage, RunHome, NANOS_PER_MILLI};
 use crate::join::BatchPart;
 use crate::partition::{DirtyRow, PartitionConfig, PartitionState};
 use crate::store::{Checkpoint, PartitionMeta, Store};
+use std::sync::Arc;
 
 /// Log record kind of an event batch.
 pub const RECORD_KIND_EVENTS: u8 = 1;
@@ -49,6 +52,18 @@ const IDLE_WAIT_MS: u64 = 50;
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(ShardStatus) + Send>;
+/// Per requested transfer id found by this shard: (slot in the request, partition, record).
+pub type TransfersReply = Box<dyn FnOnce(Result<Vec<(u32, u32, Option<TransferRecord>)>, EngineError>) + Send>;
+
+/// A decided transfer as `LookupTransfers` reports it: the transfer as logged, its outcome, the seq and
+/// timestamp of the event that recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub transfer: Transfer,
+    pub code: net::types::ResultCode,
+    pub seq: u64,
+    pub timestamp_ns: u64,
+}
 pub type DoneReply = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 pub enum ShardCommand {
@@ -68,6 +83,11 @@ pub enum ShardCommand {
         ids: Vec<(u32, u64)>,
         at_least: Vec<(u32, u64)>,
         reply: LookupReply,
+    },
+    /// Transfer ids to look up in every partition of the shard.
+    LookupTransfers {
+        ids: Arc<Vec<TransferId>>,
+        reply: TransfersReply,
     },
     History {
         account_id: u64,
@@ -142,9 +162,10 @@ pub struct Shard {
     /// Partitions owned by this shard, indexed by `partition / shards`.
     partitions: Vec<PartitionState>,
     recent_batches: Vec<RecentBatches>,
-    /// Per owned partition: id-table entries written to the store so far, and the chunks holding them.
-    ids_emitted: Vec<u64>,
+    /// Per owned partition: the store's chunks of in-memory id-table entries.
     id_chunks: Vec<IdChunks>,
+    /// Builds and writes the id-index runs the partitions seal (its own thread).
+    id_runs: RunBuilder,
     /// Reused by every checkpoint: one partition's newly inserted id entries.
     inserted_ids: Vec<crate::idempotency::IdEntry>,
     /// Per owned partition: the event buffer of the current round (reused, never shrunk).
@@ -184,53 +205,95 @@ pub fn partition_config(config: &NodeConfig, partition: u32) -> PartitionConfig 
         partitions: config.partitions,
         idempotency_window_ms: config.idempotency_window_ms,
         idempotency_ids_max: config.idempotency_ids_max,
+        id_hash_key: config.id_hash_key,
     }
 }
 
 /// A partition's id-table chunks in the store: (position, entry count), oldest first.
 type IdChunks = VecDeque<(u64, u64)>;
 
+/// The folder of one partition's id-index run files.
+pub fn id_runs_dir(data_dir: &Path, shard: u32, partition: u32) -> PathBuf {
+    shard_dir(data_dir, shard).join("ids").join(format!("p{partition:05}"))
+}
+
 /// Rebuilds one partition from its checkpoint rows (or empty when the store has none), with the
-/// bookkeeping of its id-table chunks.
+/// bookkeeping of its id-table chunks. The id table's older ids come from its run files (mapped, not
+/// read: restart does not scale with the window); files the checkpoint does not cover (written after
+/// it: replay re-seals them) and files whose every id has expired are removed. `runs_dir`: where the
+/// partition's runs live (`None`: an audit replay, which neither reads nor removes them).
 pub fn restore_partition(
     store: &Store,
     config: &NodeConfig,
     partition: u32,
+    runs_dir: Option<&Path>,
 ) -> Result<(PartitionState, PartitionMeta, IdChunks), EngineError> {
     let partition_config = partition_config(config, partition);
+    let home = runs_dir.map_or(RunHome::Memory, |dir| RunHome::Directory(Arc::new(dir.to_path_buf())));
     let Some(meta) = store.partition_meta(partition)? else {
-        return Ok((PartitionState::new(partition_config), PartitionMeta::default(), IdChunks::new()));
+        if let Some(dir) = runs_dir {
+            // No checkpoint: every run file is newer than it, and replay re-seals them.
+            for (_, path) in id_index::list_runs(dir).map_err(id_index_error)? {
+                std::fs::remove_file(&path).map_err(|e| EngineError::Store(format!("{}: {e}", path.display())))?;
+            }
+        }
+        let mut state = PartitionState::new(partition_config);
+        state.set_id_home(home);
+        return Ok((state, PartitionMeta::default(), IdChunks::new()));
     };
     let mut accounts = Vec::new();
     store.for_each_account(partition, |account| accounts.push(account))?;
-    // The live id table is the last `ids_live` entries ever emitted: eviction only ever takes the oldest.
-    let first_live = meta
-        .ids_emitted
-        .checked_sub(meta.ids_live)
-        .ok_or_else(|| corrupt_ids(partition, "more live ids than ever written"))?;
-    let mut ids = Vec::with_capacity(meta.ids_live as usize);
+    let head = meta.ids_head_arrival;
+    if head > meta.ids_next_arrival {
+        return Err(corrupt_ids(partition, "the in-memory ids start after the next arrival"));
+    }
+    let mut hot = Vec::with_capacity((meta.ids_next_arrival - head) as usize);
     let mut chunks = IdChunks::new();
     for (position, entries) in store.id_chunks(partition)? {
         let end = position + entries.len() as u64;
         chunks.push_back((position, entries.len() as u64));
-        if end > first_live {
-            let skip = first_live.saturating_sub(position) as usize;
-            ids.extend_from_slice(&entries[skip..]);
+        if end > head {
+            if position > head + hot.len() as u64 {
+                return Err(corrupt_ids(partition, "id chunks leave a gap in the in-memory ids"));
+            }
+            let skip = (head + hot.len() as u64 - position) as usize;
+            hot.extend_from_slice(&entries[skip..]);
         }
     }
-    if ids.len() as u64 != meta.ids_live {
-        return Err(corrupt_ids(partition, "id chunks do not hold the live id table"));
+    if head + hot.len() as u64 != meta.ids_next_arrival {
+        return Err(corrupt_ids(partition, "id chunks do not hold the in-memory id table"));
     }
-    let state = PartitionState::try_restore(
-        partition_config,
-        meta.last_seq,
-        meta.last_timestamp_ns,
-        meta.id_watermark_ms,
-        accounts,
-        ids,
-    )
-    .map_err(|e| EngineError::Store(format!("partition {partition}: checkpoint rows are inconsistent: {e}")))?;
+    let mut cold: Vec<ColdImage> = Vec::new();
+    if let Some(dir) = runs_dir {
+        let last_ms = meta.last_timestamp_ns / NANOS_PER_MILLI;
+        for (first_arrival, path) in id_index::list_runs(dir).map_err(id_index_error)? {
+            let remove =
+                || std::fs::remove_file(&path).map_err(|e| EngineError::Store(format!("{}: {e}", path.display())));
+            if first_arrival >= head {
+                remove()?;
+                continue;
+            }
+            let run = ColdRun::open(&path, partition, config.id_hash_key).map_err(id_index_error)?;
+            if run.first_arrival != first_arrival || run.end_arrival > head {
+                return Err(corrupt_ids(partition, &format!("id run {} is out of place", path.display())));
+            }
+            if run.max_id_ms.saturating_add(config.idempotency_window_ms) < last_ms {
+                drop(run);
+                remove()?;
+                continue;
+            }
+            cold.push(ColdImage::Run(Arc::new(run)));
+        }
+    }
+    let ids = IdImage { cold, head_arrival: head, hot };
+    let state =
+        PartitionState::try_restore(partition_config, meta.last_seq, meta.last_timestamp_ns, accounts, ids, home)
+            .map_err(|e| EngineError::Store(format!("partition {partition}: checkpoint rows are inconsistent: {e}")))?;
     Ok((state, meta, chunks))
+}
+
+fn id_index_error(error: id_index::IdIndexError) -> EngineError {
+    EngineError::Store(error.to_string())
 }
 
 fn corrupt_ids(partition: u32, why: &str) -> EngineError {
@@ -245,12 +308,13 @@ impl Shard {
         let store = Store::open(&dir.join("state"))?;
         let checkpoint_index = store.applied_index()?;
         let mut partitions = Vec::new();
-        let mut ids_emitted = Vec::new();
         let mut id_chunks = Vec::new();
         for partition in owned_partitions(id, config.shards, config.partitions) {
-            let (state, meta, chunks) = restore_partition(&store, config, partition)?;
+            let runs_dir = id_runs_dir(&config.data_dir, id, partition);
+            std::fs::create_dir_all(&runs_dir)
+                .map_err(|e| EngineError::Store(format!("{}: {e}", runs_dir.display())))?;
+            let (state, _meta, chunks) = restore_partition(&store, config, partition, Some(&runs_dir))?;
             partitions.push(state);
-            ids_emitted.push(meta.ids_emitted);
             id_chunks.push(chunks);
         }
         let (wal, wal_report) = Wal::open(&dir.join("wal"), wal_options(config))?;
@@ -258,8 +322,8 @@ impl Shard {
             id,
             config: config.clone(),
             recent_batches: vec![Vec::new(); partitions.len()],
-            ids_emitted,
             id_chunks,
+            id_runs: RunBuilder::start(format!("shard-{id}-ids")),
             inserted_ids: Vec::new(),
             buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
             partitions,
@@ -333,6 +397,7 @@ impl Shard {
             self.recent_batches[slot].push((view.first_seq(), record.index));
             replayed += 1;
         }
+        self.tend_id_runs();
         Ok(replayed)
     }
 
@@ -424,6 +489,13 @@ impl Shard {
                     self.seq_waits.push(SeqWait { ids, at_least, reply, deadline });
                 }
                 count
+            }
+            ShardCommand::LookupTransfers { ids, reply } => {
+                // The transfer's fields are read from the log, so everything in memory must reach it.
+                self.end_round();
+                self.drive_log(true);
+                reply(self.lookup_transfers(&ids, now_ns));
+                ids.len()
             }
             ShardCommand::History { account_id, from_seq, limit, reply } => {
                 // History is read from the log itself, so everything in memory must reach it first.
@@ -523,8 +595,17 @@ impl Shard {
         self.buffers[slot].clear();
     }
 
+    /// Hands the id-index runs the partitions sealed to the builder and lets written ones leave memory.
+    fn tend_id_runs(&mut self) {
+        let builder = &self.id_runs;
+        for state in &mut self.partitions {
+            state.tend_id_runs(|run| builder.submit(run));
+        }
+    }
+
     /// Appends this round's event batches to the log and files its answers behind them.
     fn end_round(&mut self) {
+        self.tend_id_runs();
         for slot in std::mem::take(&mut self.touched) {
             self.flush_slot(slot);
         }
@@ -603,35 +684,30 @@ impl Shard {
             let partition = state.partition();
             let inserted = &mut self.inserted_ids;
             inserted.clear();
-            state.drain_dirty(|row| match row {
+            let mark = state.drain_dirty(|row| match row {
                 DirtyRow::Account(account) => checkpoint.put_account(partition, account),
                 DirtyRow::IdInserted(entry) => inserted.push(*entry),
-                // Eviction is FIFO: evicted entries are whole chunks' worth, dropped below.
-                DirtyRow::IdEvicted(_) => {}
             });
-            let emitted = &mut self.ids_emitted[slot];
             let chunks = &mut self.id_chunks[slot];
             if !inserted.is_empty() {
-                checkpoint.put_id_chunk(partition, *emitted, inserted);
-                chunks.push_back((*emitted, inserted.len() as u64));
-                *emitted += inserted.len() as u64;
+                assert_eq!(mark.ids.first_drained + inserted.len() as u64, mark.ids.next_arrival);
+                checkpoint.put_id_chunk(partition, mark.ids.first_drained, inserted);
+                chunks.push_back((mark.ids.first_drained, inserted.len() as u64));
             }
-            let ids_live = state.ids().len() as u64;
-            assert!(ids_live <= *emitted, "every live id was written at some checkpoint");
-            let first_live = *emitted - ids_live;
+            // Entries before the head are in id-index runs that are written and fsynced (a run leaves
+            // memory only then), so their chunks can go.
             while let Some(&(position, count)) = chunks.front() {
-                if position + count > first_live {
+                if position + count > mark.ids.head_arrival {
                     break;
                 }
                 checkpoint.delete_id_chunk(partition, position);
                 chunks.pop_front();
             }
             let meta = PartitionMeta {
-                last_seq: state.last_seq(),
-                last_timestamp_ns: state.last_timestamp_ns(),
-                id_watermark_ms: state.id_watermark_ms(),
-                ids_emitted: *emitted,
-                ids_live,
+                last_seq: mark.last_seq,
+                last_timestamp_ns: mark.last_timestamp_ns,
+                ids_next_arrival: mark.ids.next_arrival,
+                ids_head_arrival: mark.ids.head_arrival,
             };
             checkpoint.put_partition_meta(partition, &meta);
             for (first_seq, index) in self.recent_batches[slot].drain(..) {
@@ -642,6 +718,45 @@ impl Shard {
         self.checkpoint_index = applied;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    fn lookup_transfers(
+        &self,
+        ids: &[TransferId],
+        now_ns: u64,
+    ) -> Result<Vec<(u32, u32, Option<TransferRecord>)>, EngineError> {
+        let mut found = Vec::new();
+        for (slot, &id) in ids.iter().enumerate() {
+            for (partition_slot, state) in self.partitions.iter().enumerate() {
+                let Some(entry) = state.transfer_entry(id, now_ns) else { continue };
+                let partition = state.partition();
+                let event = history::event_at(
+                    &self.wal,
+                    &self.store,
+                    &self.recent_batches[partition_slot],
+                    partition,
+                    entry.seq,
+                )?;
+                let transfer = match event.map(|e| e.body) {
+                    Some(EventBody::TransferPosted { transfer, .. } | EventBody::TransferRejected { transfer, .. })
+                        if transfer.id == id =>
+                    {
+                        transfer
+                    }
+                    other => {
+                        return Err(EngineError::Log(format!(
+                            "partition {partition}: transfer {id:#x} was decided at seq {} but the log holds {other:?} there",
+                            entry.seq
+                        )))
+                    }
+                };
+                let record =
+                    TransferRecord { transfer, code: entry.code, seq: entry.seq, timestamp_ns: entry.recorded_ns };
+                found.push((slot as u32, partition, Some(record)));
+                break;
+            }
+        }
+        Ok(found)
     }
 
     fn history(&self, account_id: u64, from_seq: u64, limit: usize) -> Result<history::HistoryPage, EngineError> {
@@ -700,6 +815,7 @@ fn fail_command(command: ShardCommand, error: EngineError) {
     match command {
         ShardCommand::Transfers { part, .. } | ShardCommand::CreateAccounts { part, .. } => part.complete(Err(error)),
         ShardCommand::Lookup { reply, .. } => reply(Err(error)),
+        ShardCommand::LookupTransfers { reply, .. } => reply(Err(error)),
         ShardCommand::History { reply, .. } => reply(Err(error)),
         ShardCommand::Checkpoint { reply } | ShardCommand::Shutdown { reply } => reply(Err(error)),
         ShardCommand::Status { reply: _ } => unreachable!("status is answered even by a failed shard"),

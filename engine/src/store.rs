@@ -8,10 +8,11 @@
 //!
 //! Keys (big-endian integers so that RocksDB's byte order is numeric order):
 //! - `M`                                  → applied log index (u64) + format version (u32)
-//! - `P` partition u32                    → partition meta: last_seq, last_timestamp_ns, id watermark
+//! - `P` partition u32                    → partition meta: last_seq, last_timestamp_ns, next id arrival,
+//!   first id arrival still in memory (older ids are in the id-index run files)
 //! - `A` partition u32, account u64       → account row (`Account` wire layout, 56 bytes)
-//! - `I` partition u32, position u64      → a chunk of id-table entries, in arrival order from `position`
-//!   (each: id u128, fingerprint u128, code u16, seq u64, recorded_ns u64 = 50 bytes)
+//! - `I` partition u32, position u64      → a chunk of in-memory id-table entries: arrivals `position..`
+//!   in order (each: id u128, fingerprint u128, code u16, seq u64, recorded_ns u64 = 50 bytes)
 //! - `B` partition u32, first_seq u64     → log index of the event batch that starts at first_seq
 
 use std::path::Path;
@@ -22,7 +23,7 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use crate::idempotency::IdEntry;
 
 /// Version of the key/value layout above; a store written by another version is refused.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// RocksDB memtable size: bounds memory between flushes and the size of one flush.
 pub const STORE_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
@@ -31,10 +32,8 @@ const PREFIX_PARTITION: u8 = b'P';
 const PREFIX_ACCOUNT: u8 = b'A';
 const PREFIX_ID: u8 = b'I';
 const PREFIX_BATCH: u8 = b'B';
-/// Stored watermark meaning "nothing evicted": id timestamps have 48 bits, so it is never a real one.
-const WATERMARK_NONE: u64 = u64::MAX;
 pub(crate) const ID_ENTRY_BYTES: usize = 16 + 16 + 2 + 8 + 8;
-const PARTITION_ROW_BYTES: usize = 40;
+const PARTITION_ROW_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,13 +50,11 @@ pub enum StoreError {
 pub struct PartitionMeta {
     pub last_seq: u64,
     pub last_timestamp_ns: u64,
-    /// Largest id-timestamp (ms) evicted from the partition's idempotency table; `None` = nothing
-    /// evicted yet (distinct from `Some(0)`: evicted small ids must stay refused after a restart).
-    pub id_watermark_ms: Option<u64>,
-    /// Id-table entries written to the store so far, in arrival order (the next chunk's position).
-    pub ids_emitted: u64,
-    /// Entries of the id table at the checkpoint: the last `ids_live` emitted ones (eviction is FIFO).
-    pub ids_live: u64,
+    /// Arrival number of the next id the table records (ids are numbered in arrival = seq order).
+    pub ids_next_arrival: u64,
+    /// Arrival number of the oldest id in memory at the checkpoint: the chunks hold arrivals
+    /// `ids_head_arrival..ids_next_arrival`; older ones are in the id-index run files.
+    pub ids_head_arrival: u64,
 }
 
 /// Everything a checkpoint writes, accumulated by the shard between checkpoints.
@@ -86,7 +83,7 @@ impl Checkpoint {
         self.rows += 1;
     }
 
-    /// Drops a chunk whose entries have all been evicted.
+    /// Drops a chunk whose entries are all in written id-index runs.
     pub fn delete_id_chunk(&mut self, partition: u32, position: u64) {
         self.batch.delete(id_chunk_key(partition, position));
         self.rows += 1;
@@ -96,9 +93,8 @@ impl Checkpoint {
         let mut value = [0u8; PARTITION_ROW_BYTES];
         value[0..8].copy_from_slice(&meta.last_seq.to_le_bytes());
         value[8..16].copy_from_slice(&meta.last_timestamp_ns.to_le_bytes());
-        value[16..24].copy_from_slice(&meta.id_watermark_ms.unwrap_or(WATERMARK_NONE).to_le_bytes());
-        value[24..32].copy_from_slice(&meta.ids_emitted.to_le_bytes());
-        value[32..40].copy_from_slice(&meta.ids_live.to_le_bytes());
+        value[16..24].copy_from_slice(&meta.ids_next_arrival.to_le_bytes());
+        value[24..32].copy_from_slice(&meta.ids_head_arrival.to_le_bytes());
         self.batch.put(partition_key(partition), value);
         self.rows += 1;
     }
@@ -200,9 +196,8 @@ impl Store {
         Ok(Some(PartitionMeta {
             last_seq: le_u64(&value[0..8]),
             last_timestamp_ns: le_u64(&value[8..16]),
-            id_watermark_ms: Some(le_u64(&value[16..24])).filter(|&w| w != WATERMARK_NONE),
-            ids_emitted: le_u64(&value[24..32]),
-            ids_live: le_u64(&value[32..40]),
+            ids_next_arrival: le_u64(&value[16..24]),
+            ids_head_arrival: le_u64(&value[24..32]),
         }))
     }
 

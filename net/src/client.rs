@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::protocol::{
     encode_request, AccountLookup, AccountRead, Consistency, DecodeError, ErrorCode, FrameDecoder, Message, NodeStatus,
-    ProtocolError, ReadLevel, Request, Response,
+    ProtocolError, ReadLevel, Request, Response, TransferLookup,
 };
 use crate::server::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
 use crate::types::{transfer_id_from_parts, AccountId, CreateAccount, HistoryEntry, ItemResult, Transfer, TransferId};
@@ -408,6 +408,14 @@ impl Client {
         match self.call(request)? {
             Response::Accounts(accounts) => Ok(accounts),
             other => Err(unexpected("Accounts", other)),
+        }
+    }
+
+    /// What became of each transfer id within the idempotency window (outcome, seq and fields).
+    pub fn lookup_transfers(&mut self, ids: &[TransferId]) -> Result<Vec<TransferLookup>, ClientError> {
+        match self.call(&Request::LookupTransfers(ids.to_vec()))? {
+            Response::Transfers(lookups) => Ok(lookups),
+            other => Err(unexpected("Transfers", other)),
         }
     }
 

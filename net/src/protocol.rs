@@ -28,7 +28,7 @@ use std::fmt;
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::types::{Account, AccountId, CreateAccount, HistoryEntry, ItemResult, ResultCode, Transfer};
+use crate::types::{Account, AccountId, CreateAccount, HistoryEntry, ItemResult, ResultCode, Transfer, TransferId};
 
 /// The first four bytes of every frame: `WALT`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"WALT");
@@ -70,19 +70,21 @@ pub mod kind {
     pub const CREATE_TRANSFERS: u16 = 0x0004;
     pub const LOOKUP_ACCOUNTS: u16 = 0x0005;
     pub const ACCOUNT_HISTORY: u16 = 0x0006;
+    pub const LOOKUP_TRANSFERS: u16 = 0x0007;
 
     pub const PONG: u16 = 0x0101;
     pub const STATUS_RESPONSE: u16 = 0x0102;
     pub const RESULTS: u16 = 0x0103;
     pub const ACCOUNTS: u16 = 0x0104;
     pub const HISTORY: u16 = 0x0105;
+    pub const TRANSFERS: u16 = 0x0106;
     pub const ERROR: u16 = 0x01FF;
 
     /// First node-to-node kind; every kind at or above it is a peer message.
     pub const PEER_MIN: u16 = 0x8000;
 
     pub fn is_known(kind: u16) -> bool {
-        matches!(kind, PING..=ACCOUNT_HISTORY | PONG..=HISTORY | ERROR) || kind >= PEER_MIN
+        matches!(kind, PING..=LOOKUP_TRANSFERS | PONG..=TRANSFERS | ERROR) || kind >= PEER_MIN
     }
 }
 
@@ -277,6 +279,30 @@ pub enum Request {
         from_seq: u64,
         limit: u32,
     },
+    /// What became of each transfer id, within the idempotency window: its outcome, seq and fields.
+    LookupTransfers(Vec<TransferId>),
+}
+
+/// Outcome of looking up one transfer id. Wire layout, 96 bytes: `found u8 (0 or 1) | reserved u8 |
+/// code u16 | reserved u32 | seq u64 | timestamp_ns u64 | reserved u64 | transfer (64)`. Found: the
+/// code and seq the transfer was answered with (a rejection is an outcome too), the timestamp of the
+/// event that recorded it and the transfer as submitted. Not found: every field zero but the transfer's
+/// id; the id was never decided, or is older than the window (and is then refused `id_expired`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferLookup {
+    Found { transfer: Transfer, code: ResultCode, seq: u64, timestamp_ns: u64 },
+    NotFound { id: TransferId },
+}
+
+impl TransferLookup {
+    pub const WIRE_BYTES: usize = 32 + Transfer::WIRE_BYTES;
+
+    pub fn id(&self) -> TransferId {
+        match self {
+            TransferLookup::Found { transfer, .. } => transfer.id,
+            TransferLookup::NotFound { id } => *id,
+        }
+    }
 }
 
 impl Request {
@@ -374,6 +400,8 @@ pub enum Response {
     /// Per-item results of CreateAccounts / CreateTransfers.
     Results(Vec<ItemResult>),
     Accounts(Vec<AccountLookup>),
+    /// One answer per id of a LookupTransfers, in order.
+    Transfers(Vec<TransferLookup>),
     /// `next_from_seq`: pass it as `from_seq` to get the next (older) page; `None` when this page
     /// reached the account's creation. `account_not_found`: no account has the id (no entries, no
     /// cursor), as opposed to a page past the account's first event.
@@ -588,6 +616,14 @@ fn write_request_body(out: &mut Vec<u8>, request: &Request) -> Result<u16, Proto
             out.extend_from_slice(&0u32.to_le_bytes());
             Ok(kind::ACCOUNT_HISTORY)
         }
+        Request::LookupTransfers(ids) => {
+            check_batch(ids.len(), BATCH_ITEMS_MAX, false)?;
+            let at = put_items_prefix(out, ids.len(), 0, 16);
+            for (id, chunk) in ids.iter().zip(out[at..].chunks_exact_mut(16)) {
+                chunk.copy_from_slice(&id.to_le_bytes());
+            }
+            Ok(kind::LOOKUP_TRANSFERS)
+        }
     }
 }
 
@@ -656,6 +692,23 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
                 account.encode_into(&mut chunk[8..]);
             }
             Ok(kind::ACCOUNTS)
+        }
+        Response::Transfers(lookups) => {
+            check_batch(lookups.len(), BATCH_ITEMS_MAX, true)?;
+            let at = put_items_prefix(out, lookups.len(), 0, TransferLookup::WIRE_BYTES);
+            for (item, chunk) in lookups.iter().zip(out[at..].chunks_exact_mut(TransferLookup::WIRE_BYTES)) {
+                match item {
+                    TransferLookup::Found { transfer, code, seq, timestamp_ns } => {
+                        chunk[0] = 1;
+                        chunk[2..4].copy_from_slice(&(*code as u16).to_le_bytes());
+                        chunk[8..16].copy_from_slice(&seq.to_le_bytes());
+                        chunk[16..24].copy_from_slice(&timestamp_ns.to_le_bytes());
+                        transfer.encode_into(&mut chunk[32..]);
+                    }
+                    TransferLookup::NotFound { id } => chunk[32..48].copy_from_slice(&id.to_le_bytes()),
+                }
+            }
+            Ok(kind::TRANSFERS)
         }
         Response::History { entries, next_from_seq, account_not_found } => {
             check_batch(entries.len(), BATCH_ITEMS_MAX, true)?;
@@ -793,6 +846,9 @@ fn decode_body(message_kind: u16, body: &[u8]) -> Result<Message, ProtocolError>
         }
         kind::LOOKUP_ACCOUNTS => Message::Request(decode_lookup(body)?),
         kind::ACCOUNT_HISTORY => Message::Request(decode_history_request(body)?),
+        kind::LOOKUP_TRANSFERS => {
+            Message::Request(Request::LookupTransfers(decode_items(body, 16, false, |b| Ok(read_u128(b, 0)))?))
+        }
         kind::PONG => Message::Response(expect_empty(body, Response::Pong)?),
         kind::STATUS_RESPONSE => Message::Response(decode_status(body)?),
         kind::RESULTS => {
@@ -808,6 +864,12 @@ fn decode_body(message_kind: u16, body: &[u8]) -> Result<Message, ProtocolError>
             decode_lookup_item,
         )?)),
         kind::HISTORY => Message::Response(decode_history(body)?),
+        kind::TRANSFERS => Message::Response(Response::Transfers(decode_items(
+            body,
+            TransferLookup::WIRE_BYTES,
+            true,
+            decode_transfer_lookup,
+        )?)),
         kind::ERROR => Message::Response(decode_error(body)?),
         other => return Err(ProtocolError::UnknownMessageKind(other)),
     };
@@ -976,6 +1038,25 @@ fn decode_lookup_item(b: &[u8]) -> Result<AccountLookup, ProtocolError> {
             Ok(AccountLookup::NotFound { id: account.id, code })
         }
         _ => Err(ProtocolError::Malformed("not-found lookup item carries account fields")),
+    }
+}
+
+fn decode_transfer_lookup(b: &[u8]) -> Result<TransferLookup, ProtocolError> {
+    if b[1] != 0 || read_u32(b, 4) != 0 || read_u64(b, 24) != 0 {
+        return Err(ProtocolError::Malformed("reserved transfer lookup field must be zero"));
+    }
+    let transfer = Transfer::decode(&b[32..]);
+    match b[0] {
+        1 => {
+            let code =
+                ResultCode::from_u16(read_u16(b, 2)).ok_or(ProtocolError::Malformed("unknown transfer lookup code"))?;
+            Ok(TransferLookup::Found { transfer, code, seq: read_u64(b, 8), timestamp_ns: read_u64(b, 16) })
+        }
+        // Only the id is meaningful when not found; anything else would not re-encode the same.
+        0 if b[2..24].iter().all(|&x| x == 0) && transfer == (Transfer { id: transfer.id, ..Transfer::default() }) => {
+            Ok(TransferLookup::NotFound { id: transfer.id })
+        }
+        _ => Err(ProtocolError::Malformed("transfer lookup item is neither found nor a bare not-found")),
     }
 }
 

@@ -66,6 +66,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             from_seq,
             limit
         }),
+        prop::collection::vec(any::<u128>(), 1..40).prop_map(Request::LookupTransfers),
     ]
 }
 
@@ -125,6 +126,12 @@ fn arb_response() -> impl Strategy<Value = Response> {
             balance_after,
         },
     );
+    let transfer_lookup = prop_oneof![
+        (arb_transfer(), arb_code(), any::<u64>(), any::<u64>()).prop_map(|(transfer, code, seq, timestamp_ns)| {
+            TransferLookup::Found { transfer, code, seq, timestamp_ns }
+        }),
+        any::<u128>().prop_map(|id| TransferLookup::NotFound { id }),
+    ];
     prop_oneof![
         Just(Response::Pong),
         status.prop_map(Response::Status),
@@ -136,6 +143,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
         Just(Response::History { entries: Vec::new(), next_from_seq: None, account_not_found: true }),
         ((0..ErrorCode::ALL.len()), "[a-zA-Zé ]{0,80}")
             .prop_map(|(i, message)| Response::Error { code: ErrorCode::ALL[i], message }),
+        prop::collection::vec(transfer_lookup, 0..40).prop_map(Response::Transfers),
     ]
 }
 
@@ -290,7 +298,7 @@ fn every_error_kind_from_a_crafted_frame() {
         error_of(crafted(ping, &[], |f| f[32..36].copy_from_slice(&u32::MAX.to_le_bytes()), true)),
         (FrameTooLarge, 77)
     );
-    assert_eq!(error_of(crafted(0x0007, &[], |_| {}, false)), (UnknownMessageKind, 77));
+    assert_eq!(error_of(crafted(0x0008, &[], |_| {}, false)), (UnknownMessageKind, 77));
     assert_eq!(error_of(crafted(0x7FFF, &[], |_| {}, false)), (UnknownMessageKind, 77));
     assert_eq!(error_of(crafted(ping, &[1, 2, 3], |f| f[HEADER_BYTES] ^= 1, false)), (BodyChecksum, 77));
     assert_eq!(error_of(crafted(ping, &[0], |_| {}, false)), (MalformedFrame, 77));
@@ -368,6 +376,7 @@ fn randomized_frames_never_panic_and_decode_consistently() {
         Request::CreateTransfers(vec![Transfer { id: 5, amount: 9, ..Transfer::default() }; 3]),
         Request::lookup(Consistency::AtLeast(4), &[1, 2, 3]),
         Request::AccountHistory { account_id: 1, from_seq: 2, limit: 3 },
+        Request::LookupTransfers(vec![7, u128::MAX]),
         Request::CreateAccounts(vec![CreateAccount { id: 1, ledger: 840, flags: 0, user_data: 0 }]),
     ];
     for (i, request) in samples.iter().enumerate() {

@@ -75,6 +75,19 @@ impl Bank {
                     })
                     .collect(),
             ),
+            Request::LookupTransfers(ids) => Response::Transfers(
+                ids.iter()
+                    .map(|id| match state.transfers.get(id) {
+                        Some((transfer, result)) => TransferLookup::Found {
+                            transfer: *transfer,
+                            code: result.code,
+                            seq: result.seq,
+                            timestamp_ns: 0,
+                        },
+                        None => TransferLookup::NotFound { id: *id },
+                    })
+                    .collect(),
+            ),
             Request::AccountHistory { account_id, from_seq, limit } => {
                 // Newest first from `from_seq` (0 = newest), as the engine serves it.
                 let mut all = state.history.get(&account_id).cloned().unwrap_or_default();

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use engine::shard::ShardStatus;
 use engine::{EngineError, Node};
-use net::protocol::{AccountLookup, ErrorCode, NodeStatus, PartitionStatus, Request, Response, PARTITION_FLAG_LEADER};
+use net::protocol::{
+    AccountLookup, ErrorCode, NodeStatus, PartitionStatus, Request, Response, TransferLookup, PARTITION_FLAG_LEADER,
+};
 use net::server::{Handler, Responder};
 use net::types::ResultCode;
 
@@ -48,6 +50,25 @@ pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Acc
             .map(|(&id, account)| match account {
                 Some(account) => AccountLookup::Found(account),
                 None => AccountLookup::NotFound { id, code: ResultCode::AccountNotFound },
+            })
+            .collect(),
+    )
+}
+
+/// The Transfers answer for `requested` ids, in order.
+pub fn transfers_response(requested: &[u128], records: Vec<Option<engine::shard::TransferRecord>>) -> Response {
+    Response::Transfers(
+        requested
+            .iter()
+            .zip(records)
+            .map(|(&id, record)| match record {
+                Some(r) => TransferLookup::Found {
+                    transfer: r.transfer,
+                    code: r.code,
+                    seq: r.seq,
+                    timestamp_ns: r.timestamp_ns,
+                },
+                None => TransferLookup::NotFound { id },
             })
             .collect(),
     )
@@ -143,6 +164,18 @@ impl Handler for NodeHandler {
                 net::protocol::history_page_entries(limit),
                 Box::new(move |outcome| responder.respond(history_response(outcome, error_response))),
             ),
+            Request::LookupTransfers(ids) => {
+                let requested = ids.clone();
+                self.node.lookup_transfers(
+                    ids,
+                    Box::new(move |outcome| {
+                        responder.respond(match outcome {
+                            Ok(records) => transfers_response(&requested, records),
+                            Err(error) => error_response(&error),
+                        })
+                    }),
+                )
+            }
             Request::Status => {
                 let (partitions, shard_count) = (self.node.config().partitions, self.node.config().shards);
                 self.node

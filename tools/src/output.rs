@@ -2,7 +2,7 @@
 //! result codes by name. Never floats.
 
 use net::currency::CurrencyRegistry;
-use net::types::{Account, HistoryEntry, HistoryKind, ItemResult};
+use net::types::{Account, HistoryEntry, HistoryKind, ItemResult, ResultCode, Transfer};
 use serde_json::{json, Value};
 
 /// Exit codes scripts can rely on.
@@ -43,6 +43,49 @@ pub fn utc_time(timestamp_ns: u64) -> String {
         (second_of_day / 60) % 60,
         second_of_day % 60
     )
+}
+
+/// A looked-up transfer (`walletctl transfer show`) as one line of text.
+pub fn transfer_lookup_text(
+    registry: &CurrencyRegistry,
+    transfer: &Transfer,
+    code: ResultCode,
+    seq: u64,
+    timestamp_ns: u64,
+) -> String {
+    format!(
+        "transfer {:032x}: {} from {} to {}: {} at seq {} ({}), user_data {}",
+        transfer.id,
+        amount(registry, transfer.ledger, transfer.amount.min(i64::MAX as u64) as i64),
+        transfer.debit_account_id,
+        transfer.credit_account_id,
+        code.name(),
+        seq,
+        utc_time(timestamp_ns),
+        transfer.user_data
+    )
+}
+
+pub fn transfer_lookup_json(
+    registry: &CurrencyRegistry,
+    transfer: &Transfer,
+    code: ResultCode,
+    seq: u64,
+    timestamp_ns: u64,
+) -> Value {
+    json!({
+        "transfer_id": format!("{:032x}", transfer.id),
+        "from": transfer.debit_account_id,
+        "to": transfer.credit_account_id,
+        "amount": amount(registry, transfer.ledger, transfer.amount.min(i64::MAX as u64) as i64),
+        "amount_minor": transfer.amount.to_string(),
+        "ledger": ledger_name(registry, transfer.ledger),
+        "flags": transfer.flags,
+        "user_data": transfer.user_data.to_string(),
+        "result": code.name(),
+        "seq": seq,
+        "timestamp": utc_time(timestamp_ns),
+    })
 }
 
 pub fn result_json(result: &ItemResult) -> Value {

@@ -116,17 +116,35 @@ fn walletctl_moves_money_and_explains_every_balance() {
     assert_eq!(node.ctl(&["transfer", "--from", "1", "--to", "2", "--amount", "100.00", "--ledger", "USD"]).0, 0);
     assert_eq!(node.ctl(&["transfer", "--from", "2", "--to", "3", "--amount", "30", "--ledger", "USD"]).0, 0);
 
-    // A retry with the same id returns the original outcome and moves nothing.
-    let first = node
-        .ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", "42"]);
-    let again = node
-        .ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", "42"]);
+    // A retry with the same id returns the original outcome and moves nothing. Ids carry their time
+    // (an id older than the 24 h window would be refused `id_expired`).
+    let retry_id = transfer_id_from_parts(id_timestamp_ms(), 42).to_string();
+    let first = node.ctl(&[
+        "--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", &retry_id,
+    ]);
+    let again = node.ctl(&[
+        "--json", "transfer", "--from", "1", "--to", "3", "--amount", "5.25", "--ledger", "USD", "--id", &retry_id,
+    ]);
     assert_eq!((first.0, again.0), (0, 0));
     assert_eq!(json(&first.1)["replayed"], false);
     assert_eq!(json(&again.1)["replayed"], true);
     assert_eq!(json(&first.1)["seq"], json(&again.1)["seq"]);
-    let conflict =
-        node.ctl(&["--json", "transfer", "--from", "1", "--to", "3", "--amount", "6", "--ledger", "USD", "--id", "42"]);
+    // LookupTransfers: the transfer as decided, by id.
+    let shown = node.ctl(&["--json", "transfer", "show", &retry_id]);
+    assert_eq!(shown.0, 0, "{}", shown.1);
+    let shown = json(&shown.1);
+    assert_eq!((shown["result"].as_str(), shown["seq"].clone()), (Some("ok"), json(&first.1)["seq"].clone()));
+    assert_eq!(
+        (shown["from"].as_u64(), shown["to"].as_u64(), shown["amount_minor"].as_str()),
+        (Some(1), Some(3), Some("525"))
+    );
+    let text = node.ctl(&["transfer", "show", &retry_id]);
+    assert!(text.0 == 0 && text.1.contains("at seq"), "{}", text.1);
+    let unknown = transfer_id_from_parts(id_timestamp_ms(), 4242).to_string();
+    assert_eq!(node.ctl(&["transfer", "show", &unknown]).0, 1, "an id never sent is not found");
+    let conflict = node.ctl(&[
+        "--json", "transfer", "--from", "1", "--to", "3", "--amount", "6", "--ledger", "USD", "--id", &retry_id,
+    ]);
     assert_eq!((conflict.0, json(&conflict.1)["result"].as_str().unwrap()), (1, "exists_with_different_fields"));
 
     // Rejections: typed, exit code 1, nothing moves.
@@ -253,12 +271,20 @@ const LOAD_EXTERNAL: u64 = 1000;
 const LOAD_FUNDING: u64 = 1_000_000_000;
 const LOAD_BATCH: u64 = 200;
 
+/// The time in every id this test makes: now, once.
+fn id_timestamp_ms() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64
+    })
+}
+
 fn load_transfer(n: u64) -> Transfer {
     let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let debit = 1 + mixed % LOAD_ACCOUNTS;
     let credit = 1 + (debit - 1 + 1 + (mixed >> 32) % (LOAD_ACCOUNTS - 1)) % LOAD_ACCOUNTS;
     Transfer {
-        id: transfer_id_from_parts(1_700_000_000_000, (7u128 << 64) | n as u128),
+        id: transfer_id_from_parts(id_timestamp_ms(), (7u128 << 64) | n as u128),
         debit_account_id: debit,
         credit_account_id: credit,
         amount: 1 + mixed % 97,
@@ -293,7 +319,7 @@ fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
     assert!(setup.create_accounts(&accounts).unwrap().iter().all(|r| r.code == ResultCode::Ok));
     let funding: Vec<Transfer> = (1..=LOAD_ACCOUNTS)
         .map(|id| Transfer {
-            id: transfer_id_from_parts(1_700_000_000_000, (9u128 << 64) | id as u128),
+            id: transfer_id_from_parts(id_timestamp_ms(), (9u128 << 64) | id as u128),
             debit_account_id: LOAD_EXTERNAL,
             credit_account_id: id,
             amount: LOAD_FUNDING,

@@ -18,7 +18,10 @@ use crate::cluster_config::ClusterConfig;
 use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
 use crate::error::EngineError;
 use crate::join::BatchReply;
-use crate::node::{blocking, split_by_partition, DataDirLock, LookupGather, LookupReply, PartsGather, MANIFEST_FILE};
+use crate::node::{
+    blocking, new_id_hash_key, parse_manifest, split_by_partition, DataDirLock, LookupGather, LookupReply, PartsGather,
+    MANIFEST_FILE,
+};
 use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply};
 use crate::replica::transport::{Dispatch, PeerListener, Transport};
 use crate::replica::wire::PeerItem;
@@ -26,7 +29,7 @@ use crate::replica::wire::PeerItem;
 /// Name of the file that fixes a cluster node's data directory identity.
 pub const CLUSTER_MANIFEST_FILE: &str = "cluster-node.toml";
 /// Version of the replicated data directory layout (manifest, partition folders, log and snapshot).
-pub const CLUSTER_DATA_FORMAT_VERSION: u32 = 1;
+pub const CLUSTER_DATA_FORMAT_VERSION: u32 = 2;
 /// Peer items waiting for one shard thread; a full queue blocks the connection that delivers them.
 pub const SHARD_PEER_QUEUE_DEPTH_MAX: usize = 65_536;
 
@@ -42,11 +45,19 @@ pub struct ClusterManifest {
     pub replication_factor: u32,
     pub idempotency_window_ms: u64,
     pub idempotency_ids_max: usize,
+    /// Random key of this node's transfer-id hash (hex); replicas need not share it: no outcome
+    /// depends on it.
+    pub id_hash_key: String,
 }
 
 impl ClusterManifest {
-    fn create_or_check(config: &NodeConfig, cluster: &ClusterConfig, node_id: u64) -> Result<(), EngineError> {
-        let wanted = ClusterManifest {
+    pub fn id_hash_key(&self) -> Option<u64> {
+        u64::from_str_radix(&self.id_hash_key, 16).ok()
+    }
+
+    /// Creates or checks the manifest; returns the directory's id-hash key.
+    fn create_or_check(config: &NodeConfig, cluster: &ClusterConfig, node_id: u64) -> Result<u64, EngineError> {
+        let mut wanted = ClusterManifest {
             format_version: CLUSTER_DATA_FORMAT_VERSION,
             cluster_id: format!("{:x}", config.cluster_id),
             node_id,
@@ -54,6 +65,7 @@ impl ClusterManifest {
             replication_factor: cluster.replication_factor,
             idempotency_window_ms: config.idempotency_window_ms,
             idempotency_ids_max: config.idempotency_ids_max,
+            id_hash_key: String::new(),
         };
         let dir = &config.data_dir;
         let error = |why: String| EngineError::Manifest { path: dir.display().to_string(), why };
@@ -64,22 +76,28 @@ impl ClusterManifest {
         let path = dir.join(CLUSTER_MANIFEST_FILE);
         if path.exists() {
             let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
-            let found: ClusterManifest = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+            let found: ClusterManifest = parse_manifest(&text, CLUSTER_DATA_FORMAT_VERSION).map_err(error)?;
+            let key = found
+                .id_hash_key()
+                .ok_or_else(|| error(format!("id_hash_key {:?} is not a hex u64", found.id_hash_key)))?;
+            wanted.id_hash_key = found.id_hash_key.clone();
             if found != wanted {
                 return Err(error(format!(
                     "created as {found:?}; refusing to open it as {wanted:?} (a data directory keeps its node id, \
                      cluster, partitions and idempotency bounds)"
                 )));
             }
-            return Ok(());
+            return Ok(key);
         }
+        let key = new_id_hash_key().map_err(|e| error(format!("cannot draw a random id-hash key: {e}")))?;
+        wanted.id_hash_key = format!("{key:x}");
         let text = toml::to_string(&wanted).map_err(|e| error(e.to_string()))?;
         let temporary = path.with_extension("toml.tmp");
         fs::write(&temporary, text).map_err(|e| error(e.to_string()))?;
         fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(|e| error(e.to_string()))?;
         fs::rename(&temporary, &path).map_err(|e| error(e.to_string()))?;
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| error(e.to_string()))?;
-        Ok(())
+        Ok(key)
     }
 
     pub fn read(data_dir: &Path) -> Result<Option<ClusterManifest>, EngineError> {
@@ -89,7 +107,7 @@ impl ClusterManifest {
         }
         let error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
         let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
-        toml::from_str(&text).map(Some).map_err(|e| error(e.to_string()))
+        parse_manifest(&text, CLUSTER_DATA_FORMAT_VERSION).map(Some).map_err(error)
     }
 }
 
@@ -138,7 +156,8 @@ impl ClusterNode {
             ..config
         };
         config.validate()?;
-        ClusterManifest::create_or_check(&config, &cluster, node_id)?;
+        let id_hash_key = ClusterManifest::create_or_check(&config, &cluster, node_id)?;
+        let config = NodeConfig { id_hash_key, ..config };
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let peers: Vec<(u64, SocketAddr)> = cluster
             .nodes

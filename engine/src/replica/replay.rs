@@ -48,6 +48,7 @@ pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineErro
         partitions: manifest.partitions,
         idempotency_window_ms: manifest.idempotency_window_ms,
         idempotency_ids_max: manifest.idempotency_ids_max,
+        id_hash_key: manifest.id_hash_key().unwrap_or_default(),
         ..NodeConfig::default()
     };
     let mut replays = Vec::new();

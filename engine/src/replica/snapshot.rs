@@ -11,13 +11,18 @@
 //! | 8           | 4      | partition                                                    |
 //! | 12          | 8      | last_seq                                                     |
 //! | 20          | 8      | last_timestamp_ns                                            |
-//! | 28          | 1      | id watermark present: 0 or 1                                 |
-//! | 29          | 8      | id watermark in ms (0 when absent)                           |
+//! | 28          | 1      | zero                                                         |
+//! | 29          | 8      | arrival number of the first in-memory id entry               |
 //! | 37          | 8      | account count `a`                                            |
 //! | 45          | 56 a   | accounts, `Account` wire layout                              |
-//! | 45 + 56 a   | 8      | id entry count `i`                                           |
-//! | 53 + 56 a   | 50 i   | id entries, the state store's layout                         |
+//! | 45 + 56 a   | 8      | in-memory id entry count `i`                                 |
+//! | 53 + 56 a   | 50 i   | in-memory id entries in arrival order, the state store's layout |
+//! | ...         | 8      | id-index run count `r`, then per run: first arrival u64,     |
+//! |             |        | entry count `n` u64, `n` entries (50 B each) in arrival order |
 //! | end - 8     | 8      | xxh3-64 of every byte before it                              |
+//!
+//! Version 2 carries the id-index runs (the idempotency window in time); version 1 images (count
+//! bound and watermark) are refused.
 //!
 //! The decoder checks, in this order: length and magic, checksum, version, then the fields. Any change
 //! to the bytes therefore reports `Checksum` (or `BadMagic`), including bytes appended after the image:
@@ -29,19 +34,20 @@ use net::types::Account;
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::idempotency::{ColdImage, IdEntry, IdImage};
 use crate::partition::PartitionRows;
 use crate::store::{decode_id_entry, encode_id_entry, ID_ENTRY_BYTES};
 
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Magic through the account count.
 const HEADER_BYTES: usize = 45;
 const ACCOUNTS_AT: usize = HEADER_BYTES;
 const COUNT_BYTES: usize = 8;
 const CHECKSUM_BYTES: usize = 8;
-/// An image with no accounts and no ids.
-const IMAGE_BYTES_MIN: usize = HEADER_BYTES + COUNT_BYTES + CHECKSUM_BYTES;
+/// An image with no accounts and no ids: the header, the id count, the run count and the checksum.
+const IMAGE_BYTES_MIN: usize = HEADER_BYTES + 2 * COUNT_BYTES + CHECKSUM_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SnapshotError {
@@ -60,24 +66,35 @@ pub enum SnapshotError {
 }
 
 pub fn encode_partition_image(partition: u32, rows: &PartitionRows) -> Vec<u8> {
-    let bytes_total = IMAGE_BYTES_MIN + Account::WIRE_BYTES * rows.accounts.len() + ID_ENTRY_BYTES * rows.ids.len();
+    let runs: Vec<(u64, Vec<IdEntry>)> = rows.ids.cold.iter().map(|run| (run.first_arrival(), run.entries())).collect();
+    let run_bytes: usize = runs.iter().map(|(_, entries)| 16 + ID_ENTRY_BYTES * entries.len()).sum();
+    let bytes_total =
+        IMAGE_BYTES_MIN + Account::WIRE_BYTES * rows.accounts.len() + ID_ENTRY_BYTES * rows.ids.hot.len() + run_bytes;
     let mut out = Vec::with_capacity(bytes_total);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&rows.last_seq.to_le_bytes());
     out.extend_from_slice(&rows.last_timestamp_ns.to_le_bytes());
-    out.push(u8::from(rows.id_watermark_ms.is_some()));
-    out.extend_from_slice(&rows.id_watermark_ms.unwrap_or(0).to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&rows.ids.head_arrival.to_le_bytes());
     out.extend_from_slice(&(rows.accounts.len() as u64).to_le_bytes());
     for account in &rows.accounts {
         let start = out.len();
         out.resize(start + Account::WIRE_BYTES, 0);
         account.encode_into(&mut out[start..]);
     }
-    out.extend_from_slice(&(rows.ids.len() as u64).to_le_bytes());
-    for entry in &rows.ids {
+    out.extend_from_slice(&(rows.ids.hot.len() as u64).to_le_bytes());
+    for entry in &rows.ids.hot {
         out.extend_from_slice(&encode_id_entry(entry));
+    }
+    out.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+    for (first_arrival, entries) in &runs {
+        out.extend_from_slice(&first_arrival.to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for entry in entries {
+            out.extend_from_slice(&encode_id_entry(entry));
+        }
     }
     let checksum = xxh3_64(&out);
     out.extend_from_slice(&checksum.to_le_bytes());
@@ -106,11 +123,10 @@ pub fn decode_partition_image(bytes: &[u8]) -> Result<(u32, PartitionRows), Snap
     let partition = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
     let last_seq = le_u64(&body[12..20]);
     let last_timestamp_ns = le_u64(&body[20..28]);
-    let id_watermark_ms = match (body[28], le_u64(&body[29..37])) {
-        (0, 0) => None,
-        (1, watermark_ms) => Some(watermark_ms),
-        _ => return Err(SnapshotError::Invalid("id watermark flag and value disagree")),
-    };
+    if body[28] != 0 {
+        return Err(SnapshotError::Invalid("reserved byte is not zero"));
+    }
+    let head_arrival = le_u64(&body[29..37]);
 
     // The id count sits after the accounts, so it must fit too.
     let accounts_bytes =
@@ -122,16 +138,35 @@ pub fn decode_partition_image(bytes: &[u8]) -> Result<(u32, PartitionRows), Snap
 
     let ids_count_at = ACCOUNTS_AT + accounts_bytes;
     let ids_at = ids_count_at + COUNT_BYTES;
-    let ids_bytes = counted_bytes(le_u64(&body[ids_count_at..ids_at]), ID_ENTRY_BYTES, body.len() - ids_at, 0)?;
-    if ids_at + ids_bytes != body.len() {
+    let ids_bytes =
+        counted_bytes(le_u64(&body[ids_count_at..ids_at]), ID_ENTRY_BYTES, body.len() - ids_at, COUNT_BYTES)?;
+    let hot = decode_entries(&body[ids_at..ids_at + ids_bytes])?;
+    let mut at = ids_at + ids_bytes;
+    let runs_count = le_u64(&body[at..at + COUNT_BYTES]);
+    at += COUNT_BYTES;
+    let mut cold = Vec::new();
+    for _ in 0..runs_count {
+        if body.len() - at < 16 {
+            return Err(SnapshotError::Truncated);
+        }
+        let first_arrival = le_u64(&body[at..at + 8]);
+        let bytes = counted_bytes(le_u64(&body[at + 8..at + 16]), ID_ENTRY_BYTES, body.len() - at - 16, 0)?;
+        let entries = decode_entries(&body[at + 16..at + 16 + bytes])?;
+        at += 16 + bytes;
+        cold.push(ColdImage::Entries { first_arrival, entries });
+    }
+    if at != body.len() {
         return Err(SnapshotError::TrailingBytes);
     }
-    let mut ids = Vec::with_capacity(ids_bytes / ID_ENTRY_BYTES);
-    for chunk in body[ids_at..].chunks_exact(ID_ENTRY_BYTES) {
-        ids.push(decode_id_entry(chunk).ok_or(SnapshotError::Invalid("id entry with an unknown result code"))?);
-    }
+    let ids = IdImage { cold, head_arrival, hot };
+    Ok((partition, PartitionRows { last_seq, last_timestamp_ns, accounts, ids }))
+}
 
-    Ok((partition, PartitionRows { last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids }))
+fn decode_entries(bytes: &[u8]) -> Result<Vec<IdEntry>, SnapshotError> {
+    bytes
+        .chunks_exact(ID_ENTRY_BYTES)
+        .map(|chunk| decode_id_entry(chunk).ok_or(SnapshotError::Invalid("id entry with an unknown result code")))
+        .collect()
 }
 
 /// Bytes of `count` items of `item_bytes`, provided they and `after_bytes` more fit in `available`.
@@ -183,16 +218,23 @@ mod tests {
         (
             any::<u64>(),
             any::<u64>(),
-            any::<Option<u64>>(),
+            any::<u64>(),
             prop::collection::vec(arb_account(), 0..12),
             prop::collection::vec(arb_id_entry(), 0..12),
+            prop::collection::vec((any::<u64>(), prop::collection::vec(arb_id_entry(), 0..4)), 0..3),
         )
-            .prop_map(|(last_seq, last_timestamp_ns, id_watermark_ms, accounts, ids)| PartitionRows {
+            .prop_map(|(last_seq, last_timestamp_ns, head_arrival, accounts, hot, runs)| PartitionRows {
                 last_seq,
                 last_timestamp_ns,
-                id_watermark_ms,
                 accounts,
-                ids,
+                ids: IdImage {
+                    cold: runs
+                        .into_iter()
+                        .map(|(first_arrival, entries)| ColdImage::Entries { first_arrival, entries })
+                        .collect(),
+                    head_arrival,
+                    hot,
+                },
             })
     }
 
@@ -205,7 +247,7 @@ mod tests {
             amount: u64,
             entropy: u128,
         },
-        /// Lets time pass, so the idempotency window evicts ids and the watermark moves.
+        /// Lets time pass, so ids expire and id-index runs are dropped.
         Wait(u64),
     }
 
@@ -220,7 +262,13 @@ mod tests {
 
     /// A partition driven through its leader path: account 1 is external (the funding source).
     fn run(steps: &[Step]) -> PartitionState {
-        let config = PartitionConfig { partition: 0, partitions: 1, idempotency_window_ms: 50, idempotency_ids_max: 8 };
+        let config = PartitionConfig {
+            partition: 0,
+            partitions: 1,
+            idempotency_window_ms: 50,
+            idempotency_ids_max: 8,
+            id_hash_key: 7,
+        };
         let mut state = PartitionState::new(config);
         let mut events = EventBuffer::new();
         let mut results = Vec::new();
@@ -258,9 +306,12 @@ mod tests {
         let rows = PartitionRows {
             last_seq: 9,
             last_timestamp_ns: 10,
-            id_watermark_ms: Some(3),
             accounts: vec![Account { id: 5, ledger: USD, ..Account::default() }],
-            ids: vec![IdEntry { id: 1, fingerprint: 2, code: ResultCode::Ok, seq: 3, recorded_ns: 4 }],
+            ids: IdImage {
+                cold: Vec::new(),
+                head_arrival: 3,
+                hot: vec![IdEntry { id: 1, fingerprint: 2, code: ResultCode::Ok, seq: 3, recorded_ns: 4 }],
+            },
         };
         let image = encode_partition_image(7, &rows);
         assert_eq!(decode_partition_image(&image), Ok((7, rows)));
@@ -272,9 +323,8 @@ mod tests {
             body.extend_from_slice(&checksum.to_le_bytes());
             decode_partition_image(&body)
         };
-        assert_eq!(resealed(&|body| body[4] = 2), Err(SnapshotError::UnsupportedVersion(2)));
+        assert_eq!(resealed(&|body| body[4] = 1), Err(SnapshotError::UnsupportedVersion(1)), "format 1 is refused");
         assert!(matches!(resealed(&|body| body[28] = 2), Err(SnapshotError::Invalid(_))));
-        assert!(matches!(resealed(&|body| body[28] = 0), Err(SnapshotError::Invalid(_))));
         assert_eq!(resealed(&|body| body.push(0)), Err(SnapshotError::TrailingBytes));
         assert_eq!(resealed(&|body| body.truncate(body.len() - 1)), Err(SnapshotError::Truncated));
         assert_eq!(
@@ -325,7 +375,6 @@ mod tests {
             prop_assert_eq!(&decoded, &rows);
             let restored = PartitionState::restore_rows(state.config(), decoded).expect("consistent rows");
             prop_assert_eq!(restored.digest(), state.digest());
-            prop_assert_eq!(restored.id_watermark_ms(), state.id_watermark_ms());
         }
 
         #[test]

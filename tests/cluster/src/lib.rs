@@ -14,9 +14,21 @@ pub mod crash_workload {
     pub const EXTERNAL_ACCOUNT: u64 = 1_000_000;
     pub const INITIAL_BALANCE: u64 = 1_000_000_000_000;
     pub const BATCH_TRANSFERS: u64 = 512;
-    /// Id timestamp for every workload transfer: fixed, so ids are reproducible and never expire
-    /// within the test (the window is measured against the leader's clock, far later than this).
-    const ID_TIMESTAMP_MS: u64 = 1_700_000_000_000;
+    /// Names the id timestamp a parent test hands its child processes, so both make the same ids.
+    pub const ID_TIMESTAMP_ENV: &str = "WALLET_TEST_ID_TIMESTAMP_MS";
+
+    /// Id timestamp for every workload transfer: fixed per test run (taken from the clock once, or
+    /// from the parent through [`ID_TIMESTAMP_ENV`]), so ids are reproducible across the parent and its
+    /// children and stay well inside the 24 h idempotency window while the test runs.
+    pub fn id_timestamp_ms() -> u64 {
+        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *BASE.get_or_init(|| {
+            std::env::var(ID_TIMESTAMP_ENV)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| engine::shard::clock_ns() / 1_000_000)
+        })
+    }
 
     pub fn node_config(data_dir: &str) -> NodeConfig {
         NodeConfig {
@@ -24,8 +36,9 @@ pub mod crash_workload {
             shards: 1,
             pin_cores: false,
             checkpoint_interval_ms: 200,
-            // Far above what the test sends, so no id is forgotten and every retry is recognised.
-            idempotency_ids_max: 1 << 22,
+            // Far below what the test sends, so most ids live in id-index run files when the child is
+            // SIGKILLed: every retry must still be recognised after the restart.
+            idempotency_ids_max: 4096,
             // Small segments, so the test crosses segment boundaries many times.
             wal_segment_bytes: 8 << 20,
             ..NodeConfig::with_data_dir(data_dir)
@@ -47,7 +60,7 @@ pub mod crash_workload {
     pub fn funding(count: u64) -> Vec<Transfer> {
         (1..=count)
             .map(|id| Transfer {
-                id: transfer_id_from_parts(ID_TIMESTAMP_MS, (1 << 64) | id as u128),
+                id: transfer_id_from_parts(id_timestamp_ms(), (1 << 64) | id as u128),
                 debit_account_id: EXTERNAL_ACCOUNT,
                 credit_account_id: id,
                 amount: INITIAL_BALANCE,
@@ -66,7 +79,7 @@ pub mod crash_workload {
         let credit = 1 + (debit - 1 + offset) % accounts;
         assert_ne!(debit, credit);
         Transfer {
-            id: transfer_id_from_parts(ID_TIMESTAMP_MS, n as u128),
+            id: transfer_id_from_parts(id_timestamp_ms(), n as u128),
             debit_account_id: debit,
             credit_account_id: credit,
             amount: 1 + (mixed >> 16) % 1000,

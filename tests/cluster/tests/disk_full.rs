@@ -50,7 +50,7 @@ fn config(dir: &Path) -> NodeConfig {
 
 fn transfer(n: u64) -> Transfer {
     Transfer {
-        id: transfer_id_from_parts(1_700_000_000_000 + n, n as u128),
+        id: transfer_id_from_parts(wallet_tests::crash_workload::id_timestamp_ms(), n as u128),
         debit_account_id: 1,
         credit_account_id: 2,
         amount: 1,

@@ -39,6 +39,7 @@ impl Rng {
 fn run_child_and_kill(data_dir: &str, start: u64, rng: &mut Rng) -> (u64, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine_crash_child"))
         .args([data_dir, &ACCOUNTS.to_string(), &start.to_string()])
+        .env(crash_workload::ID_TIMESTAMP_ENV, crash_workload::id_timestamp_ms().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

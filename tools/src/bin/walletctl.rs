@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use net::client::{new_transfer_id, Client, ClientConfig, ClientError};
 use net::currency::{Currency, CurrencyRegistry};
-use net::protocol::{AccountLookup, Consistency, HISTORY_LIMIT_MAX};
+use net::protocol::{AccountLookup, Consistency, TransferLookup, HISTORY_LIMIT_MAX};
 use net::types::{Account, CreateAccount, HistoryEntry, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::json;
 use tools::config::{parse_cluster_id, parse_u128, WalletdConfig, LISTEN_DEFAULT};
@@ -41,18 +41,21 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
-    /// Move money: --from is debited, --to credited.
+    /// Move money: --from is debited, --to credited. `transfer show ID` looks a transfer up.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Transfer {
-        #[arg(long)]
-        from: u64,
-        #[arg(long)]
-        to: u64,
+        #[command(subcommand)]
+        command: Option<TransferCommand>,
+        #[arg(long, required = true)]
+        from: Option<u64>,
+        #[arg(long, required = true)]
+        to: Option<u64>,
         /// Decimal amount in the ledger's currency, e.g. 1.00
-        #[arg(long)]
-        amount: String,
+        #[arg(long, required = true)]
+        amount: Option<String>,
         /// Currency code (USD) or ledger number.
-        #[arg(long)]
-        ledger: String,
+        #[arg(long, required = true)]
+        ledger: Option<String>,
         /// Transfer id = idempotency key (decimal or 0x hex). Generated (time-ordered) when absent.
         #[arg(long, value_parser = parse_u128)]
         id: Option<u128>,
@@ -106,6 +109,16 @@ enum AccountCommand {
     },
     Show {
         id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TransferCommand {
+    /// What became of a transfer id within the idempotency window: outcome, seq, time and fields.
+    Show {
+        /// Transfer id (decimal or 0x hex), as printed when it was sent.
+        #[arg(value_parser = parse_u128)]
+        id: u128,
     },
 }
 
@@ -339,7 +352,11 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
                 _ => Err(Failure(exit::REJECTED, format!("account {id} not found"))),
             }
         }
-        Command::Transfer { from, to, amount, ledger, id, user_data } => {
+        Command::Transfer { command: Some(TransferCommand::Show { id }), .. } => show_transfer(cli, &registry, *id),
+        Command::Transfer { command: None, from, to, amount, ledger, id, user_data } => {
+            let required = "clap requires --from, --to, --amount and --ledger without a subcommand";
+            let (from, to) = (from.as_ref().expect(required), to.as_ref().expect(required));
+            let (amount, ledger) = (amount.as_ref().expect(required), ledger.as_ref().expect(required));
             let currency = currency(&registry, ledger)?;
             let minor =
                 currency.parse_amount(amount).map_err(|e| Failure(exit::USAGE, format!("--amount {amount}: {e}")))?;
@@ -383,6 +400,24 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
                 .map_err(|e| Failure(exit::LOCAL, e.to_string()))?;
             Ok(exit::OK)
         }
+    }
+}
+
+fn show_transfer(cli: &Cli, registry: &CurrencyRegistry, id: u128) -> Result<i32, Failure> {
+    let lookup = connect(cli)?.lookup_transfers(&[id])?;
+    match lookup.first() {
+        Some(TransferLookup::Found { transfer, code, seq, timestamp_ns }) => {
+            if cli.json {
+                println!("{}", output::transfer_lookup_json(registry, transfer, *code, *seq, *timestamp_ns));
+            } else {
+                println!("{}", output::transfer_lookup_text(registry, transfer, *code, *seq, *timestamp_ns));
+            }
+            Ok(exit::OK)
+        }
+        _ => Err(Failure(
+            exit::REJECTED,
+            format!("transfer {id:032x} not found (never decided, or older than the idempotency window)"),
+        )),
     }
 }
 
