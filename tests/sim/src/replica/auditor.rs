@@ -131,8 +131,8 @@ pub struct Auditor {
 }
 
 fn transfer_id(now_ms: u64, counter: u64) -> u128 {
-    // Time-ordered like `new_transfer_id`: creation time in ms in the top 48 bits.
-    (u128::from(now_ms) << 80) | u128::from(counter)
+    // Time-ordered like `new_transfer_id`: the client's wall-clock time in ms in the top 48 bits.
+    (u128::from(super::CLIENT_WALL_EPOCH_MS + now_ms) << 80) | u128::from(counter)
 }
 
 impl Auditor {

@@ -44,6 +44,17 @@ const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 const LIVENESS_DELAY_MS_MAX: u64 = 3;
 const LIVENESS_WRITE_COMPLETE_PER_MILLE_MIN: u32 = 600;
 const CLOCK_STEP_BACK_MS_MAX: u64 = 2_000;
+/// A new node's wall clock starts this far past `WALL_EPOCH_MS`, plus up to `WALL_SPREAD_MS_MAX`: far
+/// enough that step-backs on restart never take it below the epoch.
+const WALL_START_MS: u64 = CLOCK_STEP_BACK_MS_MAX * 8;
+const WALL_SPREAD_MS_MAX: u64 = 2_000;
+/// Share of seeds whose nodes start with the clients' clock (no spread) and run a short window, so
+/// that late retries of early ids meet `id_expired` within a run of seconds.
+const TIGHT_CLOCKS_PER_MILLE: u32 = 300;
+/// The clients' wall clock at simulated time 0: the nodes' earliest start, so a node's clock runs up to
+/// `WALL_SPREAD_MS_MAX` (plus drift) ahead of the clients', or behind them after it steps back. Transfer
+/// ids carry this clock, and the window is judged against the nodes' clocks (event timestamps).
+pub(crate) const CLIENT_WALL_EPOCH_MS: u64 = WALL_EPOCH_MS + WALL_START_MS;
 const IDEMPOTENCY_IDS_MAX: usize = 1_024;
 
 /// Fault and workload knobs; probabilities are per mille per simulated millisecond.
@@ -66,13 +77,16 @@ pub struct Options {
     pub write_complete_per_mille: u32,
     /// Each node's clock runs at 1 ± this many parts per million.
     pub clock_drift_ppm_max: u64,
+    /// A new node's wall clock starts up to this far ahead of the clients' (at most `WALL_SPREAD_MS_MAX`).
+    pub clock_spread_ms_max: u64,
     /// A restarted node's wall clock steps back by up to `CLOCK_STEP_BACK_MS_MAX`.
     pub clock_reset_per_mille: u32,
     pub transfer_leader_per_mille: u32,
     pub client_per_mille: u32,
     pub snapshot_interval_entries: u64,
-    /// The partitions' transfer-id window: short, so that runs of seconds evict ids by time and by
-    /// count, and retries of forgotten ids meet `id_expired`.
+    /// The partitions' transfer-id window, judged in time against the nodes' clocks: longer than the
+    /// clocks' disagreement plus a marker's delivery (so honest first attempts are never refused for
+    /// age), shorter than a run with its liveness phase (so late retries of early ids meet `id_expired`).
     pub idempotency_window_ms: u64,
     /// After faults stop, everything must be answered and every replica agree within this bound.
     pub liveness_ms_max: u64,
@@ -84,7 +98,7 @@ impl Options {
     pub fn for_seed(seed: u64, nodes: usize) -> Options {
         let mut rng = Rng::new(seed ^ 0x0C0E_5EED_FA17);
         let slow_network = rng.chance(200);
-        Options {
+        let mut options = Options {
             nodes,
             partitions: if nodes == 3 { 2 } else { 3 },
             steps_ms: 1_500 + rng.below(1_000),
@@ -99,14 +113,26 @@ impl Options {
             torn_write_per_mille: 500,
             write_complete_per_mille: 200 + rng.below(800) as u32,
             clock_drift_ppm_max: rng.below(50_000),
+            clock_spread_ms_max: WALL_SPREAD_MS_MAX,
             clock_reset_per_mille: rng.below(500) as u32,
             transfer_leader_per_mille: rng.below(3) as u32,
             client_per_mille: 100 + rng.below(500) as u32,
             snapshot_interval_entries: 8 + rng.below(56),
-            idempotency_window_ms: 1_000 + rng.below(2_000),
+            idempotency_window_ms: 4_000 + rng.below(3_000),
             liveness_ms_max: 6_000,
             planted: PlantedBugs::default(),
+        };
+        // Drawn last so the other draws of a seed stay as they were.
+        if rng.chance(TIGHT_CLOCKS_PER_MILLE) {
+            options.clock_spread_ms_max = 0;
+            options.clock_drift_ppm_max = options.clock_drift_ppm_max.min(20_000);
+            options.idempotency_window_ms = 1_500 + rng.below(1_000);
         }
+        assert!(
+            options.idempotency_window_ms > options.clock_spread_ms_max + 1_000,
+            "the window must outlast the clocks' disagreement, or honest first attempts expire"
+        );
+        options
     }
 }
 
@@ -215,7 +241,7 @@ impl Sim {
                     writes: VecDeque::new(),
                     rate_ppm,
                     mono_offset_ms: rng.below(1_000_000),
-                    wall_offset_ms: CLOCK_STEP_BACK_MS_MAX * 8 + rng.below(2_000),
+                    wall_offset_ms: WALL_START_MS + rng.below(options.clock_spread_ms_max + 1),
                     wall_back_ms: 0,
                     wall_sub_ms_ns: rng.below(1_000_000),
                     next_tick_ms: 0,
@@ -609,7 +635,7 @@ impl Sim {
             .map(|(partition, storage)| GroupInit {
                 partition,
                 storage,
-                config: partition_config(&self.cluster, partition),
+                config: partition_config(&self.cluster, partition, node.id),
                 rejoin: wipe,
                 raft_seed: raft_seed ^ u64::from(partition),
             })
@@ -715,12 +741,15 @@ fn fresh_disk(cluster: &ClusterConfig, node: u64) -> Vec<(u32, SimStore)> {
         .collect()
 }
 
-fn partition_config(cluster: &ClusterConfig, partition: u32) -> PartitionConfig {
+/// Each node gets its own id-hash key, as each real data directory draws one: no verdict may depend on
+/// it, and the auditor's replica digests would show one that did.
+fn partition_config(cluster: &ClusterConfig, partition: u32, node_id: u64) -> PartitionConfig {
     PartitionConfig {
         partition,
         partitions: cluster.partitions,
         idempotency_window_ms: cluster.idempotency_window_ms,
         idempotency_ids_max: cluster.idempotency_ids_max,
+        id_hash_key: 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(node_id + 1),
     }
 }
 
