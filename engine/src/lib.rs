@@ -21,6 +21,7 @@ pub mod history;
 pub mod idempotency;
 pub mod join;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod raft_storage;

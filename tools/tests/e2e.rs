@@ -34,6 +34,7 @@ impl Walletd {
     fn start(data_dir: &Path, extra: &[&str]) -> Walletd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
             .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

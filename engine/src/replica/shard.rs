@@ -39,6 +39,7 @@ use crate::partition::PartitionState;
 use crate::raft_storage::WalStorage;
 use crate::replica::snapshot::{decode_partition_image, encode_partition_image};
 use crate::replica::transport::Transport;
+use crate::metrics::{self, ForwardOutcome};
 use crate::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_EVENTS_MAX, RECORD_PAYLOAD_BYTES_MAX};
 
@@ -328,6 +329,8 @@ impl ReplicaShard {
             }
         }
         self.drive_all();
+        let client_depth = metrics::queue_depth_gauge(self.id, "client");
+        let peer_depth = metrics::queue_depth_gauge(self.id, "peer");
         loop {
             let accepting = self.accepting_clients();
             let wait = tick.saturating_sub(self.last_tick.elapsed());
@@ -336,6 +339,9 @@ impl ReplicaShard {
             let client_index = accepting.then(|| select.recv(&clients));
             // Which queue woke us does not matter: both are drained below.
             let _ = (peer_index, client_index, select.ready_timeout(wait));
+            let round_started = Instant::now();
+            client_depth.set(clients.len() as i64);
+            peer_depth.set(peers.len() as i64);
             // Peers first and entirely: they are what lets the cluster make progress.
             loop {
                 match peers.try_recv() {
@@ -368,6 +374,7 @@ impl ReplicaShard {
             self.retry_parked(clock_ns());
             self.propose_all();
             self.expire_waits();
+            metrics::observe_round(round_started.elapsed());
             if let Some(reply) = shutdown {
                 return self.close(Some(reply));
             }
@@ -554,17 +561,21 @@ impl ReplicaShard {
                 let tick = Duration::from_millis(self.replication.tick_interval_ms);
                 let not_before = if hint.is_some() && trip.hops == 0 { now } else { now + tick };
                 let trip = Trip { hops: trip.hops + 1, ..trip };
+                metrics::count_forward(ForwardOutcome::Redirected);
                 self.parked.push(Parked { partition, request, trip, not_before, to: hint });
             }
             (Request::Items { part, .. }, ForwardReply::Results(results)) if results.len() == part.len() => {
+                metrics::count_forward(ForwardOutcome::Answered);
                 part.complete(Ok(results))
             }
             (Request::Lookup { slots, reply, .. }, ForwardReply::Accounts(accounts))
                 if accounts.len() == slots.len() =>
             {
+                metrics::count_forward(ForwardOutcome::Answered);
                 reply(Ok(slots.into_iter().zip(accounts).collect()))
             }
             (request, ForwardReply::Error { code, message, .. }) => {
+                metrics::count_forward(ForwardOutcome::Failed);
                 request.fail(EngineError::Remote { node: from, code, message })
             }
             (request, _) => {
@@ -746,9 +757,11 @@ impl ReplicaShard {
         self.next_request_id += 1;
         let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         if !self.transport.send(to, item) {
+            metrics::count_forward(ForwardOutcome::NotQueued);
             self.suspect_remote_leader(partition, to);
             return request.fail(EngineError::Unavailable(format!("cannot queue the request for node {to}")));
         }
+        metrics::count_forward(ForwardOutcome::Sent);
         self.forwarded.insert(request_id, Forwarded { to, partition, request, trip });
     }
 
@@ -807,7 +820,7 @@ impl ReplicaShard {
         let answers = std::mem::take(&mut group.round_answers);
         let outcome = if group.buffer.is_started() && !group.buffer.is_empty() {
             let data = group.buffer.finish().to_vec();
-            group.raw.propose(data).map(|index| (index, group.term))
+            group.raw.propose(data).inspect(|_| metrics::count_proposal()).map(|index| (index, group.term))
         } else {
             // Only replayed retries: their outcomes are in the log already, maybe not yet committed;
             // answer once everything this replica holds is applied.
@@ -968,6 +981,7 @@ impl ReplicaShard {
             );
         }
         let was = group.role;
+        if group.leader != status.leader { metrics::count_leader_change() }
         group.role = status.role;
         group.term = status.term;
         group.leader = status.leader;
@@ -1023,6 +1037,7 @@ impl ReplicaShard {
             self.forwarded.iter().filter(|(_, forwarded)| forwarded.trip.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             if let Some(forwarded) = self.forwarded.remove(&id) {
+                metrics::count_forward(ForwardOutcome::TimedOut);
                 self.suspect_remote_leader(forwarded.partition, forwarded.to);
                 forwarded.request.fail(EngineError::Unavailable(format!(
                     "node {}, the leader of partition {} as far as this node knew, did not answer in time",
@@ -1320,6 +1335,7 @@ fn apply_entry(group: &mut Group, entry: &Entry, transport: &Transport) -> Resul
         }
     }
     group.applied_index = entry.index;
+    metrics::count_commits(1);
     while let Some(owed) = group.owed.front() {
         if owed.index > entry.index {
             break;
@@ -1380,9 +1396,9 @@ fn serve_read(transport: &Transport, state: &PartitionState, read: PendingRead) 
 
 fn answer_items(transport: &Transport, to: ItemsTo, outcome: Result<Vec<ItemResult>, EngineError>) {
     match to {
-        ItemsTo::Local(part) => part.complete(outcome),
+        ItemsTo::Local(part) => part.complete(outcome.inspect(|results| metrics::count_results(results))),
         ItemsTo::Remote { node, request_id, partition } => {
-            let reply = match outcome {
+            let reply = match outcome.inspect(|results| metrics::count_results(results)) {
                 Ok(results) => ForwardReply::Results(results),
                 Err(error) => error_reply(&error),
             };
