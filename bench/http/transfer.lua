@@ -54,3 +54,14 @@ function request()
   local body = '{"transfers":[' .. table.concat(items, ",") .. "]}"
   return wrk.format("POST", "/v1/wallet/transfers", { ["Content-Type"] = "application/json" }, body)
 end
+
+-- One machine-readable line: requests/s, transfers/s, latency percentiles, errors.
+function done(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    "WALLET requests/s %.0f transfers/s %.0f p50_ms %.2f p90_ms %.2f p99_ms %.2f p99.9_ms %.2f max_ms %.2f errors %d non2xx %d\n",
+    summary.requests / seconds, summary.requests * batch / seconds, latency:percentile(50) / 1000,
+    latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000,
+    latency.max / 1000, errors, summary.errors.status))
+end

@@ -15,9 +15,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 /// Buckets for durations measured in seconds: 50 µs to 10 s, roughly ×2.5 apart. A log sync on a
 /// quiet disk takes 0.2–0.5 ms and a loaded one several ms; a round spans that plus execution.
-const DURATION_BUCKETS_SECONDS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+const DURATION_BUCKETS_SECONDS: [f64; 16] =
+    [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// What became of a request this node forwarded to another node's leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,7 +226,11 @@ mod tests {
         }
         let before = metrics().results[ResultCode::InsufficientFunds as usize].get();
         let result = |code| ItemResult { index: 0, code, flags: 0, seq: 1 };
-        count_results(&[result(ResultCode::InsufficientFunds), result(ResultCode::Ok), result(ResultCode::InsufficientFunds)]);
+        count_results(&[
+            result(ResultCode::InsufficientFunds),
+            result(ResultCode::Ok),
+            result(ResultCode::InsufficientFunds),
+        ]);
         assert_eq!(metrics().results[ResultCode::InsufficientFunds as usize].get(), before + 2);
         let names: Vec<String> = registry().gather().iter().map(|family| family.name().to_string()).collect();
         for name in ["wallet_results_total", "wallet_log_fsync_duration_seconds", "wallet_proposals_total"] {

@@ -86,8 +86,7 @@ pub async fn transfer(
     let id = idempotency_key(&headers)?;
     let body = json_body(&headers, body)?;
     let parsed: TransferBody = parse_json(&body)?;
-    let transfer =
-        state.transfer(id, &parsed.from_account, &parsed.to_account, parsed.amount, &parsed.currency, "")?;
+    let transfer = state.transfer(id, &parsed.from_account, &parsed.to_account, parsed.amount, &parsed.currency, "")?;
     let result = state.items(Call::Transfers(vec![transfer]), 1).await?[0];
     Ok(transfer_answer(id, result))
 }
@@ -101,17 +100,14 @@ pub async fn transfer_batch(
     let parsed: BatchBody = parse_json(&body)?;
     let count = parsed.transfers.len();
     if count == 0 || count > BATCH_TRANSFERS_MAX {
-        return Err(Problem::invalid_request(format!(
-            "transfers holds {count} items; send 1..={BATCH_TRANSFERS_MAX}"
-        ))
-        .with("pointer", "/transfers"));
+        return Err(Problem::invalid_request(format!("transfers holds {count} items; send 1..={BATCH_TRANSFERS_MAX}"))
+            .with("pointer", "/transfers"));
     }
     let mut transfers = Vec::with_capacity(count);
     for (index, item) in parsed.transfers.iter().enumerate() {
         let pointer = format!("/transfers/{index}");
-        let id = transfer_id_from_key(item.idempotency_key.as_bytes()).map_err(|error| {
-            key_problem(error).with("pointer", format!("{pointer}/idempotency_key"))
-        })?;
+        let id = transfer_id_from_key(item.idempotency_key.as_bytes())
+            .map_err(|error| key_problem(error).with("pointer", format!("{pointer}/idempotency_key")))?;
         transfers.push(state.transfer(
             id,
             &item.from_account,
@@ -234,17 +230,14 @@ pub async fn create_account(
     let flags = if parsed.external { ACCOUNT_FLAG_EXTERNAL } else { 0 };
     let account = CreateAccount { id, ledger: currency.ledger, flags, user_data: 0 };
     let result = state.items(Call::CreateAccounts(vec![account]), 1).await?[0];
-    let body = |status: &str| {
-        json!({ "id": id, "currency": currency.name, "external": parsed.external, "status": status, "seq": result.seq })
-    };
+    let body = |status: &str| json!({ "id": id, "currency": currency.name, "external": parsed.external, "status": status, "seq": result.seq });
     match result.code {
         ResultCode::Ok => Ok(json_answer(StatusCode::CREATED, body("CREATED"))),
         ResultCode::Exists => Ok(json_answer(StatusCode::OK, body("EXISTS"))),
-        ResultCode::ExistsWithDifferentFields => Err(Problem::rejected(
-            result.code,
-            "an account with this id exists with another currency or external flag",
-        )
-        .with("seq", result.seq)),
+        ResultCode::ExistsWithDifferentFields => {
+            Err(Problem::rejected(result.code, "an account with this id exists with another currency or external flag")
+                .with("seq", result.seq))
+        }
         code => Err(Problem::rejected(code, result_detail(code)).with("seq", result.seq)),
     }
 }
@@ -278,9 +271,7 @@ pub async fn history(
     let from_seq = match query.get("cursor") {
         None => 0,
         Some(text) => cursor_seq(id, text).ok_or_else(|| {
-            Problem::invalid_request(format!(
-                "cursor {text:?} is not a next_cursor this account's history handed out"
-            ))
+            Problem::invalid_request(format!("cursor {text:?} is not a next_cursor this account's history handed out"))
         })?,
     };
     // Linearizable, so an account just created through another node is found.
@@ -425,7 +416,9 @@ impl AppState {
                 StatusCode::BAD_REQUEST,
                 "unknown_currency",
                 "Unknown currency",
-                format!("{name:?} is not a currency this node knows (ISO 4217 codes such as USD, or a configured ledger)"),
+                format!(
+                    "{name:?} is not a currency this node knows (ISO 4217 codes such as USD, or a configured ledger)"
+                ),
             )
             .with("pointer", pointer.to_string())
         })
@@ -444,7 +437,15 @@ impl AppState {
         let credit_account_id = account_id(to, &format!("{pointer}/to_account"))?;
         let currency = self.currency(currency, &format!("{pointer}/currency"))?;
         let amount = parse_amount(amount, currency, &format!("{pointer}/amount"))?;
-        Ok(Transfer { id, debit_account_id, credit_account_id, amount, ledger: currency.ledger, flags: 0, user_data: 0 })
+        Ok(Transfer {
+            id,
+            debit_account_id,
+            credit_account_id,
+            amount,
+            ledger: currency.ledger,
+            flags: 0,
+            user_data: 0,
+        })
     }
 
     /// One result per item, in order.
@@ -459,9 +460,7 @@ impl AppState {
         match self.link.call(Call::Lookup { consistency, ids: vec![id] }).await {
             Ok(NodeResponse::Accounts(accounts)) if accounts.len() == 1 => match accounts[0] {
                 AccountLookup::Found(account) => Ok(account),
-                AccountLookup::NotFound { code, .. } => {
-                    Err(Problem::rejected(code, format!("no account has id {id}")))
-                }
+                AccountLookup::NotFound { code, .. } => Err(Problem::rejected(code, format!("no account has id {id}"))),
             },
             other => Err(unexpected(other)),
         }
@@ -536,7 +535,8 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Problem> {
-    serde_json::from_slice(body).map_err(|error| Problem::invalid_request(format!("the JSON body is not valid: {error}")))
+    serde_json::from_slice(body)
+        .map_err(|error| Problem::invalid_request(format!("the JSON body is not valid: {error}")))
 }
 
 /// An account id: a JSON integer, or its decimal text (for clients whose numbers are doubles).
@@ -565,9 +565,8 @@ fn decimal_u64(text: &str) -> Option<u64> {
 /// The amount exactly, in the currency's minor units: from the JSON number's own text (never through
 /// a float) or from a string holding the same decimal form.
 fn parse_amount(raw: &RawValue, currency: &Currency, pointer: &str) -> Result<u64, Problem> {
-    let invalid = |why: String| {
-        Problem::invalid_request(format!("{pointer}: {why}")).with("pointer", pointer.to_string())
-    };
+    let invalid =
+        |why: String| Problem::invalid_request(format!("{pointer}: {why}")).with("pointer", pointer.to_string());
     let text = raw.get().trim();
     let decimal: String = if text.starts_with('"') {
         serde_json::from_str(text).map_err(|e| invalid(format!("not a JSON string: {e}")))?
@@ -602,9 +601,10 @@ fn query_params(
 fn consistency(query: &HashMap<String, String>) -> Result<Consistency, Problem> {
     let seq = match query.get("at_least") {
         None => None,
-        Some(text) => Some(decimal_u64(text).ok_or_else(|| {
-            Problem::invalid_request(format!("at_least must be a sequence number, not {text:?}"))
-        })?),
+        Some(text) => Some(
+            decimal_u64(text)
+                .ok_or_else(|| Problem::invalid_request(format!("at_least must be a sequence number, not {text:?}")))?,
+        ),
     };
     match (query.get("consistency").map(String::as_str), seq) {
         (None, None) | (Some("linearizable"), None) => Ok(Consistency::Linearizable),
@@ -614,9 +614,9 @@ fn consistency(query: &HashMap<String, String>) -> Result<Consistency, Problem> 
         (Some(level @ ("linearizable" | "any")), Some(_)) => {
             Err(Problem::invalid_request(format!("at_least goes with consistency=at_least, not {level}")))
         }
-        (Some(other), _) => Err(Problem::invalid_request(format!(
-            "consistency is linearizable, at_least or any, not {other:?}"
-        ))),
+        (Some(other), _) => {
+            Err(Problem::invalid_request(format!("consistency is linearizable, at_least or any, not {other:?}")))
+        }
     }
 }
 
@@ -656,7 +656,8 @@ mod tests {
         assert_eq!(account_id(&json!(7), "/id").ok(), Some(7));
         assert_eq!(account_id(&json!("18446744073709551615"), "/id").ok(), Some(u64::MAX));
         assert_eq!(account_id(&json!(u64::MAX), "/id").ok(), Some(u64::MAX));
-        for bad in [json!(-1), json!(1.5), json!("x"), json!("+1"), json!(" 1"), json!("18446744073709551616"), json!(null)]
+        for bad in
+            [json!(-1), json!(1.5), json!("x"), json!("+1"), json!(" 1"), json!("18446744073709551616"), json!(null)]
         {
             assert!(account_id(&bad, "/id").is_err(), "{bad}");
         }

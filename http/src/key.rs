@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn new_keys_are_accepted_unique_and_current() {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis();
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis();
         let keys: std::collections::HashSet<TransferId> = (0..10_000).map(|_| new_uuid_v7()).collect();
         assert_eq!(keys.len(), 10_000);
         for &key in keys.iter().take(100) {

@@ -101,7 +101,8 @@ impl HttpEdge {
     /// Binds `config.listen` (an error if taken), starts the link's workers and the runtime.
     pub fn start(config: HttpConfig) -> Result<HttpEdge, HttpError> {
         let listen = config.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(|source| HttpError::Listen { address: listen, source })?;
+        let listener =
+            std::net::TcpListener::bind(listen).map_err(|source| HttpError::Listen { address: listen, source })?;
         let local_address = listener.local_addr().map_err(HttpError::Start)?;
         listener.set_nonblocking(true).map_err(HttpError::Start)?;
         let (link, workers) = NodeLink::start(&config.link).map_err(HttpError::Start)?;

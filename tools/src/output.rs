@@ -140,7 +140,6 @@ pub fn history_text(registry: &CurrencyRegistry, account: &Account, entry: &Hist
 mod tests {
     use super::*;
 
-    
     #[test]
     fn amounts_use_minor_units_of_their_currency() {
         let registry = CurrencyRegistry::with_iso_4217();

@@ -43,7 +43,11 @@ fn the_seed_transfer_keeps_the_idempotency_key_rules_across_a_crash() {
     create_account(&http, 3, false);
     let again = http.post("/v1/accounts", None, &json!({ "id": 2, "currency": "USD" }));
     assert_eq!((again.status, again.body["status"].as_str()), (200, Some("EXISTS")), "{}", again.text);
-    assert_problem(&http.post("/v1/accounts", None, &json!({ "id": 2, "currency": "EUR" })), 422, "exists_with_different_fields");
+    assert_problem(
+        &http.post("/v1/accounts", None, &json!({ "id": 2, "currency": "EUR" })),
+        422,
+        "exists_with_different_fields",
+    );
 
     // Without a key nothing is sent; keys that are not UUIDv7 are refused with the reason.
     let fund = transfer_body(1, 2, json!(100.00));
@@ -91,11 +95,19 @@ fn the_seed_transfer_keeps_the_idempotency_key_rules_across_a_crash() {
         assert_problem(&reply, 400, "invalid_request");
         assert_eq!(reply.body["pointer"], "/amount", "{amount}");
     }
-    let reply = http.post("/v1/wallet/transfer", Some(&new_key()), &json!({
-        "from_account": 2, "to_account": 3, "amount": 1, "currency": "XYZ" }));
+    let reply = http.post(
+        "/v1/wallet/transfer",
+        Some(&new_key()),
+        &json!({
+        "from_account": 2, "to_account": 3, "amount": 1, "currency": "XYZ" }),
+    );
     assert_problem(&reply, 400, "unknown_currency");
-    let reply = http.post("/v1/wallet/transfer", Some(&new_key()), &json!({
-        "from_account": 2, "to_account": 3, "amount": 1, "currency": "USD", "memo": "x" }));
+    let reply = http.post(
+        "/v1/wallet/transfer",
+        Some(&new_key()),
+        &json!({
+        "from_account": 2, "to_account": 3, "amount": 1, "currency": "USD", "memo": "x" }),
+    );
     assert_problem(&reply, 400, "invalid_request");
     let reply = http.post_raw("/v1/wallet/transfer", &[("idempotency-key", &new_key())], &fund.to_string());
     assert_problem(&reply, 415, "unsupported_media_type");
@@ -139,7 +151,11 @@ fn the_seed_transfer_keeps_the_idempotency_key_rules_across_a_crash() {
     assert_eq!((after.status, &after.body, after.replayed), (200, &first.body, true));
     let after = http.post("/v1/wallet/transfer", Some(&broke), &transfer_body(3, 2, json!("5.00")));
     assert_eq!((after.status, &after.body, after.replayed), (422, &rejected.body, true));
-    assert_problem(&http.post("/v1/wallet/transfer", Some(&key), &transfer_body(1, 2, json!(7))), 422, "exists_with_different_fields");
+    assert_problem(
+        &http.post("/v1/wallet/transfer", Some(&key), &transfer_body(1, 2, json!(7))),
+        422,
+        "exists_with_different_fields",
+    );
     assert_eq!(balance(&http, 2), "99.70");
     assert_eq!(balance(&http, 3), "1.30");
     assert_eq!(balance(&http, 1), "-101.00", "the external account funded exactly what was posted");
@@ -191,7 +207,13 @@ fn reads_batches_history_status_and_the_document() {
 
     // Balances at every consistency level; at_least with the seq a transfer answer carried.
     let seq = results[3]["seq"].as_u64().expect("seq");
-    for query in ["", "?consistency=linearizable", "?consistency=any", &format!("?consistency=at_least&at_least={seq}"), &format!("?at_least={seq}")] {
+    for query in [
+        "",
+        "?consistency=linearizable",
+        "?consistency=any",
+        &format!("?consistency=at_least&at_least={seq}"),
+        &format!("?at_least={seq}"),
+    ] {
         let reply = http.get(&format!("/v1/accounts/12{query}"));
         assert_eq!(reply.status, 200, "{query}: {}", reply.text);
         assert_eq!(reply.body["balance"], "20.05");
@@ -287,7 +309,11 @@ fn any_node_answers_a_retry_with_the_original_outcome() {
         .copied()
         .find(|&id| {
             let status = http(id).get("/v1/status");
-            status.body["partitions"].as_array().expect("partitions").iter().any(|p| p["partition"] == 0 && p["led_here"] == true)
+            status.body["partitions"]
+                .as_array()
+                .expect("partitions")
+                .iter()
+                .any(|p| p["partition"] == 0 && p["led_here"] == true)
         })
         .expect("partition 0 has a leader");
     cluster.kill(leader);
@@ -308,9 +334,7 @@ fn any_node_answers_a_retry_with_the_original_outcome() {
     assert_eq!((again.status, &again.body, again.replayed), (200, &first.body, true), "{}", again.text);
     let reply = http(leader).get(&format!("/v1/accounts/{alice}?at_least={seq}"));
     assert_eq!(reply.body["balance"], "42.00", "moved once through three nodes and a crash");
-    let transfers: HashSet<String> = http(leader)
-        .get(&format!("/v1/accounts/{alice}/history"))
-        .body["entries"]
+    let transfers: HashSet<String> = http(leader).get(&format!("/v1/accounts/{alice}/history")).body["entries"]
         .as_array()
         .expect("entries")
         .iter()

@@ -24,7 +24,10 @@ unsupported_method";
 fn schemathesis() -> String {
     let program = std::env::var("WALLET_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_string());
     let found = Command::new(&program).arg("--version").output().is_ok_and(|output| output.status.success());
-    assert!(found, "Schemathesis ({program}) does not run: `. scripts/setup.sh` installs it and sets WALLET_SCHEMATHESIS");
+    assert!(
+        found,
+        "Schemathesis ({program}) does not run: `. scripts/setup.sh` installs it and sets WALLET_SCHEMATHESIS"
+    );
     program
 }
 

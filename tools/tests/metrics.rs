@@ -90,7 +90,12 @@ fn a_single_node_exposes_what_its_load_did() {
     let http = node.http();
     let mut client = Client::connect(ClientConfig::new(vec![node.client_address], 1)).expect("client connects");
     let accounts: Vec<CreateAccount> = (1..=ACCOUNTS)
-        .map(|id| CreateAccount { id, ledger: 840, flags: if id == 1 { ACCOUNT_FLAG_EXTERNAL } else { 0 }, user_data: 0 })
+        .map(|id| CreateAccount {
+            id,
+            ledger: 840,
+            flags: if id == 1 { ACCOUNT_FLAG_EXTERNAL } else { 0 },
+            user_data: 0,
+        })
         .collect();
     assert!(client.create_accounts(&accounts).expect("accounts").iter().all(|r| r.code == ResultCode::Ok));
 
@@ -147,7 +152,10 @@ fn a_single_node_exposes_what_its_load_did() {
     assert_eq!(value(&samples, "wallet_leader_changes_total"), 0.0, "a single node has one leader, always");
     let queue = |k: &String| k.starts_with("wallet_shard_queue_depth{") && k.contains("shard=\"0\"");
     assert!(samples.keys().any(queue), "{text}");
-    for name in ["wallet_forwarded_requests_total{outcome=\"sent\"}", "wallet_partition_commit_apply_lag_entries{partition=\"0\"}"] {
+    for name in [
+        "wallet_forwarded_requests_total{outcome=\"sent\"}",
+        "wallet_partition_commit_apply_lag_entries{partition=\"0\"}",
+    ] {
         assert!(samples.contains_key(name), "{name} is exposed: {text}");
     }
 }
@@ -162,7 +170,9 @@ fn cluster_nodes_expose_leaders_forwards_and_commits() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let led = cluster.node_ids().iter().all(|&id| {
-            cluster.status(id).is_ok_and(|s| s.partition_states.len() == 3 && s.partition_states.iter().all(|p| p.leader != 0))
+            cluster
+                .status(id)
+                .is_ok_and(|s| s.partition_states.len() == 3 && s.partition_states.iter().all(|p| p.leader != 0))
         });
         if led {
             break;

@@ -35,11 +35,11 @@ use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::event::{EventBatchView, EventBuffer};
 use crate::join::BatchPart;
+use crate::metrics::{self, ForwardOutcome};
 use crate::partition::PartitionState;
 use crate::raft_storage::WalStorage;
 use crate::replica::snapshot::{decode_partition_image, encode_partition_image};
 use crate::replica::transport::Transport;
-use crate::metrics::{self, ForwardOutcome};
 use crate::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_EVENTS_MAX, RECORD_PAYLOAD_BYTES_MAX};
 
@@ -981,7 +981,9 @@ impl ReplicaShard {
             );
         }
         let was = group.role;
-        if group.leader != status.leader { metrics::count_leader_change() }
+        if group.leader != status.leader {
+            metrics::count_leader_change()
+        }
         group.role = status.role;
         group.term = status.term;
         group.leader = status.leader;

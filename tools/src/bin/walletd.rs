@@ -169,9 +169,10 @@ fn run(args: Args) -> Result<(), String> {
     let node = Arc::new(node);
     let handler = NodeHandler::new(node.clone());
     let http = HttpSettings {
-        listen: args.http_listen.or(config.http_listen).unwrap_or_else(|| {
-            wallet_http::HTTP_LISTEN_DEFAULT.parse().expect("the default HTTP address parses")
-        }),
+        listen: args
+            .http_listen
+            .or(config.http_listen)
+            .unwrap_or_else(|| wallet_http::HTTP_LISTEN_DEFAULT.parse().expect("the default HTTP address parses")),
         currencies: config.currencies().map_err(|(name, why)| format!("ledger {name}: {why}"))?,
         data_dir: config.engine.data_dir.clone(),
     };
