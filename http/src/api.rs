@@ -277,7 +277,7 @@ pub async fn history(
     // Linearizable, so an account just created through another node is found.
     let account = state.lookup(Consistency::Linearizable, id).await?;
     let (entries, next) = match state.link.call(Call::History { account_id: id, from_seq, limit }).await {
-        Ok(NodeResponse::History { entries, next_from_seq }) => (entries, next_from_seq),
+        Ok(NodeResponse::History { entries, next_from_seq, .. }) => (entries, next_from_seq),
         other => return Err(unexpected(other)),
     };
     let currency = state.currencies.by_ledger(account.ledger);

@@ -263,7 +263,7 @@ fn request_of(call: Call) -> Request {
     match call {
         Call::Transfers(transfers) => Request::CreateTransfers(transfers),
         Call::CreateAccounts(accounts) => Request::CreateAccounts(accounts),
-        Call::Lookup { consistency, ids } => Request::LookupAccounts { consistency, ids },
+        Call::Lookup { consistency, ids } => Request::lookup(consistency, &ids),
         Call::History { account_id, from_seq, limit } => Request::AccountHistory { account_id, from_seq, limit },
         Call::Status => Request::Status,
     }

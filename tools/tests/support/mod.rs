@@ -5,6 +5,6 @@
 
 pub mod cluster;
 pub mod fingerprint;
-pub mod log_lines;
 pub mod http;
+pub mod log_lines;
 pub mod proxy;
