@@ -4,7 +4,7 @@
 //! With no arguments it runs a single node on 127.0.0.1:7400 (HTTP on 127.0.0.1:8400) with its data
 //! in `./data`. It logs to stderr (`engine::logging`: UTC timestamp, level and node id on every line;
 //! `--log-format json` for one JSON object per line): one line per start, recovery, HTTP edge
-//! (`http listening on ADDR`), readiness (`listening on ADDR`) and stop, and whatever the node reports
+//! (`HTTP API on ADDR`), readiness (`listening on ADDR`) and stop, and whatever the node reports
 //! while it runs. SIGINT/SIGTERM finish in-flight batches and stop
 //! cleanly, and SIGKILL is safe at any moment (the event log is the truth; restart replays it).
 
@@ -230,7 +230,8 @@ fn serve<N, H: net::server::Handler>(
     let server = Server::start(ServerConfig::new(listen, cluster_id), handler)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let edge = start_http(http, server.local_address(), cluster_id, server.stats())?;
-    log::info!("http listening on {}", edge.local_address());
+    // Not "listening on": that phrase is the readiness line scripts wait for.
+    log::info!("HTTP API on {}", edge.local_address());
     // The readiness line: scripts and tests wait for `listening on ADDR`.
     log::info!("listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
 
