@@ -250,7 +250,17 @@ pub async fn balance(
     let id = account_id(&Value::String(id), "account id in the path")?;
     let query = query_params(query, &["consistency", "at_least"])?;
     let consistency = consistency(&query)?;
-    let account = state.lookup(consistency, id).await?;
+    let account = state.lookup(consistency, id).await.map_err(|problem| match consistency {
+        // The replica did not reach the seq within the node's read wait: the state asked for does not
+        // exist here yet (a seq no write has reached, or a lagging replica). The client's to retry.
+        Consistency::AtLeast(seq) if problem.code == "unavailable" => Problem::new(
+            StatusCode::CONFLICT,
+            "seq_not_reached",
+            "The replica has not reached that seq",
+            format!("no answer at seq {seq} or later within the node's read wait: {}", problem.detail),
+        ),
+        _ => problem,
+    })?;
     Ok(json_answer(StatusCode::OK, state.account_json(&account)))
 }
 
