@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: builds everything (release, the same build as the tests) and starts a local 3-node wallet
-# cluster on loopback (clients on 127.0.0.1:7401-7403, peers on 127.0.0.1:7501-7503, data in
+# cluster on loopback (clients on 127.0.0.1:7401-7403, peers on 127.0.0.1:7501-7503, the HTTP/JSON API
+# and /metrics on 127.0.0.1:8401-8403, data in
 # ./data/cluster/node-N), 3 partitions each replicated on all three nodes with leaders spread over them.
 # It shows a first deposit and transfer sent to node 1 (forwarded to the partition's leader) and the
 # status of every partition on every node, then keeps serving until Ctrl-C, which stops every node
@@ -23,16 +24,19 @@ replication_factor = 3
 id = 1
 address = "127.0.0.1:7401"
 peer_address = "127.0.0.1:7501"
+http_address = "127.0.0.1:8401"
 
 [[nodes]]
 id = 2
 address = "127.0.0.1:7402"
 peer_address = "127.0.0.1:7502"
+http_address = "127.0.0.1:8402"
 
 [[nodes]]
 id = 3
 address = "127.0.0.1:7403"
 peer_address = "127.0.0.1:7503"
+http_address = "127.0.0.1:8403"
 TOML
 fi
 
@@ -75,6 +79,18 @@ ctl balance 5
 ctl history 5
 ctl status
 echo
-echo "A 3-node cluster is serving on 127.0.0.1:7401-7403 (data and logs in $dir)."
+echo "== the same over HTTP, through node 2 (the seed's API; the key is a UUIDv7) =="
+if command -v curl >/dev/null 2>&1; then
+    key="$(python3 scripts/uuid7.py)"
+    echo "\$ curl -X POST http://127.0.0.1:8402/v1/wallet/transfer -H 'Idempotency-Key: $key' ..."
+    curl -sS -X POST http://127.0.0.1:8402/v1/wallet/transfer -H "Idempotency-Key: $key" \
+        -H 'Content-Type: application/json' \
+        -d '{"from_account": 5, "to_account": 7, "amount": "1.00", "currency": "USD"}' || true
+    echo
+    curl -sS http://127.0.0.1:8403/v1/accounts/7 || true
+    echo
+fi
+echo
+echo "A 3-node cluster is serving on 127.0.0.1:7401-7403, HTTP on 127.0.0.1:8401-8403 (data and logs in $dir)."
 echo "Try: $bin/walletctl --addr 127.0.0.1:7403 balance 7    Press Ctrl-C to stop every node cleanly."
 wait "${pids[@]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: builds everything (release, the same build as the tests), starts one wallet node on loopback
-# with its data in ./data, shows a first deposit and transfer with walletctl, then keeps serving until
+# (binary protocol on 127.0.0.1:7400, HTTP/JSON API and /metrics on 127.0.0.1:8400) with its data in
+# ./data, shows a first deposit and transfer with walletctl, then keeps serving until
 # Ctrl-C (SIGINT), which stops the node cleanly. Extra arguments go to walletd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ ctl transfer --from 2 --to 3 --amount 12.34 --ledger USD
 ctl balance 2
 ctl history 2
 echo
-echo "walletd is serving on $addr (data in ./data). Try: $bin/walletctl --addr $addr balance 3"
+echo "walletd is serving on $addr, and HTTP on 127.0.0.1:8400 (data in ./data)."
+echo "Try: $bin/walletctl --addr $addr balance 3    or: curl http://127.0.0.1:8400/v1/accounts/3"
 echo "Press Ctrl-C to stop it cleanly."
 wait "$walletd_pid"

@@ -39,6 +39,25 @@ wallet_missing_packages() {
     command -v unshare >/dev/null 2>&1 || echo util-linux
     command -v mount >/dev/null 2>&1 || echo mount
     command -v find >/dev/null 2>&1 || echo findutils
+    # The metrics test checks /metrics with `promtool check metrics`; the HTTP benchmark uses wrk.
+    command -v promtool >/dev/null 2>&1 || echo prometheus
+    command -v wrk >/dev/null 2>&1 || echo wrk
+    # Schemathesis (the HTTP API test) is installed from PyPI into a venv.
+    command -v python3 >/dev/null 2>&1 || echo python3
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv
+}
+
+# Schemathesis, the property-based API tester the HTTP test runs, in a venv under the target
+# directory (pinned, so every machine runs the same one); found by running it.
+WALLET_SCHEMATHESIS_VERSION="4.32.5"
+wallet_install_schemathesis() {
+    local venv="$CARGO_TARGET_DIR/schemathesis-venv"
+    export WALLET_SCHEMATHESIS="$venv/bin/schemathesis"
+    if "$WALLET_SCHEMATHESIS" --version 2>/dev/null | grep -q "$WALLET_SCHEMATHESIS_VERSION"; then return 0; fi
+    echo "setup: installing schemathesis $WALLET_SCHEMATHESIS_VERSION into $venv" >&2
+    mkdir -p "$CARGO_TARGET_DIR"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check \
+        "schemathesis==$WALLET_SCHEMATHESIS_VERSION" >&2
 }
 
 wallet_install_missing() {
@@ -54,11 +73,15 @@ wallet_install_missing() {
     local sudo_cmd=""
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
     # shellcheck disable=SC2086 # the package list is meant to split into words
-    $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
+    $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
 if ! wallet_install_missing; then
     echo "setup: could not install what the build needs" >&2
+    return 1 2>/dev/null || exit 1
+fi
+if ! wallet_install_schemathesis; then
+    echo "setup: could not install schemathesis from PyPI" >&2
     return 1 2>/dev/null || exit 1
 fi
 if ! wallet_has_libclang; then

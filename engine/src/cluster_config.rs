@@ -12,6 +12,7 @@
 //! id = 1                           # non-zero, unique
 //! address = "127.0.0.1:7401"       # client protocol
 //! peer_address = "127.0.0.1:7501"  # node-to-node (Raft and forwarded requests)
+//! http_address = "127.0.0.1:8401"  # optional: the HTTP/JSON API and /metrics (walletd --http-listen)
 //!
 //! [replication]                    # optional: every field of ReplicationConfig
 //! tick_interval_ms = 20
@@ -40,6 +41,10 @@ pub struct ClusterNodeSpec {
     pub address: SocketAddr,
     /// Where the node accepts connections from other nodes.
     pub peer_address: SocketAddr,
+    /// Where the node serves the HTTP/JSON API and `/metrics`; walletd's `--http-listen` overrides it.
+    /// Not part of what nodes must agree on: each node only serves its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_address: Option<SocketAddr>,
 }
 
 /// Timing and limits of replication. Every field is named with its unit and enforced.
@@ -193,7 +198,7 @@ impl ClusterConfig {
             if !ids.insert(node.id) {
                 return Err(invalid(format!("node id {} is listed twice", node.id)));
             }
-            for address in [node.address, node.peer_address] {
+            for address in [Some(node.address), Some(node.peer_address), node.http_address].into_iter().flatten() {
                 if !addresses.insert(address) {
                     return Err(invalid(format!("address {address} is used twice")));
                 }
@@ -290,6 +295,7 @@ impl ClusterConfig {
                     id: i as u64 + 1,
                     address: loopback(client_port_base + i as u16),
                     peer_address: loopback(peer_port_base + i as u16),
+                    http_address: None,
                 })
                 .collect(),
             replication: ReplicationConfig::default(),

@@ -7,6 +7,8 @@
 //! - `shard`, `node`: the runtime. One thread per shard owns its partitions, one event log and one
 //!   store; the node splits client batches by partition and hands each part to its shard.
 //! - `history`, `verify`: reading the log back: an account's history, and replay-versus-store checks.
+//! - `metrics`: the Prometheus counters and histograms both runtimes feed (pre-resolved handles: an
+//!   atomic add per sync, round or batch on the hot path, nothing per transfer).
 //!
 //! Invariants that hold whatever fails: every ledger sums to zero; an ordinary account never goes
 //! negative; nothing is answered before the log holds it durably; the store never holds an effect the
@@ -22,6 +24,7 @@ pub mod id_index;
 pub mod idempotency;
 pub mod join;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod raft_storage;

@@ -93,6 +93,7 @@ impl WalStorage {
         fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
         let (hard_state, snapshot) = read_meta_files(dir)?;
         let (mut wal, _report) = Wal::open(dir, options)?;
+        wal.set_sync_observer(crate::metrics::observe_fsync);
         if !log_continues_snapshot(&wal, &snapshot) {
             wal.reset(snapshot.meta.index + 1)?;
         }

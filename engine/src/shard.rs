@@ -317,7 +317,8 @@ impl Shard {
             partitions.push(state);
             id_chunks.push(chunks);
         }
-        let (wal, wal_report) = Wal::open(&dir.join("wal"), wal_options(config))?;
+        let (mut wal, wal_report) = Wal::open(&dir.join("wal"), wal_options(config))?;
+        wal.set_sync_observer(crate::metrics::observe_fsync_committing);
         let mut shard = Shard {
             id,
             config: config.clone(),
@@ -403,6 +404,7 @@ impl Shard {
 
     /// The shard thread's loop; returns when told to shut down or when its queue closes.
     pub fn run(mut self, commands: Receiver<ShardCommand>) {
+        let queue_depth = crate::metrics::queue_depth_gauge(self.id, "client");
         loop {
             let mut items = 0usize;
             let mut shutdown = None;
@@ -418,6 +420,8 @@ impl Shard {
             };
             let mut next = first;
             let now_ns = clock_ns();
+            let round_started = Instant::now();
+            queue_depth.set(commands.len() as i64);
             loop {
                 let command = match next.take() {
                     Some(command) => command,
@@ -442,6 +446,7 @@ impl Shard {
             self.serve_seq_waits(Instant::now());
             self.end_round();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
+            crate::metrics::observe_round(round_started.elapsed());
             if self.checkpoint_due() && self.owed.is_empty() {
                 if let Err(error) = self.checkpoint() {
                     // The chunk bookkeeping in memory may now be ahead of the store: stop, and let a
@@ -589,7 +594,10 @@ impl Shard {
         let first_seq = EventBatchView::new(bytes).expect("the state machine encodes valid batches").first_seq();
         let index = self.wal.last_index() + 1;
         match self.wal.append(index, SINGLE_NODE_TERM, RECORD_KIND_EVENTS, bytes) {
-            Ok(()) => self.recent_batches[slot].push((first_seq, index)),
+            Ok(()) => {
+                crate::metrics::count_proposal();
+                self.recent_batches[slot].push((first_seq, index))
+            }
             Err(error) => self.fail(format!("log append failed: {error}")),
         }
         self.buffers[slot].clear();
@@ -652,7 +660,10 @@ impl Shard {
         let failure =
             self.failed.as_ref().map(|reason| EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
         match (owed, failure) {
-            (Owed::Items { part, results }, None) => part.complete(Ok(results)),
+            (Owed::Items { part, results }, None) => {
+                crate::metrics::count_results(&results);
+                part.complete(Ok(results))
+            }
             (Owed::Items { part, .. }, Some(error)) => part.complete(Err(error)),
             (Owed::Lookup { answers, reply }, None) => reply(Ok(answers)),
             (Owed::Lookup { reply, .. }, Some(error)) => reply(Err(error)),

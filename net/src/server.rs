@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -173,6 +173,18 @@ struct Shared {
     completions: Mutex<Vec<Completion>>,
     waker: Waker,
     stop: AtomicBool,
+    stats: Arc<ServerStats>,
+}
+
+/// Connection counts for an operator (walletd's `/metrics`), updated by the event loop alone.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused at `connections_max` since start.
+    pub connections_refused: AtomicU64,
 }
 
 impl Shared {
@@ -200,6 +212,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn local_address(&self) -> SocketAddr {
         self.local_address
+    }
+
+    /// The live connection counts; readable from any thread, and after the server stops.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.shared.stats)
     }
 
     /// Stops accepting, stops reading new requests, waits up to `shutdown_drain_ms` for answers to
@@ -241,6 +258,7 @@ impl Server {
             completions: Mutex::new(Vec::new()),
             waker,
             stop: AtomicBool::new(false),
+            stats: Arc::new(ServerStats::default()),
         });
         let mut event_loop = EventLoop {
             poll,
@@ -386,6 +404,7 @@ impl<H: Handler> EventLoop<H> {
             };
             let live = self.connections.len() - self.free_slots.len();
             if live >= self.config.connections_max {
+                self.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
                 self.refuse(&mut stream);
                 continue;
             }
@@ -401,6 +420,8 @@ impl<H: Handler> EventLoop<H> {
             }
             let generation = self.next_generation;
             self.next_generation += 1;
+            self.shared.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.connections_open.fetch_add(1, Ordering::Relaxed);
             self.connections[slot] = Some(Connection {
                 stream,
                 generation,
@@ -469,6 +490,7 @@ impl<H: Handler> EventLoop<H> {
     fn close(&mut self, slot: usize) {
         if let Some(mut connection) = self.connections.get_mut(slot).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
+            self.shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
             self.free_slots.push(slot);
         }
     }

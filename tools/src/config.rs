@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7400"
+//! http_listen = "127.0.0.1:8400"  # the HTTP/JSON API and /metrics
 //!
 //! [engine]                 # every field of engine::NodeConfig, all optional
 //! data_dir = "data"
@@ -37,6 +38,8 @@ pub struct LedgerSpec {
 #[serde(default, deny_unknown_fields)]
 pub struct WalletdConfig {
     pub listen: SocketAddr,
+    /// Where the HTTP edge listens; `None`: 127.0.0.1:8400 (single node) or the cluster file's.
+    pub http_listen: Option<SocketAddr>,
     pub engine: NodeConfig,
     pub ledgers: Vec<LedgerSpec>,
 }
@@ -45,6 +48,7 @@ impl Default for WalletdConfig {
     fn default() -> Self {
         WalletdConfig {
             listen: LISTEN_DEFAULT.parse().expect("the default listen address parses"),
+            http_listen: None,
             engine: NodeConfig::default(),
             ledgers: Vec::new(),
         }

@@ -34,6 +34,7 @@ impl Walletd {
     fn start(data_dir: &Path, extra: &[&str]) -> Walletd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
             .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -655,6 +656,7 @@ fn the_cluster_id_is_set_at_creation_and_every_frame_must_carry_it() {
     assert!(node.terminate().success());
     let refused = Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-pin", "--cluster-id", "7"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!refused.status.success());

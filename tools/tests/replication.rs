@@ -612,6 +612,7 @@ fn a_node_file_cannot_set_its_own_idempotency_bounds() {
         let data_dir = dir.path().join("node-1");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
             .args(["--cluster-config", cluster_path.to_str().unwrap(), "--node-id", "1", "--no-pin"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(["--config", node_path.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

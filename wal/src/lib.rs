@@ -20,7 +20,7 @@ mod wal;
 pub use error::WalError;
 pub use format::{RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
 pub use reader::{Record, WalReader};
-pub use wal::{RecoveryReport, Wal, WalOptions};
+pub use wal::{RecoveryReport, SyncObserver, Wal, WalOptions};
 pub use wal::{PENDING_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX};
 
 /// Layout helpers for tests and inspection tools (e.g. `tools` segment dumps).

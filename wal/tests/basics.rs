@@ -52,6 +52,31 @@ fn group_commit_batches_appends_made_while_a_sync_is_in_flight() {
     assert!(!wal.in_flight());
 }
 
+static SYNCS_OBSERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RECORDS_OBSERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn observe_sync(elapsed: std::time::Duration, records: u64) {
+    assert!(elapsed > std::time::Duration::ZERO, "a write + fdatasync takes time");
+    SYNCS_OBSERVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    RECORDS_OBSERVED.fetch_add(records, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn the_sync_observer_is_told_of_every_durable_batch_and_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    wal.set_sync_observer(observe_sync);
+    wal.append(1, 1, 0, b"first").expect("append");
+    assert!(wal.submit().expect("submit"));
+    for index in 2..=10 {
+        wal.append(index, 1, 0, b"later").expect("append");
+    }
+    assert_eq!(wal.wait().expect("wait"), 10);
+    let syncs = SYNCS_OBSERVED.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&syncs), "one sync for the first record, at most one for the group: {syncs}");
+    assert_eq!(RECORDS_OBSERVED.load(std::sync::atomic::Ordering::SeqCst), 10, "every record, once");
+}
+
 #[test]
 fn append_rejects_broken_invariants_with_typed_errors() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -32,6 +32,7 @@ use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::join::BatchPart;
+use crate::metrics;
 use crate::raft_storage::WalStorage;
 pub use crate::replica::core::{error_code, GroupStatus};
 use crate::replica::core::{
@@ -105,6 +106,8 @@ impl Handles for ShellHandles {
 }
 
 pub struct ReplicaShard {
+    /// This shard's number on its node (the `shard` label of its metrics).
+    id: u32,
     core: ReplicaCore<WalStorage, ShellHandles>,
     replication: ReplicationConfig,
     round_items_max: usize,
@@ -151,6 +154,7 @@ impl ReplicaShard {
         };
         let core = ReplicaCore::open(options, groups, Now { mono_ms: 0, wall_ns: clock_ns() })?;
         Ok(ReplicaShard {
+            id,
             core,
             replication: cluster.replication.clone(),
             round_items_max: config.round_items_max,
@@ -168,6 +172,8 @@ impl ReplicaShard {
     pub fn run(mut self, peers: Receiver<(u64, PeerItem)>, clients: Receiver<ClientCommand>) {
         let tick = Duration::from_millis(self.replication.tick_interval_ms);
         self.carry_out();
+        let client_depth = metrics::queue_depth_gauge(self.id, "client");
+        let peer_depth = metrics::queue_depth_gauge(self.id, "peer");
         loop {
             let accepting = self.core.accepting_clients();
             let wait = tick.saturating_sub(self.last_tick.elapsed());
@@ -176,6 +182,9 @@ impl ReplicaShard {
             let client_index = accepting.then(|| select.recv(&clients));
             // Which queue woke us does not matter: both are drained below.
             let _ = (peer_index, client_index, select.ready_timeout(wait));
+            let round_started = Instant::now();
+            client_depth.set(clients.len() as i64);
+            peer_depth.set(peers.len() as i64);
             // Peers first and entirely: they are what lets the cluster make progress.
             let now = self.now();
             while let Ok((from, item)) = peers.try_recv() {
@@ -201,6 +210,7 @@ impl ReplicaShard {
             self.tick_if_due(tick);
             self.core.end_round(self.now());
             self.carry_out();
+            metrics::observe_round(round_started.elapsed());
             if let Some(reply) = shutdown {
                 return self.close(Some(reply));
             }

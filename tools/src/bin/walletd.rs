@@ -1,9 +1,11 @@
-//! `walletd`: one wallet node serving the binary protocol.
+//! `walletd`: one wallet node serving the binary protocol, and the HTTP/JSON API with `/metrics` on
+//! a second loopback port (`wallet-http`).
 //!
-//! With no arguments it runs a single node on 127.0.0.1:7400 with its data in `./data`. It logs to
-//! stderr (`engine::logging`: UTC timestamp, level and node id on every line; `--log-format json` for
-//! one JSON object per line): one line per start, recovery, readiness (`listening on ADDR`) and stop,
-//! and whatever the node reports while it runs. SIGINT/SIGTERM finish in-flight batches and stop
+//! With no arguments it runs a single node on 127.0.0.1:7400 (HTTP on 127.0.0.1:8400) with its data
+//! in `./data`. It logs to stderr (`engine::logging`: UTC timestamp, level and node id on every line;
+//! `--log-format json` for one JSON object per line): one line per start, recovery, HTTP edge
+//! (`HTTP API on ADDR`), readiness (`listening on ADDR`) and stop, and whatever the node reports
+//! while it runs. SIGINT/SIGTERM finish in-flight batches and stop
 //! cleanly, and SIGKILL is safe at any moment (the event log is the truth; restart replays it).
 
 use std::path::PathBuf;
@@ -30,6 +32,10 @@ struct Args {
     /// Address to serve clients on.
     #[arg(long, help = default_help("Address to serve clients on", tools::config::LISTEN_DEFAULT))]
     listen: Option<std::net::SocketAddr>,
+    /// Address to serve the HTTP/JSON API, /metrics and /openapi.json on. Default: 127.0.0.1:8400 for a
+    /// single node; a cluster node takes its `http_address` from the cluster file (else any free port).
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
     /// Partitions, fixed when the data directory is created.
     #[arg(long, help = default_help("Partitions, fixed when the data directory is created", defaults().partitions))]
     partitions: Option<u32>,
@@ -162,11 +168,56 @@ fn run(args: Args) -> Result<(), String> {
     }
     let node = Arc::new(node);
     let handler = NodeHandler::new(node.clone());
-    serve(config.listen, config.engine.cluster_id, started, node, handler, Node::shutdown)
+    let http = HttpSettings {
+        listen: args
+            .http_listen
+            .or(config.http_listen)
+            .unwrap_or_else(|| wallet_http::HTTP_LISTEN_DEFAULT.parse().expect("the default HTTP address parses")),
+        currencies: config.currencies().map_err(|(name, why)| format!("ledger {name}: {why}"))?,
+        data_dir: config.engine.data_dir.clone(),
+    };
+    serve(config.listen, config.engine.cluster_id, started, node, handler, Node::shutdown, http)
+}
+
+/// What the HTTP edge needs besides the node's own address.
+struct HttpSettings {
+    listen: std::net::SocketAddr,
+    currencies: net::currency::CurrencyRegistry,
+    data_dir: PathBuf,
+}
+
+/// Starts the HTTP edge against the binary server at `node_address` (its own node).
+fn start_http(
+    settings: HttpSettings,
+    node_address: std::net::SocketAddr,
+    cluster_id: u128,
+    server_stats: Arc<net::server::ServerStats>,
+) -> Result<wallet_http::HttpEdge, String> {
+    // A server bound to every interface is reached, by its own edge, through loopback.
+    let node_address = if node_address.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), node_address.port())
+    } else {
+        node_address
+    };
+    let config = wallet_http::HttpConfig {
+        listen: settings.listen,
+        link: wallet_http::link::LinkConfig {
+            node_address,
+            cluster_id,
+            connections: wallet_http::link::NODE_CONNECTIONS_DEFAULT,
+            queue_depth_max: wallet_http::link::QUEUE_DEPTH_DEFAULT,
+            call_timeout_ms: wallet_http::link::CALL_TIMEOUT_MS_DEFAULT,
+        },
+        currencies: settings.currencies,
+        data_dir: Some(settings.data_dir),
+        server_stats: Some(server_stats),
+    };
+    wallet_http::HttpEdge::start(config).map_err(|e| e.to_string())
 }
 
 /// Serves `handler` on `listen` until SIGINT/SIGTERM, then stops the server and, once no request can
 /// reach it any more, the node.
+#[allow(clippy::too_many_arguments)]
 fn serve<N, H: net::server::Handler>(
     listen: std::net::SocketAddr,
     cluster_id: u128,
@@ -174,15 +225,23 @@ fn serve<N, H: net::server::Handler>(
     node: Arc<N>,
     handler: H,
     shutdown: impl FnOnce(N) -> Result<(), engine::EngineError>,
+    http: HttpSettings,
 ) -> Result<(), String> {
     let server = Server::start(ServerConfig::new(listen, cluster_id), handler)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let edge = start_http(http, server.local_address(), cluster_id, server.stats())?;
+    // Not "listening on": that phrase is the readiness line scripts wait for.
+    log::info!("HTTP API on {}", edge.local_address());
     // The readiness line: scripts and tests wait for `listening on ADDR`.
     log::info!("listening on {} (recovered in {} ms)", server.local_address(), started.elapsed().as_millis());
 
     let signal = signals::wait_for_shutdown_signal().map_err(|e| format!("waiting for signals failed: {e}"))?;
     log::info!("{signal}: stopping: finishing in-flight requests");
     let stopping = Instant::now();
+    // The edge first: it is a client of the server, and its requests in flight finish through it.
+    if let Err(error) = edge.shutdown() {
+        log::error!("http shutdown: {error}");
+    }
     if let Err(error) = server.shutdown() {
         log::error!("server shutdown: {error}");
     }
@@ -251,5 +310,12 @@ fn run_cluster_node(args: Args, path: &std::path::Path, node_id: u64) -> Result<
     log::info!("node {node_id} peers on {}", node.peer_address().map(|a| a.to_string()).unwrap_or_default());
     let node = Arc::new(node);
     let handler = tools::cluster_handler::ClusterHandler::new(node.clone());
-    serve(config.listen, cluster_id, started, node, handler, engine::replica::ClusterNode::shutdown)
+    let http = HttpSettings {
+        listen: args.http_listen.or(spec.http_address).or(config.http_listen).unwrap_or_else(|| {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0) // any free loopback port
+        }),
+        currencies: config.currencies().map_err(|(name, why)| format!("ledger {name}: {why}"))?,
+        data_dir: config.engine.data_dir.clone(),
+    };
+    serve(config.listen, cluster_id, started, node, handler, engine::replica::ClusterNode::shutdown, http)
 }

@@ -63,6 +63,8 @@ impl Default for ClusterOptions {
 struct Node {
     client_address: SocketAddr,
     peer_address: SocketAddr,
+    /// The node's HTTP/JSON API and /metrics (the cluster file's `http_address`).
+    http_address: SocketAddr,
     data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
@@ -104,10 +106,11 @@ impl LocalCluster {
         };
 
         let ids: Vec<u64> = (1..=options.nodes as u64).collect();
-        let ports = free_loopback_addresses(2 * options.nodes);
-        let (client_addresses, peer_addresses) = ports.split_at(options.nodes);
+        let ports = free_loopback_addresses(3 * options.nodes);
+        let (client_addresses, rest) = ports.split_at(options.nodes);
+        let (peer_addresses, http_addresses) = rest.split_at(options.nodes);
         let config_path = root.join("cluster.toml");
-        std::fs::write(&config_path, config_text(&options, &ids, client_addresses, peer_addresses))
+        std::fs::write(&config_path, config_text(&options, &ids, client_addresses, peer_addresses, http_addresses))
             .expect("write cluster config");
 
         let mut links = Vec::new();
@@ -143,6 +146,7 @@ impl LocalCluster {
             let node = Node {
                 client_address: client_addresses[index],
                 peer_address: peer_addresses[index],
+                http_address: http_addresses[index],
                 data_dir,
                 log_path: root.join(format!("node-{id}.log")),
                 args,
@@ -178,6 +182,10 @@ impl LocalCluster {
 
     pub fn peer_address(&self, id: u64) -> SocketAddr {
         self.node(id).peer_address
+    }
+
+    pub fn http_address(&self, id: u64) -> SocketAddr {
+        self.node(id).http_address
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -390,6 +398,7 @@ fn config_text(
     ids: &[u64],
     client_addresses: &[SocketAddr],
     peer_addresses: &[SocketAddr],
+    http_addresses: &[SocketAddr],
 ) -> String {
     let mut text = format!(
         "cluster_id = \"{CLUSTER_ID:#x}\"\npartitions = {}\nreplication_factor = {}\n",
@@ -397,8 +406,8 @@ fn config_text(
     );
     for (index, id) in ids.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[nodes]]\nid = {id}\naddress = \"{}\"\npeer_address = \"{}\"\n",
-            client_addresses[index], peer_addresses[index]
+            "\n[[nodes]]\nid = {id}\naddress = \"{}\"\npeer_address = \"{}\"\nhttp_address = \"{}\"\n",
+            client_addresses[index], peer_addresses[index], http_addresses[index]
         ));
     }
     if !options.replication.is_empty() {

@@ -203,7 +203,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         let answers = std::mem::take(&mut self.round_answers);
         let outcome = if self.buffer.is_started() && !self.buffer.is_empty() {
             let data = self.buffer.finish().to_vec();
-            self.raw.propose(data).map(|index| (index, self.term))
+            self.raw.propose(data).inspect(|_| crate::metrics::count_proposal()).map(|index| (index, self.term))
         } else {
             // Only replayed retries: their outcomes are in the log already, maybe not yet committed;
             // answer once everything this replica holds is applied.
@@ -354,6 +354,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
         }
         self.applied_index = entry.index;
+        crate::metrics::count_commits(1);
         while let Some(owed) = self.owed.front() {
             if owed.index > entry.index {
                 break;
@@ -421,6 +422,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             status.commit
         );
         let was = self.role;
+        if self.leader != status.leader {
+            crate::metrics::count_leader_change();
+        }
         self.role = status.role;
         self.term = status.term;
         self.leader = status.leader;

@@ -197,7 +197,11 @@ impl<H: Handles> Sink<H> {
         self.outputs.push(Output::Log { level, line });
     }
 
+    /// Items decided (or refused) here. Their results count once, at the node that decided them.
     fn items(&mut self, to: ItemsTo<H>, outcome: Result<Vec<ItemResult>, EngineError>) {
+        if let Ok(results) = &outcome {
+            crate::metrics::count_results(results);
+        }
         match to {
             ItemsTo::Local(to) => self.outputs.push(Output::Items { to, outcome }),
             ItemsTo::Remote { node, request_id, partition } => {
@@ -208,6 +212,11 @@ impl<H: Handles> Sink<H> {
                 self.send(node, PeerItem::ForwardReply { request_id, partition, reply });
             }
         }
+    }
+
+    /// Results another node decided, relayed to this node's client: counted there, not again here.
+    fn relay_items(&mut self, to: H::Items, results: Vec<ItemResult>) {
+        self.outputs.push(Output::Items { to, outcome: Ok(results) });
     }
 
     fn lookup(&mut self, to: LookupTo<H>, outcome: Result<Vec<Option<Account>>, EngineError>) {
@@ -442,6 +451,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     pub fn forward_undeliverable(&mut self, to: u64, request_id: u64) {
         if let Some(forwarded) = self.forwarded.remove(&request_id) {
             assert_eq!(forwarded.to, to, "a forwarded request is recorded with the node it went to");
+            crate::metrics::count_forward(crate::metrics::ForwardOutcome::NotQueued);
             self.suspect_remote_leader(forwarded.partition, to);
             let error = EngineError::Unavailable(format!("cannot queue the request for node {to}"));
             forwarded.request.fail(&mut self.sink, error);

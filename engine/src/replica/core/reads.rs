@@ -61,6 +61,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             .collect();
         for id in expired {
             let forwarded = self.forwarded.remove(&id).expect("listed just above");
+            crate::metrics::count_forward(crate::metrics::ForwardOutcome::TimedOut);
             self.suspect_remote_leader(forwarded.partition, forwarded.to);
             let error = EngineError::Unavailable(format!(
                 "node {}, the leader of partition {} as far as this node knew, did not answer in time",

@@ -2,6 +2,7 @@
 //! knows otherwise, parked while its partition has no leader; and what a forwarded request's reply
 //! does (answers the client, or sends the request on when the node no longer led).
 
+use crate::metrics::{self, ForwardOutcome};
 use net::protocol::{Consistency, ErrorCode};
 
 use super::{Batch, Handles, ItemsTo, LookupTo, Now, ReplicaCore, ReplicaStorage, Sink};
@@ -127,6 +128,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         self.next_request_id += 1;
         let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         self.sink.send(to, item);
+        metrics::count_forward(ForwardOutcome::Sent);
         let earlier = self.forwarded.insert(request_id, Forwarded { to, partition, request, trip });
         assert!(earlier.is_none(), "forwarded request id {request_id} used twice");
     }
@@ -173,15 +175,19 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 let tick_ms = self.replication.tick_interval_ms;
                 let not_before_ms = if hint.is_some() && trip.hops == 0 { now.mono_ms } else { now.mono_ms + tick_ms };
                 let trip = Trip { hops: trip.hops + 1, ..trip };
+                metrics::count_forward(ForwardOutcome::Redirected);
                 self.parked.push(Parked { partition, request, trip, not_before_ms, to: hint });
             }
             (Request::Items { batch, to }, ForwardReply::Results(results)) if results.len() == batch.len() => {
-                self.sink.items(ItemsTo::Local(to), Ok(results))
+                metrics::count_forward(ForwardOutcome::Answered);
+                self.sink.relay_items(to, results)
             }
             (Request::Lookup { ids, to, .. }, ForwardReply::Accounts(accounts)) if accounts.len() == ids.len() => {
+                metrics::count_forward(ForwardOutcome::Answered);
                 self.sink.lookup(LookupTo::Local(to), Ok(accounts))
             }
             (request, ForwardReply::Error { code, message, .. }) => {
+                metrics::count_forward(ForwardOutcome::Failed);
                 request.fail(&mut self.sink, EngineError::Remote { node: from, code, message })
             }
             (request, _) => request.fail(
