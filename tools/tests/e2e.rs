@@ -667,3 +667,18 @@ fn the_cluster_id_is_set_at_creation_and_every_frame_must_carry_it() {
     Client::connect(ClientConfig::new(vec![fresh.addr], 1)).unwrap().ping().expect("1 by default");
     assert!(fresh.terminate().success());
 }
+
+/// `walletctl status --wait-for-leaders MS` gives up once MS have passed with no node answering: a
+/// non-zero exit, not an endless wait and not an early one (the scripts rely on both).
+#[test]
+fn status_wait_for_leaders_gives_up_at_its_deadline() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap().to_string();
+    drop(unused);
+    let started = Instant::now();
+    let (code, out) = walletctl(&["--addr", &addr, "status", "--wait-for-leaders", "600"]);
+    let waited = started.elapsed();
+    assert_ne!(code, 0, "no node answered, yet status succeeded: {out}");
+    assert!(waited >= Duration::from_millis(600), "gave up after {waited:?}, before its deadline");
+    assert!(waited < Duration::from_millis(600 + 5_000), "kept waiting {waited:?} past its deadline");
+}

@@ -210,22 +210,22 @@ fn gather_status(cli: &Cli) -> Result<(net::protocol::NodeStatus, Vec<StatusView
     Ok((first, views))
 }
 
-/// Every member answered, and all of them name the same known leader for every partition.
+/// Every member answered, every partition is held by some member, and every member holding a replica
+/// of a partition names the same known leader for it. (A member lists only the partitions it holds a
+/// replica of: a cluster with more nodes than its replication factor lists each on some of them.)
 fn every_partition_has_a_leader(views: &[StatusView]) -> bool {
-    let mut leaders: Option<Vec<u64>> = None;
+    let mut leaders: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    let mut partitions = 0;
     for (_, view) in views {
         let Ok(status) = view else { return false };
-        let named: Vec<u64> = status.partition_states.iter().map(|p| p.leader).collect();
-        if named.len() != status.partitions as usize || named.contains(&0) {
-            return false;
-        }
-        match &leaders {
-            Some(agreed) if *agreed != named => return false,
-            Some(_) => {}
-            None => leaders = Some(named),
+        partitions = status.partitions;
+        for p in &status.partition_states {
+            if p.leader == 0 || *leaders.entry(p.partition).or_insert(p.leader) != p.leader {
+                return false;
+            }
         }
     }
-    true
+    leaders.len() == partitions as usize && leaders.keys().copied().eq(0..partitions)
 }
 
 fn status(cli: &Cli, wait_for_leaders_ms: Option<u64>) -> Result<i32, Failure> {
@@ -529,4 +529,35 @@ fn verify_replicas(cli: &Cli, data_dir: &std::path::Path) -> Result<i32, Failure
         println!("{}", if all_clean { "verify: OK" } else { "verify: VIOLATION FOUND" });
     }
     Ok(if all_clean { exit::OK } else { exit::REJECTED })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net::protocol::{NodeStatus, PartitionStatus};
+
+    fn view(node_id: u64, partitions: u32, leaders: &[(u32, u64)]) -> StatusView {
+        let partition_states = leaders
+            .iter()
+            .map(|&(partition, leader)| PartitionStatus { partition, leader, ..PartitionStatus::default() })
+            .collect();
+        (node_id, Ok(NodeStatus { node_id, partitions, shards: 1, partition_states, nodes: Vec::new() }))
+    }
+
+    #[test]
+    fn leaders_agree_per_partition_over_the_members_that_hold_it() {
+        // 3 partitions on 3 nodes, every node a replica of each.
+        let full = |p2| vec![view(1, 3, &[(0, 1), (1, 2), (2, p2)]), view(2, 3, &[(0, 1), (1, 2), (2, 3)])];
+        assert!(every_partition_has_a_leader(&full(3)));
+        assert!(!every_partition_has_a_leader(&full(2)), "two members name different leaders");
+        assert!(!every_partition_has_a_leader(&full(0)), "a member knows no leader yet");
+        // 5 nodes, 3 replicas each: every member lists only its own partitions.
+        let wide = vec![view(1, 3, &[(0, 1), (2, 3)]), view(2, 3, &[(0, 1), (1, 2)]), view(3, 3, &[(1, 2), (2, 3)])];
+        assert!(every_partition_has_a_leader(&wide), "partitions a member holds no replica of are not missing");
+        let uncovered = vec![view(1, 3, &[(0, 1)]), view(2, 3, &[(0, 1), (1, 2)])];
+        assert!(!every_partition_has_a_leader(&uncovered), "partition 2 is on no member that answered");
+        let mut unreachable = full(3);
+        unreachable.push((3, Err("connection refused".into())));
+        assert!(!every_partition_has_a_leader(&unreachable));
+    }
 }
