@@ -722,14 +722,18 @@ impl Wal {
     }
 
     /// Deletes whole segments whose entries are all `< before_index` and durable (after a
-    /// snapshot). Keeps the segment holding `before_index` and always the last segment, so
-    /// `first_index()` may stay below `before_index`.
+    /// snapshot). Keeps the segment holding `before_index`, always the last segment, and always the
+    /// newest segment file on disk, so `first_index()` may stay below `before_index`.
     pub fn remove_prefix(&mut self, before_index: u64) -> Result<(), WalError> {
         self.check_healthy()?;
         while self.segments.len() > 1 {
             let oldest = self.segments.front().expect("more than one segment");
             let last = oldest.last_index();
-            if last >= before_index || last > self.durable_index {
+            // The next segment may exist only in memory (its file is made at its first submit): then
+            // the oldest is the newest file on disk, and deleting it would leave a reopen no segment,
+            // so the log would forget its position and restart at index 1.
+            let next_on_disk = self.segments[1].file.is_some();
+            if last >= before_index || last > self.durable_index || !next_on_disk {
                 break;
             }
             let segment = self.segments.pop_front().expect("more than one segment");

@@ -109,3 +109,23 @@ fn invalid_options_and_second_open_are_refused() {
     let (_wal, _) = open(dir.path());
     assert!(Wal::open(dir.path(), small_options()).is_err(), "directory is locked");
 }
+
+/// Regression (found by `model.rs`, its shrunk case): `remove_prefix` deleted every segment file when
+/// the newest segment existed only in memory (its file is made at its first submit), so a reopen found
+/// no segment and restarted the log at index 1, forgetting entries that were durable.
+#[test]
+fn remove_prefix_keeps_the_newest_segment_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = open(dir.path());
+    append_range(&mut wal, 1, 29, 1);
+    wal.submit().expect("submit");
+    drop(wal);
+    let (mut wal, _) = open(dir.path());
+    assert_eq!(wal.last_index(), 29);
+    append_range(&mut wal, 30, 30, 1);
+    let durable = wal.durable_index();
+    wal.remove_prefix(30).expect("remove prefix");
+    drop(wal);
+    let (wal, _) = open(dir.path());
+    assert!(wal.last_index() >= durable, "durable entries up to {durable} survive, got {}", wal.last_index());
+}
