@@ -1,5 +1,7 @@
 //! The engine's typed errors. They are `Clone` because one failure may answer many waiting callers.
 
+use net::protocol::ErrorCode;
+
 use crate::config::ConfigError;
 use crate::store::StoreError;
 
@@ -40,6 +42,29 @@ pub enum EngineError {
     /// An error answered by another node for a forwarded request: a protocol `ErrorCode` number.
     #[error("node {node}: {message}")]
     Remote { node: u64, code: u16, message: String },
+}
+
+impl EngineError {
+    /// The protocol error code and message this failure is answered with. The one mapping from engine
+    /// failures to the wire, used by every handler and for every forwarded reply: `NotLeader`,
+    /// `Unavailable` and shutdown are retryable with the same ids; an error another node answered
+    /// keeps that node's code.
+    pub fn protocol_error(&self) -> (ErrorCode, String) {
+        let code = match self {
+            EngineError::NotLeader { .. } => ErrorCode::NotLeader,
+            EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
+                ErrorCode::Unavailable
+            }
+            EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
+            EngineError::HistoryCompacted { .. } => ErrorCode::HistoryCompacted,
+            EngineError::InvalidCursor { .. } => ErrorCode::InvalidCursor,
+            EngineError::Remote { code, message, .. } => {
+                return (ErrorCode::from_u16(*code).unwrap_or(ErrorCode::Internal), message.clone());
+            }
+            _ => ErrorCode::Internal,
+        };
+        (code, self.to_string())
+    }
 }
 
 impl From<StoreError> for EngineError {

@@ -63,9 +63,14 @@ impl Problem {
         Problem::new(status, code.name(), result_title(code), detail)
     }
 
-    /// An error frame from the node: retryable ones are 503, anything else a bug of the edge.
+    /// An error frame from the node: retryable ones are 503; history the node no longer holds is 410
+    /// and a history cursor it cannot start from is 400; anything else is a bug of the edge.
     pub fn from_node_error(code: ErrorCode, message: &str) -> Problem {
-        if code.is_retryable() {
+        if code == ErrorCode::HistoryCompacted {
+            Problem::new(StatusCode::GONE, "history_compacted", "That part of the history is no longer held", message)
+        } else if code == ErrorCode::InvalidCursor {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_cursor", "The history cursor does not name an event of this account", message)
+        } else if code.is_retryable() {
             Problem::unavailable(error_code_name(code), format!("the node answered {code:?}: {message}"))
         } else {
             Problem::internal(format!("the node refused what the edge sent ({code:?}): {message}"))
@@ -149,6 +154,8 @@ mod tests {
         }
         assert_eq!(Problem::from_node_error(ErrorCode::NotLeader, "x").status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(Problem::from_node_error(ErrorCode::EmptyBatch, "x").status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(Problem::from_node_error(ErrorCode::HistoryCompacted, "x").status, StatusCode::GONE);
+        assert_eq!(Problem::from_node_error(ErrorCode::InvalidCursor, "x").status, StatusCode::BAD_REQUEST);
         let with = Problem::invalid_request("bad").with("pointer", "/amount").body();
         assert_eq!(with["pointer"], "/amount");
         assert_eq!(with["code"], "invalid_request");

@@ -119,10 +119,17 @@ pub enum ErrorCode {
     Internal = 14,
     /// The server already holds its maximum number of connections.
     TooManyConnections = 15,
+    /// AccountHistory: the page would start below what the node still holds (older than the
+    /// partition's snapshot or the log's retention). Not retryable: that history is gone from this
+    /// node's log.
+    HistoryCompacted = 16,
+    /// AccountHistory: `from_seq` is neither 0, nor at or above the account's newest event, nor below
+    /// its creation, nor one of its own events (a `next_from_seq` an earlier page handed out).
+    InvalidCursor = 17,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::MalformedFrame,
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
@@ -138,6 +145,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::TooManyConnections,
+        ErrorCode::HistoryCompacted,
+        ErrorCode::InvalidCursor,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {

@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use engine::replica::shard::{error_code, GroupStatus};
+use engine::replica::shard::GroupStatus;
 use engine::replica::ClusterNode;
-use engine::EngineError;
 use net::protocol::PARTITION_FLAG_LEADER;
 use net::protocol::{ErrorCode, NodeAddress, NodeStatus, PartitionStatus, Request, Response};
 use net::server::{Handler, Responder};
 
-use crate::handler::{accounts_response, history_response};
+use crate::handler::{accounts_response, error_response, history_response};
 
 pub struct ClusterHandler {
     node: Arc<ClusterNode>,
@@ -21,13 +20,6 @@ impl ClusterHandler {
     pub fn new(node: Arc<ClusterNode>) -> ClusterHandler {
         ClusterHandler { node }
     }
-}
-
-/// The error frame for an engine failure, with the code a client can act on (`NotLeader` and
-/// `Unavailable` are retryable with the same ids).
-pub fn cluster_error_response(error: &EngineError) -> Response {
-    let (code, message) = error_code(error);
-    Response::error(ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal), message)
 }
 
 /// A node's Status answer without its view of the partitions (which the shards add): its id,
@@ -65,7 +57,7 @@ impl Handler for ClusterHandler {
             Box::new(move |outcome| {
                 responder.respond(match outcome {
                     Ok(results) => Response::Results(results),
-                    Err(error) => cluster_error_response(&error),
+                    Err(error) => error_response(&error),
                 })
             })
         };
@@ -84,7 +76,7 @@ impl Handler for ClusterHandler {
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
                             Ok(accounts) => accounts_response(&requested, accounts),
-                            Err(error) => cluster_error_response(&error),
+                            Err(error) => error_response(&error),
                         })
                     }),
                 )
@@ -93,7 +85,7 @@ impl Handler for ClusterHandler {
                 account_id,
                 (from_seq != 0).then_some(from_seq),
                 net::protocol::history_page_entries(limit),
-                Box::new(move |outcome| responder.respond(history_response(outcome, cluster_error_response))),
+                Box::new(move |outcome| responder.respond(history_response(outcome))),
             ),
             Request::LookupTransfers(_) => {
                 // Not yet: a replica's fields of old transfers leave its log at each snapshot, and the

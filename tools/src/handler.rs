@@ -10,7 +10,7 @@ use std::sync::Arc;
 use engine::shard::ShardStatus;
 use engine::{EngineError, Node};
 use net::protocol::{
-    AccountLookup, ErrorCode, NodeStatus, PartitionStatus, Request, Response, TransferLookup, PARTITION_FLAG_LEADER,
+    AccountLookup, NodeStatus, PartitionStatus, Request, Response, TransferLookup, PARTITION_FLAG_LEADER,
 };
 use net::server::{Handler, Responder};
 use net::types::ResultCode;
@@ -28,17 +28,11 @@ impl NodeHandler {
     }
 }
 
-/// The error frame for an engine failure. Shard failures and shutdown are retryable: the same
-/// request (same transfer ids) can be sent again once the node is back.
+/// The error frame for an engine failure ([`EngineError::protocol_error`], the one mapping every
+/// handler uses).
 pub fn error_response(error: &EngineError) -> Response {
-    let code = match error {
-        EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
-            ErrorCode::Unavailable
-        }
-        EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
-        _ => ErrorCode::Internal,
-    };
-    Response::error(code, error.to_string())
+    let (code, message) = error.protocol_error();
+    Response::error(code, message)
 }
 
 /// The Accounts answer for `requested` ids, in order, from the engine's per-id lookups.
@@ -74,12 +68,9 @@ pub fn transfers_response(requested: &[u128], records: Vec<Option<engine::shard:
     )
 }
 
-/// The History answer for a page (or the engine's error, through `error_response`). An unknown account
-/// is said so (`account_not_found`), so a client can tell it from a page past the account's creation.
-pub fn history_response(
-    outcome: Result<engine::history::HistoryPage, EngineError>,
-    error_response: impl Fn(&EngineError) -> Response,
-) -> Response {
+/// The History answer for a page (or the engine's error frame). An unknown account is said so
+/// (`account_not_found`), so a client can tell it from a page past the account's creation.
+pub fn history_response(outcome: Result<engine::history::HistoryPage, EngineError>) -> Response {
     match outcome {
         Ok(page) => Response::History { entries: page.entries, next_from_seq: page.next_seq, account_not_found: false },
         Err(EngineError::AccountNotFound { .. }) => {
@@ -162,7 +153,7 @@ impl Handler for NodeHandler {
                 account_id,
                 (from_seq != 0).then_some(from_seq),
                 net::protocol::history_page_entries(limit),
-                Box::new(move |outcome| responder.respond(history_response(outcome, error_response))),
+                Box::new(move |outcome| responder.respond(history_response(outcome))),
             ),
             Request::LookupTransfers(ids) => {
                 let requested = ids.clone();

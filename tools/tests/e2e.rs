@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use net::client::{Client, ClientConfig};
-use net::protocol::{AccountLookup, Consistency, Request, Response};
+use net::client::{Client, ClientConfig, ClientError};
+use net::protocol::{AccountLookup, Consistency, ErrorCode, Request, Response};
 use net::types::{transfer_id_from_parts, CreateAccount, HistoryKind, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
 
@@ -578,6 +578,17 @@ fn a_real_node_answers_as_the_protocol_section_says() {
     assert!(!before_creation.account_not_found);
     let missing = client.account_history(99, 0, 10).unwrap();
     assert!(missing.account_not_found && missing.entries.is_empty() && missing.next_from_seq.is_none());
+    // A seq between the account's own events that is not one of them (here the refused creation of
+    // account 3, right after account 2's) is refused with its own code, not `Internal`; the connection
+    // stays open.
+    let between = newest[1].seq + 1;
+    assert!(between < newest[0].seq, "account 2's creation and its deposit are not adjacent");
+    match client.account_history(2, between, 10) {
+        Err(ClientError::Server { code: ErrorCode::InvalidCursor, message }) => {
+            assert!(message.contains(&format!("no history event at seq {between}")), "{message}")
+        }
+        other => panic!("a cursor between events should be refused InvalidCursor, got {other:?}"),
+    }
     client.ping().expect("nothing above closed the connection");
     node.terminate();
 }

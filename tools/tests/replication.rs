@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use net::client::ClientConfig;
-use net::protocol::{AccountLookup, AccountRead, Consistency, NodeStatus, ReadLevel, PARTITION_FLAG_LEADER};
+use net::client::{ClientConfig, ClientError};
+use net::protocol::{AccountLookup, AccountRead, Consistency, ErrorCode, NodeStatus, ReadLevel, PARTITION_FLAG_LEADER};
 use net::routing::RoutingClient;
 use net::types::{partition_of, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
@@ -430,10 +430,11 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
                         None => break,
                     }
                 }
-                Err(error) => {
-                    assert!(error.to_string().contains("snapshot"), "{error}");
+                Err(ClientError::Server { code: ErrorCode::HistoryCompacted, message }) => {
+                    assert!(message.contains("snapshot"), "{message}");
                     break;
                 }
+                Err(error) => panic!("history older than the snapshot should be refused HistoryCompacted: {error}"),
             }
         }
     }

@@ -34,7 +34,7 @@ use crate::error::EngineError;
 use crate::join::BatchPart;
 use crate::metrics;
 use crate::raft_storage::WalStorage;
-pub use crate::replica::core::{error_code, GroupStatus};
+pub use crate::replica::core::GroupStatus;
 use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, RejoinMarker, ReplicaCore,
     ReplicaStorage,

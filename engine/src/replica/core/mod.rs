@@ -28,7 +28,7 @@ mod routing;
 
 use std::collections::{BTreeMap, HashMap};
 
-use net::protocol::{Consistency, ErrorCode};
+use net::protocol::Consistency;
 use net::types::{Account, CreateAccount, ItemResult, Transfer};
 use raft::{Entry, HardState, Snapshot, StorageError};
 
@@ -591,27 +591,11 @@ impl Batch {
 
 /// The answer a forwarding node gets for `error`; `NotLeader` names the leader this node knows of.
 fn error_reply(error: &EngineError) -> ForwardReply {
-    let (code, message) = error_code(error);
+    let (code, message) = error.protocol_error();
+    let code = code as u16;
     let leader = match error {
         EngineError::NotLeader { leader: Some(leader), .. } => *leader,
         _ => 0,
     };
     ForwardReply::Error { code, leader, message }
-}
-
-/// The protocol error code and message an engine error is answered with.
-pub fn error_code(error: &EngineError) -> (u16, String) {
-    let code = match error {
-        EngineError::NotLeader { .. } => ErrorCode::NotLeader,
-        EngineError::ShuttingDown | EngineError::ShardFailed { .. } | EngineError::Unavailable(_) => {
-            ErrorCode::Unavailable
-        }
-        EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
-        // No protocol code says "gone": the message tells the reader that older history is in the
-        // snapshot, not in the log.
-        EngineError::HistoryCompacted { .. } => ErrorCode::Unavailable,
-        EngineError::Remote { code, message, .. } => return (*code, message.clone()),
-        _ => ErrorCode::Internal,
-    };
-    (code as u16, error.to_string())
 }
