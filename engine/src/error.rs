@@ -37,6 +37,10 @@ pub enum EngineError {
     NotLeader { partition: u32, leader: Option<u64> },
     #[error("account {account_id}: its history before seq {seq} is older than the partition's snapshot and no longer in the log")]
     HistoryCompacted { account_id: u64, seq: u64 },
+    #[error("partition {partition}: this replica's oldest state is its snapshot at seq {snapshot_seq}; nothing older can be reproduced from it")]
+    BeforeSnapshot { partition: u32, snapshot_seq: u64 },
+    #[error("partition {partition} does not exist: the node has {partitions} partitions")]
+    NoSuchPartition { partition: u32, partitions: u32 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// An error answered by another node for a forwarded request: a protocol `ErrorCode` number.
@@ -56,7 +60,7 @@ impl EngineError {
                 ErrorCode::Unavailable
             }
             EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
-            EngineError::HistoryCompacted { .. } => ErrorCode::HistoryCompacted,
+            EngineError::HistoryCompacted { .. } | EngineError::BeforeSnapshot { .. } => ErrorCode::HistoryCompacted,
             EngineError::InvalidCursor { .. } => ErrorCode::InvalidCursor,
             EngineError::Remote { code, message, .. } => {
                 return (ErrorCode::from_u16(*code).unwrap_or(ErrorCode::Internal), message.clone());

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod partition;
+pub mod past;
 pub mod raft_storage;
 pub mod replica;
 pub mod shard;

@@ -354,6 +354,14 @@ impl PartitionState {
     /// error and changes nothing. Events whose effects disagree with this state (a posted transfer whose
     /// balances differ, a created account that exists) mean divergence: assert.
     pub fn apply_batch(&mut self, batch: &EventBatchView) -> Result<(), ApplyError> {
+        self.apply_batch_prefix(batch, batch.event_count())
+    }
+
+    /// [`Self::apply_batch`] of the batch's first `events` events only (all of its checks hold for the
+    /// whole batch): an audit's replay that stops at a given seq or time inside a batch. The state is then
+    /// what it was right after the last applied event.
+    pub fn apply_batch_prefix(&mut self, batch: &EventBatchView, events: u32) -> Result<(), ApplyError> {
+        assert!(events <= batch.event_count(), "prefix of {events} events of a batch of {}", batch.event_count());
         if batch.partition() != self.config.partition {
             return Err(ApplyError::WrongPartition { batch: batch.partition(), state: self.config.partition });
         }
@@ -375,8 +383,8 @@ impl PartitionState {
             return Err(ApplyError::TimestampNotIncreasing { first_ns, last_ns: self.last_timestamp_ns });
         }
         let mut ahead: [Option<Event>; WARM_AHEAD_TRANSFERS] = [None; WARM_AHEAD_TRANSFERS];
-        for start in (0..batch.event_count()).step_by(WARM_AHEAD_TRANSFERS) {
-            let end = batch.event_count().min(start + WARM_AHEAD_TRANSFERS as u32);
+        for start in (0..events).step_by(WARM_AHEAD_TRANSFERS) {
+            let end = events.min(start + WARM_AHEAD_TRANSFERS as u32);
             for (slot, index) in ahead.iter_mut().zip(start..end) {
                 *slot = Some(batch.event(index));
             }
@@ -392,7 +400,7 @@ impl PartitionState {
                 self.apply_event(event, judge_future_ids);
             }
         }
-        assert_eq!(self.last_seq, batch.last_seq());
+        assert_eq!(self.last_seq, batch.first_seq() + u64::from(events) - 1);
         Ok(())
     }
 

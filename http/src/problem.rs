@@ -69,7 +69,12 @@ impl Problem {
         if code == ErrorCode::HistoryCompacted {
             Problem::new(StatusCode::GONE, "history_compacted", "That part of the history is no longer held", message)
         } else if code == ErrorCode::InvalidCursor {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_cursor", "The history cursor does not name an event of this account", message)
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "The history cursor does not name an event of this account",
+                message,
+            )
         } else if code.is_retryable() {
             Problem::unavailable(error_code_name(code), format!("the node answered {code:?}: {message}"))
         } else {

@@ -203,7 +203,39 @@ fn walletctl_moves_money_and_explains_every_balance() {
     );
     let (code, out) = walletctl(&["--json", "wal", "dump", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    fingerprint::assert_unchanged(&before, &fingerprint::tree_fingerprint(&data), "verify and wal dump");
+    // Past states: account 2 as it was after each event of its history, by seq and by time.
+    let dir = data.to_str().unwrap();
+    let state = |bounds: &[&str]| {
+        let (code, out) = walletctl(&[&["--json", "state", "--data-dir", dir, "--account", "2"], bounds].concat());
+        (code, json(&out))
+    };
+    for (entry, balance) in history.iter().zip(["0.00", "100.00", "70.00"]) {
+        let seq = entry["seq"].as_u64().unwrap().to_string();
+        let (code, past) = state(&["--at-seq", &seq]);
+        assert_eq!((code, past["account"]["balance"].as_str()), (0, Some(balance)), "after seq {seq}: {past}");
+        assert_eq!(past["seq"].as_u64().unwrap().to_string(), seq, "the state is the one right after that event");
+        let time_ns = entry["timestamp_ns"].as_u64().unwrap().to_string();
+        let (code, past) = state(&["--at-time", &time_ns]);
+        assert_eq!((code, past["account"]["balance"].as_str()), (0, Some(balance)), "at {time_ns} ns: {past}");
+    }
+    let (code, newest) = state(&[]);
+    assert_eq!((code, newest["account"]["balance"].as_str()), (0, Some("70.00")));
+    assert_eq!(newest["seq"], newest["log_last_seq"], "no bound: the newest state the log holds");
+    let created = history[0]["seq"].as_u64().unwrap();
+    let (code, past) = state(&["--at-seq", &(created - 1).to_string()]);
+    assert_eq!((code, &past["account"]), (1, &Value::Null), "before its creation the account did not exist: {past}");
+    let (code, past) = state(&["--at-time", "1970-01-01T00:00:01Z"]);
+    assert_eq!((code, past["seq"].as_u64(), past["accounts"].as_u64()), (1, Some(0), Some(0)), "{past}");
+    let (code, text) = walletctl(&["state", "--data-dir", dir, "--partition", "0"]);
+    assert!(code == 0 && text.contains(&format!("state after seq {}", newest["seq"])), "{text}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_walletctl"))
+        .args(["state", "--data-dir", dir, "--partition", "7"])
+        .output()
+        .expect("walletctl runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("partition 7 does not exist: the node has 1 partitions"), "{stderr}");
+    fingerprint::assert_unchanged(&before, &fingerprint::tree_fingerprint(&data), "verify, wal dump and state");
     assert!(has_torn_tail_marker(&torn_segment), "the audit left the torn tail in place");
 
     let node = Walletd::start(&data, &[]);

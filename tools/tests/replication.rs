@@ -271,6 +271,8 @@ fn wait_converged(cluster: &LocalCluster) -> Vec<(u32, u64, u64)> {
 
 /// Stops every node cleanly and replays each one's replicas offline with `walletctl verify`: every
 /// replica of a partition must replay to at least the live applied index and to the live digest.
+/// Then `walletctl state` reproduces each replica's newest state (the replay's digest) and a past one
+/// half-way along its log, which every replica that still holds it must agree on.
 fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) {
     for id in cluster.node_ids() {
         if cluster.is_running(id) {
@@ -278,12 +280,47 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
             assert!(status.success(), "node {id} stopped with {status}");
         }
     }
+    // (partition, seq) -> (node, digest) of the first replica that reproduced that past state.
+    let mut past_digests: BTreeMap<(u32, u64), (u64, String)> = BTreeMap::new();
     for id in cluster.node_ids() {
         let dir = cluster.data_dir(id);
         let before = support::fingerprint::tree_fingerprint(&dir);
         let (code, out) = cluster.walletctl(&["--json", "verify", "--data-dir", dir.to_str().unwrap()]);
-        support::fingerprint::assert_unchanged(&before, &support::fingerprint::tree_fingerprint(&dir), "verify");
         let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        for &(partition, _, _) in live {
+            let replay = report["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == partition);
+            let Some(replay) = replay else { continue };
+            let partition_arg = partition.to_string();
+            let state = |bounds: &[&str]| {
+                let args =
+                    [&["--json", "state", "--data-dir", dir.to_str().unwrap(), "--partition", &partition_arg], bounds];
+                let (code, out) = cluster.walletctl(&args.concat());
+                (code, if code == 0 { serde_json::from_str(out.trim()).unwrap() } else { Value::Null })
+            };
+            let (code, newest) = state(&[]);
+            assert_eq!(code, 0, "node {id} partition {partition}: state");
+            assert_eq!((&newest["digest"], &newest["seq"]), (&replay["digest"], &replay["applied_seq"]), "node {id}");
+            let half = replay["applied_seq"].as_u64().unwrap() / 2;
+            match state(&["--at-seq", &half.to_string()]) {
+                (0, past) => {
+                    assert_eq!(past["seq"].as_u64(), Some(half), "node {id} partition {partition}: {past}");
+                    let digest = past["digest"].as_str().unwrap().to_string();
+                    let (first, agreed) = past_digests.entry((partition, half)).or_insert((id, digest.clone()));
+                    assert_eq!(
+                        *agreed, digest,
+                        "nodes {first} and {id} disagree on partition {partition} at seq {half}"
+                    );
+                }
+                // Refused only where the replica's snapshot is newer than that seq.
+                (4, _) => assert!(replay["snapshot_index"].as_u64().unwrap() > 0, "node {id} partition {partition}"),
+                (code, _) => panic!("node {id} partition {partition}: state at seq {half} exited {code}"),
+            }
+        }
+        support::fingerprint::assert_unchanged(
+            &before,
+            &support::fingerprint::tree_fingerprint(&dir),
+            "verify and state",
+        );
         assert_eq!(code, 0, "node {id} verify: {out}");
         assert_eq!(report["clean"], true, "node {id}: {out}");
         for &(partition, applied, digest) in live {

@@ -12,6 +12,7 @@ use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::event::EventBatchView;
 use crate::partition::PartitionState;
+use crate::past::{PastState, Until};
 use crate::raft_storage::WalStorage;
 use crate::replica::node::ClusterManifest;
 use crate::replica::shard::{partition_dir, replica_wal_options};
@@ -39,6 +40,19 @@ pub struct ReplicaReplay {
 /// Replays every partition replica in a stopped cluster node's data directory.
 pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineError> {
     let _lock = crate::node::DataDirLock::acquire_for_audit(data_dir)?;
+    let (manifest, config) = read_config(data_dir)?;
+    let mut replays = Vec::new();
+    for partition in 0..manifest.partitions {
+        let dir = partition_dir(data_dir, partition);
+        if dir.exists() {
+            replays.push(replay_partition(&config, partition, &dir)?);
+        }
+    }
+    Ok(replays)
+}
+
+/// The manifest of a cluster node's data directory and the configuration its replicas replay with.
+fn read_config(data_dir: &Path) -> Result<(ClusterManifest, NodeConfig), EngineError> {
     let manifest = ClusterManifest::read(data_dir)?.ok_or_else(|| EngineError::Manifest {
         path: data_dir.display().to_string(),
         why: "not a cluster node's data directory (no cluster-node.toml)".into(),
@@ -51,17 +65,23 @@ pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineErro
         id_hash_key: manifest.id_hash_key().unwrap_or_default(),
         ..NodeConfig::default()
     };
-    let mut replays = Vec::new();
-    for partition in 0..manifest.partitions {
-        let dir = partition_dir(data_dir, partition);
-        if dir.exists() {
-            replays.push(replay_partition(&config, partition, &dir)?);
-        }
-    }
-    Ok(replays)
+    Ok((manifest, config))
 }
 
-fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<ReplicaReplay, EngineError> {
+/// A replica replayed from its snapshot along its committed log, as far as `until` allows.
+struct Replayed {
+    state: PartitionState,
+    snapshot_index: u64,
+    /// The seq the snapshot holds (0: no snapshot): nothing older can be reproduced from this replica.
+    snapshot_seq: u64,
+    commit_index: u64,
+    last_index: u64,
+    entries_replayed: u64,
+    /// The newest seq the committed log holds (the snapshot's when the log holds none).
+    log_last_seq: u64,
+}
+
+fn replay(config: &NodeConfig, partition: u32, dir: &Path, until: &Until) -> Result<Replayed, EngineError> {
     let log_error = |e: &dyn std::fmt::Display| EngineError::Log(format!("partition {partition}: {e}"));
     let storage = WalStorage::open_read_only(dir, replica_wal_options(config)).map_err(|e| log_error(&e))?;
     let snapshot = storage.snapshot().map_err(|e| log_error(&e))?;
@@ -73,8 +93,14 @@ fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<R
         let (_, rows) = decode_partition_image(&snapshot.data).map_err(|e| log_error(&e))?;
         PartitionState::restore_rows(partition_config(config, partition), rows).map_err(|e| log_error(&e))?
     };
+    let snapshot_seq = state.last_seq();
+    if snapshot_seq > 0 && (snapshot_seq > until.seq_max || state.last_timestamp_ns() > until.timestamp_ns_max) {
+        return Err(EngineError::BeforeSnapshot { partition, snapshot_seq });
+    }
     let mut next = snapshot.meta.index + 1;
     let mut replayed = 0;
+    let mut log_last_seq = snapshot_seq;
+    let mut replaying = true;
     // An installed snapshot is committed even when the hard state's commit has not caught up with it.
     let end = commit.min(last_index).max(snapshot.meta.index);
     while next <= end {
@@ -82,12 +108,33 @@ fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<R
         for entry in &entries {
             if let Payload::Data(bytes) = &entry.payload {
                 let view = EventBatchView::new(bytes).map_err(|e| log_error(&format!("entry {}: {e}", entry.index)))?;
-                state.apply_batch(&view).map_err(|e| log_error(&format!("entry {}: {e}", entry.index)))?;
+                log_last_seq = log_last_seq.max(view.last_seq());
+                if replaying {
+                    replaying = until
+                        .apply(&mut state, &view)
+                        .map_err(|e| log_error(&format!("entry {}: {e}", entry.index)))?;
+                    replayed += 1;
+                }
+            } else if replaying {
+                replayed += 1;
             }
-            replayed += 1;
             next = entry.index + 1;
         }
     }
+    Ok(Replayed {
+        state,
+        snapshot_index: snapshot.meta.index,
+        snapshot_seq,
+        commit_index: end,
+        last_index,
+        entries_replayed: replayed,
+        log_last_seq,
+    })
+}
+
+fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<ReplicaReplay, EngineError> {
+    let Replayed { state, snapshot_index, commit_index, last_index, entries_replayed, .. } =
+        replay(config, partition, dir, &Until::END)?;
     let mut negative_accounts = 0;
     state.for_each_account(|account| {
         if account.flags & ACCOUNT_FLAG_EXTERNAL == 0 && account.balance < 0 {
@@ -96,14 +143,34 @@ fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<R
     });
     Ok(ReplicaReplay {
         partition,
-        snapshot_index: snapshot.meta.index,
-        commit_index: end,
+        snapshot_index,
+        commit_index,
         last_index,
-        entries_replayed: replayed,
+        entries_replayed,
         applied_seq: state.last_seq(),
         digest: state.digest(),
         accounts: state.accounts_len(),
         ledger_sums: state.ledger_sums(),
         negative_accounts,
     })
+}
+
+/// [`crate::past::state_at`] for a stopped cluster node: the replica of `partition` it holds, from its
+/// snapshot (a bound older than the snapshot is refused `HistoryCompacted`: this replica no longer holds
+/// what came before) along its committed log.
+pub fn state_at(data_dir: &Path, partition: u32, until: Until, account: Option<u64>) -> Result<PastState, EngineError> {
+    let _lock = crate::node::DataDirLock::acquire_for_audit(data_dir)?;
+    let (manifest, config) = read_config(data_dir)?;
+    if partition >= manifest.partitions {
+        return Err(EngineError::NoSuchPartition { partition, partitions: manifest.partitions });
+    }
+    let dir = partition_dir(data_dir, partition);
+    if !dir.exists() {
+        return Err(EngineError::Manifest {
+            path: data_dir.display().to_string(),
+            why: format!("this node holds no replica of partition {partition}"),
+        });
+    }
+    let replayed = replay(&config, partition, &dir, &until)?;
+    Ok(PastState::of(partition, &replayed.state, replayed.snapshot_seq, replayed.log_last_seq, account))
 }

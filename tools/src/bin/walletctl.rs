@@ -81,6 +81,25 @@ enum Command {
         #[arg(long, value_name = "MS")]
         wait_for_leaders: Option<u64>,
     },
+    /// A STOPPED node's partition, or one account, as it was right after --at-seq or at --at-time
+    /// (both may be given; neither: the newest state its log holds). Replays the log; changes nothing.
+    State {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The partition (default: the account's).
+        #[arg(long, required_unless_present = "account")]
+        partition: Option<u32>,
+        /// Show this account as it was then.
+        #[arg(long)]
+        account: Option<u64>,
+        /// Include events up to this sequence number of the partition.
+        #[arg(long)]
+        at_seq: Option<u64>,
+        /// Include events decided at or before this time: RFC 3339 UTC (2026-12-01T12:00:00.250Z) or
+        /// nanoseconds since the Unix epoch.
+        #[arg(long, value_parser = parse_time_ns)]
+        at_time: Option<u64>,
+    },
     /// Replay a STOPPED node's logs and report drift against its state store.
     Verify {
         #[arg(long)]
@@ -394,6 +413,9 @@ fn run(cli: &Cli) -> Result<i32, Failure> {
         Command::History { id, limit, from_seq } => history(cli, &registry, *id, *limit, *from_seq),
         Command::Status { wait_for_leaders } => status(cli, *wait_for_leaders),
         Command::Verify { data_dir } => verify(cli, data_dir),
+        Command::State { data_dir, partition, account, at_seq, at_time } => {
+            past_state(cli, &registry, data_dir, *partition, *account, *at_seq, *at_time)
+        }
         Command::Wal { command: WalCommand::Dump { data_dir, shard, from, limit } } => {
             let options = DumpOptions { shard: *shard, from_index: *from, records_max: *limit, json: cli.json };
             wal_dump::dump(data_dir, &options, |line| println!("{line}"))
@@ -450,6 +472,75 @@ fn history(cli: &Cli, registry: &CurrencyRegistry, id: u64, limit: u32, from_seq
         }
     }
     Ok(exit::OK)
+}
+
+/// `--at-time`: RFC 3339 in UTC, or a plain number of nanoseconds since the Unix epoch.
+fn parse_time_ns(text: &str) -> Result<u64, String> {
+    if let Ok(ns) = text.parse::<u64>() {
+        return Ok(ns);
+    }
+    let time =
+        humantime::parse_rfc3339(text).map_err(|e| format!("{text:?} is neither RFC 3339 UTC nor nanoseconds: {e}"))?;
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{text:?} is before 1970"))?;
+    u64::try_from(since_epoch.as_nanos()).map_err(|_| format!("{text:?} is past what nanoseconds in a u64 hold"))
+}
+
+fn past_state(
+    cli: &Cli,
+    registry: &CurrencyRegistry,
+    data_dir: &std::path::Path,
+    partition: Option<u32>,
+    account: Option<u64>,
+    at_seq: Option<u64>,
+    at_time: Option<u64>,
+) -> Result<i32, Failure> {
+    let local = |e: engine::EngineError| Failure(exit::LOCAL, e.to_string());
+    let partition = match (partition, account) {
+        (Some(partition), _) => partition,
+        (None, Some(id)) => net::types::partition_of(id, engine::past::partitions_of(data_dir).map_err(local)?),
+        (None, None) => unreachable!("clap requires --partition or --account"),
+    };
+    let until =
+        engine::past::Until { seq_max: at_seq.unwrap_or(u64::MAX), timestamp_ns_max: at_time.unwrap_or(u64::MAX) };
+    let past = engine::past::state_at(data_dir, partition, until, account).map_err(local)?;
+    let found = account.is_none() || past.account.is_some();
+    if cli.json {
+        let account_json = past.account.map(|a| {
+            json!({"id": a.id, "ledger": a.ledger, "balance_minor": a.balance.to_string(),
+                "balance": registry.by_ledger(a.ledger).map(|c| c.format_balance(a.balance)),
+                "created_seq": a.created_seq, "last_seq": a.last_seq})
+        });
+        println!(
+            "{}",
+            json!({"partition": past.partition, "seq": past.seq, "time": (past.seq > 0).then(|| output::utc_time(past.timestamp_ns)),
+                "timestamp_ns": past.timestamp_ns, "log_last_seq": past.log_last_seq, "base_seq": past.base_seq,
+                "accounts": past.accounts, "digest": format!("{:032x}", past.digest),
+                "ledger_sums": past.ledger_sums.iter().map(|(l, s)| json!({"ledger": l, "sum": s.to_string()})).collect::<Vec<_>>(),
+                "account": account_json})
+        );
+    } else {
+        let when = if past.seq == 0 {
+            "before its first event".to_string()
+        } else {
+            format!("at {}", output::utc_time(past.timestamp_ns))
+        };
+        println!(
+            "partition {}: state after seq {} ({when}; its log reaches seq {}), {} accounts, digest {:016x}",
+            past.partition, past.seq, past.log_last_seq, past.accounts, past.digest as u64
+        );
+        match (account, past.account) {
+            (Some(_), Some(a)) => {
+                let balance = registry.by_ledger(a.ledger).map_or_else(
+                    || format!("{} (ledger {})", a.balance, a.ledger),
+                    |c| format!("{} {}", c.format_balance(a.balance), c.name),
+                );
+                println!("account {}: balance {balance}, last changed at seq {}", a.id, a.last_seq);
+            }
+            (Some(id), None) => println!("account {id}: did not exist then"),
+            (None, _) => {}
+        }
+    }
+    Ok(if found { exit::OK } else { exit::REJECTED })
 }
 
 fn verify(cli: &Cli, data_dir: &std::path::Path) -> Result<i32, Failure> {
