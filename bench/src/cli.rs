@@ -92,6 +92,10 @@ pub struct Args {
     /// No progress lines or report on stdout (the results line is still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// The node's metrics endpoint (walletd's HTTP edge, e.g. http://127.0.0.1:8400/metrics): adds a
+    /// report section with where writes spent their time on the node, per stage.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
 }
 
 impl Args {
@@ -138,6 +142,7 @@ impl Args {
         config.null_server_partitions = self.null_server_partitions;
         config.progress = !self.quiet;
         config.seed = self.seed;
+        config.metrics_url = self.metrics_url;
         config.validate()?;
         Ok(config)
     }

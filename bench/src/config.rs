@@ -78,6 +78,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// Seeds the workload; `None` seeds from the clock.
     pub seed: Option<u64>,
+    /// The node's Prometheus endpoint (`http://127.0.0.1:8400/metrics`): scraped before and after the
+    /// load for the per-stage server latency report.
+    pub metrics_url: Option<String>,
 }
 
 impl RunConfig {
@@ -108,6 +111,7 @@ impl RunConfig {
             null_server_partitions: NULL_SERVER_PARTITIONS_DEFAULT,
             progress: true,
             seed: None,
+            metrics_url: None,
         }
     }
 

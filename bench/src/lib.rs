@@ -27,6 +27,7 @@ pub mod null_server;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod stages;
 pub mod stats;
 pub mod svg;
 pub mod verify;

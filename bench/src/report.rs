@@ -126,6 +126,9 @@ pub struct Summary {
     pub retry_check: Option<crate::worker::RetryCheck>,
     pub throughput_per_second: Vec<u64>,
     pub parameters: Parameters,
+    /// `--metrics-url`: the node's per-stage latency over the load (warmup included), or why it could
+    /// not be read after the run.
+    pub server_stages: Option<Result<Vec<crate::stages::StageSummary>, String>>,
 }
 
 impl Summary {
@@ -171,6 +174,7 @@ impl Summary {
             retry_check: None,
             throughput_per_second: aggregator.per_second.clone(),
             parameters,
+            server_stages: None,
         }
     }
 
@@ -262,6 +266,36 @@ pub fn human_report(summary: &Summary) -> String {
             "retries      {verdict}: {} early transfers resent at the end, {} replayed with their original outcome, {} not",
             check.transfers, check.replayed_as_original, check.mismatched
         );
+    }
+    match &summary.server_stages {
+        None => {}
+        Some(Err(error)) => {
+            let _ = writeln!(out, "server       stages not read after the run: {error}");
+        }
+        Some(Ok(stages)) => {
+            let _ = writeln!(
+                out,
+                "server       time on the node per stage, per batch part (log_sync per round), warmup included; at most:"
+            );
+            let bound = |us: Option<u64>| us.map_or_else(|| "> 8.5 s".to_string(), format_us);
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "stage", "count", "p50", "p99", "p99.9", "max"
+            );
+            for s in stages {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    s.stage,
+                    s.count,
+                    bound(s.p50_us_at_most),
+                    bound(s.p99_us_at_most),
+                    bound(s.p999_us_at_most),
+                    bound(s.max_us_at_most)
+                );
+            }
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "parameters");

@@ -43,6 +43,8 @@ pub enum RunError {
     NullServer(#[from] ServerError),
     #[error("writing results: {0}")]
     Io(#[from] io::Error),
+    #[error("--metrics-url: {0}")]
+    Metrics(String),
 }
 
 /// Exit codes of the CLI.
@@ -126,9 +128,18 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
         fail_amount_minor: supply.saturating_add(1).clamp(TRANSFER_AMOUNT_MINOR_MAX + 1, i64::MAX as u64),
     };
 
+    // Refused before any load when the endpoint does not answer: the report was asked for.
+    let stages_before =
+        config.metrics_url.as_deref().map(crate::stages::scrape).transpose().map_err(RunError::Metrics)?;
     let start = Instant::now() + Duration::from_millis(START_DELAY_MS);
     let plans = plan_workers(&config, &client_config, start, seed, run_entropy as u32);
     let (aggregator, reports) = drive(&config, &plans, &workload, start);
+    let server_stages = match (&config.metrics_url, &stages_before) {
+        (Some(url), Some(before)) => Some(
+            crate::stages::scrape(url).map(|after| crate::stages::summarize(before, &after)).map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    };
 
     let transfers_sent = reports.iter().map(|report| report.transfers_sent).sum();
     let retry_check = config.retry_first.map(|_| {
@@ -169,6 +180,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, RunError> {
         dir.file_name().map_or_else(|| dir.display().to_string(), |name| name.to_string_lossy().into_owned());
     let mut summary = Summary::new(run_name, &aggregator, transfers_sent, worker_errors, verify, parameters);
     summary.retry_check = retry_check;
+    summary.server_stages = server_stages;
     write_reports(&dir, &summary, &aggregator)?;
     if config.progress {
         print!("{}", crate::report::human_report(&summary));

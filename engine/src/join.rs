@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use net::types::ItemResult;
 
@@ -15,6 +16,8 @@ use crate::error::EngineError;
 pub type BatchReply = Box<dyn FnOnce(Result<Vec<ItemResult>, EngineError>) + Send>;
 
 struct Join {
+    /// When the node accepted the batch: the start of every stage measurement of its parts.
+    accepted_at: Instant,
     parts_remaining: AtomicUsize,
     state: Mutex<JoinState>,
 }
@@ -37,6 +40,7 @@ pub fn split(items_len: usize, parts: Vec<Vec<u32>>, reply: BatchReply) -> Vec<B
     let covered: usize = parts.iter().map(Vec::len).sum();
     assert_eq!(covered, items_len, "every item belongs to exactly one part");
     let join = Arc::new(Join {
+        accepted_at: Instant::now(),
         parts_remaining: AtomicUsize::new(parts.len()),
         state: Mutex::new(JoinState { results: vec![None; items_len], error: None, reply: Some(reply) }),
     });
@@ -51,6 +55,11 @@ impl BatchPart {
 
     pub fn len(&self) -> usize {
         self.indices.len()
+    }
+
+    /// When the node accepted the batch this part belongs to.
+    pub fn accepted_at(&self) -> Instant {
+        self.join.accepted_at
     }
 
     pub fn is_empty(&self) -> bool {

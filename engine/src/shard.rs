@@ -33,6 +33,7 @@ use crate::history;
 use crate::id_index::{self, ColdRun, RunBuilder};
 use crate::idempotency::{ColdImage, IdImage, RunHome, NANOS_PER_MILLI};
 use crate::join::BatchPart;
+use crate::metrics::Stage;
 use crate::partition::{DirtyRow, PartitionConfig, PartitionState};
 use crate::store::{Checkpoint, PartitionMeta, Store};
 use std::sync::Arc;
@@ -175,7 +176,8 @@ pub struct Shard {
     store: Store,
     checkpoint_index: u64,
     last_checkpoint: Instant,
-    owed: VecDeque<(u64, Vec<Owed>)>,
+    /// Answers waiting for the log: (last log index of their round, when it was appended, answers).
+    owed: VecDeque<(u64, Instant, Vec<Owed>)>,
     round_owed: Vec<Owed>,
     /// Lookups waiting for a sequence, in arrival order. Bounded by what the server lets be in flight
     /// (requests per connection times connections), and each leaves within `read_wait_timeout_ms`.
@@ -472,16 +474,22 @@ impl Shard {
         }
         match command {
             ShardCommand::Transfers { partition, items, part } => {
+                let started = Instant::now();
+                crate::metrics::observe_stage(Stage::QueueWait, started.saturating_duration_since(part.accepted_at()));
                 let slot = self.begin(partition, items.len());
                 let mut results = Vec::with_capacity(items.len());
                 self.partitions[slot].execute_transfers(now_ns, &items, &mut self.buffers[slot], &mut results);
+                crate::metrics::observe_stage(Stage::Execute, started.elapsed());
                 self.round_owed.push(Owed::Items { part, results });
                 items.len()
             }
             ShardCommand::CreateAccounts { partition, items, part } => {
+                let started = Instant::now();
+                crate::metrics::observe_stage(Stage::QueueWait, started.saturating_duration_since(part.accepted_at()));
                 let slot = self.begin(partition, items.len());
                 let mut results = Vec::with_capacity(items.len());
                 self.partitions[slot].execute_create_accounts(now_ns, &items, &mut self.buffers[slot], &mut results);
+                crate::metrics::observe_stage(Stage::Execute, started.elapsed());
                 self.round_owed.push(Owed::Items { part, results });
                 items.len()
             }
@@ -619,7 +627,7 @@ impl Shard {
         }
         if !self.round_owed.is_empty() {
             let owed = std::mem::take(&mut self.round_owed);
-            self.owed.push_back((self.wal.last_index(), owed));
+            self.owed.push_back((self.wal.last_index(), Instant::now(), owed));
         }
     }
 
@@ -645,11 +653,14 @@ impl Shard {
     }
 
     fn release_owed(&mut self, durable: u64) {
-        while let Some((index, _)) = self.owed.front() {
+        while let Some((index, _, _)) = self.owed.front() {
             if *index > durable {
                 break;
             }
-            let (_, owed) = self.owed.pop_front().expect("front exists");
+            let (_, appended_at, owed) = self.owed.pop_front().expect("front exists");
+            if self.failed.is_none() {
+                crate::metrics::observe_stage(Stage::LogSync, appended_at.elapsed());
+            }
             for owed in owed {
                 self.answer(owed);
             }
@@ -662,6 +673,7 @@ impl Shard {
         match (owed, failure) {
             (Owed::Items { part, results }, None) => {
                 crate::metrics::count_results(&results);
+                crate::metrics::observe_stage(Stage::Total, part.accepted_at().elapsed());
                 part.complete(Ok(results))
             }
             (Owed::Items { part, .. }, Some(error)) => part.complete(Err(error)),

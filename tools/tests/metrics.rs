@@ -19,7 +19,7 @@ const LOAD_BATCHES: u64 = 40;
 const LOAD_BATCH_TRANSFERS: u64 = 100;
 const ACCOUNTS: u64 = 10;
 /// Label names the exposition may use; none of them names an account.
-const LABELS_ALLOWED: [&str; 8] = ["code", "outcome", "shard", "queue", "route", "status", "partition", "le"];
+const LABELS_ALLOWED: [&str; 9] = ["code", "outcome", "shard", "queue", "route", "status", "partition", "stage", "le"];
 
 /// Sample name with its labels (as written) → value.
 type Samples = BTreeMap<String, f64>;
@@ -150,6 +150,17 @@ fn a_single_node_exposes_what_its_load_did() {
     assert_eq!(value(&samples, "wallet_partition_has_leader{partition=\"0\"}"), 1.0);
     assert_eq!(value(&samples, "wallet_partition_led_here{partition=\"0\"}"), 1.0);
     assert_eq!(value(&samples, "wallet_leader_changes_total"), 0.0, "a single node has one leader, always");
+    // Every write part is timed through its stages: 1 batch of accounts, the load's batches, the
+    // rejections, and each HTTP transfer; the log sync once per round that held writes.
+    let stage =
+        |name: &str, part: &str| value(&samples, &format!("wallet_stage_duration_seconds_{part}{{stage=\"{name}\"}}"));
+    let parts = (1 + LOAD_BATCHES + 1 + 3) as f64;
+    for name in ["queue_wait", "execute", "total"] {
+        assert_eq!(stage(name, "count"), parts, "stage {name}: {text}");
+    }
+    assert!((1.0..=parts).contains(&stage("log_sync", "count")), "{text}");
+    assert!(stage("total", "sum") > stage("execute", "sum"), "a write's total includes its execution");
+    assert!(stage("total", "sum") >= stage("log_sync", "sum") / parts, "{text}");
     let queue = |k: &String| k.starts_with("wallet_shard_queue_depth{") && k.contains("shard=\"0\"");
     assert!(samples.keys().any(queue), "{text}");
     for name in [
@@ -158,6 +169,45 @@ fn a_single_node_exposes_what_its_load_did() {
     ] {
         assert!(samples.contains_key(name), "{name} is exposed: {text}");
     }
+}
+
+/// walletbench's `--metrics-url` report: the node's stages over a short closed-loop run, each counted
+/// and with ordered quantiles, and a refused endpoint stops the run before any load.
+#[test]
+fn walletbench_reports_where_the_node_spent_the_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(dir.path());
+    let mut config = bench::config::RunConfig::new(vec![node.client_address]);
+    config.accounts = 1_000;
+    config.batch_size = 500;
+    config.connections = 2;
+    config.inflight = 2;
+    config.warmup = std::time::Duration::from_millis(200);
+    config.duration = std::time::Duration::from_secs(1);
+    config.progress = false;
+    config.out_dir = Some(dir.path().join("bench"));
+    config.metrics_url = Some(format!("http://{}/metrics", node.http_address));
+    let outcome = bench::run::run(&config).expect("the run completes");
+    assert_eq!(outcome.exit_code(), bench::run::EXIT_OK);
+    let stages = outcome.summary.server_stages.clone().expect("asked for").expect("read after the run");
+    let names: Vec<&str> = stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(names, ["execute", "log_sync", "queue_wait", "total"]);
+    for s in &stages {
+        assert!(s.count > 0, "{s:?}");
+        let (p50, p99, max) = (s.p50_us_at_most.unwrap(), s.p99_us_at_most.unwrap(), s.max_us_at_most.unwrap());
+        assert!(p50 <= p99 && p99 <= max, "{s:?}");
+    }
+    let total = stages.iter().find(|s| s.stage == "total").unwrap();
+    let batches = outcome.summary.batches_answered;
+    assert!(total.count >= batches, "every answered batch was timed on the node: {total:?} vs {batches}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["server_stages"]["Ok"].as_array().map(Vec::len), Some(4), "{summary}");
+
+    config.metrics_url = Some(format!("http://{}/no-such-endpoint-port-is-closed", support::http::free_address()));
+    config.out_dir = Some(dir.path().join("refused"));
+    let refused = bench::run::run(&config).expect_err("an endpoint that does not answer stops the run");
+    assert!(refused.to_string().starts_with("--metrics-url: GET"), "{refused}");
 }
 
 #[test]
