@@ -28,7 +28,6 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod past;
-pub mod raft_storage;
 pub mod replica;
 pub mod shard;
 pub mod store;

@@ -386,7 +386,8 @@ fn assert_refuses_stale_leader(stale: &FakePeer, stale_term: u64, term: u64) {
 
 /// Where node 1 keeps partition 0's rejoin marker.
 fn rejoin_marker(data_dir: &std::path::Path) -> std::path::PathBuf {
-    engine::replica::shard::partition_dir(data_dir, 0).join(engine::replica::shard::REJOIN_MARKER_FILE)
+    use engine::replica::shared_log::{rejoin_marker_path, shard_dir};
+    rejoin_marker_path(&shard_dir(data_dir, 0), 0)
 }
 
 fn wait_for_term(node: &ClusterNode, term: u64) {

@@ -25,6 +25,6 @@ pub use wal::{PENDING_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MA
 
 /// Layout helpers for tests and inspection tools (e.g. `tools` segment dumps).
 pub mod layout {
-    pub use crate::format::{decode_record, decode_segment_header, FrameFault, RecordHeader};
+    pub use crate::format::{decode_record, decode_record_header, decode_segment_header, FrameFault, RecordHeader};
     pub use crate::segment::{parse_segment_name, segment_path};
 }

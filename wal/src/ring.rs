@@ -52,6 +52,11 @@ impl SyncWriter {
         Ok(())
     }
 
+    /// The kernel signals `eventfd` on every completion posted to this ring.
+    pub fn register_eventfd(&self, eventfd: RawFd) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(eventfd)
+    }
+
     /// Non-blocking: collects completions already posted; returns the outcome once both arrived.
     pub fn reap(&mut self) -> Option<PairOutcome> {
         for entry in self.ring.completion() {

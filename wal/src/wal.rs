@@ -407,6 +407,25 @@ impl Wal {
         self.in_flight.is_some()
     }
 
+    /// Whether appended records wait to be written (not counting the batch in flight).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// First index of every segment, oldest first (the last one may exist only in memory so far).
+    pub fn segment_first_indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.segments.iter().map(|segment| segment.first_index)
+    }
+
+    /// Has the kernel signal `eventfd` whenever a write or fdatasync of this log completes, so a caller
+    /// that also waits on other inputs can wake for a durable batch instead of polling for it.
+    pub fn register_completion_eventfd(&self, eventfd: std::os::fd::RawFd) -> Result<(), WalError> {
+        self.check_healthy()?;
+        self.writer
+            .register_eventfd(eventfd)
+            .map_err(|error| WalError::io("io_uring register eventfd", &self.dir, error))
+    }
+
     pub fn term_at(&self, index: u64) -> Option<u64> {
         if index < self.first_index() || index > self.last_index {
             return None;
@@ -679,7 +698,9 @@ impl Wal {
         &batch.bytes[offset - batch.file_offset..]
     }
 
-    pub(crate) fn locate(&self, index: u64) -> (PathBuf, u64) {
+    /// The segment file and byte offset of the record of `index` (inside the log): where an error
+    /// about that record points the reader.
+    pub fn locate(&self, index: u64) -> (PathBuf, u64) {
         let segment = &self.segments[self.segment_holding(index)];
         (segment.path.clone(), segment.offset_of(index) as u64)
     }

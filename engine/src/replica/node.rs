@@ -28,8 +28,11 @@ use crate::replica::wire::PeerItem;
 
 /// Name of the file that fixes a cluster node's data directory identity.
 pub const CLUSTER_MANIFEST_FILE: &str = "cluster-node.toml";
-/// Version of the replicated data directory layout (manifest, partition folders, log and snapshot).
-pub const CLUSTER_DATA_FORMAT_VERSION: u32 = 2;
+/// Version of the replicated data directory layout (manifest, shard folders, shared log, snapshots).
+/// Format 2 had one log per partition (`partition-NNNNN/` with `raft-hard-state` and `raft-snapshot`
+/// side files); it is refused, never reinterpreted.
+pub const CLUSTER_DATA_FORMAT_VERSION: u32 = 3;
+const CLUSTER_FORMAT_PER_PARTITION_LOGS: i64 = 2;
 /// Peer items waiting for one shard thread; a full queue blocks the connection that delivers them.
 pub const SHARD_PEER_QUEUE_DEPTH_MAX: usize = 65_536;
 
@@ -42,6 +45,9 @@ pub struct ClusterManifest {
     pub cluster_id: String,
     pub node_id: u64,
     pub partitions: u32,
+    /// Replica shards, each with one log for its partitions (`partition % shards`): fixed at creation,
+    /// since a partition's records live in its shard's log.
+    pub shards: u32,
     pub replication_factor: u32,
     pub idempotency_window_ms: u64,
     pub idempotency_ids_max: usize,
@@ -62,6 +68,7 @@ impl ClusterManifest {
             cluster_id: format!("{:x}", config.cluster_id),
             node_id,
             partitions: cluster.partitions,
+            shards: config.shards.min(cluster.partitions),
             replication_factor: cluster.replication_factor,
             idempotency_window_ms: config.idempotency_window_ms,
             idempotency_ids_max: config.idempotency_ids_max,
@@ -76,7 +83,7 @@ impl ClusterManifest {
         let path = dir.join(CLUSTER_MANIFEST_FILE);
         if path.exists() {
             let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
-            let found: ClusterManifest = parse_manifest(&text, CLUSTER_DATA_FORMAT_VERSION).map_err(error)?;
+            let found: ClusterManifest = parse_cluster_manifest(&text).map_err(error)?;
             let key = found
                 .id_hash_key()
                 .ok_or_else(|| error(format!("id_hash_key {:?} is not a hex u64", found.id_hash_key)))?;
@@ -88,6 +95,13 @@ impl ClusterManifest {
                 )));
             }
             return Ok(key);
+        }
+        if let Some(name) = per_partition_layout(dir).map_err(|e| error(e.to_string()))? {
+            return Err(error(format!(
+                "{name} is a partition folder of cluster data format {CLUSTER_FORMAT_PER_PARTITION_LOGS} (one log per \
+                 partition) without a manifest; this build reads format {CLUSTER_DATA_FORMAT_VERSION} only. Nothing was \
+                 changed; start a new data directory"
+            )));
         }
         let key = new_id_hash_key().map_err(|e| error(format!("cannot draw a random id-hash key: {e}")))?;
         wanted.id_hash_key = format!("{key:x}");
@@ -107,8 +121,33 @@ impl ClusterManifest {
         }
         let error = |why: String| EngineError::Manifest { path: path.display().to_string(), why };
         let text = fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
-        parse_manifest(&text, CLUSTER_DATA_FORMAT_VERSION).map(Some).map_err(error)
+        parse_cluster_manifest(&text).map(Some).map_err(error)
     }
+}
+
+/// Parses a cluster manifest, refusing the per-partition-log format by name.
+fn parse_cluster_manifest(text: &str) -> Result<ClusterManifest, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    if table.get("format_version").and_then(|v| v.as_integer()) == Some(CLUSTER_FORMAT_PER_PARTITION_LOGS) {
+        return Err(format!(
+            "cluster data format {CLUSTER_FORMAT_PER_PARTITION_LOGS} (one Raft log per partition in partition-NNNNN \
+             folders, with raft-hard-state and raft-snapshot side files) was written by an earlier walletd; this build \
+             reads cluster data format {CLUSTER_DATA_FORMAT_VERSION} only (one log per replica shard). Nothing was \
+             changed; start a new data directory (a node of a running cluster can rejoin with --rejoin on an empty one)"
+        ));
+    }
+    parse_manifest(text, CLUSTER_DATA_FORMAT_VERSION)
+}
+
+/// The name of a partition folder of the per-partition-log format in `dir`, if any.
+fn per_partition_layout(dir: &Path) -> std::io::Result<Option<String>> {
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("partition-").is_some_and(|digits| digits.len() == 5) {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 /// How a cluster node is opened beyond its configuration.

@@ -1,9 +1,11 @@
-//! Offline replay of a stopped cluster node's replicas: each partition's snapshot file plus its log up
-//! to the commit index in its hard state, applied through the same state machine. Two replicas that
+//! Offline replay of a stopped cluster node's replicas: each partition's snapshot plus its entries in
+//! its shard's log up to the commit index in its hard state, applied through the same state machine.
+//! Every shard log is opened read-only: nothing in the data directory changes. Two replicas that
 //! report the same commit index must report the same digest; a replica's digest must equal the one it
 //! served live at that index.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use net::types::ACCOUNT_FLAG_EXTERNAL;
 use raft::{Payload, Storage};
@@ -13,9 +15,9 @@ use crate::error::EngineError;
 use crate::event::EventBatchView;
 use crate::partition::PartitionState;
 use crate::past::{PastState, Until};
-use crate::raft_storage::WalStorage;
 use crate::replica::node::ClusterManifest;
-use crate::replica::shard::{partition_dir, replica_wal_options};
+use crate::replica::shard::replica_wal_options;
+use crate::replica::shared_log::{self, lock, GroupStore, SharedLog, SharedLogHandle};
 use crate::replica::snapshot::decode_partition_image;
 use crate::shard::partition_config;
 
@@ -42,13 +44,30 @@ pub fn replay_data_dir(data_dir: &Path) -> Result<Vec<ReplicaReplay>, EngineErro
     let _lock = crate::node::DataDirLock::acquire_for_audit(data_dir)?;
     let (manifest, config) = read_config(data_dir)?;
     let mut replays = Vec::new();
-    for partition in 0..manifest.partitions {
-        let dir = partition_dir(data_dir, partition);
-        if dir.exists() {
-            replays.push(replay_partition(&config, partition, &dir)?);
+    for shard in 0..manifest.shards {
+        let Some(log) = open_shard_log(data_dir, &config, shard)? else { continue };
+        let partitions: Vec<u32> = lock(&log).partitions().collect();
+        for partition in partitions {
+            let storage = GroupStore::new(log.clone(), partition).map_err(|e| in_shard(shard, &e))?;
+            replays.push(replay_partition(&config, partition, &storage)?);
         }
     }
+    replays.sort_by_key(|replay| replay.partition);
     Ok(replays)
+}
+
+fn in_shard(shard: u32, error: &dyn std::fmt::Display) -> EngineError {
+    EngineError::Log(format!("shard {shard}: {error}"))
+}
+
+/// A replica shard's log opened read-only, `None` if the node has no such shard folder.
+fn open_shard_log(data_dir: &Path, config: &NodeConfig, shard: u32) -> Result<Option<SharedLogHandle>, EngineError> {
+    let dir = shared_log::shard_dir(data_dir, shard);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let (log, _) = SharedLog::open_read_only(&dir, replica_wal_options(config)).map_err(|e| in_shard(shard, &e))?;
+    Ok(Some(Arc::new(Mutex::new(log))))
 }
 
 /// The manifest of a cluster node's data directory and the configuration its replicas replay with.
@@ -81,9 +100,8 @@ struct Replayed {
     log_last_seq: u64,
 }
 
-fn replay(config: &NodeConfig, partition: u32, dir: &Path, until: &Until) -> Result<Replayed, EngineError> {
+fn replay(config: &NodeConfig, partition: u32, storage: &GroupStore, until: &Until) -> Result<Replayed, EngineError> {
     let log_error = |e: &dyn std::fmt::Display| EngineError::Log(format!("partition {partition}: {e}"));
-    let storage = WalStorage::open_read_only(dir, replica_wal_options(config)).map_err(|e| log_error(&e))?;
     let snapshot = storage.snapshot().map_err(|e| log_error(&e))?;
     let commit = storage.initial_state().map_err(|e| log_error(&e))?.hard_state.commit;
     let last_index = storage.last_index().map_err(|e| log_error(&e))?;
@@ -132,9 +150,9 @@ fn replay(config: &NodeConfig, partition: u32, dir: &Path, until: &Until) -> Res
     })
 }
 
-fn replay_partition(config: &NodeConfig, partition: u32, dir: &Path) -> Result<ReplicaReplay, EngineError> {
+fn replay_partition(config: &NodeConfig, partition: u32, storage: &GroupStore) -> Result<ReplicaReplay, EngineError> {
     let Replayed { state, snapshot_index, commit_index, last_index, entries_replayed, .. } =
-        replay(config, partition, dir, &Until::END)?;
+        replay(config, partition, storage, &Until::END)?;
     let mut negative_accounts = 0;
     state.for_each_account(|account| {
         if account.flags & ACCOUNT_FLAG_EXTERNAL == 0 && account.balance < 0 {
@@ -164,13 +182,15 @@ pub fn state_at(data_dir: &Path, partition: u32, until: Until, account: Option<u
     if partition >= manifest.partitions {
         return Err(EngineError::NoSuchPartition { partition, partitions: manifest.partitions });
     }
-    let dir = partition_dir(data_dir, partition);
-    if !dir.exists() {
+    let shard = partition % manifest.shards;
+    let log = open_shard_log(data_dir, &config, shard)?.filter(|log| lock(log).holds(partition));
+    let Some(log) = log else {
         return Err(EngineError::Manifest {
             path: data_dir.display().to_string(),
             why: format!("this node holds no replica of partition {partition}"),
         });
-    }
-    let replayed = replay(&config, partition, &dir, &until)?;
+    };
+    let storage = GroupStore::new(log, partition).map_err(|e| in_shard(shard, &e))?;
+    let replayed = replay(&config, partition, &storage, &until)?;
     Ok(PastState::of(partition, &replayed.state, replayed.snapshot_seq, replayed.log_last_seq, account))
 }

@@ -1,29 +1,37 @@
 //! A replica shard: the thread shell around the sans-IO replica core (`replica::core`). The core
 //! decides everything; the shell owns what touches the world: the client and peer channels, the clock
-//! (it reads it once per input and decides when a Raft tick is due), the transport, each partition's
-//! `WalStorage` (it writes every `Persist` the core hands out, synchronously, and reports it durable),
-//! and the log (the core's log lines go to the `log` facade at the level the core gave them).
+//! (it reads it once per input and decides when a Raft tick is due), the transport, the shard's one
+//! log for all its groups (`replica::shared_log`: it stages every `Persist` the core hands out, makes a
+//! round's writes durable with one write + one fdatasync, and reports them durable), and the log lines
+//! (the core's log lines go to the `log` facade at the level the core gave them).
 //!
 //! One round of the loop:
-//! 1. step every peer item that arrived (Raft messages, forwarded requests and their replies);
-//! 2. unless some led partition already has `uncommitted_entries_max` entries in flight, take client
+//! 1. report every staged write that became durable (`persisted`, which releases what waited on it:
+//!    acknowledgements, applies, answers);
+//! 2. step every peer item that arrived (Raft messages, forwarded requests and their replies);
+//! 3. unless some led partition already has `uncommitted_entries_max` entries in flight, take client
 //!    commands (up to `round_items_max` items): the core decides them against a led partition's
 //!    speculative state, forwards them to another node's leader, or parks them while there is none;
-//! 3. propose each led partition's events as one log entry, tick Raft when due, and let the core drive
+//! 4. propose each led partition's events as one log entry, tick Raft when due, and let the core drive
 //!    every group's Ready;
-//! 4. carry out the core's outputs in order: messages to the transport (so AppendEntries leave before
-//!    the local write), writes to the log (fdatasync, then `persisted`, which releases what waited on
-//!    them: acknowledgements, applies, answers), answers to the clients, log lines; repeat until the
-//!    core has nothing more to say.
+//! 5. carry out the core's outputs in order: messages to the transport (so AppendEntries leave before
+//!    the local write), writes staged in the shard's log, answers to the clients, log lines; then submit
+//!    everything staged as one batch (one write + one fdatasync through io_uring) unless a batch is in
+//!    flight, in which case it goes as the next batch.
 //!
-//! Nothing is answered as done before its entry is committed and applied. A storage failure stops the
-//! shard (fail-stop), like the single-node shard.
+//! The shard never blocks on a sync while it has other work: it waits on its channels and on a token
+//! that a small waker thread sends when the log's io_uring completion eventfd fires. Nothing is
+//! answered as done before its entry is committed and applied. A storage failure stops the shard
+//! (fail-stop), like the single-node shard.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{bounded, Receiver, Select};
 use net::protocol::Consistency;
 use net::types::{Account, CreateAccount, Transfer};
 use wal::WalOptions;
@@ -33,12 +41,11 @@ use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::join::BatchPart;
 use crate::metrics;
-use crate::raft_storage::WalStorage;
 pub use crate::replica::core::GroupStatus;
 use crate::replica::core::{
-    initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, RejoinMarker, ReplicaCore,
-    ReplicaStorage,
+    initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
 };
+use crate::replica::shared_log::{self, lock, GroupStore, SharedLog, SharedLogHandle};
 use crate::replica::transport::Transport;
 use crate::replica::wire::PeerItem;
 use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_PAYLOAD_BYTES_MAX};
@@ -83,12 +90,8 @@ pub enum ClientCommand {
     },
 }
 
-/// Directory of one partition's Raft log, hard state and snapshot file.
-pub fn partition_dir(data_dir: &Path, partition: u32) -> PathBuf {
-    data_dir.join(format!("partition-{partition:05}"))
-}
-
-/// Log options of a replicated partition: a record is an entry kind byte plus an event batch.
+/// Log options of a replica shard's log: a record is a partition, Raft index and term, an entry kind
+/// byte and an event batch.
 pub fn replica_wal_options(config: &NodeConfig) -> WalOptions {
     WalOptions {
         segment_bytes: config.wal_segment_bytes,
@@ -105,10 +108,21 @@ impl Handles for ShellHandles {
     type Lookup = (Vec<u32>, LookupReply);
 }
 
+/// A `Persist` staged in the log, reported once the record at `position` is durable.
+struct Staged {
+    partition: u32,
+    number: u64,
+    position: u64,
+}
+
 pub struct ReplicaShard {
     /// This shard's number on its node (the `shard` label of its metrics).
     id: u32,
-    core: ReplicaCore<WalStorage, ShellHandles>,
+    core: ReplicaCore<GroupStore, ShellHandles>,
+    log: SharedLogHandle,
+    /// Staged writes not yet durable, in log order.
+    staged: VecDeque<Staged>,
+    waker: SyncWaker,
     replication: ReplicationConfig,
     round_items_max: usize,
     transport: Arc<Transport>,
@@ -133,12 +147,29 @@ impl ReplicaShard {
         transport: Arc<Transport>,
         rejoin: bool,
     ) -> Result<ReplicaShard, EngineError> {
+        let dir = shared_log::shard_dir(&config.data_dir, id);
+        let in_shard = |e: &dyn std::fmt::Display| EngineError::Log(format!("shard {id}: {e}"));
+        let (mut log, report) = SharedLog::open(&dir, replica_wal_options(config)).map_err(|e| in_shard(&e))?;
+        if report.truncated_bytes > 0 {
+            log::warn!(
+                "node {node_id} shard {id}: cut a torn tail of {} bytes from {:?}",
+                report.truncated_bytes,
+                report.truncated_segment
+            );
+        }
+        for partition in &report.installs_completed {
+            log::info!(
+                "node {node_id} shard {id}: partition {partition}: completed a snapshot install a crash interrupted"
+            );
+        }
+        for &partition in partitions {
+            log.bootstrap(partition, initial_conf_state(cluster, partition)).map_err(|e| in_shard(&e))?;
+        }
+        let waker = SyncWaker::start(&log, id)?;
+        let log: SharedLogHandle = Arc::new(Mutex::new(log));
         let mut groups = Vec::new();
         for &partition in partitions {
-            let dir = partition_dir(&config.data_dir, partition);
-            let in_partition = |e: &dyn std::fmt::Display| EngineError::Log(format!("partition {partition}: {e}"));
-            let mut storage = WalStorage::open(&dir, replica_wal_options(config)).map_err(|e| in_partition(&e))?;
-            storage.bootstrap(initial_conf_state(cluster, partition)).map_err(|e| in_partition(&e))?;
+            let storage = GroupStore::new(log.clone(), partition).map_err(|e| in_shard(&e))?;
             let raft_seed = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ partition as u64 ^ clock_ns();
             let config = partition_config(config, partition);
             groups.push(GroupInit { partition, storage, config, rejoin, raft_seed });
@@ -156,6 +187,9 @@ impl ReplicaShard {
         Ok(ReplicaShard {
             id,
             core,
+            log,
+            staged: VecDeque::new(),
+            waker,
             replication: cluster.replication.clone(),
             round_items_max: config.round_items_max,
             transport,
@@ -176,13 +210,19 @@ impl ReplicaShard {
         let peer_depth = metrics::queue_depth_gauge(self.id, "peer");
         loop {
             let accepting = self.core.accepting_clients();
+            let syncing = !self.staged.is_empty();
             let wait = tick.saturating_sub(self.last_tick.elapsed());
             let mut select = Select::new();
             let peer_index = select.recv(&peers);
             let client_index = accepting.then(|| select.recv(&clients));
-            // Which queue woke us does not matter: both are drained below.
-            let _ = (peer_index, client_index, select.ready_timeout(wait));
+            let sync_index = syncing.then(|| select.recv(&self.waker.tokens));
+            // Which queue woke us does not matter: all are drained below.
+            let _ = (peer_index, client_index, sync_index, select.ready_timeout(wait));
+            while self.waker.tokens.try_recv().is_ok() {}
             let round_started = Instant::now();
+            if self.complete_durable() {
+                self.carry_out();
+            }
             client_depth.set(clients.len() as i64);
             peer_depth.set(peers.len() as i64);
             // Peers first and entirely: they are what lets the cluster make progress.
@@ -253,13 +293,14 @@ impl ReplicaShard {
         }
     }
 
-    /// Carries out everything the core decided, in order, until it has nothing more to say: a write
-    /// made durable is reported, which may release more.
+    /// Carries out everything the core decided, in order, until it has nothing more to say, then submits
+    /// what it staged in the log: the whole round's writes go as one write + one fdatasync (or as the
+    /// next batch, if one is in flight).
     fn carry_out(&mut self) {
         loop {
             let outputs = self.core.take_outputs();
             if outputs.is_empty() {
-                return;
+                break;
             }
             for output in outputs {
                 match output {
@@ -278,7 +319,14 @@ impl ReplicaShard {
                         let storage =
                             self.core.storage_mut(persist.partition).expect("the core names its own partitions");
                         match persist.write_to(storage) {
-                            Ok(()) => self.core.persisted(persist.partition, persist.number),
+                            Ok(()) => {
+                                let position = lock(&self.log).last_position();
+                                self.staged.push_back(Staged {
+                                    partition: persist.partition,
+                                    number: persist.number,
+                                    position,
+                                });
+                            }
                             Err(error) => self.core.storage_failed(persist.partition, error),
                         }
                     }
@@ -290,6 +338,76 @@ impl ReplicaShard {
                 }
             }
         }
+        if !self.staged.is_empty() {
+            let submitted = lock(&self.log).submit();
+            if let Err(error) = submitted {
+                self.core.log_failed(error);
+            }
+        }
+    }
+
+    /// Reports every staged write that is durable now (and frees log segments no group needs any
+    /// more); returns whether it reported any. Never blocks.
+    fn complete_durable(&mut self) -> bool {
+        if self.staged.is_empty() {
+            return false;
+        }
+        let polled = lock(&self.log).poll();
+        let durable = match polled {
+            Ok(durable) => durable,
+            Err(error) => {
+                self.core.log_failed(error);
+                return false;
+            }
+        };
+        let mut reported = false;
+        while self.staged.front().is_some_and(|staged| staged.position <= durable) {
+            let staged = self.staged.pop_front().expect("front checked just above");
+            self.core.persisted(staged.partition, staged.number);
+            reported = true;
+        }
+        if reported {
+            self.purge();
+        }
+        reported
+    }
+
+    /// Deletes the log segments no group needs (see `SharedLog::purge`).
+    fn purge(&mut self) {
+        let mut log = lock(&self.log);
+        if log.segment_count() < 2 {
+            return;
+        }
+        match log.purge() {
+            Ok(report) if report.segments_removed > 0 || !report.compaction_wanted.is_empty() => log::debug!(
+                "shard {}: purge removed {} segments, rewrote {} records, asked partitions {:?} to compact",
+                self.id,
+                report.segments_removed,
+                report.records_rewritten,
+                report.compaction_wanted
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                drop(log);
+                self.core.log_failed(error);
+            }
+        }
+    }
+
+    /// Blocks until everything staged is durable and reported, and what that released is carried out
+    /// (shutdown only; bounded, since each report may stage a little more).
+    fn settle(&mut self) {
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            if self.staged.is_empty() || self.core.failed().is_some() {
+                return;
+            }
+            let synced = lock(&self.log).sync();
+            if let Err(error) = synced {
+                return self.core.log_failed(error);
+            }
+            self.complete_durable();
+            self.carry_out();
+        }
     }
 
     /// Answers everything still waiting with `ShuttingDown`, then `reply` with how the shard ends.
@@ -298,8 +416,10 @@ impl ReplicaShard {
         self.core.propose_all();
         self.core.end_round(self.now());
         self.carry_out();
+        self.settle();
         self.core.close();
         self.carry_out();
+        self.settle();
         if let Some(reply) = reply {
             reply(match self.core.failed() {
                 None => Ok(()),
@@ -309,66 +429,64 @@ impl ReplicaShard {
     }
 }
 
-impl ReplicaStorage for WalStorage {
-    fn snapshot_index(&self) -> u64 {
-        WalStorage::snapshot_index(self)
-    }
+/// Rounds of sync-and-report at shutdown before the shard gives up waiting for more to settle.
+const SETTLE_ROUNDS_MAX: usize = 16;
 
-    fn rejoin_marker(&self) -> Result<Option<RejoinMarker>, EngineError> {
-        read_rejoin_marker(self.directory())
-    }
+/// Wakes the shard's `Select` when a write + fdatasync of its log completes: the kernel signals an
+/// eventfd registered with the log's io_uring ring, and one small thread blocks reading it and sends a
+/// token. (Crossbeam cannot wait on a file descriptor; the shard's wait is also bounded by its tick, so
+/// a lost token delays a report by at most one tick.)
+struct SyncWaker {
+    eventfd: Arc<OwnedFd>,
+    tokens: Receiver<()>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
 
-    fn set_rejoin_marker(&mut self, marker: Option<RejoinMarker>) -> Result<(), EngineError> {
-        match marker {
-            Some(marker) => write_rejoin_marker(self.directory(), marker),
-            None => remove_rejoin_marker(self.directory()),
+impl SyncWaker {
+    fn start(log: &SharedLog, shard: u32) -> Result<SyncWaker, EngineError> {
+        // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(EngineError::Io(format!("eventfd: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        log.register_completion_eventfd(eventfd.as_raw_fd())
+            .map_err(|e| EngineError::Log(format!("shard {shard}: {e}")))?;
+        let (sender, tokens) = bounded(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name(format!("replica-{shard}-sync"))
+            .spawn({
+                let (eventfd, stop) = (eventfd.clone(), stop.clone());
+                move || loop {
+                    let mut count = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a local buffer from a descriptor this thread keeps alive.
+                    let read = unsafe { libc::read(eventfd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if read < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        return;
+                    }
+                    // A token already waiting says the same.
+                    let _ = sender.try_send(());
+                }
+            })
+            .map_err(|e| EngineError::Io(format!("cannot start a sync waker thread: {e}")))?;
+        Ok(SyncWaker { eventfd, tokens, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for SyncWaker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local buffer to a descriptor we own; it wakes the blocked read.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
-}
-
-/// File in a partition directory while a replica rebuilt on a rejoining node does not yet take full
-/// part in Raft: `awaiting-reports` until every other replica has answered, then
-/// `withhold-votes-until N term T` until its commit index reaches N (T: the term it adopted, re-adopted
-/// at open in case the crash came before the new term reached the hard state). It survives restarts,
-/// so a crash during catch-up resumes the same rules with or without `--rejoin`.
-pub const REJOIN_MARKER_FILE: &str = "rejoin-pending";
-
-fn read_rejoin_marker(dir: &Path) -> Result<Option<RejoinMarker>, EngineError> {
-    let path = dir.join(REJOIN_MARKER_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(EngineError::Io(format!("{}: {e}", path.display()))),
-    };
-    let text = text.trim();
-    if text == "awaiting-reports" {
-        return Ok(Some(RejoinMarker::AwaitingReports));
-    }
-    let parsed = text.strip_prefix("withhold-votes-until ").and_then(|rest| {
-        let (index, term) = rest.split_once(" term ")?;
-        Some(RejoinMarker::WithholdVotesUntil { index: index.parse().ok()?, term: term.parse().ok()? })
-    });
-    parsed.map(Some).ok_or_else(|| EngineError::Store(format!("{}: unreadable rejoin marker {text:?}", path.display())))
-}
-
-/// Replaces the marker atomically (temporary file, fsync, rename, directory fsync).
-fn write_rejoin_marker(dir: &Path, marker: RejoinMarker) -> Result<(), EngineError> {
-    let text = match marker {
-        RejoinMarker::AwaitingReports => "awaiting-reports\n".to_string(),
-        RejoinMarker::WithholdVotesUntil { index, term } => format!("withhold-votes-until {index} term {term}\n"),
-    };
-    let path = dir.join(REJOIN_MARKER_FILE);
-    let temporary = dir.join(format!("{REJOIN_MARKER_FILE}.tmp"));
-    let error = |e: std::io::Error| EngineError::Io(format!("{}: {e}", path.display()));
-    std::fs::write(&temporary, text).map_err(error)?;
-    std::fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(error)?;
-    std::fs::rename(&temporary, &path).map_err(error)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)
-}
-
-fn remove_rejoin_marker(dir: &Path) -> Result<(), EngineError> {
-    let path = dir.join(REJOIN_MARKER_FILE);
-    let error = |e: std::io::Error| EngineError::Io(format!("{}: {e}", path.display()));
-    std::fs::remove_file(&path).map_err(error)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(error)
 }

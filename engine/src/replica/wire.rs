@@ -31,7 +31,7 @@
 //! | voters, learners      | count u32, node ids u64, strictly ascending; the two sets are disjoint      |
 //! | entry                 | index u64, term u64, payload tag, payload                                   |
 //! | payload               | 0 Noop: nothing; 1 Data: length u64, bytes; 2 ConfChange: kind, node u64    |
-//! | conf change kind      | 0 AddVoter, 1 AddLearner, 2 Remove (the tags `raft_storage` uses)          |
+//! | conf change kind      | 0 AddVoter, 1 AddLearner, 2 Remove (the tags `shared_log` uses)            |
 //! | request 0 Transfers   | tag, count u32, `Transfer` wire layout (64 B) each                          |
 //! | request 1 CreateAcc.  | tag, count u32, `CreateAccount` wire layout (32 B) each                     |
 //! | request 2 Lookup      | tag, consistency, count u32, account ids u64                                |

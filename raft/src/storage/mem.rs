@@ -131,4 +131,26 @@ mod tests {
     fn mem_storage_passes_the_conformance_suite() {
         crate::storage::conformance::run_all(MemStorage::new);
     }
+
+    /// Memory that never loses what it was given: every write counts as synced.
+    struct Persistent;
+
+    impl crate::storage::conformance::Durable for Persistent {
+        type Store = MemStorage;
+
+        fn create(&mut self) -> MemStorage {
+            MemStorage::new()
+        }
+
+        fn sync(&mut self, _store: &mut MemStorage) {}
+
+        fn crash_and_reopen(&mut self, store: MemStorage) -> MemStorage {
+            store
+        }
+    }
+
+    #[test]
+    fn mem_storage_passes_the_reopen_checks() {
+        crate::storage::conformance::run_reopen_checks(&mut Persistent);
+    }
 }

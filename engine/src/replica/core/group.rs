@@ -318,7 +318,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
         }
         self.serve_waiting_reads(sink);
-        if self.applied_index >= self.last_snapshot_index + replication.snapshot_interval_entries {
+        let due = self.applied_index >= self.last_snapshot_index + replication.snapshot_interval_entries;
+        let wanted = self.applied_index > self.last_snapshot_index && self.raw.storage().compaction_wanted();
+        if due || wanted {
             let image = encode_partition_image(self.partition, &self.committed.export_rows());
             match self.raw.compact(self.applied_index, image) {
                 Ok(()) => {

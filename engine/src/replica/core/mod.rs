@@ -9,8 +9,9 @@
 //! clients, and log lines. The Raft seed and the first forwarded-request id are given at open.
 //!
 //! Storage is read through `raft::Storage` (the log, for rebuilding the speculative state and for
-//! history) and written only three ways: the `Persist` outputs, which the caller writes (the shell at
-//! once, the simulator whenever its disk model decides); Raft's own compaction (`create_snapshot`),
+//! history) and written only three ways: the `Persist` outputs, which the caller writes (the shell
+//! stages a round's writes of every group in its shard's one log and makes them durable with one
+//! fdatasync, the simulator whenever its disk model decides); Raft's own compaction (`create_snapshot`),
 //! synchronous in both; and the rejoin marker ([`ReplicaStorage::set_rejoin_marker`]), synchronous
 //! because the rules it records must be durable before the replica acts on them.
 //!
@@ -54,6 +55,11 @@ pub struct Now {
 pub trait ReplicaStorage: raft::Storage {
     /// Index of the snapshot the log continues (0 when none).
     fn snapshot_index(&self) -> u64;
+    /// The store asks for a compaction at the next chance, before `snapshot_interval_entries` is
+    /// reached: this group's entries keep an old part of a shared log from being freed.
+    fn compaction_wanted(&self) -> bool {
+        false
+    }
     fn rejoin_marker(&self) -> Result<Option<RejoinMarker>, EngineError>;
     /// Replaces (or with `None` removes) the rejoin marker; durable when it returns.
     fn set_rejoin_marker(&mut self, marker: Option<RejoinMarker>) -> Result<(), EngineError>;
@@ -443,6 +449,12 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     /// now hold effects its log lacks.
     pub fn storage_failed(&mut self, partition: u32, error: impl std::fmt::Display) {
         self.fail(format!("partition {partition}: {error}"));
+    }
+
+    /// The shard's log failed (a write, fdatasync or purge): the shard stops (fail-stop), since the
+    /// durability of everything staged is unknown.
+    pub fn log_failed(&mut self, error: impl std::fmt::Display) {
+        self.fail(format!("shard log: {error}"));
     }
 
     /// The caller could not queue the forwarded request `request_id` for `to` (no connection, or its

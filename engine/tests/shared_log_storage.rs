@@ -1,0 +1,317 @@
+//! The shared log's group view (`GroupStore`) against raft's public `Storage` conformance suite and its
+//! reopen and crash-between-steps checks, with another group's records interleaved in the same log;
+//! then recovery checks of the layout itself: torn and corrupt records name their group and offset,
+//! snapshot files are verified, an install interrupted by a crash is completed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use engine::replica::shared_log::{self, lock, GroupName, GroupStore, SharedLog, SharedLogError, SharedLogHandle};
+use raft::storage::conformance::{self, Durable};
+use raft::storage::StorageResult;
+use raft::{
+    ConfChange, ConfChangeKind, ConfState, Entry, HardState, Payload, RaftState, Snapshot, SnapshotMeta, Storage,
+};
+use tempfile::TempDir;
+use wal::WalOptions;
+
+/// The group under test and the one whose records are interleaved with it.
+const PARTITION: u32 = 7;
+const NEIGHBOUR: u32 = 8;
+
+/// Small segments so records of both groups cross segment boundaries.
+fn options() -> WalOptions {
+    WalOptions { segment_bytes: 4096, payload_bytes_max: 1024, pending_bytes_max: 1 << 20 }
+}
+
+fn open(dir: &Path) -> SharedLogHandle {
+    let (log, _) = SharedLog::open(dir, options()).expect("open shared log");
+    Arc::new(Mutex::new(log))
+}
+
+fn mixed_entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to)
+        .map(|index| {
+            let payload = match index % 4 {
+                0 => Payload::Noop,
+                1 => Payload::ConfChange(ConfChange { kind: ConfChangeKind::AddLearner, node: index }),
+                2 => Payload::ConfChange(ConfChange { kind: ConfChangeKind::Remove, node: u64::MAX - index }),
+                _ => Payload::Data((0..(index * 13 % 300)).map(|byte| (byte ^ index) as u8).collect()),
+            };
+            Entry { index, term, payload }
+        })
+        .collect()
+}
+
+/// `GroupStore` of `PARTITION`, and after every write of it a write of `NEIGHBOUR` in the same log, so
+/// the conformance checks run on a log shared by two groups.
+struct Interleaved {
+    main: GroupStore,
+    neighbour: GroupStore,
+    log: SharedLogHandle,
+}
+
+impl Interleaved {
+    fn open(dir: &Path) -> Interleaved {
+        let log = open(dir);
+        for partition in [PARTITION, NEIGHBOUR] {
+            lock(&log).bootstrap(partition, ConfState::default()).expect("bootstrap");
+        }
+        let main = GroupStore::new(log.clone(), PARTITION).expect("view");
+        let neighbour = GroupStore::new(log.clone(), NEIGHBOUR).expect("view");
+        Interleaved { main, neighbour, log }
+    }
+
+    fn disturb(&mut self) {
+        let next = self.neighbour.last_index().expect("last") + 1;
+        self.neighbour.append(&mixed_entries(next, next + 1, 9)).expect("neighbour append");
+        self.neighbour.set_hard_state(HardState { term: 9, vote: Some(3), commit: next }).expect("neighbour state");
+    }
+}
+
+impl Storage for Interleaved {
+    fn initial_state(&self) -> StorageResult<RaftState> {
+        self.main.initial_state()
+    }
+
+    fn entries(&self, low: u64, high: u64, bytes_max: u64) -> StorageResult<Vec<Entry>> {
+        self.main.entries(low, high, bytes_max)
+    }
+
+    fn term(&self, index: u64) -> StorageResult<u64> {
+        self.main.term(index)
+    }
+
+    fn first_index(&self) -> StorageResult<u64> {
+        self.main.first_index()
+    }
+
+    fn last_index(&self) -> StorageResult<u64> {
+        self.main.last_index()
+    }
+
+    fn snapshot(&self) -> StorageResult<Snapshot> {
+        self.main.snapshot()
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> StorageResult<()> {
+        let result = self.main.append(entries);
+        self.disturb();
+        result
+    }
+
+    fn set_hard_state(&mut self, hard_state: HardState) -> StorageResult<()> {
+        self.main.set_hard_state(hard_state)?;
+        self.disturb();
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snapshot: Snapshot) -> StorageResult<()> {
+        self.main.apply_snapshot(snapshot)?;
+        self.disturb();
+        Ok(())
+    }
+
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
+        self.main.create_snapshot(index, conf_state, data)?;
+        self.disturb();
+        Ok(())
+    }
+}
+
+/// Each store in a directory of its own; a crash drops the log without syncing what is staged.
+#[derive(Default)]
+struct OnDisk {
+    dirs: Vec<TempDir>,
+}
+
+impl Durable for OnDisk {
+    type Store = Interleaved;
+
+    fn create(&mut self) -> Interleaved {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Interleaved::open(dir.path());
+        self.dirs.push(dir);
+        store
+    }
+
+    fn sync(&mut self, store: &mut Interleaved) {
+        lock(&store.log).sync().expect("sync");
+    }
+
+    fn crash_and_reopen(&mut self, store: Interleaved) -> Interleaved {
+        let dir = lock(&store.log).directory().to_path_buf();
+        let neighbour_last = store.neighbour.last_index().expect("last");
+        drop(store);
+        let reopened = Interleaved::open(&dir);
+        assert!(reopened.neighbour.last_index().expect("last") <= neighbour_last, "the neighbour grew by a crash");
+        reopened
+    }
+}
+
+#[test]
+fn group_store_passes_the_conformance_suite() {
+    let mut durable = OnDisk::default();
+    conformance::run_all(|| durable.create());
+}
+
+#[test]
+fn group_store_passes_the_reopen_checks() {
+    conformance::run_reopen_checks(&mut OnDisk::default());
+}
+
+#[test]
+fn entries_terms_and_hard_states_of_every_group_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hard_state = HardState { term: 3, vote: Some(2), commit: 150 };
+    {
+        let mut store = Interleaved::open(dir.path());
+        store.append(&mixed_entries(1, 120, 1)).expect("append term 1");
+        store.append(&mixed_entries(100, 180, 2)).expect("append conflicting term 2");
+        store.append(&mixed_entries(121, 200, 3)).expect("append term 3 overwrites the tail");
+        store.set_hard_state(HardState { term: 2, vote: None, commit: 10 }).expect("hard state");
+        store.set_hard_state(hard_state).expect("hard state");
+        lock(&store.log).sync().expect("sync");
+    }
+    let store = Interleaved::open(dir.path());
+    let mut expected = mixed_entries(1, 99, 1);
+    expected.extend(mixed_entries(100, 120, 2));
+    expected.extend(mixed_entries(121, 200, 3));
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (1, 200));
+    assert_eq!(store.entries(1, 201, u64::MAX).expect("entries"), expected);
+    assert_eq!(store.initial_state().expect("state").hard_state, hard_state);
+    let neighbour_last = store.neighbour.last_index().unwrap();
+    assert_eq!(neighbour_last, 10, "five writes of the neighbour, two entries each");
+    assert_eq!(store.neighbour.entries(1, neighbour_last + 1, u64::MAX).unwrap().len(), 10);
+}
+
+/// Writes two groups and returns the log directory, synced.
+fn two_groups(dir: &Path) {
+    let mut store = Interleaved::open(dir);
+    store.append(&mixed_entries(1, 40, 1)).expect("append");
+    store.set_hard_state(HardState { term: 1, vote: Some(1), commit: 30 }).expect("hard state");
+    lock(&store.log).sync().expect("sync");
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir.join(shared_log::LOG_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_corrupt_record_names_its_group_segment_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    two_groups(dir.path());
+    let segment = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The first record (after the 32-byte segment header) belongs to PARTITION: rot one payload byte.
+    let offset = wal::SEGMENT_HEADER_BYTES;
+    bytes[offset + wal::RECORD_HEADER_BYTES + 6] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let before = std::fs::read(&segment).unwrap();
+    match SharedLog::open_read_only(dir.path(), options()) {
+        Err(SharedLogError::CorruptRecord { group, segment: named, offset: at, .. }) => {
+            assert_eq!(group, GroupName::Partition(PARTITION));
+            assert_eq!(named, segment);
+            assert_eq!(at, offset as u64);
+        }
+        other => panic!("a rotten record must be a CorruptRecord error, got {:?}", other.map(|_| ())),
+    }
+    let error = SharedLog::open(dir.path(), options()).err().expect("a writable open refuses too");
+    let text = error.to_string();
+    assert!(text.contains(&format!("partition {PARTITION}")) && text.contains(&format!("byte {offset}")), "{text}");
+    assert_eq!(std::fs::read(&segment).unwrap(), before, "refusing a corrupt log changes nothing");
+}
+
+#[test]
+fn a_torn_tail_is_cut_by_a_writable_open_and_only_skipped_by_a_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    two_groups(dir.path());
+    let segment = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Garbage after the last whole record: a write the crash tore.
+    let mut end = wal::SEGMENT_HEADER_BYTES;
+    while let Ok((header, _)) = wal::layout::decode_record(&bytes[end..]) {
+        end += wal::RECORD_HEADER_BYTES + header.payload_bytes as usize;
+    }
+    bytes[end..end + 30].fill(0xab);
+    std::fs::write(&segment, &bytes).unwrap();
+    let (_, report) = SharedLog::open_read_only(dir.path(), options()).expect("a reader skips a torn tail");
+    assert_eq!(report.truncated_bytes, 30);
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "the reader changed the segment");
+    let log = open(dir.path());
+    let store = GroupStore::new(log.clone(), PARTITION).unwrap();
+    assert_eq!(store.last_index().unwrap(), 40, "whole records survive the cut");
+}
+
+#[test]
+fn snapshot_files_are_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = Interleaved::open(dir.path());
+        store.append(&mixed_entries(1, 5, 4)).expect("append");
+        lock(&store.log).sync().expect("sync");
+        store.create_snapshot(3, ConfState::with_voters([1]), vec![7; 40]).expect("snapshot");
+    }
+    let path = shared_log::snapshot_path(dir.path(), PARTITION);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    assert!(matches!(SharedLog::open(dir.path(), options()), Err(SharedLogError::CorruptSnapshot { .. })));
+    let mut flipped = bytes.clone();
+    flipped[20] ^= 0x40;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(matches!(SharedLog::open(dir.path(), options()), Err(SharedLogError::CorruptSnapshot { .. })));
+    std::fs::write(&path, &bytes).unwrap();
+    let store = Interleaved::open(dir.path());
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (4, 5));
+    assert_eq!(store.snapshot().unwrap().data, vec![7; 40]);
+}
+
+#[test]
+fn an_install_whose_record_a_crash_lost_is_completed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let installed = Snapshot {
+        meta: SnapshotMeta { index: 1000, term: 7, conf_state: ConfState::with_voters([1, 2]) },
+        data: b"state@1000".to_vec(),
+    };
+    {
+        let mut store = Interleaved::open(dir.path());
+        store.append(&mixed_entries(1, 50, 1)).expect("append");
+        lock(&store.log).sync().expect("sync");
+        // The image is written and synced; the Install record stays staged and dies with the crash.
+        store.main.apply_snapshot(installed.clone()).expect("apply");
+    }
+    let (_, report) = SharedLog::open_read_only(dir.path(), options()).expect("read-only open");
+    assert_eq!(report.installs_completed, vec![PARTITION], "a reader completes the install in memory");
+    let (_, report) = SharedLog::open_read_only(dir.path(), options()).expect("read-only open");
+    assert_eq!(report.installs_completed, vec![PARTITION], "and writes nothing, so a second reader does again");
+    let mut store = Interleaved::open(dir.path());
+    assert_eq!(store.snapshot().unwrap(), installed);
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (1001, 1000));
+    store.append(&mixed_entries(1001, 1002, 7)).expect("append after the install");
+    lock(&store.log).sync().expect("sync");
+    drop(store);
+    let (_, report) = SharedLog::open(dir.path(), options()).expect("open");
+    assert!(report.installs_completed.is_empty(), "the writable open recorded the install");
+    let store = Interleaved::open(dir.path());
+    assert_eq!(store.entries(1001, 1003, u64::MAX).unwrap(), mixed_entries(1001, 1002, 7));
+}
+
+#[test]
+fn a_read_only_log_refuses_every_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    two_groups(dir.path());
+    let (log, _) = SharedLog::open_read_only(dir.path(), options()).expect("read-only");
+    let log = Arc::new(Mutex::new(log));
+    let mut store = GroupStore::new(log.clone(), PARTITION).unwrap();
+    assert!(store.append(&mixed_entries(41, 41, 1)).is_err());
+    assert!(store.set_hard_state(HardState::default()).is_err());
+    assert!(store.create_snapshot(10, ConfState::default(), vec![]).is_err());
+    assert!(lock(&log).purge().is_err());
+    assert_eq!(store.last_index().unwrap(), 40, "a refused append changed the index");
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A 3-node cluster on loopback (3 walletd + walletbench on this machine), closed loop, batches of 8000,
+# 30,000 accounts, replication factor 3, leaders spread by the cluster file: one run per line, each on
+# fresh data directories, then the size of the three data directories after the run (du, apparent and
+# allocated). BENCHMARKS.md section 8 has the figures and the reading.
+# Usage: scripts/bench-cluster.sh PARTITIONS [RUNS] [SECONDS] [BIN_DIR]
+#   BIN_DIR: where walletd and walletbench are (default: this checkout's release build), so an A/B can
+#   run another commit's binaries in the same session.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+partitions="${1:?usage: scripts/bench-cluster.sh PARTITIONS [RUNS] [SECONDS] [BIN_DIR]}"
+runs="${2:-2}"
+seconds="${3:-10}"
+bin="${4:-}"
+if [ -z "$bin" ]; then
+    . scripts/setup.sh
+    wallet_build
+    bin="$CARGO_TARGET_DIR/release"
+fi
+dir="$(mktemp -d /tmp/wallet-bench-cluster.XXXXXX)"
+pids=()
+stop() {
+    if [ "${#pids[@]}" -gt 0 ]; then
+        kill -INT "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
+    fi
+    pids=()
+}
+trap 'stop; rm -rf "$dir"' EXIT
+cat >"$dir/cluster.toml" <<TOML
+cluster_id = "1"
+partitions = $partitions
+replication_factor = 3
+
+[[nodes]]
+id = 1
+address = "127.0.0.1:17401"
+peer_address = "127.0.0.1:17501"
+
+[[nodes]]
+id = 2
+address = "127.0.0.1:17402"
+peer_address = "127.0.0.1:17502"
+
+[[nodes]]
+id = 3
+address = "127.0.0.1:17403"
+peer_address = "127.0.0.1:17503"
+TOML
+for run in $(seq 1 "$runs"); do
+    rm -rf "$dir"/node-*
+    for id in 1 2 3; do
+        "$bin/walletd" --cluster-config "$dir/cluster.toml" --node-id "$id" --data-dir "$dir/node-$id" --no-pin \
+            >"$dir/node-$id.log" 2>&1 &
+        pids+=($!)
+    done
+    ready=""
+    for _ in $(seq 1 120); do
+        if "$bin/walletctl" --addr 127.0.0.1:17401 status --wait-for-leaders 500 >/dev/null 2>&1; then
+            ready=1
+            break
+        fi
+    done
+    if [ -z "$ready" ]; then
+        echo "run $run: the cluster elected no leader for every partition; see $dir/node-*.log" >&2
+        tail -5 "$dir"/node-*.log >&2
+        exit 1
+    fi
+    "$bin/walletbench" --addr 127.0.0.1:17401,127.0.0.1:17402,127.0.0.1:17403 --duration "${seconds}s" \
+        --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 >"$dir/bench.txt" 2>&1 || {
+        cat "$dir/bench.txt" >&2
+        exit 1
+    }
+    stop
+    rate=$(awk '/^throughput/ {print $2}' "$dir/bench.txt")
+    latency=$(awk '$1 ~ /^(p50|p99|p99\.9|max)$/ {printf "%s %s ", $1, $2}' "$dir/bench.txt")
+    apparent=$(du -sb --apparent-size "$dir"/node-* | awk '{s += $1} END {printf "%.2f GB", s / 1e9}')
+    allocated=$(du -s --block-size=1 "$dir"/node-* | awk '{s += $1} END {printf "%.2f GB", s / 1e9}')
+    echo "partitions $partitions run $run: $rate transfers/s | $latency| data dirs: $allocated allocated, $apparent apparent"
+    cp "$dir/bench.txt" "/tmp/bench-cluster-p$partitions-run$run.txt"
+done
