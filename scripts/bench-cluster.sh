@@ -34,18 +34,18 @@ replication_factor = 3
 
 [[nodes]]
 id = 1
-address = "127.0.0.1:17401"
-peer_address = "127.0.0.1:17501"
+address = "127.0.0.1:27401"
+peer_address = "127.0.0.1:27501"
 
 [[nodes]]
 id = 2
-address = "127.0.0.1:17402"
-peer_address = "127.0.0.1:17502"
+address = "127.0.0.1:27402"
+peer_address = "127.0.0.1:27502"
 
 [[nodes]]
 id = 3
-address = "127.0.0.1:17403"
-peer_address = "127.0.0.1:17503"
+address = "127.0.0.1:27403"
+peer_address = "127.0.0.1:27503"
 TOML
 for run in $(seq 1 "$runs"); do
     rm -rf "$dir"/node-*
@@ -56,17 +56,17 @@ for run in $(seq 1 "$runs"); do
     done
     ready=""
     for _ in $(seq 1 120); do
-        if "$bin/walletctl" --addr 127.0.0.1:17401 status --wait-for-leaders 500 >/dev/null 2>&1; then
+        if "$bin/walletctl" --addr 127.0.0.1:27401 status --wait-for-leaders 500 >/dev/null 2>&1; then
             ready=1
             break
         fi
     done
     if [ -z "$ready" ]; then
         echo "run $run: the cluster elected no leader for every partition; see $dir/node-*.log" >&2
-        tail -5 "$dir"/node-*.log >&2
+        tail -n 5 "$dir"/node-*.log >&2
         exit 1
     fi
-    "$bin/walletbench" --addr 127.0.0.1:17401,127.0.0.1:17402,127.0.0.1:17403 --duration "${seconds}s" \
+    "$bin/walletbench" --addr 127.0.0.1:27401,127.0.0.1:27402,127.0.0.1:27403 --duration "${seconds}s" \
         --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 >"$dir/bench.txt" 2>&1 || {
         cat "$dir/bench.txt" >&2
         exit 1

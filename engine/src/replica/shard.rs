@@ -206,6 +206,7 @@ impl ReplicaShard {
     pub fn run(mut self, peers: Receiver<(u64, PeerItem)>, clients: Receiver<ClientCommand>) {
         let tick = Duration::from_millis(self.replication.tick_interval_ms);
         self.carry_out();
+        self.submit();
         let client_depth = metrics::queue_depth_gauge(self.id, "client");
         let peer_depth = metrics::queue_depth_gauge(self.id, "peer");
         loop {
@@ -250,6 +251,7 @@ impl ReplicaShard {
             self.tick_if_due(tick);
             self.core.end_round(self.now());
             self.carry_out();
+            self.submit();
             metrics::observe_round(round_started.elapsed());
             if let Some(reply) = shutdown {
                 return self.close(Some(reply));
@@ -293,9 +295,8 @@ impl ReplicaShard {
         }
     }
 
-    /// Carries out everything the core decided, in order, until it has nothing more to say, then submits
-    /// what it staged in the log: the whole round's writes go as one write + one fdatasync (or as the
-    /// next batch, if one is in flight).
+    /// Carries out everything the core decided, in order, until it has nothing more to say (writes are
+    /// staged in the log; `submit` sends them).
     fn carry_out(&mut self) {
         loop {
             let outputs = self.core.take_outputs();
@@ -338,11 +339,18 @@ impl ReplicaShard {
                 }
             }
         }
-        if !self.staged.is_empty() {
-            let submitted = lock(&self.log).submit();
-            if let Err(error) = submitted {
-                self.core.log_failed(error);
-            }
+    }
+
+    /// Submits what is staged as one batch: one write + one fdatasync (or, if a batch is in flight, it
+    /// goes as the next one when that completes). Called once at the end of a round, so a round's
+    /// writes of every group share one sync.
+    fn submit(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let submitted = lock(&self.log).submit();
+        if let Err(error) = submitted {
+            self.core.log_failed(error);
         }
     }
 

@@ -210,6 +210,10 @@ struct GroupLog {
     /// Likewise for the Install or Base record that says where the log starts (empty when the
     /// snapshot file alone says it: after a compaction, or when no snapshot was ever installed).
     base_records: VecDeque<u64>,
+    /// After an append replaced every entry held (a conflict at the first index): the position of the
+    /// oldest replaced entry, needed until the first replacing record (the second position) is
+    /// durable, since a crash before that must find the old entries.
+    replaced: Option<(u64, u64)>,
     /// Purge found this group's entries pinning the oldest segment: the core is asked to compact.
     compaction_wanted: bool,
 }
@@ -253,15 +257,23 @@ impl GroupLog {
                 records.pop_front();
             }
         }
+        if self.replaced.is_some_and(|(_, replacing)| replacing <= durable) {
+            self.replaced = None;
+        }
     }
 
     /// The oldest position recovery still needs from this group, if any.
     fn needed_from(&self) -> Option<u64> {
-        [self.positions.front(), self.hard_state_records.front(), self.base_records.front()]
-            .into_iter()
-            .flatten()
-            .copied()
-            .min()
+        let replaced = self.replaced.map(|(old, _)| old);
+        [
+            self.positions.front().copied(),
+            self.hard_state_records.front().copied(),
+            self.base_records.front().copied(),
+            replaced,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -502,10 +514,10 @@ impl SharedLog {
 
     /// Frees the oldest segments that no group needs any more. A record is needed while it is the
     /// newest durable one of its kind for its group (a HardState; an Install or Base) or an entry above
-    /// the group's snapshot. To free the oldest sealed segment once more than
-    /// `PURGE_SEGMENTS_RETAINED` are sealed, a group whose HardState or Base record is there gets it
-    /// written again (the old one goes once the new one is durable), and a group whose entries are
-    /// there is asked to compact (`compaction_wanted`).
+    /// the group's snapshot. To free every sealed segment but the newest `PURGE_SEGMENTS_RETAINED`, a
+    /// group whose HardState or Base record is in one gets it written again (the old one goes once the
+    /// new one is durable, at a later purge), and a group whose entries are in one is asked to compact
+    /// (`compaction_wanted`).
     pub fn purge(&mut self) -> Result<PurgeReport, SharedLogError> {
         self.check_writable()?;
         let mut report = PurgeReport::default();
@@ -514,9 +526,10 @@ impl SharedLog {
             group.trim_records(durable);
         }
         let firsts: Vec<u64> = self.wal.segment_first_indexes().collect();
-        // Sealed segments: all but the last.
-        if firsts.len() > PURGE_SEGMENTS_RETAINED + 1 {
-            let free_below = firsts[1];
+        // Sealed segments: all but the last; every one older than the newest retained ones is to go.
+        let sealed = firsts.len() - 1;
+        if sealed > PURGE_SEGMENTS_RETAINED {
+            let free_below = firsts[sealed - PURGE_SEGMENTS_RETAINED];
             let mut rewrite = Vec::new();
             for (&partition, group) in self.groups.iter_mut() {
                 if group.positions.front().is_some_and(|&position| position < free_below) {
@@ -597,7 +610,13 @@ impl SharedLog {
         let Some(first) = entries.first() else { return Ok(()) };
         let group = self.group(partition)?;
         raft::storage::check_append(entries, group.first_index(), group.last_index())?;
+        let replaced_front = (first.index <= group.first_index()).then(|| group.positions.front().copied()).flatten();
         self.group_mut(partition)?.truncate_from(first.index);
+        if let Some(old) = replaced_front {
+            let replacing = self.wal.last_index() + 1;
+            let group = self.group_mut(partition)?;
+            group.replaced = Some(group.replaced.map_or((old, replacing), |(older, _)| (older.min(old), replacing)));
+        }
         for entry in entries {
             self.scratch.clear();
             self.scratch.extend_from_slice(&partition.to_le_bytes());
