@@ -1,9 +1,13 @@
-//! `walletctl wal dump`: a stopped node's event log, record by record and event by event.
+//! `walletctl wal dump`: a stopped node's event log, record by record and event by event. For a cluster
+//! node, each replica shard's one log: every record (entries of every partition, hard states, installs)
+//! in log order, and the events of every entry that carries a batch. Opened read-only, changes nothing.
 
 use std::path::Path;
 
 use engine::event::{EventBatchView, EventBody};
 use engine::node::{DataDirLock, Manifest};
+use engine::replica::node::ClusterManifest;
+use engine::replica::shared_log;
 use engine::shard::{shard_dir, RECORD_KIND_EVENTS};
 use engine::NodeConfig;
 use serde_json::{json, Value};
@@ -15,7 +19,7 @@ pub enum DumpError {
     Engine(#[from] engine::EngineError),
     #[error("{0}")]
     Wal(#[from] wal::WalError),
-    #[error("{0} is not a node data directory (no node.toml)")]
+    #[error("{0} is not a node data directory (no node.toml or cluster-node.toml)")]
     NotADataDir(String),
     #[error("shard {shard} does not exist (the node has {shards})")]
     NoSuchShard { shard: u32, shards: u32 },
@@ -30,6 +34,9 @@ pub struct DumpOptions {
 
 /// Writes the dump through `emit`, one line per record and per event.
 pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)) -> Result<(), DumpError> {
+    if let Some(manifest) = ClusterManifest::read(data_dir)? {
+        return dump_cluster(data_dir, manifest.shards, options, &mut emit);
+    }
     let manifest = Manifest::read(data_dir)?.ok_or_else(|| DumpError::NotADataDir(data_dir.display().to_string()))?;
     let _lock = DataDirLock::acquire_for_audit(data_dir)?;
     let shards: Vec<u32> = match options.shard {
@@ -60,6 +67,70 @@ pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)
         for record in log.reader(from)?.take(options.records_max as usize) {
             let record = record?;
             emit_record(shard, record.index, record.term, record.kind, record.payload, options.json, &mut emit);
+        }
+    }
+    Ok(())
+}
+
+fn dump_cluster(
+    data_dir: &Path,
+    shards: u32,
+    options: &DumpOptions,
+    emit: &mut impl FnMut(String),
+) -> Result<(), DumpError> {
+    let _lock = DataDirLock::acquire_for_audit(data_dir)?;
+    let shards: Vec<u32> = match options.shard {
+        Some(shard) if shard >= shards => return Err(DumpError::NoSuchShard { shard, shards }),
+        Some(shard) => vec![shard],
+        None => (0..shards).collect(),
+    };
+    let segment_bytes = NodeConfig::default().wal_segment_bytes;
+    for shard in shards {
+        let dir = shared_log::shard_dir(data_dir, shard).join(shared_log::LOG_DIR);
+        if !dir.exists() {
+            continue;
+        }
+        let (log, report) = Wal::open_read_only(&dir, WalOptions { segment_bytes, ..WalOptions::default() })?;
+        if !options.json {
+            emit(format!(
+                "replica shard {shard}: {} segments, positions {}..={}",
+                report.segments,
+                log.first_index(),
+                log.last_index()
+            ));
+        }
+        if log.last_index() < log.first_index() {
+            continue;
+        }
+        let from = options.from_index.max(log.first_index());
+        for record in log.reader(from)?.take(options.records_max as usize) {
+            let record = record?;
+            let what = shared_log::describe_record(record.kind, record.payload);
+            let batch = shared_log::entry_record_data(record.kind, record.payload)
+                .map(|(partition, index, term, data)| (partition, index, term, EventBatchView::new(data)));
+            match (options.json, batch) {
+                (true, Some((partition, index, term, Ok(view)))) => {
+                    let events: Vec<Value> = view.iter().map(|e| event_json(&e)).collect();
+                    emit(
+                        json!({"shard": shard, "position": record.index, "partition": partition, "index": index,
+                        "term": term, "record": what, "first_seq": view.first_seq(), "events": events})
+                        .to_string(),
+                    );
+                }
+                (true, _) => emit(json!({"shard": shard, "position": record.index, "record": what}).to_string()),
+                (false, batch) => {
+                    emit(format!("position {}: {what}", record.index));
+                    match batch {
+                        Some((_, _, _, Ok(view))) => {
+                            for event in view.iter() {
+                                emit(format!("  {}", event_text(&event)));
+                            }
+                        }
+                        Some((_, _, _, Err(error))) => emit(format!("  UNDECODABLE event batch: {error}")),
+                        None => {}
+                    }
+                }
+            }
         }
     }
     Ok(())

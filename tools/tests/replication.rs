@@ -336,6 +336,23 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
             assert!(commit_index >= applied, "node {id} partition {partition} replays to {commit_index} < {applied}");
             assert_eq!(replay["state_digest"], format!("{digest:016x}"), "node {id} partition {partition}: {replay}");
         }
+        // `wal dump` reads the shard's one log read-only: records of every partition, events included.
+        let before = support::fingerprint::tree_fingerprint(&dir);
+        let (code, out) = cluster.walletctl(&["wal", "dump", "--data-dir", dir.to_str().unwrap()]);
+        support::fingerprint::assert_unchanged(&before, &support::fingerprint::tree_fingerprint(&dir), "wal dump");
+        assert_eq!(code, 0, "node {id} wal dump: {out}");
+        assert!(out.starts_with("replica shard 0:"), "node {id} wal dump: {}", &out[..out.len().min(500)]);
+        for &(partition, _, _) in live {
+            assert!(
+                out.contains(&format!("partition {partition} entry ")),
+                "node {id}: no entry of partition {partition}"
+            );
+        }
+        assert!(
+            out.contains(" hard state: term ") && out.contains("transfer_posted"),
+            "node {id}: {}",
+            &out[..out.len().min(500)]
+        );
     }
 }
 
