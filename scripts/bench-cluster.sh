@@ -6,7 +6,9 @@
 # Usage: scripts/bench-cluster.sh PARTITIONS [RUNS] [SECONDS] [BIN_DIR]
 #   BIN_DIR: where walletd and walletbench are (default: this checkout's release build), so an A/B can
 #   run another commit's binaries in the same session.
+#   WALLETD_ARGS (environment): extra walletd arguments, e.g. "--config small-segments.toml".
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 partitions="${1:?usage: scripts/bench-cluster.sh PARTITIONS [RUNS] [SECONDS] [BIN_DIR]}"
 runs="${2:-2}"
@@ -50,7 +52,8 @@ TOML
 for run in $(seq 1 "$runs"); do
     rm -rf "$dir"/node-*
     for id in 1 2 3; do
-        "$bin/walletd" --cluster-config "$dir/cluster.toml" --node-id "$id" --data-dir "$dir/node-$id" --no-pin \
+        # shellcheck disable=SC2086 # WALLETD_ARGS is a list of words on purpose.
+        "$bin/walletd" --cluster-config "$dir/cluster.toml" --node-id "$id" --data-dir "$dir/node-$id" --no-pin ${WALLETD_ARGS:-} \
             >"$dir/node-$id.log" 2>&1 &
         pids+=($!)
     done
@@ -67,15 +70,28 @@ for run in $(seq 1 "$runs"); do
         exit 1
     fi
     "$bin/walletbench" --addr 127.0.0.1:27401,127.0.0.1:27402,127.0.0.1:27403 --duration "${seconds}s" \
-        --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 >"$dir/bench.txt" 2>&1 || {
+        --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 >"$dir/bench.txt" 2>&1 &
+    bench_pid=$!
+    # Disk use of the three data directories every 5 s while the load runs (allocated bytes).
+    started=$SECONDS
+    while kill -0 "$bench_pid" 2>/dev/null; do
+        sleep 5
+        if kill -0 "$bench_pid" 2>/dev/null; then
+            du -s --block-size=1 "$dir"/node-* |
+                awk -v t=$((SECONDS - started)) '{s += $1} END {printf "  t=%ss data dirs %.2f GB\n", t, s / 1e9}' >&2
+        fi
+    done
+    wait "$bench_pid" || {
         cat "$dir/bench.txt" >&2
         exit 1
     }
     stop
+    logs=$(du -cs --block-size=1 "$dir"/node-*/replica-shard-*/wal "$dir"/node-*/partition-* | tail -1 | awk '{printf "%.2f GB", $1 / 1e9}')
+    images=$(cat "$dir"/node-*/replica-shard-*/snapshot-* "$dir"/node-*/partition-*/raft-snapshot 2>/dev/null | wc -c | awk '{printf "%.2f GB", $1 / 1e9}')
     rate=$(awk '/^throughput/ {print $2}' "$dir/bench.txt")
     latency=$(awk '$1 ~ /^(p50|p99|p99\.9|max)$/ {printf "%s %s ", $1, $2}' "$dir/bench.txt")
     apparent=$(du -sb --apparent-size "$dir"/node-* | awk '{s += $1} END {printf "%.2f GB", s / 1e9}')
     allocated=$(du -s --block-size=1 "$dir"/node-* | awk '{s += $1} END {printf "%.2f GB", s / 1e9}')
-    echo "partitions $partitions run $run: $rate transfers/s | $latency| data dirs: $allocated allocated, $apparent apparent"
+    echo "partitions $partitions run $run: $rate transfers/s | $latency| data dirs: $allocated allocated, $apparent apparent (logs $logs, snapshot images $images)"
     cp "$dir/bench.txt" "/tmp/bench-cluster-p$partitions-run$run.txt"
 done

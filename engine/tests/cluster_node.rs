@@ -618,3 +618,49 @@ fn a_hello_with_another_version_or_cluster_file_gets_the_connection_closed() {
     }
     drop(two);
 }
+
+/// Every file under `dir` with its bytes, to prove a refusal changed nothing.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.push((path.clone(), Vec::new()));
+            found.extend(tree(&path));
+        } else {
+            found.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_data_directory_of_the_per_partition_log_format_is_refused_by_name_and_left_alone() {
+    let cluster = local_cluster(1, 2, 1);
+    // What format 2 left: a manifest naming it and one folder per partition with its side files.
+    let old = tempfile::tempdir().unwrap();
+    let manifest = "format_version = 2\ncluster_id = \"5eed\"\nnode_id = 1\npartitions = 2\nreplication_factor = 1\n\
+                    idempotency_window_ms = 1\nidempotency_ids_max = 1\nid_hash_key = \"1\"\n";
+    std::fs::write(old.path().join("cluster-node.toml"), manifest).unwrap();
+    for partition in ["partition-00000", "partition-00001"] {
+        std::fs::create_dir(old.path().join(partition)).unwrap();
+        std::fs::write(old.path().join(partition).join("raft-hard-state"), b"RHS1 old bytes").unwrap();
+    }
+    // The same folders without a manifest.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::create_dir(bare.path().join("partition-00000")).unwrap();
+    std::fs::write(bare.path().join("partition-00000").join("raft-snapshot"), b"RSN1 old bytes").unwrap();
+    for dir in [old.path(), bare.path()] {
+        let before = tree(dir);
+        let opened = ClusterNode::open(node_config(dir), cluster.clone(), 1, &OpenOptions::default());
+        let error = opened.err().expect("the old format must be refused").to_string();
+        assert!(error.contains("cluster data format 2") && error.contains("format 3"), "{error}");
+        assert!(error.contains("one log per partition") || error.contains("one Raft log per partition"), "{error}");
+        assert_eq!(tree(dir), before, "refusing the old format changed the directory");
+        if dir == old.path() {
+            let read = ClusterManifest::read(dir).err().expect("audit tools refuse it too").to_string();
+            assert!(read.contains("cluster data format 2"), "{read}");
+        }
+    }
+}

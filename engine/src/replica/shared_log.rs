@@ -100,6 +100,10 @@ const SNAPSHOT_KIND_INSTALL: u8 = 1;
 /// compact): with the segment being written, a shard's log holds at most this many + 1 segments while
 /// every group keeps up.
 pub const PURGE_SEGMENTS_RETAINED: usize = 2;
+/// Groups purge asks to compact at once (each writes its snapshot image synchronously in the shard's
+/// round): the oldest pinning groups first, so freeing segments never stalls a round with every
+/// group's image at once.
+pub const PURGE_COMPACTIONS_WANTED_MAX: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedLogError {
@@ -517,7 +521,7 @@ impl SharedLog {
     /// the group's snapshot. To free every sealed segment but the newest `PURGE_SEGMENTS_RETAINED`, a
     /// group whose HardState or Base record is in one gets it written again (the old one goes once the
     /// new one is durable, at a later purge), and a group whose entries are in one is asked to compact
-    /// (`compaction_wanted`).
+    /// (`compaction_wanted`; at most `PURGE_COMPACTIONS_WANTED_MAX` groups at a time, oldest first).
     pub fn purge(&mut self) -> Result<PurgeReport, SharedLogError> {
         self.check_writable()?;
         let mut report = PurgeReport::default();
@@ -531,11 +535,14 @@ impl SharedLog {
         if sealed > PURGE_SEGMENTS_RETAINED {
             let free_below = firsts[sealed - PURGE_SEGMENTS_RETAINED];
             let mut rewrite = Vec::new();
+            let mut pinning: Vec<(u64, u32)> = Vec::new();
+            let mut wanted = 0;
             for (&partition, group) in self.groups.iter_mut() {
-                if group.positions.front().is_some_and(|&position| position < free_below) {
-                    if !group.compaction_wanted {
-                        group.compaction_wanted = true;
-                        report.compaction_wanted.push(partition);
+                if let Some(&position) = group.positions.front().filter(|&&position| position < free_below) {
+                    if group.compaction_wanted {
+                        wanted += 1;
+                    } else {
+                        pinning.push((position, partition));
                     }
                 }
                 // Only when no newer record of the kind is on its way already.
@@ -544,6 +551,11 @@ impl SharedLog {
                 if hard_state || base {
                     rewrite.push((partition, hard_state, base));
                 }
+            }
+            pinning.sort_unstable();
+            for &(_, partition) in pinning.iter().take(PURGE_COMPACTIONS_WANTED_MAX.saturating_sub(wanted)) {
+                self.group_mut(partition)?.compaction_wanted = true;
+                report.compaction_wanted.push(partition);
             }
             for (partition, hard_state, base) in rewrite {
                 let group = self.group(partition)?;
