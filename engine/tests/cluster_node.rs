@@ -659,7 +659,7 @@ fn a_data_directory_of_the_per_partition_log_format_is_refused_by_name_and_left_
         assert!(error.contains("one log per partition") || error.contains("one Raft log per partition"), "{error}");
         assert_eq!(tree(dir), before, "refusing the old format changed the directory");
         if dir == old.path() {
-            let read = ClusterManifest::read(dir).err().expect("audit tools refuse it too").to_string();
+            let read = ClusterManifest::read(dir).expect_err("audit tools refuse it too").to_string();
             assert!(read.contains("cluster data format 2"), "{read}");
         }
     }

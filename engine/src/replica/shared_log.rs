@@ -323,7 +323,7 @@ impl SharedLog {
         fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
         remove_temp_files(dir)?;
         let log_dir = dir.join(LOG_DIR);
-        let (mut wal, report) = Wal::open(&log_dir, options).map_err(|e| name_corrupt_group(e))?;
+        let (mut wal, report) = Wal::open(&log_dir, options).map_err(name_corrupt_group)?;
         wal.set_sync_observer(crate::metrics::observe_fsync);
         Self::recover(dir, wal, report, false)
     }
@@ -332,7 +332,7 @@ impl SharedLog {
     /// created, repaired or rewritten; an interrupted install is completed in memory only; every write
     /// is refused.
     pub fn open_read_only(dir: &Path, options: WalOptions) -> Result<(SharedLog, OpenReport), SharedLogError> {
-        let (wal, report) = Wal::open_read_only(&dir.join(LOG_DIR), options).map_err(|e| name_corrupt_group(e))?;
+        let (wal, report) = Wal::open_read_only(&dir.join(LOG_DIR), options).map_err(name_corrupt_group)?;
         Self::recover(dir, wal, report, true)
     }
 
