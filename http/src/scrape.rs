@@ -16,7 +16,7 @@ use prometheus::{
 
 use crate::link::{Call, NodeLink};
 
-/// How deep below the data directory log segments are looked for (`shard-000/wal/…`, `partition-00000/…`).
+/// How deep below the data directory log segments are looked for (`shard-000/wal/…`, `replica-shard-000/wal/…`).
 const LOG_SEARCH_DEPTH_MAX: usize = 3;
 /// Buckets of the HTTP request duration histogram, in seconds.
 const HTTP_DURATION_BUCKETS_SECONDS: [f64; 14] =

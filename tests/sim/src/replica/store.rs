@@ -15,7 +15,7 @@ pub struct SimStore {
 
 impl SimStore {
     /// A new replica's store: the partition's first membership, nothing else (what
-    /// `WalStorage::bootstrap` writes).
+    /// `SharedLog::bootstrap` writes).
     pub fn new(conf_state: ConfState) -> SimStore {
         SimStore { mem: MemStorage::new_with_conf(conf_state), marker: None }
     }
