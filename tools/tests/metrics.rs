@@ -258,6 +258,17 @@ fn cluster_nodes_expose_leaders_forwards_and_commits() {
         assert!(value(&samples, "wallet_log_fsync_duration_seconds_count") >= 1.0);
         assert!(value(&samples, "wallet_partition_raft_term{partition=\"0\"}") >= 1.0);
         total_results += value(&samples, "wallet_results_total{code=\"ok\"}");
+        let stage = |name: &str| value(&samples, &format!("wallet_stage_duration_seconds_count{{stage=\"{name}\"}}"));
+        if id == 1 {
+            // Node 1's clients sent 6 write batches of one partition each: each timed through its stages
+            // there, whether node 1 decided it or forwarded it.
+            for name in ["queue_wait", "execute", "total"] {
+                assert_eq!(stage(name), 6.0, "stage {name}: {text}");
+            }
+        } else {
+            assert_eq!(stage("total"), 0.0, "no client wrote through node {id}");
+        }
+        assert!(stage("log_sync") >= 1.0, "every replica syncs its shard's log: {text}");
         if id == 1 && !forwarded_partitions.is_empty() {
             // Two requests (accounts, transfers) per partition node 1 does not lead.
             let forwarded = 2.0 * forwarded_partitions.len() as f64;

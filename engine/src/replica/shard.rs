@@ -40,7 +40,7 @@ use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::join::BatchPart;
-use crate::metrics;
+use crate::metrics::{self, Stage};
 pub use crate::replica::core::GroupStatus;
 use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
@@ -113,6 +113,8 @@ struct Staged {
     partition: u32,
     number: u64,
     position: u64,
+    /// For the `log_sync` stage: staging to durable.
+    staged_at: Instant,
 }
 
 pub struct ReplicaShard {
@@ -271,8 +273,12 @@ impl ReplicaShard {
                 return 1;
             }
             ClientCommand::Shutdown { .. } => unreachable!("handled by the loop"),
-            ClientCommand::Transfers { partition, items, part } => Command::Transfers { partition, items, to: part },
+            ClientCommand::Transfers { partition, items, part } => {
+                metrics::observe_stage(Stage::QueueWait, part.accepted_at().elapsed());
+                Command::Transfers { partition, items, to: part }
+            }
             ClientCommand::CreateAccounts { partition, items, part } => {
+                metrics::observe_stage(Stage::QueueWait, part.accepted_at().elapsed());
                 Command::CreateAccounts { partition, items, to: part }
             }
             ClientCommand::Lookup { partition, consistency, ids, reply } => {
@@ -280,7 +286,14 @@ impl ReplicaShard {
                 Command::Lookup { partition, consistency, ids, to: (slots, reply) }
             }
         };
-        self.core.on_client(now, command)
+        let writes = matches!(command, Command::Transfers { .. } | Command::CreateAccounts { .. });
+        let started = Instant::now();
+        let items = self.core.on_client(now, command);
+        if writes {
+            // Deciding it on the led partition's speculative state, or handing it to a leader elsewhere.
+            metrics::observe_stage(Stage::Execute, started.elapsed());
+        }
+        items
     }
 
     fn tick_if_due(&mut self, tick: Duration) {
@@ -326,12 +339,18 @@ impl ReplicaShard {
                                     partition: persist.partition,
                                     number: persist.number,
                                     position,
+                                    staged_at: Instant::now(),
                                 });
                             }
                             Err(error) => self.core.storage_failed(persist.partition, error),
                         }
                     }
-                    Output::Items { to, outcome } => to.complete(outcome),
+                    Output::Items { to, outcome } => {
+                        if outcome.is_ok() {
+                            metrics::observe_stage(Stage::Total, to.accepted_at().elapsed());
+                        }
+                        to.complete(outcome)
+                    }
                     Output::Lookup { to: (slots, reply), outcome } => {
                         reply(outcome.map(|accounts| slots.into_iter().zip(accounts).collect()))
                     }
@@ -369,6 +388,10 @@ impl ReplicaShard {
             }
         };
         let mut reported = false;
+        if let Some(oldest) = self.staged.front().filter(|staged| staged.position <= durable) {
+            // Once per completion, for its oldest write: the round's writes share one sync.
+            metrics::observe_stage(Stage::LogSync, oldest.staged_at.elapsed());
+        }
         while self.staged.front().is_some_and(|staged| staged.position <= durable) {
             let staged = self.staged.pop_front().expect("front checked just above");
             self.core.persisted(staged.partition, staged.number);
