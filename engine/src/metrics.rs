@@ -67,18 +67,22 @@ pub enum ForwardOutcome {
     Failed,
     /// No answer within the client's deadline.
     TimedOut,
-    /// The peer's queue was full or it had no connection: refused at once.
+    /// The peer's queue was full, it had no connection, or the connection failed with the request
+    /// on it: routed again at once (never left to time out).
     NotQueued,
+    /// This node learned of a new leader of the partition while waiting: sent there (or decided here).
+    Rerouted,
 }
 
 impl ForwardOutcome {
-    pub const ALL: [ForwardOutcome; 6] = [
+    pub const ALL: [ForwardOutcome; 7] = [
         ForwardOutcome::Sent,
         ForwardOutcome::Answered,
         ForwardOutcome::Redirected,
         ForwardOutcome::Failed,
         ForwardOutcome::TimedOut,
         ForwardOutcome::NotQueued,
+        ForwardOutcome::Rerouted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl ForwardOutcome {
             ForwardOutcome::Failed => "failed",
             ForwardOutcome::TimedOut => "timed_out",
             ForwardOutcome::NotQueued => "not_queued",
+            ForwardOutcome::Rerouted => "rerouted",
         }
     }
 }

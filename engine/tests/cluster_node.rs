@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{unbounded, Receiver};
 use engine::cluster_config::ClusterConfig;
 use engine::replica::node::{ClusterManifest, OpenOptions};
-use engine::replica::transport::{Dispatch, PeerListener, Transport};
+use engine::replica::transport::{Dispatch, PeerInput, PeerListener, Transport};
 use engine::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 use engine::replica::ClusterNode;
 use engine::{EngineError, NodeConfig};
@@ -90,7 +90,11 @@ impl FakePeer {
             cluster.nodes.iter().filter(|n| n.id != id).map(|n| (n.id, n.peer_address)).collect();
         let transport = Transport::new(id, CLUSTER_ID, cluster.agreement_digest(), &peers, &cluster.replication);
         let (sender, inbox) = unbounded();
-        let dispatch: Dispatch = Arc::new(move |from, item| drop(sender.send((from, item))));
+        let dispatch: Dispatch = Arc::new(move |from, input| {
+            if let PeerInput::Item(item) = input {
+                drop(sender.send((from, item)))
+            }
+        });
         let bind = cluster.node(id).expect("listed").peer_address;
         let listener = PeerListener::start(bind, transport.clone(), dispatch.clone()).expect("listen");
         transport.start(dispatch).expect("start");
@@ -216,6 +220,45 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     assert!(fifth_id > sixth_id + 1, "request id {fifth_id} after a restart reuses the earlier run's ids");
     two.reply(fifth_id, 1, ok_results(1, 9));
     assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    node.shutdown().unwrap();
+}
+
+/// Nothing forwarded is left to time out when its link fails: a request for a peer with no connection
+/// is refused by the transport and sent to the next replica at once, and a request on a connection
+/// that then ends is taken back and sent on (same items, new request id) as soon as the reader sees
+/// the end, both far inside `forward_timeout_ms`.
+#[test]
+fn a_forward_on_a_dead_link_is_sent_on_at_once_not_left_to_time_out() {
+    let mut cluster = local_cluster(4, 4, 3);
+    cluster.replication.forward_timeout_ms = 5_000;
+    let quick = Duration::from_millis(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    // Node 2 (partition 1's preferred leader) is not running yet: node 1 cannot connect to it.
+    let three = FakePeer::start(&cluster, 3);
+    let four = FakePeer::start(&cluster, 4);
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    let (a, b) = (account_in(1, 4, 0), account_in(1, 4, 1));
+    let submitted = Instant::now();
+    let answer = submit(&node, vec![transfer(1, a, b)]);
+    let (id, _, request) = three.next_forward();
+    assert!(submitted.elapsed() < quick, "sent on to node 3 only after {:?}", submitted.elapsed());
+    three.reply(id, 1, ok_results(1, 1));
+    assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    assert!(matches!(&request, ForwardRequest::Transfers(t) if t[0].debit_account_id == a));
+
+    // Node 3 takes the next request and dies with it unanswered: node 1 sees the link end and sends
+    // it on to node 4, the next replica.
+    let answer = submit(&node, vec![transfer(2, a, b)]);
+    let (lost_id, _, lost) = three.next_forward();
+    let died = Instant::now();
+    drop(three);
+    let (again_id, _, again) = four.next_forward();
+    assert!(died.elapsed() < quick, "sent on after the link ended only after {:?}", died.elapsed());
+    assert_ne!(again_id, lost_id, "a request sent again gets a new forward id");
+    assert_eq!(again, lost, "the same items (the same transfer ids) are sent again");
+    four.reply(again_id, 1, ok_results(1, 2));
+    let results = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap();
+    assert_eq!(results, vec![ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq: 2 }]);
     node.shutdown().unwrap();
 }
 

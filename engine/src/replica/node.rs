@@ -23,7 +23,7 @@ use crate::node::{
     MANIFEST_FILE,
 };
 use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply};
-use crate::replica::transport::{Dispatch, PeerListener, Transport};
+use crate::replica::transport::{Dispatch, PeerInput, PeerListener, Transport};
 use crate::replica::wire::PeerItem;
 
 /// Name of the file that fixes a cluster node's data directory identity.
@@ -246,16 +246,26 @@ impl ClusterNode {
             peer_queues.push(peer_sender);
             threads.push(thread);
         }
-        let dispatch: Dispatch = Arc::new(move |from, item: PeerItem| {
-            let partition = match &item {
-                PeerItem::Raft { partition, .. }
-                | PeerItem::Forward { partition, .. }
-                | PeerItem::ForwardReply { partition, .. }
-                | PeerItem::TermProbe { partition }
-                | PeerItem::TermReport { partition, .. } => *partition,
+        let dispatch: Dispatch = Arc::new(move |from, input: PeerInput| {
+            let partition = match &input {
+                PeerInput::Item(
+                    PeerItem::Raft { partition, .. }
+                    | PeerItem::Forward { partition, .. }
+                    | PeerItem::ForwardReply { partition, .. }
+                    | PeerItem::TermProbe { partition }
+                    | PeerItem::TermReport { partition, .. },
+                )
+                | PeerInput::NotDelivered { partition, .. } => *partition,
+                PeerInput::LinkDown => {
+                    // Every shard may have forwarded requests to that peer.
+                    for queue in &peer_queues {
+                        let _ = queue.send((from, PeerInput::LinkDown));
+                    }
+                    return;
+                }
             };
             // A full queue blocks this connection's reader: TCP pushes back on the sender.
-            let _ = peer_queues[(partition % shards) as usize].send((from, item));
+            let _ = peer_queues[(partition % shards) as usize].send((from, input));
         });
         let listener = PeerListener::start(me.peer_address, transport.clone(), dispatch.clone())
             .map_err(|e| EngineError::Io(format!("cannot listen for peers on {}: {e}", me.peer_address)))?;

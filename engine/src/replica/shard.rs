@@ -46,7 +46,7 @@ use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
 };
 use crate::replica::shared_log::{self, lock, GroupStore, SharedLog, SharedLogHandle};
-use crate::replica::transport::Transport;
+use crate::replica::transport::{PeerInput, Transport};
 use crate::replica::wire::PeerItem;
 use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_PAYLOAD_BYTES_MAX};
 
@@ -204,8 +204,10 @@ impl ReplicaShard {
         Now { mono_ms: self.started.elapsed().as_millis() as u64, wall_ns: clock_ns() }
     }
 
-    /// Runs the shard until shutdown. `peers` carries `(sending node, item)` from the transport.
-    pub fn run(mut self, peers: Receiver<(u64, PeerItem)>, clients: Receiver<ClientCommand>) {
+    /// Runs the shard until shutdown. `peers` carries `(peer node, input)` from the transport: items
+    /// that peer sent, and reports of forwarded requests that never reached it or of its link going
+    /// down (the core routes those requests again).
+    pub fn run(mut self, peers: Receiver<(u64, PeerInput)>, clients: Receiver<ClientCommand>) {
         let tick = Duration::from_millis(self.replication.tick_interval_ms);
         self.carry_out();
         self.submit();
@@ -230,8 +232,14 @@ impl ReplicaShard {
             peer_depth.set(peers.len() as i64);
             // Peers first and entirely: they are what lets the cluster make progress.
             let now = self.now();
-            while let Ok((from, item)) = peers.try_recv() {
-                self.core.on_peer(now, from, item);
+            while let Ok((from, input)) = peers.try_recv() {
+                match input {
+                    PeerInput::Item(item) => self.core.on_peer(now, from, item),
+                    PeerInput::NotDelivered { request_id, .. } => {
+                        self.core.forward_undeliverable(now, from, request_id)
+                    }
+                    PeerInput::LinkDown => self.core.peer_unreachable(now, from),
+                }
             }
             let mut shutdown = None;
             if self.core.accepting_clients() {
@@ -325,7 +333,7 @@ impl ReplicaShard {
                         };
                         if !self.transport.send(to, item) {
                             if let Some(request_id) = forwarded {
-                                self.core.forward_undeliverable(to, request_id);
+                                self.core.forward_undeliverable(self.now(), to, request_id);
                             }
                         }
                     }

@@ -9,12 +9,16 @@
 //! checksums, size up to `PEER_FRAME_BYTES_MAX`) and hands each item to the node's dispatcher, which
 //! blocks while the owning shard's peer queue is full: TCP then pushes back on the sender.
 //!
-//! On any write or read error the connection is dropped with what was taken from the queue: Raft
-//! resends what matters, and a forwarded request that is lost times out at its sender. The dialing side
-//! connects as soon as it starts and reconnects with a bounded backoff whenever the connection is lost,
-//! whether or not it has anything to send, because the other side can only wait for it. Messages for a
-//! peer with no connection are dropped and counted, as is a new message for a full queue (back pressure
-//! never blocks a shard thread). A bad frame closes only that connection.
+//! On any write or read error the connection is dropped with what was taken from the queue. Nothing
+//! that waits for an answer is dropped silently: a forwarded request that cannot go out (no
+//! connection, or the write failed) is handed back to its shard as [`PeerInput::NotDelivered`], and
+//! when a connection ends its reader tells every shard [`PeerInput::LinkDown`] (replies owed on it may
+//! be lost), so the core routes those requests again at once instead of letting them time out. Raft
+//! messages are dropped and counted: Raft resends what matters. The dialing side connects as soon as
+//! it starts and reconnects with a bounded backoff whenever the connection is lost, whether or not it
+//! has anything to send, because the other side can only wait for it. [`Transport::send`] refuses a
+//! new message for a full queue, and a forwarded request for a peer with no connection, at once (back
+//! pressure never blocks a shard thread). A bad frame closes only that connection.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -62,6 +66,10 @@ impl Redial {
 struct PeerLink {
     queue: Sender<PeerItem>,
     dropped: AtomicU64,
+    /// The link is known to be down: its last connection ended or the last dial failed, and no new
+    /// connection is installed yet (kept with `connection`, read without its lock on every send).
+    /// False before the first connection: a link still being set up queues what it is given.
+    down: AtomicBool,
     /// The connection the writer uses: dialed by the writer itself (peer id above ours) or handed over
     /// by the listener (peer id below ours). `generation` grows with every new connection, so a
     /// writer notices a replacement and a reader's failure retires only its own connection.
@@ -76,6 +84,7 @@ impl PeerLink {
         }
         slot.0 += 1;
         slot.1 = Some(stream);
+        self.down.store(false, Ordering::SeqCst);
         slot.0
     }
 
@@ -86,6 +95,7 @@ impl PeerLink {
             if let Some(old) = slot.1.take() {
                 let _ = old.shutdown(Shutdown::Both);
             }
+            self.down.store(true, Ordering::SeqCst);
         }
     }
 
@@ -125,7 +135,12 @@ impl Transport {
             let (queue, receiver) = bounded(config.peer_queue_depth_max);
             links.insert(
                 peer,
-                Arc::new(PeerLink { queue, dropped: AtomicU64::new(0), connection: Mutex::new((0, None)) }),
+                Arc::new(PeerLink {
+                    queue,
+                    dropped: AtomicU64::new(0),
+                    down: AtomicBool::new(false),
+                    connection: Mutex::new((0, None)),
+                }),
             );
             receivers.push((peer, receiver));
         }
@@ -164,11 +179,17 @@ impl Transport {
         self.node_id
     }
 
-    /// Queues `item` for `to`; false when it was dropped (unknown peer or full queue).
+    /// Queues `item` for `to`; false when it was dropped: unknown peer, full queue, or a forwarded
+    /// request for a link known to be down (its sender routes it again at once rather than queue it
+    /// behind a redial; Raft messages are queued, the writer may be about to reconnect).
     pub fn send(&self, to: u64, item: PeerItem) -> bool {
         let Some(link) = self.links.get(&to) else {
             return false;
         };
+        if matches!(item, PeerItem::Forward { .. }) && link.down.load(Ordering::SeqCst) {
+            link.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         match link.queue.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -243,12 +264,13 @@ impl Transport {
             let Some(first) = first else { continue };
             let Some((generation, mut stream)) = connection else {
                 // Not connected (the peer below us has not dialed yet, or cannot be reached): what is
-                // queued cannot be delivered. Raft sends again; a forwarded request times out.
-                let mut dropped = 1;
-                while queue.try_recv().is_ok() {
-                    dropped += 1;
-                }
-                link.dropped.fetch_add(dropped, Ordering::Relaxed);
+                // queued cannot be delivered. Raft sends again; forwarded requests go back to their
+                // shards, which route them again.
+                batch.clear();
+                batch.push(first);
+                batch.extend(queue.try_iter());
+                link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.hand_back(peer, &mut batch);
                 continue;
             };
             let mut bytes = wire::item_encoded_bytes(&first);
@@ -282,6 +304,19 @@ impl Transport {
                 log::warn!("node {}: connection to peer {peer} lost: {error}", self.node_id);
                 link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 link.retire(generation);
+                // Some of the frame may have arrived; a forwarded request sent again is safe (its ids
+                // are idempotency keys), one left unanswered is not.
+                self.hand_back(peer, &mut batch);
+            }
+        }
+    }
+
+    /// Tells the shards which forwarded requests of `batch` (taken from `peer`'s queue) never went out.
+    fn hand_back(&self, peer: u64, batch: &mut Vec<PeerItem>) {
+        let Some(dispatch) = self.dispatch.get() else { return };
+        for item in batch.drain(..) {
+            if let PeerItem::Forward { request_id, partition, .. } = item {
+                dispatch(peer, PeerInput::NotDelivered { request_id, partition });
             }
         }
     }
@@ -322,6 +357,7 @@ impl Transport {
                 link.current()
             }
             Err(error) => {
+                link.down.store(true, Ordering::SeqCst);
                 if !redial.warned {
                     log::warn!("node {}: cannot reach peer {peer} at {address}: {error}; retrying", self.node_id);
                     redial.warned = true;
@@ -355,10 +391,15 @@ impl Transport {
     ) {
         let transport = self.clone();
         let _ = std::thread::Builder::new().name("peer-in".into()).spawn(move || {
-            let owner = read_peer(&transport, stream, expected, dispatch);
+            let owner = read_peer(&transport, stream, expected, &dispatch);
             if let Some((peer, generation)) = owner {
                 if let Some(link) = transport.links.get(&peer) {
                     link.retire(generation);
+                }
+                // Replies owed on this connection may be lost with it: the shards route again what
+                // they forwarded to `peer`.
+                if !transport.stop.load(Ordering::SeqCst) {
+                    dispatch(peer, PeerInput::LinkDown);
                 }
             }
             if let Some(on_exit) = on_exit {
@@ -374,8 +415,20 @@ impl Drop for Transport {
     }
 }
 
-/// Where inbound items go: `(sender node id, item)`. May block (back pressure onto the connection).
-pub type Dispatch = Arc<dyn Fn(u64, PeerItem) + Send + Sync>;
+/// What the transport hands the shards about peer node `peer` (the first argument of [`Dispatch`]).
+#[derive(Debug)]
+pub enum PeerInput {
+    /// An item `peer` sent.
+    Item(PeerItem),
+    /// A forwarded request queued for `peer` that never went out (no connection, or the write failed).
+    NotDelivered { request_id: u64, partition: u32 },
+    /// A connection to `peer` ended: answers it owed on it may be lost. Goes to every shard.
+    LinkDown,
+}
+
+/// Where inbound items and link reports go: `(peer node id, input)`. May block (back pressure onto the
+/// connection).
+pub type Dispatch = Arc<dyn Fn(u64, PeerInput) + Send + Sync>;
 
 /// Accepts peer connections and feeds their items to the dispatcher.
 pub struct PeerListener {
@@ -445,7 +498,7 @@ fn read_peer(
     transport: &Arc<Transport>,
     mut stream: TcpStream,
     expected: Option<(u64, u64)>,
-    dispatch: Dispatch,
+    dispatch: &Dispatch,
 ) -> Option<(u64, u64)> {
     let decoder = FrameDecoder::for_peers(transport.cluster_id);
     let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -510,7 +563,7 @@ fn read_peer(
                         (PEER_KIND_BATCH, Some(node)) => match wire::decode_items(&body) {
                             Ok(items) => {
                                 for item in items {
-                                    dispatch(node, item);
+                                    dispatch(node, PeerInput::Item(item));
                                 }
                             }
                             Err(error) => {

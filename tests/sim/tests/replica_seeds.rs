@@ -24,6 +24,7 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.wipes += stats.wipes;
                 total.snapshots_installed += stats.snapshots_installed;
                 total.leader_changes += stats.leader_changes;
+                total.failovers += stats.failovers;
             }
             Err(failure) => panic!("{failure}"),
         }
@@ -37,6 +38,7 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.snapshots_installed > 0, "no snapshot was ever installed: {total:?}");
     assert!(total.leader_changes > seeds, "too few leadership changes: {total:?}");
     assert!(total.audit.ids_expired > 0, "no retry ever met a forgotten id: {total:?}");
+    assert_eq!(total.failovers, seeds, "every seed ends with a failover episode: {total:?}");
 }
 
 #[test]
@@ -86,6 +88,14 @@ fn catches_speculative_state_kept_after_losing_leadership() {
     caught(PlantedBugs { keep_speculative_after_losing_leadership: true, ..PlantedBugs::default() }, 33_000);
 }
 
+/// Without the re-route, a request forwarded to a leader that is then cut off waits out the forward
+/// timeout: the failover episode's bound catches it.
+#[test]
+fn catches_forward_left_with_a_dead_leader() {
+    let failure = caught(PlantedBugs { no_reroute_on_leader_change: true, ..PlantedBugs::default() }, 34_000);
+    assert!(failure.contains("failover episode"), "caught by another check: {failure}");
+}
+
 /// `REPLICA_SIM_SEED=<seed> [REPLICA_SIM_NODES=3|5] [REPLICA_SIM_PLANTED=...] cargo test --release -p raft-sim --test replica_seeds -- replay_seed --nocapture`
 #[test]
 fn replay_seed() {
@@ -101,6 +111,7 @@ fn replay_seed() {
         at_least_without_waiting: on("at_least_without_waiting"),
         linearizable_without_read_index: on("linearizable_without_read_index"),
         keep_speculative_after_losing_leadership: on("keep_speculative_after_losing_leadership"),
+        no_reroute_on_leader_change: on("no_reroute_on_leader_change"),
     };
     match run_seed_planted(seed, nodes, planted) {
         Ok(stats) => println!("seed {seed} on {nodes} nodes: ok, {stats:?}"),

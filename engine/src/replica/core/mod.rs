@@ -159,6 +159,9 @@ pub struct PlantedBugs {
     pub linearizable_without_read_index: bool,
     /// Keep the speculative state when leadership is lost (and decide against it if it comes back).
     pub keep_speculative_after_losing_leadership: bool,
+    /// Leave a forwarded request with the node it went to when this node learns of a new leader (it
+    /// then waits out `forward_timeout_ms` if that node died or was cut off).
+    pub no_reroute_on_leader_change: bool,
 }
 
 /// Everything a core is opened with besides its groups.
@@ -424,10 +427,11 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
     }
 
-    /// The rest of a round: drive every group's Ready, send parked requests on, propose what that
-    /// decided, and time out what waited too long.
+    /// The rest of a round: drive every group's Ready, take back forwarded requests whose leader
+    /// moved, send parked requests on, propose what that decided, and time out what waited too long.
     pub fn end_round(&mut self, now: Now) {
         self.drive_all();
+        self.reroute_on_leader_change(now);
         self.retry_parked(now);
         self.propose_all();
         self.expire_waits(now);
@@ -457,16 +461,25 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         self.fail(format!("shard log: {error}"));
     }
 
-    /// The caller could not queue the forwarded request `request_id` for `to` (no connection, or its
-    /// queue is full): its client gets `Unavailable` at once. Other undeliverable items need no report
-    /// (Raft resends; a lost forwarded reply times out at the forwarding node).
-    pub fn forward_undeliverable(&mut self, to: u64, request_id: u64) {
-        if let Some(forwarded) = self.forwarded.remove(&request_id) {
+    /// The forwarded request `request_id` did not reach `to`: the caller could not queue it (no
+    /// connection, or the peer's queue is full), or the transport dropped it unsent when the connection
+    /// was down or failed. It is routed again, never left to time out. Other undeliverable items need
+    /// no report: Raft resends, and a forwarded reply lost with its connection is covered by
+    /// [`ReplicaCore::peer_unreachable`] at the node that waits for it.
+    pub fn forward_undeliverable(&mut self, now: Now, to: u64, request_id: u64) {
+        if let Some(forwarded) = self.forwarded.get(&request_id) {
             assert_eq!(forwarded.to, to, "a forwarded request is recorded with the node it went to");
-            crate::metrics::count_forward(crate::metrics::ForwardOutcome::NotQueued);
-            self.suspect_remote_leader(forwarded.partition, to);
-            let error = EngineError::Unavailable(format!("cannot queue the request for node {to}"));
-            forwarded.request.fail(&mut self.sink, error);
+            self.take_back(now, request_id);
+        }
+    }
+
+    /// The connection to `peer` ended (or could not be made): every request forwarded to it may have
+    /// been lost, or its reply may be, so each is routed again (same ids: the outcome, if `peer`
+    /// decided one, is returned by whoever decides the retry).
+    pub fn peer_unreachable(&mut self, now: Now, peer: u64) {
+        let lost: Vec<u64> = self.forwarded.iter().filter(|(_, f)| f.to == peer).map(|(&id, _)| id).collect();
+        for request_id in lost {
+            self.take_back(now, request_id);
         }
     }
 

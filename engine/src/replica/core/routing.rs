@@ -1,6 +1,15 @@
 //! Where a request goes: decided here when this replica leads, forwarded to the leader this node
 //! knows otherwise, parked while its partition has no leader; and what a forwarded request's reply
 //! does (answers the client, or sends the request on when the node no longer led).
+//!
+//! A forwarded request is never left to time out while this node knows better: when its partition's
+//! leader (as this replica sees it) moves to another node, or the request could not be delivered, or
+//! the connection it went out on ended, it is taken back and routed again (to the new leader, here
+//! if this node now leads, or parked until there is a leader), within the client's original deadline.
+//! That is safe because transfer and account ids are idempotency keys: the new leader returns the
+//! outcome the old one decided, if it decided one. It never answers a client twice: the request's
+//! answer handle moves with it (Rust ownership), and a late reply to the old forward carries an id
+//! that is no longer waited for (ids are never reused) and is dropped by `on_forward_reply`.
 
 use crate::metrics::{self, ForwardOutcome};
 use net::protocol::{Consistency, ErrorCode};
@@ -49,6 +58,9 @@ pub(super) struct Forwarded<H: Handles> {
     pub partition: u32,
     pub request: Request<H>,
     pub trip: Trip,
+    /// The leader this node's own replica of the partition saw when the request went out (None with
+    /// no replica here, or no leader known): a change from it is news, a hint followed is not.
+    pub leader_seen: Option<u64>,
 }
 
 /// A request waiting for its partition to have a leader (an election or a leadership transfer in
@@ -129,8 +141,59 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         self.sink.send(to, item);
         metrics::count_forward(ForwardOutcome::Sent);
-        let earlier = self.forwarded.insert(request_id, Forwarded { to, partition, request, trip });
+        let leader_seen = self.group_of.get(&partition).and_then(|&slot| self.groups[slot].leader);
+        let earlier = self.forwarded.insert(request_id, Forwarded { to, partition, request, trip, leader_seen });
         assert!(earlier.is_none(), "forwarded request id {request_id} used twice");
+    }
+
+    /// Takes back the forwarded requests whose partition this node's replica now sees led by another
+    /// node than the one asked (an election or a leadership transfer it took part in) and routes them
+    /// again at once: to the new leader, or decided here if this node won. The node asked may be dead
+    /// or cut off; if it does answer later, the answer is dropped (its id is no longer waited for) and
+    /// is in any case the outcome the new leader returns, since both decide the same ids against one
+    /// log. A view that only went blank (an election under way) keeps waiting: the node asked may still
+    /// answer, and the request moves as soon as a winner is known.
+    pub(super) fn reroute_on_leader_change(&mut self, now: Now) {
+        if self.forwarded.is_empty() || self.sink.planted.no_reroute_on_leader_change {
+            return;
+        }
+        let moved: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, forwarded)| {
+                let Some(&slot) = self.group_of.get(&forwarded.partition) else { return false };
+                let leader = self.groups[slot].leader;
+                leader.is_some() && leader != Some(forwarded.to) && leader != forwarded.leader_seen
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for request_id in moved {
+            let forwarded = self.forwarded.remove(&request_id).expect("listed just above");
+            metrics::count_forward(ForwardOutcome::Rerouted);
+            let Forwarded { partition, request, trip, .. } = forwarded;
+            self.parked.push(Parked { partition, request, trip, not_before_ms: now.mono_ms, to: None });
+        }
+    }
+
+    /// Takes back a forwarded request that did not reach `to` or whose reply may be lost (no connection,
+    /// a full queue, or the connection ended) and routes it again: at once if this node knows another
+    /// leader, else after a tick (the same node would be tried again, and an election may be under
+    /// way). A retry is safe: the ids are idempotency keys. The client's deadline is kept.
+    pub(super) fn take_back(&mut self, now: Now, request_id: u64) {
+        let Some(forwarded) = self.forwarded.remove(&request_id) else { return };
+        metrics::count_forward(ForwardOutcome::NotQueued);
+        let Forwarded { to, partition, request, trip, .. } = forwarded;
+        self.suspect_remote_leader(partition, to);
+        let elsewhere = match self.group_of.get(&partition) {
+            Some(&slot) => self.groups[slot].leader.is_some_and(|leader| leader != to),
+            None => self.remote_leaders.get(&partition).is_some_and(|&leader| leader != to),
+        };
+        // Only the first take-back may go at once: a request that keeps meeting dead links moves on
+        // at tick pace, not in a loop through the transport.
+        let at_once = elsewhere && trip.hops == 0;
+        let not_before_ms = if at_once { now.mono_ms } else { now.mono_ms + self.replication.tick_interval_ms };
+        let trip = Trip { hops: trip.hops + 1, ..trip };
+        self.parked.push(Parked { partition, request, trip, not_before_ms, to: None });
     }
 
     /// `to` did not take or did not answer a request for a partition this node holds no replica of:
@@ -156,7 +219,9 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
 
     /// Relays a forwarded request's answer, or sends the request on when the node no longer led.
     pub(super) fn on_forward_reply(&mut self, now: Now, from: u64, request_id: u64, reply: ForwardReply) {
-        // Only the node the request went to may answer it.
+        // Only the node the request went to may answer it, and only while it is waited for: a reply
+        // to a request taken back and routed again (or timed out) is dropped here, so no client is
+        // answered twice.
         if self.forwarded.get(&request_id).is_none_or(|forwarded| forwarded.to != from) {
             return;
         }

@@ -348,17 +348,20 @@ impl Auditor {
         Some(self.send(node, op, 0))
     }
 
-    /// After faults stop: one fresh transfer per partition, from an external account, which must be
-    /// acknowledged ok (sent once the partition's seed accounts exist).
-    pub fn send_markers(&mut self) {
-        self.markers_wanted = (0..self.partitions).collect();
+    /// A fresh transfer of `partition` between its seed accounts, sent to `node` (the failover
+    /// episode's load: it goes to followers, which forward it).
+    pub fn fresh_transfer(&mut self, now_ms: u64, partition: u32, node: u64) -> Send {
+        let transfer = self.external_transfer(now_ms, partition);
+        self.sent_transfers.push(transfer);
+        self.send(node, Op::Transfers { partition, items: vec![transfer] }, 0)
     }
 
-    fn push_marker(&mut self, now_ms: u64, partition: u32) {
+    /// A fresh transfer of 1 from `partition`'s first external account to its first ordinary one.
+    fn external_transfer(&mut self, now_ms: u64, partition: u32) -> Transfer {
         let accounts = &self.accounts[partition as usize];
         let counter = self.next_transfer;
         self.next_transfer += 1;
-        let transfer = Transfer {
+        Transfer {
             id: transfer_id(now_ms, counter),
             debit_account_id: accounts[0],
             credit_account_id: accounts[EXTERNAL_PER_PARTITION],
@@ -366,7 +369,22 @@ impl Auditor {
             ledger: LEDGER,
             flags: 0,
             user_data: 0,
-        };
+        }
+    }
+
+    /// Whether request `handle` still waits for its answer.
+    pub fn is_pending(&self, handle: u64) -> bool {
+        self.pending.contains_key(&handle)
+    }
+
+    /// After faults stop: one fresh transfer per partition, from an external account, which must be
+    /// acknowledged ok (sent once the partition's seed accounts exist).
+    pub fn send_markers(&mut self) {
+        self.markers_wanted = (0..self.partitions).collect();
+    }
+
+    fn push_marker(&mut self, now_ms: u64, partition: u32) {
+        let transfer = self.external_transfer(now_ms, partition);
         self.markers.insert(transfer.id, false);
         self.retries.push((now_ms, Op::Transfers { partition, items: vec![transfer] }, 0));
     }

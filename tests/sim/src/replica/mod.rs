@@ -8,7 +8,15 @@
 //! lose every write not yet reported durable (the oldest may leave a torn prefix of its entries);
 //! restarts, some after the node lost its whole data directory (started with `rejoin`); clock drift
 //! (each node's clock runs at its own rate) and wall clocks that step back by up to 2 s on restart;
-//! leadership transfers to random replicas.
+//! leadership transfers to random replicas. A crashed node's peers are told its link went down (a
+//! killed process's sockets close), and a forwarded request for a node that is down is refused at
+//! once, as the real transport does; a cut link loses items silently, like an isolated host.
+//!
+//! After faults stop and everything is answered, each seed runs one failover episode: transfers of
+//! one partition go to its followers (which forward them to the leader), then the leader crashes, is
+//! cut off, or hands leadership to another replica, while more transfers arrive. Every transfer a
+//! surviving replica took must be answered within `FAILOVER_ANSWER_MS_MAX` of the new leader's
+//! election (or of its sending, if later), in simulated time.
 
 pub mod auditor;
 pub mod store;
@@ -56,6 +64,26 @@ const TIGHT_CLOCKS_PER_MILLE: u32 = 300;
 /// ids carry this clock, and the window is judged against the nodes' clocks (event timestamps).
 pub(crate) const CLIENT_WALL_EPOCH_MS: u64 = WALL_EPOCH_MS + WALL_START_MS;
 const IDEMPOTENCY_IDS_MAX: usize = 1_024;
+/// The failover episode: transfers for the partition start this long before the fault, go on this
+/// long after it (one every `EPISODE_LOAD_EVERY_MS`), and a new leader must be elected within
+/// `EPISODE_ELECTION_MS_MAX` of the fault.
+const EPISODE_LEAD_IN_MS: u64 = 20;
+const EPISODE_LOAD_MS: u64 = 120;
+const EPISODE_LOAD_EVERY_MS: u64 = 3;
+const EPISODE_ELECTION_MS_MAX: u64 = 3_000;
+/// Every transfer a surviving replica of the partition took during the episode is answered within
+/// this many simulated ms of the new leader's election (or of its sending, if later): a heartbeat
+/// (20 ms) to learn the leader, then a forward, a commit and an apply. Without the re-route, a
+/// request forwarded to a dead or cut-off leader waits out `forward_timeout_ms` (600 ms here).
+const FAILOVER_ANSWER_MS_MAX: u64 = 150;
+
+/// The fault of a seed's failover episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failover {
+    Crash,
+    Isolate,
+    Transfer,
+}
 
 /// Fault and workload knobs; probabilities are per mille per simulated millisecond.
 #[derive(Clone, Debug)]
@@ -101,7 +129,7 @@ impl Options {
         let mut options = Options {
             nodes,
             partitions: if nodes == 3 { 2 } else { 3 },
-            steps_ms: 1_500 + rng.below(1_000),
+            steps_ms: 1_300 + rng.below(1_000),
             drop_per_mille: rng.below(150) as u32,
             duplicate_per_mille: rng.below(50) as u32,
             delay_ms_max: 1 + rng.below(if slow_network { 60 } else { 8 }),
@@ -144,6 +172,7 @@ pub struct Stats {
     pub restarts: u64,
     pub items_sent: u64,
     pub leader_changes: u64,
+    pub failovers: u64,
     pub snapshots_installed: u64,
     pub transfers_asked: u64,
     pub log_lines: u64,
@@ -322,8 +351,15 @@ impl Sim {
             self.step()?;
         }
         self.heal_all()?;
-        let start = self.now_ms;
         self.auditor.send_markers();
+        self.await_quiet("faults stopped")?;
+        self.failover_episode()?;
+        self.await_quiet("the failover episode ended")
+    }
+
+    /// Runs until every request is answered, the markers are acknowledged and the replicas agree.
+    fn await_quiet(&mut self, since: &str) -> Result<(), Violation> {
+        let start = self.now_ms;
         while self.now_ms - start < self.options.liveness_ms_max {
             self.step()?;
             if self.auditor.quiet() && self.auditor.markers_acked() && self.converged() {
@@ -331,7 +367,7 @@ impl Sim {
             }
         }
         Err(format!(
-            "liveness: {} ms after faults stopped, {} requests still unanswered, markers acked: {}, replicas \
+            "liveness: {} ms after {since}, {} requests still unanswered, markers acked: {}, replicas \
              converged: {}\n  auditor: {}\n{}",
             self.options.liveness_ms_max,
             self.auditor.outstanding(),
@@ -340,6 +376,141 @@ impl Sim {
             self.auditor.describe(),
             self.describe_nodes()
         ))
+    }
+
+    /// The live node other than `except` that leads `partition` in the highest term, with that term.
+    fn leader_of(&self, partition: u32, except: Option<u64>) -> Option<(u64, u64)> {
+        self.nodes
+            .iter()
+            .filter(|node| Some(node.id) != except)
+            .filter_map(|node| {
+                let status = node.core.as_ref()?.status().into_iter().find(|s| s.partition == partition)?;
+                status.leader.then_some((node.id, status.term))
+            })
+            .max_by_key(|&(_, term)| term)
+    }
+
+    /// One failover under load (see the module comment); the fault is healed at the end.
+    fn failover_episode(&mut self) -> Result<(), Violation> {
+        let partition = self.rng.below(u64::from(self.options.partitions)) as u32;
+        let mut pattern = match self.rng.below(3) {
+            0 => Failover::Crash,
+            1 => Failover::Isolate,
+            _ => Failover::Transfer,
+        };
+        let start = self.now_ms;
+        let (old_leader, old_term) = loop {
+            if let Some(found) = self.leader_of(partition, None) {
+                break found;
+            }
+            if self.now_ms - start > EPISODE_ELECTION_MS_MAX {
+                return Err(format!("failover episode: partition {partition} has no leader to fail"));
+            }
+            self.step()?;
+        };
+        let survivors: Vec<u64> =
+            self.cluster.replicas(partition).into_iter().filter(|&node| node != old_leader).collect();
+        let fault_at_ms = self.now_ms + EPISODE_LEAD_IN_MS;
+        let load_until_ms = fault_at_ms + EPISODE_LOAD_MS;
+        let mut sent: Vec<(u64, u64, u64)> = Vec::new();
+        let mut elected_at_ms: Option<u64> = None;
+        loop {
+            if self.now_ms == fault_at_ms {
+                pattern = self.fail_leader(pattern, partition, old_leader, &survivors)?;
+            }
+            if self.now_ms < load_until_ms && self.now_ms % EPISODE_LOAD_EVERY_MS == 0 {
+                let node = survivors[self.rng.below(survivors.len() as u64) as usize];
+                if self.nodes[(node - 1) as usize].core.is_some() {
+                    let send = self.auditor.fresh_transfer(self.now_ms, partition, node);
+                    sent.push((send.handle, node, self.now_ms));
+                    self.submit(send)?;
+                }
+            }
+            self.step()?;
+            if self.now_ms <= fault_at_ms {
+                continue;
+            }
+            if elected_at_ms.is_none() {
+                let new = self.leader_of(partition, Some(old_leader)).filter(|&(_, term)| term > old_term);
+                // A transfer the target did not complete leaves the old leader leading: that is the
+                // leadership the requests must find.
+                let kept = pattern == Failover::Transfer
+                    && self.now_ms - fault_at_ms > 2 * self.election_timeout_ms_max()
+                    && self.leader_of(partition, None).is_some_and(|(node, _)| node == old_leader);
+                if new.is_some() || kept {
+                    elected_at_ms = Some(self.now_ms);
+                }
+            }
+            let Some(elected_ms) = elected_at_ms else {
+                if self.now_ms - fault_at_ms > EPISODE_ELECTION_MS_MAX {
+                    return Err(format!(
+                        "failover episode ({pattern:?} of node {old_leader}, leader of partition {partition} in \
+                         term {old_term}): no new leader within {EPISODE_ELECTION_MS_MAX} ms\n{}",
+                        self.describe_nodes()
+                    ));
+                }
+                continue;
+            };
+            for &(handle, node, sent_ms) in &sent {
+                let due_ms = sent_ms.max(elected_ms) + FAILOVER_ANSWER_MS_MAX;
+                if self.now_ms > due_ms && self.auditor.is_pending(handle) {
+                    return Err(format!(
+                        "failover episode ({pattern:?} of node {old_leader}, leader of partition {partition}, at \
+                         {fault_at_ms} ms; new leader elected at {elected_ms} ms): transfer request {handle}, sent \
+                         to node {node} at {sent_ms} ms, still unanswered at {} ms (bound: \
+                         {FAILOVER_ANSWER_MS_MAX} ms after the election)\n{}",
+                        self.now_ms,
+                        self.describe_nodes()
+                    ));
+                }
+            }
+            if self.now_ms >= load_until_ms && sent.iter().all(|&(handle, _, _)| !self.auditor.is_pending(handle)) {
+                break;
+            }
+        }
+        self.stats.failovers += 1;
+        self.cut.clear();
+        let index = (old_leader - 1) as usize;
+        if self.nodes[index].core.is_none() {
+            self.boot(index, false)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the episode's fault to `leader`; a transfer Raft refuses becomes a crash. Returns the
+    /// fault applied.
+    fn fail_leader(
+        &mut self,
+        pattern: Failover,
+        partition: u32,
+        leader: u64,
+        survivors: &[u64],
+    ) -> Result<Failover, Violation> {
+        let index = (leader - 1) as usize;
+        match pattern {
+            Failover::Crash => self.crash(index)?,
+            Failover::Isolate => {
+                self.cut = (1..=self.options.nodes as u64)
+                    .filter(|&other| other != leader)
+                    .map(|other| (other.min(leader), other.max(leader)))
+                    .collect();
+            }
+            Failover::Transfer => {
+                let to = survivors[self.rng.below(survivors.len() as u64) as usize];
+                let core = self.nodes[index].core.as_mut().expect("the leader is live");
+                if !core.transfer_leader(partition, to) {
+                    self.crash(index)?;
+                    return Ok(Failover::Crash);
+                }
+                self.pump(index)?;
+            }
+        }
+        Ok(pattern)
+    }
+
+    fn election_timeout_ms_max(&self) -> u64 {
+        let r = &self.cluster.replication;
+        u64::from(r.election_timeout_ticks_max) * r.tick_interval_ms
     }
 
     fn describe_nodes(&self) -> String {
@@ -422,9 +593,18 @@ impl Sim {
         for (partition, entry) in applied {
             self.auditor.applied(id, partition, entry)?;
         }
+        let mut refused = Vec::new();
         for output in outputs {
             match output {
-                Output::Send { to, item } => self.send(id, to, item),
+                Output::Send { to, item } => {
+                    // The real transport refuses a forwarded request for a peer it has no connection to.
+                    match item {
+                        PeerItem::Forward { request_id, .. } if self.nodes[(to - 1) as usize].core.is_none() => {
+                            refused.push((to, request_id))
+                        }
+                        item => self.send(id, to, item),
+                    }
+                }
                 Output::Persist(persist) => self.nodes[index].writes.push_back(persist),
                 Output::Items { to, outcome } => {
                     self.auditor.items_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
@@ -443,7 +623,16 @@ impl Sim {
                 }
             }
         }
-        Ok(())
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let node = &mut self.nodes[index];
+        let now = node.now(self.now_ms);
+        let core = node.core.as_mut().expect("it just produced outputs");
+        for (to, request_id) in refused {
+            core.forward_undeliverable(now, to, request_id);
+        }
+        self.pump(index)
     }
 
     fn send(&mut self, from: u64, to: u64, item: PeerItem) {
@@ -497,24 +686,29 @@ impl Sim {
             sends.extend(self.auditor.new_request(self.now_ms, &mut self.rng, &live));
         }
         for send in sends {
-            let index = (send.node - 1) as usize;
-            let node = &mut self.nodes[index];
-            let now = node.now(self.now_ms);
-            let core = node.core.as_mut().expect("requests go to live nodes");
-            let command = match send.op {
-                Op::Transfers { partition, items } => {
-                    self.stats.transfers_asked += items.len() as u64;
-                    Command::Transfers { partition, items, to: send.handle }
-                }
-                Op::Accounts { partition, items } => Command::CreateAccounts { partition, items, to: send.handle },
-                Op::Lookup { partition, consistency, ids, .. } => {
-                    Command::Lookup { partition, consistency, ids, to: send.handle }
-                }
-            };
-            core.on_client(now, command);
-            self.pump(index)?;
+            self.submit(send)?;
         }
         Ok(())
+    }
+
+    /// Hands the auditor's request to its node's core.
+    fn submit(&mut self, send: auditor::Send) -> Result<(), Violation> {
+        let index = (send.node - 1) as usize;
+        let node = &mut self.nodes[index];
+        let now = node.now(self.now_ms);
+        let core = node.core.as_mut().expect("requests go to live nodes");
+        let command = match send.op {
+            Op::Transfers { partition, items } => {
+                self.stats.transfers_asked += items.len() as u64;
+                Command::Transfers { partition, items, to: send.handle }
+            }
+            Op::Accounts { partition, items } => Command::CreateAccounts { partition, items, to: send.handle },
+            Op::Lookup { partition, consistency, ids, .. } => {
+                Command::Lookup { partition, consistency, ids, to: send.handle }
+            }
+        };
+        core.on_client(now, command);
+        self.pump(index)
     }
 
     fn complete_writes(&mut self) -> Result<(), Violation> {
@@ -544,7 +738,7 @@ impl Sim {
         }
         if self.rng.chance(self.options.crash_per_mille) {
             let index = self.rng.below(count) as usize;
-            self.crash(index);
+            self.crash(index)?;
         }
         for index in 0..self.nodes.len() {
             if self.nodes[index].core.is_none() && self.rng.chance(self.options.restart_per_mille) {
@@ -583,10 +777,11 @@ impl Sim {
     }
 
     /// Loses every write not reported durable; the oldest may leave a torn prefix of its entries (a
-    /// torn tail the real log truncates at open: the entries before the tear are whole).
-    fn crash(&mut self, index: usize) {
+    /// torn tail the real log truncates at open: the entries before the tear are whole). The other
+    /// nodes are told the link to it went down.
+    fn crash(&mut self, index: usize) -> Result<(), Violation> {
         let node = &mut self.nodes[index];
-        let Some(core) = node.core.take() else { return };
+        let Some(core) = node.core.take() else { return Ok(()) };
         self.stats.crashes += 1;
         let mut stores = core.into_storages();
         if let Some(write) = node.writes.pop_front() {
@@ -605,6 +800,16 @@ impl Sim {
         node.leader_of.clear();
         let id = node.id;
         self.auditor.node_crashed(id, self.now_ms, &mut self.rng);
+        // A killed process's sockets close: every peer's transport sees the link end.
+        for other in 0..self.nodes.len() {
+            let node = &mut self.nodes[other];
+            let now = node.now(self.now_ms);
+            if let Some(core) = node.core.as_mut() {
+                core.peer_unreachable(now, id);
+                self.pump(other)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts node `index` from its disk, or (with `wipe`) from nothing with `rejoin`.
