@@ -4,7 +4,10 @@
 //!
 //! Retrying a transfer batch is safe because the transfer id is the idempotency key: a resent
 //! transfer that was already decided answers its original outcome (flagged as replayed).
-//! A lost connection abandons every request in flight on it; the next call reconnects.
+//! A lost connection abandons every request in flight on it; the next call reconnects. A connection
+//! that fails or times out (the server crashed, was paused or cut off) also moves the client on: the
+//! next connection tries the next address first, so a node that stops answering costs one request
+//! timeout, not one per retry.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -194,6 +197,14 @@ impl Client {
         self.read_buffer.clear();
     }
 
+    /// Drops a connection that failed or timed out and makes the next address the first one tried:
+    /// a paused server still accepts connections (its kernel does), so reconnecting to it would only
+    /// wait out another timeout.
+    fn move_on(&mut self) {
+        self.disconnect();
+        self.address_index = (self.address_index + 1) % self.config.addresses.len();
+    }
+
     fn ensure_connected(&mut self) -> Result<(), ClientError> {
         if self.stream.is_some() {
             return Ok(());
@@ -228,7 +239,7 @@ impl Client {
         self.ensure_connected()?;
         let stream = self.stream.as_mut().expect("ensure_connected succeeded");
         if let Err(error) = stream.write_all(&self.write_buffer) {
-            self.disconnect();
+            self.move_on();
             return Err(timeout_or_io(error, self.config.request_timeout_ms));
         }
         self.next_request_id += 1;
@@ -247,7 +258,7 @@ impl Client {
         }
         let result = self.read_answer();
         if result.is_err() {
-            self.disconnect();
+            self.move_on();
         }
         result
     }
@@ -264,7 +275,7 @@ impl Client {
         }
         let result = self.read_answer_until(Some(deadline));
         if result.is_err() {
-            self.disconnect();
+            self.move_on();
         }
         result
     }
@@ -321,7 +332,7 @@ impl Client {
         let request_id = self.send(request)?;
         // Bounded by the in-flight limit: each pass takes one answer to an earlier request.
         for _ in 0..=self.config.requests_in_flight_max {
-            let (answered_id, response) = self.read_answer().inspect_err(|_| self.disconnect())?;
+            let (answered_id, response) = self.read_answer().inspect_err(|_| self.move_on())?;
             // Request id 0 answers a frame the server could not attribute: the connection is lost.
             if answered_id == request_id || answered_id == 0 {
                 if answered_id == 0 {
@@ -376,9 +387,6 @@ impl Client {
         loop {
             match self.create_transfers(transfers) {
                 Err(error) if error.is_retryable() && attempt < self.config.retry_attempts_max => {
-                    if !matches!(error, ClientError::Server { .. }) {
-                        self.disconnect();
-                    }
                     std::thread::sleep(Duration::from_millis(backoff_ms));
                     backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
                     attempt += 1;

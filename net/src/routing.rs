@@ -8,10 +8,16 @@
 //! gone, or no longer leads) is sent again, with the same ids, after the routes are refreshed; that is
 //! safe because transfer ids are idempotency keys. Against a single node (its Status lists no members)
 //! everything goes to that node.
+//!
+//! A node that stops answering (crashed, paused, cut off: the request times out or its connection
+//! fails) is routed around at once for `SUSPECT_NODE_MS`: its partitions go to the next member, which
+//! forwards them to whichever node leads (and re-routes them itself when the leadership moves), and
+//! the retry goes out without waiting for a fresh status (which the silent node might be the one to
+//! be asked for). So a silent node costs a request one `request_timeout_ms`, not one per retry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientConfig, ClientError, RETRY_BACKOFF_MS_MAX};
 use crate::protocol::{
@@ -21,6 +27,9 @@ use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer}
 
 /// Node id used for the seed connection while no route is known (node ids start at 1).
 const SEED: u64 = 0;
+/// How long a node that timed out or dropped the connection is routed around (and not asked for
+/// status), unless every member is suspect.
+pub const SUSPECT_NODE_MS: u64 = 5_000;
 
 pub struct RoutingClient {
     config: ClientConfig,
@@ -30,6 +39,8 @@ pub struct RoutingClient {
     /// Per partition, the leader's node id (`SEED` when unknown).
     leaders: Vec<u64>,
     partitions: u32,
+    /// Nodes that stopped answering, with when they did: routed around for `SUSPECT_NODE_MS`.
+    suspects: BTreeMap<u64, Instant>,
 }
 
 impl RoutingClient {
@@ -42,6 +53,7 @@ impl RoutingClient {
             addresses: BTreeMap::new(),
             leaders: Vec::new(),
             partitions: 0,
+            suspects: BTreeMap::new(),
         })
     }
 
@@ -54,15 +66,27 @@ impl RoutingClient {
         self.partitions
     }
 
-    /// Asks the cluster for its members and every partition's leader: a seed first, then every member
-    /// it lists (each node knows the leaders of the partitions it replicates).
+    /// Asks the cluster for its members and every partition's leader: a member not under suspicion
+    /// first (the seed while none is known), then every other one it lists (each node knows the
+    /// leaders of the partitions it replicates).
     pub fn refresh(&mut self) -> Result<(), ClientError> {
-        let first = self.seed().status()?;
+        self.forget_old_suspicions();
+        let asked: Vec<u64> = self.addresses.keys().copied().filter(|node| !self.suspects.contains_key(node)).collect();
+        let first = asked.iter().find_map(|&node| self.node(node).and_then(Client::status).ok());
+        let first = match first {
+            Some(status) => status,
+            None => self.seed().status()?,
+        };
         self.partitions = first.partitions;
         self.leaders = vec![SEED; first.partitions as usize];
         self.addresses = first.nodes.iter().map(|n| (n.node_id, n.address)).collect();
         self.learn(&first);
-        let members: Vec<u64> = self.addresses.keys().copied().filter(|&id| id != first.node_id).collect();
+        let members: Vec<u64> = self
+            .addresses
+            .keys()
+            .copied()
+            .filter(|&id| id != first.node_id && !self.suspects.contains_key(&id))
+            .collect();
         for node in members {
             if self.leaders.iter().all(|&leader| leader != SEED) {
                 break;
@@ -70,6 +94,10 @@ impl RoutingClient {
             if let Ok(status) = self.node(node).and_then(Client::status) {
                 self.learn(&status);
             }
+        }
+        let suspects: Vec<u64> = self.suspects.keys().copied().collect();
+        for node in suspects {
+            self.route_around(node);
         }
         Ok(())
     }
@@ -81,6 +109,34 @@ impl RoutingClient {
                 *slot = status.node_id;
             } else if record.leader != 0 && *slot == SEED {
                 *slot = record.leader;
+            }
+        }
+    }
+
+    fn forget_old_suspicions(&mut self) {
+        self.suspects.retain(|_, since| since.elapsed() < Duration::from_millis(SUSPECT_NODE_MS));
+    }
+
+    /// `node` timed out or dropped the connection: its partitions go to the next member not under
+    /// suspicion (any node forwards what it does not lead).
+    fn suspect(&mut self, node: u64) {
+        if node != SEED {
+            self.suspects.insert(node, Instant::now());
+            self.route_around(node);
+        }
+    }
+
+    fn route_around(&mut self, node: u64) {
+        let members: Vec<u64> = self.addresses.keys().copied().collect();
+        let Some(position) = members.iter().position(|&member| member == node) else { return };
+        let next = (1..members.len())
+            .map(|step| members[(position + step) % members.len()])
+            .find(|member| !self.suspects.contains_key(member));
+        // Every member is suspect: keep the routes (one of them may answer again).
+        let Some(next) = next else { return };
+        for leader in &mut self.leaders {
+            if *leader == node {
+                *leader = next;
             }
         }
     }
@@ -182,11 +238,14 @@ impl RoutingClient {
             let mut sent = Vec::new();
             let mut failed: Vec<usize> = Vec::new();
             let mut last_error = None;
+            // Whether some node answered that it cannot serve (not leader, busy): routes are stale.
+            let mut refused = false;
             for (node, indices) in shares {
                 let share = request(indices.iter().map(|&i| items[i].clone()).collect());
                 match self.node(node).and_then(|client| client.send(&share)) {
                     Ok(request_id) => sent.push((node, request_id, indices)),
                     Err(error) if error.is_retryable() => {
+                        self.note_failure(node, &error, &mut refused);
                         failed.extend(indices);
                         last_error = Some(error);
                     }
@@ -201,6 +260,7 @@ impl RoutingClient {
                         }
                     }
                     Err(error) if error.is_retryable() => {
+                        self.note_failure(node, &error, &mut refused);
                         failed.extend(indices);
                         last_error = Some(error);
                     }
@@ -214,11 +274,24 @@ impl RoutingClient {
                 return Err(last_error.expect("a failure was recorded"));
             }
             pending = failed;
-            std::thread::sleep(Duration::from_millis(backoff_ms));
-            backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
-            let _ = self.refresh();
+            if refused {
+                // A node that answered knows better than the routes: wait a little, then ask.
+                std::thread::sleep(Duration::from_millis(backoff_ms));
+                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+                let _ = self.refresh();
+            }
+            // Only silent nodes: they are routed around already; go again at once.
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Files a retryable failure from `node`: a server's refusal marks the routes stale; a timeout or
+    /// a failed connection puts the node under suspicion.
+    fn note_failure(&mut self, node: u64, error: &ClientError, refused: &mut bool) {
+        match error {
+            ClientError::Server { .. } => *refused = true,
+            _ => self.suspect(node),
+        }
     }
 
     fn await_answer(&mut self, node: u64, request_id: u64) -> Result<Response, ClientError> {

@@ -605,6 +605,28 @@ fn client_tries_addresses_in_order() {
     server.shutdown().expect("clean shutdown");
 }
 
+/// A server that stops answering (a paused process: its kernel still completes connections) costs
+/// one request timeout: the retry goes to the next address, not to the silent one again.
+#[test]
+fn client_moves_off_a_silent_server_within_one_request_timeout() {
+    let server = start(Immediate(Arc::new(Bank::default())), |_| {});
+    // Bound and listening, never accepting, never answering: what a SIGSTOPped node looks like.
+    let silent = StdListener::bind(local()).expect("bind");
+    let mut config = client_config(vec![silent.local_addr().expect("address"), server.local_address()]);
+    config.request_timeout_ms = 300;
+    config.retry_backoff_ms = 10;
+    let mut client = Client::connect(config).expect("connects to the silent one first");
+    assert_eq!(client.connected_address(), Some(silent.local_addr().unwrap()));
+    let started = Instant::now();
+    // No such accounts at the bank: answered with a result code, which is all this needs.
+    let results = client.create_transfers_retrying(&[transfer(1, 2, 5)]).expect("answered by the next address");
+    assert_eq!(results.len(), 1);
+    assert_eq!(client.connected_address(), Some(server.local_address()));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(300 + 1_000), "answered after {waited:?}: the silent server was retried");
+    server.shutdown().expect("clean shutdown");
+}
+
 #[test]
 fn client_reconnects_after_restart_and_retries_reuse_transfer_ids() {
     let bank = Arc::new(Bank::default());
