@@ -226,6 +226,25 @@ impl LocalCluster {
         process.wait().expect("reap killed walletd")
     }
 
+    /// Freezes a running node (SIGSTOP): its sockets stay open and its kernel still completes new
+    /// connections, but it answers nothing, like a stalled host. [`LocalCluster::resume`] thaws it.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// Thaws a node frozen by [`LocalCluster::pause`] (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let child = self.node(id).child.lock().expect("no thread panics holding it");
+        let process = child.as_ref().unwrap_or_else(|| panic!("node {id} is not running"));
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet (we hold its handle).
+        let sent = unsafe { libc::kill(process.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "signal {signal} to node {id}: {}", std::io::Error::last_os_error());
+    }
+
     /// (Re)starts a stopped node with its original arguments and waits until it listens.
     pub fn start_node(&mut self, id: u64) {
         self.start_node_with(id, &[]);
