@@ -28,7 +28,7 @@ use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer}
 /// Node id used for the seed connection while no route is known (node ids start at 1).
 const SEED: u64 = 0;
 /// How long a node that timed out or dropped the connection is routed around (and not asked for
-/// status), unless every member is suspect.
+/// status), unless every member is suspect; the next request after it asks for the routes again.
 pub const SUSPECT_NODE_MS: u64 = 5_000;
 
 pub struct RoutingClient {
@@ -223,8 +223,12 @@ impl RoutingClient {
         request: impl Fn(Vec<T>) -> Request,
         answer: impl Fn(Response, usize) -> Result<Vec<A>, ClientError>,
     ) -> Result<Vec<A>, ClientError> {
-        if self.leaders.is_empty() {
-            // A failed first refresh is not fatal: the seed node forwards whatever it does not lead.
+        let suspicion_over =
+            self.suspects.values().any(|since| since.elapsed() >= Duration::from_millis(SUSPECT_NODE_MS));
+        if self.leaders.is_empty() || suspicion_over {
+            // A failed refresh is not fatal: the seed node forwards whatever it does not lead. Once a
+            // suspicion is over, the routes are learned again, so the node's partitions go straight
+            // to their leaders again instead of through the member that stood in.
             let _ = self.refresh();
         }
         let mut out: Vec<Option<A>> = vec![None; items.len()];
