@@ -125,7 +125,7 @@ impl FakePeer {
     }
 
     fn reply(&self, request_id: u64, partition: u32, reply: ForwardReply) {
-        assert!(self.transport.send(1, PeerItem::ForwardReply { request_id, partition, reply }));
+        assert!(self.transport.send(1, PeerItem::ForwardReply { request_id, partition, reply }).is_ok());
     }
 }
 
@@ -370,7 +370,7 @@ fn vote_answer(
     while Instant::now() < deadline {
         let body = MessageBody::VoteRequest { pre_vote: false, last_log_index, last_log_term, transfer: false };
         let message = Message { from: candidate.id, to: 1, term, body };
-        assert!(candidate.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        assert!(candidate.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
         let until = Instant::now() + Duration::from_millis(100);
         while let Ok((_, item)) = candidate.inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
             if let PeerItem::Raft {
@@ -417,7 +417,7 @@ fn assert_refuses_stale_leader(stale: &FakePeer, stale_term: u64, term: u64) {
         assert!(Instant::now() < deadline, "node 1 never answered node {}", stale.id);
         let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries: Vec::new(), commit: 1 };
         let message = Message { from: stale.id, to: 1, term: stale_term, body: append };
-        assert!(stale.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        assert!(stale.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
         match stale.inbox.recv_timeout(Duration::from_millis(100)) {
             Ok((1, PeerItem::Raft { message, .. })) => break message,
             _ => continue,
@@ -465,11 +465,11 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
         None,
         "took part before hearing from every replica"
     );
-    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3 }));
+    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3 }).is_ok());
     assert_eq!(vote_answer(&two, 8, 10, 7, Duration::from_millis(500)), None, "took part with one replica unheard");
     // Node 3 holds entry 3's predecessor only and knows less as committed: the highest *last* index (3)
     // is what node 1 must hold before it votes, since its lost copy may have helped commit entry 3.
-    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2 }));
+    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2 }).is_ok());
     wait_for_term(&node, 7);
 
     // Node 3, a deposed leader of term 6, cannot refill it: its append is answered in term 7.
@@ -499,7 +499,8 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     let append = MessageBody::Append { prev_log_index: 0, prev_log_term: 0, entries, commit: 3 };
     assert!(two
         .transport
-        .send(1, PeerItem::Raft { partition: 0, message: Message { from: 2, to: 1, term: 10, body: append } }));
+        .send(1, PeerItem::Raft { partition: 0, message: Message { from: 2, to: 1, term: 10, body: append } })
+        .is_ok());
     let answer = next_raft_message(&two);
     assert!(matches!(answer.body, MessageBody::AppendResponse { index: 3, reject: None }), "{answer:?}");
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
@@ -531,7 +532,7 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
         assert!(Instant::now() < deadline, "node 1 never heard node 2's heartbeat");
         let heartbeat = MessageBody::Heartbeat { commit: 0, read_seq: 0, lease_tick: 0 };
         let message = Message { from: 2, to: 1, term: 5, body: heartbeat };
-        assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }));
+        assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -582,7 +583,7 @@ fn a_peer_with_a_different_cluster_file_is_refused() {
     let two = FakePeer::start(&cluster, 2);
     let one = FakePeer::start(&other, 1);
     for n in 0..20 {
-        assert!(one.transport.send(2, PeerItem::TermProbe { partition: n }));
+        assert!(one.transport.send(2, PeerItem::TermProbe { partition: n }).is_ok());
         two.reply(n as u64, 0, ok_results(0, 0));
         std::thread::sleep(Duration::from_millis(50));
     }

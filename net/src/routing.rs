@@ -15,7 +15,7 @@
 //! the retry goes out without waiting for a fresh status (which the silent node might be the one to
 //! be asked for). So a silent node costs a request one `request_timeout_ms`, not one per retry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub struct RoutingClient {
     partitions: u32,
     /// Nodes that stopped answering, with when they did: routed around for `SUSPECT_NODE_MS`.
     suspects: BTreeMap<u64, Instant>,
+    /// Per partition, the members whose status listed a replica of it: where a silent leader's
+    /// partitions go (a replica sees elections, so it follows the leadership itself).
+    holders: BTreeMap<u32, BTreeSet<u64>>,
 }
 
 impl RoutingClient {
@@ -54,6 +57,7 @@ impl RoutingClient {
             leaders: Vec::new(),
             partitions: 0,
             suspects: BTreeMap::new(),
+            holders: BTreeMap::new(),
         })
     }
 
@@ -67,8 +71,8 @@ impl RoutingClient {
     }
 
     /// Asks the cluster for its members and every partition's leader: a member not under suspicion
-    /// first (the seed while none is known), then every other one it lists (each node knows the
-    /// leaders of the partitions it replicates).
+    /// first (the seed while none is known), then every other one it lists that is not under
+    /// suspicion (each node knows the leaders of the partitions it replicates, and lists them).
     pub fn refresh(&mut self) -> Result<(), ClientError> {
         self.forget_old_suspicions();
         let asked: Vec<u64> = self.addresses.keys().copied().filter(|node| !self.suspects.contains_key(node)).collect();
@@ -80,6 +84,7 @@ impl RoutingClient {
         self.partitions = first.partitions;
         self.leaders = vec![SEED; first.partitions as usize];
         self.addresses = first.nodes.iter().map(|n| (n.node_id, n.address)).collect();
+        self.holders.clear();
         self.learn(&first);
         let members: Vec<u64> = self
             .addresses
@@ -88,9 +93,6 @@ impl RoutingClient {
             .filter(|&id| id != first.node_id && !self.suspects.contains_key(&id))
             .collect();
         for node in members {
-            if self.leaders.iter().all(|&leader| leader != SEED) {
-                break;
-            }
             if let Ok(status) = self.node(node).and_then(Client::status) {
                 self.learn(&status);
             }
@@ -104,6 +106,7 @@ impl RoutingClient {
 
     fn learn(&mut self, status: &NodeStatus) {
         for record in &status.partition_states {
+            self.holders.entry(record.partition).or_default().insert(status.node_id);
             let Some(slot) = self.leaders.get_mut(record.partition as usize) else { continue };
             if record.flags & PARTITION_FLAG_LEADER != 0 {
                 *slot = status.node_id;
@@ -117,28 +120,41 @@ impl RoutingClient {
         self.suspects.retain(|_, since| since.elapsed() < Duration::from_millis(SUSPECT_NODE_MS));
     }
 
-    /// `node` timed out or dropped the connection: its partitions go to the next member not under
-    /// suspicion (any node forwards what it does not lead).
-    fn suspect(&mut self, node: u64) {
-        if node != SEED {
-            self.suspects.insert(node, Instant::now());
-            self.route_around(node);
+    /// `node` timed out or dropped the connection: its partitions go elsewhere (see `route_around`).
+    /// True when every one of them found a member not under suspicion.
+    fn suspect(&mut self, node: u64) -> bool {
+        if node == SEED {
+            return false;
         }
+        self.suspects.insert(node, Instant::now());
+        self.route_around(node)
     }
 
-    fn route_around(&mut self, node: u64) {
+    /// Each partition routed to `node` goes to the next member after it (in id order) that holds a
+    /// replica of it and is not under suspicion, else to the next member not under suspicion (any
+    /// node forwards what it does not lead). True when every such partition moved; a partition with
+    /// nowhere to go keeps its route (one of the suspects may answer again).
+    fn route_around(&mut self, node: u64) -> bool {
         let members: Vec<u64> = self.addresses.keys().copied().collect();
-        let Some(position) = members.iter().position(|&member| member == node) else { return };
-        let next = (1..members.len())
-            .map(|step| members[(position + step) % members.len()])
-            .find(|member| !self.suspects.contains_key(member));
-        // Every member is suspect: keep the routes (one of them may answer again).
-        let Some(next) = next else { return };
-        for leader in &mut self.leaders {
-            if *leader == node {
-                *leader = next;
+        let after = |candidates: &mut dyn Iterator<Item = u64>| {
+            let candidates: Vec<u64> = candidates.collect();
+            let next = candidates.iter().copied().find(|&member| member > node);
+            next.or_else(|| candidates.first().copied())
+        };
+        let mut moved_all = true;
+        for partition in 0..self.leaders.len() {
+            if self.leaders[partition] != node {
+                continue;
+            }
+            let free = |member: &u64| *member != node && !self.suspects.contains_key(member);
+            let holders = self.holders.get(&(partition as u32));
+            let replica = holders.and_then(|holders| after(&mut holders.iter().copied().filter(free)));
+            match replica.or_else(|| after(&mut members.iter().copied().filter(free))) {
+                Some(next) => self.leaders[partition] = next,
+                None => moved_all = false,
             }
         }
+        moved_all
     }
 
     fn seed(&mut self) -> &mut Client {
@@ -242,7 +258,9 @@ impl RoutingClient {
             let mut sent = Vec::new();
             let mut failed: Vec<usize> = Vec::new();
             let mut last_error = None;
-            // Whether some node answered that it cannot serve (not leader, busy): routes are stale.
+            // Whether some node answered that it cannot serve (not leader, busy), or went silent with
+            // nowhere else to send its share: then the routes are stale or exhausted, and the retry
+            // waits its backoff and asks for them again.
             let mut refused = false;
             for (node, indices) in shares {
                 let share = request(indices.iter().map(|&i| items[i].clone()).collect());
@@ -279,23 +297,25 @@ impl RoutingClient {
             }
             pending = failed;
             if refused {
-                // A node that answered knows better than the routes: wait a little, then ask.
                 std::thread::sleep(Duration::from_millis(backoff_ms));
                 backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
                 let _ = self.refresh();
             }
-            // Only silent nodes: they are routed around already; go again at once.
+            // Otherwise only silent nodes, each routed around to a member not under suspicion: go
+            // again at once.
         }
         unreachable!("the last attempt returns")
     }
 
     /// Files a retryable failure from `node`: a server's refusal marks the routes stale; a timeout or
-    /// a failed connection puts the node under suspicion.
+    /// a failed connection puts the node under suspicion, and if its share found nowhere else to go
+    /// the routes count as stale too.
     fn note_failure(&mut self, node: u64, error: &ClientError, refused: &mut bool) {
-        match error {
-            ClientError::Server { .. } => *refused = true,
+        let moved = match error {
+            ClientError::Server { .. } => false,
             _ => self.suspect(node),
-        }
+        };
+        *refused |= !moved;
     }
 
     fn await_answer(&mut self, node: u64, request_id: u64) -> Result<Response, ClientError> {

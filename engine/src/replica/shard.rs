@@ -46,7 +46,7 @@ use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
 };
 use crate::replica::shared_log::{self, lock, GroupStore, SharedLog, SharedLogHandle};
-use crate::replica::transport::{PeerInput, Transport};
+use crate::replica::transport::{PeerInput, Refused, Transport};
 use crate::replica::wire::PeerItem;
 use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_PAYLOAD_BYTES_MAX};
 
@@ -331,10 +331,11 @@ impl ReplicaShard {
                             PeerItem::Forward { request_id, .. } => Some(*request_id),
                             _ => None,
                         };
-                        if !self.transport.send(to, item) {
-                            if let Some(request_id) = forwarded {
-                                self.core.forward_undeliverable(self.now(), to, request_id);
-                            }
+                        match (self.transport.send(to, item), forwarded) {
+                            (Ok(()), _) | (Err(_), None) => {}
+                            // The link is up but behind: the client hears it at once, retryably.
+                            (Err(Refused::QueueFull), Some(request_id)) => self.core.forward_busy(to, request_id),
+                            (Err(_), Some(request_id)) => self.core.forward_undeliverable(self.now(), to, request_id),
                         }
                     }
                     Output::Persist(persist) => {

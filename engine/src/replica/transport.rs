@@ -11,14 +11,16 @@
 //!
 //! On any write or read error the connection is dropped with what was taken from the queue. Nothing
 //! that waits for an answer is dropped silently: a forwarded request that cannot go out (no
-//! connection, or the write failed) is handed back to its shard as [`PeerInput::NotDelivered`], and
-//! when a connection ends its reader tells every shard [`PeerInput::LinkDown`] (replies owed on it may
-//! be lost), so the core routes those requests again at once instead of letting them time out. Raft
-//! messages are dropped and counted: Raft resends what matters. The dialing side connects as soon as
+//! connection, the write failed, or its batch was over the frame limit) is handed back to its shard
+//! as [`PeerInput::NotDelivered`], and when the connection that is a peer's link ends (a failed read or
+//! write, or a replacement) every shard is told once, [`PeerInput::LinkDown`] (replies owed on it may
+//! be lost), so the core routes those requests again instead of letting them time out. Raft messages
+//! are dropped and counted: Raft resends what matters. The dialing side connects as soon as
 //! it starts and reconnects with a bounded backoff whenever the connection is lost, whether or not it
 //! has anything to send, because the other side can only wait for it. [`Transport::send`] refuses a
-//! new message for a full queue, and a forwarded request for a peer with no connection, at once (back
-//! pressure never blocks a shard thread). A bad frame closes only that connection.
+//! new message for a full queue, and a forwarded request for a link known to be down, at once, saying
+//! which ([`Refused`]; back pressure never blocks a shard thread). A bad frame closes only that
+//! connection.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -77,32 +79,47 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    fn install(&self, stream: TcpStream) -> u64 {
+    /// Makes `stream` the link's connection; returns its generation and whether it replaced a live
+    /// connection (whose end the caller reports: see [`PeerLink::retire`]).
+    fn install(&self, stream: TcpStream) -> (u64, bool) {
         let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = slot.1.take() {
-            let _ = old.shutdown(Shutdown::Both);
-        }
+        let replaced = slot.1.take().inspect(|old| drop(old.shutdown(Shutdown::Both))).is_some();
         slot.0 += 1;
         slot.1 = Some(stream);
         self.down.store(false, Ordering::SeqCst);
-        slot.0
+        (slot.0, replaced)
     }
 
-    /// Drops the connection of `generation` if it is still the current one.
-    fn retire(&self, generation: u64) {
+    /// Drops the connection of `generation` if it is still the current one. True exactly once per
+    /// connection, for whoever ended it while it was the link (a replaced one was ended by `install`):
+    /// that caller reports the link's end, so each end is reported once, when the connection stops
+    /// being the one forwards go out on.
+    fn retire(&self, generation: u64) -> bool {
         let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.0 == generation {
-            if let Some(old) = slot.1.take() {
-                let _ = old.shutdown(Shutdown::Both);
-            }
-            self.down.store(true, Ordering::SeqCst);
+        if slot.0 != generation {
+            return false;
         }
+        let Some(old) = slot.1.take() else { return false };
+        let _ = old.shutdown(Shutdown::Both);
+        self.down.store(true, Ordering::SeqCst);
+        true
     }
 
     fn current(&self) -> Option<(u64, TcpStream)> {
         let slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         slot.1.as_ref().and_then(|s| s.try_clone().ok()).map(|s| (slot.0, s))
     }
+}
+
+/// Why [`Transport::send`] dropped an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// No such peer in the cluster file.
+    UnknownPeer,
+    /// The peer's queue holds `peer_queue_depth_max` items: the link is up but behind.
+    QueueFull,
+    /// The link is known to be down (its last connection ended or the last dial failed).
+    LinkDown,
 }
 
 /// Sends to peers. Cheap to share: every shard thread holds an `Arc` of it.
@@ -179,22 +196,26 @@ impl Transport {
         self.node_id
     }
 
-    /// Queues `item` for `to`; false when it was dropped: unknown peer, full queue, or a forwarded
-    /// request for a link known to be down (its sender routes it again at once rather than queue it
-    /// behind a redial; Raft messages are queued, the writer may be about to reconnect).
-    pub fn send(&self, to: u64, item: PeerItem) -> bool {
+    /// Queues `item` for `to`, or says why it was dropped: unknown peer, full queue, or a forwarded
+    /// request for a link known to be down (its sender routes it again rather than queue it behind a
+    /// redial; Raft messages are queued, the writer may be about to reconnect).
+    pub fn send(&self, to: u64, item: PeerItem) -> Result<(), Refused> {
         let Some(link) = self.links.get(&to) else {
-            return false;
+            return Err(Refused::UnknownPeer);
         };
         if matches!(item, PeerItem::Forward { .. }) && link.down.load(Ordering::SeqCst) {
             link.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Err(Refused::LinkDown);
         }
         match link.queue.try_send(item) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
                 link.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                Err(Refused::QueueFull)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                link.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::LinkDown)
             }
         }
     }
@@ -228,7 +249,11 @@ impl Transport {
         writer.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_TIMEOUT_MS))).ok()?;
         writer.write_all(&self.hello_frame()).ok()?;
         log::info!("node {}: peer {peer} connected", self.node_id);
-        Some(link.install(writer))
+        let (generation, replaced) = link.install(writer);
+        if replaced {
+            self.link_ended(peer);
+        }
+        Some(generation)
     }
 
     fn hello_frame(&self) -> Vec<u8> {
@@ -296,6 +321,7 @@ impl Transport {
                     body.len()
                 );
                 link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.hand_back(peer, &mut batch);
                 continue;
             }
             frame.clear();
@@ -303,11 +329,21 @@ impl Transport {
             if let Err(error) = stream.write_all(&frame) {
                 log::warn!("node {}: connection to peer {peer} lost: {error}", self.node_id);
                 link.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                link.retire(generation);
+                if link.retire(generation) {
+                    self.link_ended(peer);
+                }
                 // Some of the frame may have arrived; a forwarded request sent again is safe (its ids
                 // are idempotency keys), one left unanswered is not.
                 self.hand_back(peer, &mut batch);
             }
+        }
+    }
+
+    /// The connection that was `peer`'s link ended: replies owed on it may be lost with it, so every
+    /// shard routes again what it forwarded to `peer` (nothing to report while stopping).
+    fn link_ended(&self, peer: u64) {
+        if let (false, Some(dispatch)) = (self.stop.load(Ordering::SeqCst), self.dispatch.get()) {
+            dispatch(peer, PeerInput::LinkDown);
         }
     }
 
@@ -345,7 +381,10 @@ impl Transport {
                 redial.warned = false;
                 redial.connected_at = Some(Instant::now());
                 let reader = stream.try_clone();
-                let generation = link.install(stream);
+                let (generation, replaced) = link.install(stream);
+                if replaced {
+                    self.link_ended(peer);
+                }
                 if self.stop.load(Ordering::SeqCst) {
                     // Shutdown retired every connection while we were dialing: do not leave this one.
                     link.retire(generation);
@@ -393,13 +432,8 @@ impl Transport {
         let _ = std::thread::Builder::new().name("peer-in".into()).spawn(move || {
             let owner = read_peer(&transport, stream, expected, &dispatch);
             if let Some((peer, generation)) = owner {
-                if let Some(link) = transport.links.get(&peer) {
-                    link.retire(generation);
-                }
-                // Replies owed on this connection may be lost with it: the shards route again what
-                // they forwarded to `peer`.
-                if !transport.stop.load(Ordering::SeqCst) {
-                    dispatch(peer, PeerInput::LinkDown);
+                if transport.links.get(&peer).is_some_and(|link| link.retire(generation)) {
+                    transport.link_ended(peer);
                 }
             }
             if let Some(on_exit) = on_exit {

@@ -233,8 +233,18 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             Err(error) => {
                 // The speculative state holds effects that will never be in the log.
                 self.speculative_stale = true;
-                let error =
-                    EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition));
+                let error = match error {
+                    // Leadership moved (or is moving) before the entry reached the log: nothing was
+                    // decided, so the answer says where to go, and a forwarding node sends the
+                    // request on at once instead of relaying an error to its client.
+                    raft::Error::NotLeader { leader } => EngineError::NotLeader { partition: self.partition, leader },
+                    raft::Error::TransferInProgress => {
+                        EngineError::NotLeader { partition: self.partition, leader: self.raw.lead_transferee() }
+                    }
+                    error => {
+                        EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition))
+                    }
+                };
                 for (to, _) in answers {
                     sink.items(to, Err(error.clone()));
                 }

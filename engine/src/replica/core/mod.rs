@@ -372,8 +372,12 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     /// simulator's leadership transfers). False when this node does not lead it or Raft refuses.
     pub fn transfer_leader(&mut self, partition: u32, to: u64) -> bool {
         let Some(&slot) = self.group_of.get(&partition) else { return false };
-        let group = &mut self.groups[slot];
-        group.role == raft::Role::Leader && group.raw.transfer_leader(to).is_ok()
+        if self.groups[slot].role != raft::Role::Leader {
+            return false;
+        }
+        // Decided items are proposed first: once the transfer is under way Raft refuses proposals.
+        self.propose(slot);
+        self.groups[slot].raw.transfer_leader(to).is_ok()
     }
 
     /// Client commands should wait in their queue while a led partition has too much uncommitted.
@@ -461,15 +465,27 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         self.fail(format!("shard log: {error}"));
     }
 
-    /// The forwarded request `request_id` did not reach `to`: the caller could not queue it (no
-    /// connection, or the peer's queue is full), or the transport dropped it unsent when the connection
-    /// was down or failed. It is routed again, never left to time out. Other undeliverable items need
+    /// The forwarded request `request_id` did not reach `to`: the caller could not queue it (the link
+    /// is down, or `to` is unknown), or the transport dropped it unsent when the connection was down or
+    /// failed. It is routed again, never left to time out. Other undeliverable items need
     /// no report: Raft resends, and a forwarded reply lost with its connection is covered by
     /// [`ReplicaCore::peer_unreachable`] at the node that waits for it.
     pub fn forward_undeliverable(&mut self, now: Now, to: u64, request_id: u64) {
         if let Some(forwarded) = self.forwarded.get(&request_id) {
             assert_eq!(forwarded.to, to, "a forwarded request is recorded with the node it went to");
             self.take_back(now, request_id);
+        }
+    }
+
+    /// The forwarded request `request_id` could not be queued for `to` because its queue is full: the
+    /// link is up but behind, so the client gets a retryable `Unavailable` at once rather than have
+    /// the request wait in line (and `to` stays where requests go).
+    pub fn forward_busy(&mut self, to: u64, request_id: u64) {
+        if let Some(forwarded) = self.forwarded.remove(&request_id) {
+            assert_eq!(forwarded.to, to, "a forwarded request is recorded with the node it went to");
+            crate::metrics::count_forward(crate::metrics::ForwardOutcome::NotQueued);
+            let error = EngineError::Unavailable(format!("the queue for node {to} is full"));
+            forwarded.request.fail(&mut self.sink, error);
         }
     }
 

@@ -24,6 +24,9 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 .is_none_or(|at| now.mono_ms.saturating_sub(at) >= LEADER_TRANSFER_RETRY_MS);
             if caught_up && may_try {
                 group.last_transfer_attempt_ms = Some(now.mono_ms);
+                // What this round decided goes into the log first: Raft refuses proposals once a
+                // transfer is under way, and those clients would get an error for a handover.
+                group.propose(&mut self.sink);
                 if group.raw.transfer_leader(group.preferred_leader).is_ok() {
                     self.sink.log(
                         log::Level::Info,

@@ -125,6 +125,8 @@ pub struct Auditor {
     seeded: Vec<bool>,
     /// Transfers sent so far, to retry some with the same or other fields.
     sent_transfers: Vec<Transfer>,
+    /// Requests whose error answers are kept (the failover episode's), with the error once answered.
+    watched: HashMap<u64, Option<String>>,
     pub stats: AuditStats,
     /// Prints every answer and retry (`REPLICA_SIM_VERBOSE`).
     verbose: bool,
@@ -152,6 +154,7 @@ impl Auditor {
             markers_wanted: Vec::new(),
             seeded: vec![false; partitions as usize],
             sent_transfers: Vec::new(),
+            watched: HashMap::new(),
             stats: AuditStats::default(),
             verbose: std::env::var_os("REPLICA_SIM_VERBOSE").is_some(),
         };
@@ -350,10 +353,18 @@ impl Auditor {
 
     /// A fresh transfer of `partition` between its seed accounts, sent to `node` (the failover
     /// episode's load: it goes to followers, which forward it).
+    /// Its error answer, if it gets one, is kept for [`Auditor::error_of`].
     pub fn fresh_transfer(&mut self, now_ms: u64, partition: u32, node: u64) -> Send {
         let transfer = self.external_transfer(now_ms, partition);
         self.sent_transfers.push(transfer);
-        self.send(node, Op::Transfers { partition, items: vec![transfer] }, 0)
+        let send = self.send(node, Op::Transfers { partition, items: vec![transfer] }, 0);
+        self.watched.insert(send.handle, None);
+        send
+    }
+
+    /// The error a request sent by [`Auditor::fresh_transfer`] was answered with, if any.
+    pub fn error_of(&self, handle: u64) -> Option<&str> {
+        self.watched.get(&handle).and_then(|error| error.as_deref())
     }
 
     /// A fresh transfer of 1 from `partition`'s first external account to its first ordinary one.
@@ -441,7 +452,12 @@ impl Auditor {
         }
         let results = match outcome {
             Ok(results) => results,
-            Err(error) => return self.failed(pending, error, now_ms, rng),
+            Err(error) => {
+                if let Some(kept) = self.watched.get_mut(&handle) {
+                    *kept = Some(error.to_string());
+                }
+                return self.failed(pending, error, now_ms, rng);
+            }
         };
         let (partition, ids): (u32, Vec<(u128, Option<(u64, u64)>)>) = match &pending.op {
             Op::Transfers { partition, items } => {

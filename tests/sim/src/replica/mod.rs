@@ -15,8 +15,9 @@
 //! After faults stop and everything is answered, each seed runs one failover episode: transfers of
 //! one partition go to its followers (which forward them to the leader), then the leader crashes, is
 //! cut off, or hands leadership to another replica, while more transfers arrive. Every transfer a
-//! surviving replica took must be answered within `FAILOVER_ANSWER_MS_MAX` of the new leader's
-//! election (or of its sending, if later), in simulated time.
+//! surviving replica took must be answered with its outcome (an error answer is a failure) within
+//! `FAILOVER_ANSWER_MS_MAX` of the new leader's election (or of its sending, if later), in simulated
+//! time.
 
 pub mod auditor;
 pub mod store;
@@ -452,6 +453,14 @@ impl Sim {
                 continue;
             };
             for &(handle, node, sent_ms) in &sent {
+                // An error answer is no answer: the client would have to send the transfer again.
+                if let Some(error) = self.auditor.error_of(handle) {
+                    return Err(format!(
+                        "failover episode ({pattern:?} of node {old_leader}, leader of partition {partition}, at \
+                         {fault_at_ms} ms): transfer request {handle}, sent to node {node} at {sent_ms} ms, was \
+                         answered with an error instead of its outcome: {error}"
+                    ));
+                }
                 let due_ms = sent_ms.max(elected_ms) + FAILOVER_ANSWER_MS_MAX;
                 if self.now_ms > due_ms && self.auditor.is_pending(handle) {
                     return Err(format!(
