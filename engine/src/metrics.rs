@@ -26,8 +26,9 @@ const STAGE_BUCKETS_SECONDS: usize = 30;
 const STAGE_BUCKET_FIRST_SECONDS: f64 = 0.000_01;
 const STAGE_BUCKET_FACTOR: f64 = 1.6;
 
-/// The stages of a write between the node accepting a batch and answering it. Each is observed once per
-/// batch part (one partition's share of a client batch), never per transfer.
+/// The stages of a write between the node accepting a batch and answering it. `QueueWait`, `Execute` and
+/// `Total` are observed once per batch part (one partition's share of a client batch), `LogSync` once per
+/// round that held writes; never per transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// From the node accepting the batch to its shard taking it off the bounded queue.
@@ -167,7 +168,7 @@ impl EngineMetrics {
             HistogramVec::new(
                 HistogramOpts::new(
                     "wallet_stage_duration_seconds",
-                    "Time a write spends in each stage on this node, per batch part (stage = queue_wait, execute, log_sync, total)",
+                    "Time a write spends in each stage on this node: queue_wait, execute and total per batch part, log_sync per round",
                 )
                 .buckets(stage_buckets),
                 &["stage"],

@@ -39,34 +39,42 @@ pub fn dump(data_dir: &Path, options: &DumpOptions, mut emit: impl FnMut(String)
     }
     let manifest = Manifest::read(data_dir)?.ok_or_else(|| DumpError::NotADataDir(data_dir.display().to_string()))?;
     let _lock = DataDirLock::acquire_for_audit(data_dir)?;
-    let shards: Vec<u32> = match options.shard {
-        Some(shard) if shard >= manifest.shards => {
-            return Err(DumpError::NoSuchShard { shard, shards: manifest.shards })
-        }
+    let logs = |shard| Some(shard_dir(data_dir, shard).join("wal"));
+    for_each_record(manifest.shards, options, logs, ("shard", "records"), &mut emit, |shard, record, emit| {
+        emit_record(shard, record.index, record.term, record.kind, record.payload, options.json, emit)
+    })
+}
+
+/// Opens the chosen shards' logs read-only (`log_dir` names a shard's, or `None` when it has none) and
+/// hands every record from `options.from_index` on (at most `records_max` per shard) to `per_record`,
+/// after a header line per shard in text mode (`shard N: S segments, records A..=B`).
+fn for_each_record<E: FnMut(String)>(
+    shards: u32,
+    options: &DumpOptions,
+    log_dir: impl Fn(u32) -> Option<std::path::PathBuf>,
+    (shard_word, index_word): (&str, &str),
+    emit: &mut E,
+    mut per_record: impl FnMut(u32, wal::Record<'_>, &mut E),
+) -> Result<(), DumpError> {
+    let chosen: Vec<u32> = match options.shard {
+        Some(shard) if shard >= shards => return Err(DumpError::NoSuchShard { shard, shards }),
         Some(shard) => vec![shard],
-        None => (0..manifest.shards).collect(),
+        None => (0..shards).collect(),
     };
     let segment_bytes = NodeConfig::default().wal_segment_bytes;
-    for shard in shards {
-        let (log, report) = Wal::open_read_only(
-            &shard_dir(data_dir, shard).join("wal"),
-            WalOptions { segment_bytes, ..WalOptions::default() },
-        )?;
+    for shard in chosen {
+        let Some(dir) = log_dir(shard) else { continue };
+        let (log, report) = Wal::open_read_only(&dir, WalOptions { segment_bytes, ..WalOptions::default() })?;
         if !options.json {
-            emit(format!(
-                "shard {shard}: {} segments, records {}..={}",
-                report.segments,
-                log.first_index(),
-                log.last_index()
-            ));
+            let (first, last, segments) = (log.first_index(), log.last_index(), report.segments);
+            emit(format!("{shard_word} {shard}: {segments} segments, {index_word} {first}..={last}"));
         }
         if log.last_index() < log.first_index() {
             continue;
         }
         let from = options.from_index.max(log.first_index());
         for record in log.reader(from)?.take(options.records_max as usize) {
-            let record = record?;
-            emit_record(shard, record.index, record.term, record.kind, record.payload, options.json, &mut emit);
+            per_record(shard, record?, emit);
         }
     }
     Ok(())
@@ -79,61 +87,35 @@ fn dump_cluster(
     emit: &mut impl FnMut(String),
 ) -> Result<(), DumpError> {
     let _lock = DataDirLock::acquire_for_audit(data_dir)?;
-    let shards: Vec<u32> = match options.shard {
-        Some(shard) if shard >= shards => return Err(DumpError::NoSuchShard { shard, shards }),
-        Some(shard) => vec![shard],
-        None => (0..shards).collect(),
-    };
-    let segment_bytes = NodeConfig::default().wal_segment_bytes;
-    for shard in shards {
-        let dir = shared_log::shard_dir(data_dir, shard).join(shared_log::LOG_DIR);
-        if !dir.exists() {
-            continue;
-        }
-        let (log, report) = Wal::open_read_only(&dir, WalOptions { segment_bytes, ..WalOptions::default() })?;
-        if !options.json {
-            emit(format!(
-                "replica shard {shard}: {} segments, positions {}..={}",
-                report.segments,
-                log.first_index(),
-                log.last_index()
-            ));
-        }
-        if log.last_index() < log.first_index() {
-            continue;
-        }
-        let from = options.from_index.max(log.first_index());
-        for record in log.reader(from)?.take(options.records_max as usize) {
-            let record = record?;
-            let what = shared_log::describe_record(record.kind, record.payload);
-            let batch = shared_log::entry_record_data(record.kind, record.payload)
-                .map(|(partition, index, term, data)| (partition, index, term, EventBatchView::new(data)));
-            match (options.json, batch) {
-                (true, Some((partition, index, term, Ok(view)))) => {
-                    let events: Vec<Value> = view.iter().map(|e| event_json(&e)).collect();
-                    emit(
-                        json!({"shard": shard, "position": record.index, "partition": partition, "index": index,
+    let logs = |shard| Some(shared_log::shard_dir(data_dir, shard).join(shared_log::LOG_DIR)).filter(|d| d.exists());
+    for_each_record(shards, options, logs, ("replica shard", "positions"), emit, |shard, record, emit| {
+        let what = shared_log::describe_record(record.kind, record.payload);
+        let batch = shared_log::entry_record_data(record.kind, record.payload)
+            .map(|(partition, index, term, data)| (partition, index, term, EventBatchView::new(data)));
+        match (options.json, batch) {
+            (true, Some((partition, index, term, Ok(view)))) => {
+                let events: Vec<Value> = view.iter().map(|e| event_json(&e)).collect();
+                emit(
+                    json!({"shard": shard, "position": record.index, "partition": partition, "index": index,
                         "term": term, "record": what, "first_seq": view.first_seq(), "events": events})
-                        .to_string(),
-                    );
-                }
-                (true, _) => emit(json!({"shard": shard, "position": record.index, "record": what}).to_string()),
-                (false, batch) => {
-                    emit(format!("position {}: {what}", record.index));
-                    match batch {
-                        Some((_, _, _, Ok(view))) => {
-                            for event in view.iter() {
-                                emit(format!("  {}", event_text(&event)));
-                            }
+                    .to_string(),
+                );
+            }
+            (true, _) => emit(json!({"shard": shard, "position": record.index, "record": what}).to_string()),
+            (false, batch) => {
+                emit(format!("position {}: {what}", record.index));
+                match batch {
+                    Some((_, _, _, Ok(view))) => {
+                        for event in view.iter() {
+                            emit(format!("  {}", event_text(&event)));
                         }
-                        Some((_, _, _, Err(error))) => emit(format!("  UNDECODABLE event batch: {error}")),
-                        None => {}
                     }
+                    Some((_, _, _, Err(error))) => emit(format!("  UNDECODABLE event batch: {error}")),
+                    None => {}
                 }
             }
         }
-    }
-    Ok(())
+    })
 }
 
 fn emit_record(shard: u32, index: u64, term: u64, kind: u8, payload: &[u8], json: bool, emit: &mut impl FnMut(String)) {

@@ -280,6 +280,10 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
             assert!(status.success(), "node {id} stopped with {status}");
         }
     }
+    // A partition the cluster does not have is refused, not answered empty.
+    let first = cluster.data_dir(cluster.node_ids()[0]);
+    let (code, _) = cluster.walletctl(&["state", "--data-dir", first.to_str().unwrap(), "--partition", "999"]);
+    assert_eq!(code, 4, "state of a partition the cluster does not have");
     // (partition, seq) -> (node, digest) of the first replica that reproduced that past state.
     let mut past_digests: BTreeMap<(u32, u64), (u64, String)> = BTreeMap::new();
     for id in cluster.node_ids() {
