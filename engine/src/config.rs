@@ -48,6 +48,14 @@ pub struct NodeConfig {
     pub checkpoint_interval_ms: u64,
     /// Size of one event-log segment file.
     pub wal_segment_bytes: u64,
+    /// Sealed event-log bytes each shard keeps for history (single node): an older segment is deleted
+    /// once a base (a copy of the state the audits replay from) covers it. History older than what is
+    /// kept answers `HistoryCompacted`. The log on disk per shard stays within this plus about three
+    /// segments (see ARCHITECTURE.md, "Log retention").
+    pub log_retention_bytes: u64,
+    /// Where purged segments are copied before they are deleted (`None`: they are only deleted). The
+    /// archive is outside the node's disk budget: it grows with everything ever written.
+    pub log_archive_dir: Option<PathBuf>,
     /// Longest an `at_least` lookup waits for its partitions to reach the sequences it names before it
     /// is refused `Unavailable` (the cluster's `[replication] read_wait_timeout_ms` does the same).
     pub read_wait_timeout_ms: u64,
@@ -73,6 +81,8 @@ impl Default for NodeConfig {
             id_hash_key: 0,
             checkpoint_interval_ms: 1000,
             wal_segment_bytes: 256 << 20,
+            log_retention_bytes: 2 << 30,
+            log_archive_dir: None,
             read_wait_timeout_ms: 5000,
         }
     }
@@ -127,6 +137,7 @@ impl NodeConfig {
             1 << 30,
             "8 MiB..=1 GiB (a segment holds the largest record)",
         )?;
+        check("log_retention_bytes", self.log_retention_bytes, 0, 1 << 50, "0..=1 PiB")?;
         check("read_wait_timeout_ms", self.read_wait_timeout_ms, 1, 60_000, "1..=60000")?;
         check("cluster_id", (self.cluster_id != 0) as u64, 1, 1, "non-zero")?;
         check("idempotency_rate_per_s", self.idempotency_rate_per_s, 1, 100_000_000, "1..=100000000")?;

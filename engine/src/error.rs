@@ -35,9 +35,11 @@ pub enum EngineError {
     Io(String),
     #[error("this node does not lead partition {partition}{}", leader.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
     NotLeader { partition: u32, leader: Option<u64> },
-    #[error("account {account_id}: its history before seq {seq} is older than the partition's snapshot and no longer in the log")]
+    #[error("account {account_id}: its history at and before seq {seq} is no longer in the log (beyond the log's retention, or older than the partition's snapshot)")]
     HistoryCompacted { account_id: u64, seq: u64 },
-    #[error("partition {partition}: this replica's oldest state is its snapshot at seq {snapshot_seq}; nothing older can be reproduced from it")]
+    #[error("partition {partition}: the event at seq {seq} is no longer in the log (beyond the log's retention); its outcome is still remembered, its fields are not")]
+    EventPurged { partition: u32, seq: u64 },
+    #[error("partition {partition}: the oldest state this node holds is at seq {snapshot_seq} (a replica's snapshot, a single node's base); nothing older can be reproduced from it")]
     BeforeSnapshot { partition: u32, snapshot_seq: u64 },
     #[error("partition {partition} does not exist: the node has {partitions} partitions")]
     NoSuchPartition { partition: u32, partitions: u32 },
@@ -60,7 +62,9 @@ impl EngineError {
                 ErrorCode::Unavailable
             }
             EngineError::BatchTooLarge { .. } => ErrorCode::TooManyItems,
-            EngineError::HistoryCompacted { .. } | EngineError::BeforeSnapshot { .. } => ErrorCode::HistoryCompacted,
+            EngineError::HistoryCompacted { .. }
+            | EngineError::BeforeSnapshot { .. }
+            | EngineError::EventPurged { .. } => ErrorCode::HistoryCompacted,
             EngineError::InvalidCursor { .. } => ErrorCode::InvalidCursor,
             EngineError::Remote { code, message, .. } => {
                 return (ErrorCode::from_u16(*code).unwrap_or(ErrorCode::Internal), message.clone());

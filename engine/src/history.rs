@@ -44,6 +44,10 @@ pub fn read_page(
         limit,
         |seq| {
             let index = locate(store, recent_batches, partition, seq)?;
+            // No batch row at or below `seq` once the log was purged: its row was pruned with its record.
+            if index.map_or(wal.first_index() > 1, |index| index < wal.first_index()) {
+                return Err(EngineError::HistoryCompacted { account_id: account.id, seq });
+            }
             if let Some(index) = index.filter(|&index| index > durable_index) {
                 return Err(EngineError::Log(format!(
                     "history needs log index {index}, durable only to {durable_index}"
@@ -137,7 +141,8 @@ fn entry_for(account_id: u64, event: &crate::event::Event) -> Option<(HistoryEnt
     }
 }
 
-/// The event at `seq` of `partition`, read from the log (`None` if no batch holds it).
+/// The event at `seq` of `partition`, read from the log (`None` if no batch holds it; `Err(EventPurged)`
+/// when the log no longer holds it).
 pub fn event_at(
     wal: &Wal,
     store: &Store,
@@ -145,7 +150,11 @@ pub fn event_at(
     partition: u32,
     seq: u64,
 ) -> Result<Option<crate::event::Event>, EngineError> {
-    let Some(index) = locate(store, recent_batches, partition, seq)? else { return Ok(None) };
+    let located = locate(store, recent_batches, partition, seq)?;
+    if located.map_or(wal.first_index() > 1, |index| index < wal.first_index()) {
+        return Err(EngineError::EventPurged { partition, seq });
+    }
+    let Some(index) = located else { return Ok(None) };
     let bytes = read_record(wal, index)?;
     let view = EventBatchView::new(&bytes).map_err(|e| EngineError::Log(format!("log record {index}: {e}")))?;
     if view.partition() != partition || seq < view.first_seq() || seq > view.last_seq() {

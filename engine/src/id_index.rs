@@ -115,6 +115,8 @@ pub struct ColdRun {
     /// Every id in the run is older than the window: the file may go once nobody holds the run.
     expired: AtomicBool,
     path: std::sync::Mutex<Option<PathBuf>>,
+    /// Whether dropping an expired run deletes its file: never for a run an audit opened.
+    removable: bool,
     /// Where the run is written once built; `None`: it stays in memory.
     dir: Option<Arc<PathBuf>>,
     /// Built, and written if it has a directory: its entries may leave the ring.
@@ -136,7 +138,7 @@ impl std::fmt::Debug for ColdRun {
 
 impl Drop for ColdRun {
     fn drop(&mut self) {
-        if self.expired.load(Ordering::Acquire) {
+        if self.removable && self.expired.load(Ordering::Acquire) {
             if let Some(path) = self.path.get_mut().ok().and_then(|p| p.take()) {
                 // Every id in it is answered `id_expired` without a lookup from now on; a file that
                 // survives a crash here is removed at the next open for the same reason.
@@ -233,6 +235,7 @@ impl ColdRun {
             filter_checked: AtomicBool::new(true),
             expired: AtomicBool::new(false),
             path: std::sync::Mutex::new(None),
+            removable: true,
             dir,
             ready: AtomicBool::new(false),
             settling: std::sync::Mutex::new(()),
@@ -380,6 +383,21 @@ impl ColdRun {
     /// Opens a run file written by [`ColdRun::write_to`]: checks its header and size (not its body:
     /// see the module documentation).
     pub fn open(path: &Path, partition: u32, key: u64) -> Result<ColdRun, IdIndexError> {
+        Self::open_with(path, partition, key, true)
+    }
+
+    /// Opens a run file for an audit (`verify`, `walletctl state` from a base): the file is read,
+    /// and never deleted when the replay finds its ids expired.
+    pub fn open_for_audit(path: &Path, partition: u32, key: u64) -> Result<ColdRun, IdIndexError> {
+        Self::open_with(path, partition, key, false)
+    }
+
+    /// The run's file, once written (or as opened).
+    pub fn file_path(&self) -> Option<PathBuf> {
+        self.path.lock().expect("path lock").clone()
+    }
+
+    fn open_with(path: &Path, partition: u32, key: u64, removable: bool) -> Result<ColdRun, IdIndexError> {
         let corrupt = |why: &str| IdIndexError::Corrupt { path: path.display().to_string(), why: why.to_string() };
         let file = File::open(path).map_err(io_error(path))?;
         // SAFETY: as in `write_to`.
@@ -411,6 +429,7 @@ impl ColdRun {
             filter_checked: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             path: std::sync::Mutex::new(Some(path.to_path_buf())),
+            removable,
             dir: None,
             ready: AtomicBool::new(true),
             settling: std::sync::Mutex::new(()),
@@ -469,6 +488,15 @@ pub fn run_file_name(first_arrival: u64) -> String {
 
 /// The run files in `dir` (a partition's id-index folder), by first arrival; temporaries are removed.
 pub fn list_runs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, IdIndexError> {
+    list_runs_with(dir, true)
+}
+
+/// As [`list_runs`], but changes nothing: temporaries are skipped, not removed (audits).
+pub fn list_runs_read_only(dir: &Path) -> Result<Vec<(u64, PathBuf)>, IdIndexError> {
+    list_runs_with(dir, false)
+}
+
+fn list_runs_with(dir: &Path, remove_temporaries: bool) -> Result<Vec<(u64, PathBuf)>, IdIndexError> {
     let mut runs = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -479,7 +507,9 @@ pub fn list_runs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, IdIndexError> {
         let path = entry.map_err(io_error(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if name.ends_with(".ids.tmp") {
-            fs::remove_file(&path).map_err(io_error(&path))?;
+            if remove_temporaries {
+                fs::remove_file(&path).map_err(io_error(&path))?;
+            }
             continue;
         }
         let Some(first) = name.strip_suffix(".ids").and_then(|n| n.parse::<u64>().ok()) else {

@@ -14,6 +14,7 @@
 //! negative; nothing is answered before the log holds it durably; the store never holds an effect the
 //! log lacks.
 
+pub mod base;
 pub mod cluster_config;
 pub mod config;
 pub mod error;

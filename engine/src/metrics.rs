@@ -105,6 +105,7 @@ pub struct EngineMetrics {
     log_fsync_seconds: Histogram,
     round_seconds: Histogram,
     proposals: IntCounter,
+    segments_purged: IntCounter,
     commits: IntCounter,
     leader_changes: IntCounter,
     /// Indexed by `ResultCode as usize`.
@@ -192,6 +193,11 @@ impl EngineMetrics {
                 "wallet_proposals_total",
                 "Log entries proposed (a cluster leader's Raft proposals; a single node's appended event batches)",
             ),
+            segments_purged: counter(
+                &registry,
+                "wallet_log_segments_purged_total",
+                "Event-log segments deleted by retention (beyond log_retention_bytes and covered by a base)",
+            ),
             commits: counter(
                 &registry,
                 "wallet_commits_total",
@@ -242,6 +248,10 @@ pub fn observe_stage(stage: Stage, elapsed: Duration) {
 
 pub fn count_proposal() {
     metrics().proposals.inc();
+}
+
+pub fn count_segments_purged(segments: u64) {
+    metrics().segments_purged.inc_by(segments);
 }
 
 pub fn count_commits(entries: u64) {

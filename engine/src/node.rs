@@ -421,6 +421,10 @@ impl Node {
         blocking(|reply| self.history(account_id, from_seq, limit, reply))?
     }
 
+    pub fn lookup_transfers_blocking(&self, ids: Vec<TransferId>) -> Result<Vec<Option<TransferRecord>>, EngineError> {
+        blocking(|reply| self.lookup_transfers(ids, reply))?
+    }
+
     pub fn status_blocking(&self) -> Result<Vec<ShardStatus>, EngineError> {
         blocking(|reply| self.status(reply))
     }

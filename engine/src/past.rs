@@ -1,7 +1,8 @@
 //! Past states: a stopped node's partition, or one of its accounts, as it was right after a given
 //! sequence number or at a given time (`walletctl state`). The seed's "reproduce any past state": the
 //! log is replayed through the same state machine that decided it, from the oldest base the node holds
-//! (a single node: the empty state at the start of its log; a cluster replica: its snapshot), and the
+//! (a single node: its shard's newest base, or the empty state when its log still starts at index 1; a
+//! cluster replica: its snapshot), and the
 //! replay stops before the first event the bound excludes. Read-only like `verify`: the data directory
 //! is opened through the audit lock and read-only handles, and nothing in it changes.
 
@@ -15,7 +16,7 @@ use crate::error::EngineError;
 use crate::event::{Event, EventBatchView};
 use crate::node::{DataDirLock, Manifest};
 use crate::partition::PartitionState;
-use crate::shard::{partition_config, shard_dir, wal_options, RECORD_KIND_EVENTS};
+use crate::shard::{shard_dir, wal_options, RECORD_KIND_EVENTS};
 
 /// Which events a past state includes: those with `seq <= seq_max` and `timestamp_ns <= timestamp_ns_max`
 /// (an event's timestamp is the time its batch was decided).
@@ -61,7 +62,8 @@ pub struct PastState {
     pub timestamp_ns: u64,
     /// The newest seq the node's log holds for the partition: the bound asked for may lie beyond it.
     pub log_last_seq: u64,
-    /// Where the replay started: 0 for the start of the log, else a replica snapshot's seq.
+    /// Where the replay started: 0 for the start of the log, else the seq of a replica's snapshot or a
+    /// single node's base.
     pub base_seq: u64,
     pub accounts: usize,
     pub ledger_sums: Vec<(u32, i128)>,
@@ -119,11 +121,23 @@ pub fn state_at(data_dir: &Path, partition: u32, until: Until, account: Option<u
     }
     let shard = partition % config.shards;
     let (wal, _) = Wal::open_read_only(&shard_dir(data_dir, shard).join("wal"), wal_options(&config))?;
-    let mut state = PartitionState::new(partition_config(&config, partition));
-    let mut log_last_seq = 0;
+    let (base_index, mut states) = crate::base::audit_base(&config, shard, [partition])?;
+    let mut state = states.pop().expect("one partition asked for");
+    let base_seq = state.last_seq();
+    if base_seq > 0 && (base_seq > until.seq_max || state.last_timestamp_ns() > until.timestamp_ns_max) {
+        return Err(EngineError::BeforeSnapshot { partition, snapshot_seq: base_seq });
+    }
+    if wal.first_index() > base_index + 1 {
+        return Err(EngineError::LogPrefixMissing {
+            shard,
+            needed_index: base_index + 1,
+            log_first_index: wal.first_index(),
+        });
+    }
+    let mut log_last_seq = base_seq;
     let mut replaying = true;
-    if wal.last_index() > 0 {
-        for record in wal.reader(wal.first_index())? {
+    if wal.last_index() > base_index {
+        for record in wal.reader(base_index + 1)? {
             let record = record?;
             if record.kind != RECORD_KIND_EVENTS {
                 continue;
@@ -139,5 +153,5 @@ pub fn state_at(data_dir: &Path, partition: u32, until: Until, account: Option<u
             }
         }
     }
-    Ok(PastState::of(partition, &state, 0, log_last_seq, account))
+    Ok(PastState::of(partition, &state, base_seq, log_last_seq, account))
 }

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use net::types::{Account, CreateAccount, ItemResult, Transfer, TransferId};
 use wal::{Wal, WalOptions};
 
+use crate::base::{self, Done, PartitionRuns, Retainer};
 use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::event::{EventBatchView, EventBody, EventBuffer};
@@ -123,6 +124,10 @@ pub struct ShardStatus {
     pub log_last_index: u64,
     pub log_durable_index: u64,
     pub checkpoint_index: u64,
+    /// The oldest record the log still holds (older ones were purged: see `log_retention_bytes`).
+    pub log_first_index: u64,
+    /// Applied index of the newest base the audits replay from (0: none, they replay from index 1).
+    pub base_index: u64,
     pub partitions: Vec<PartitionStatus>,
     pub failed: Option<String>,
 }
@@ -132,6 +137,7 @@ pub struct ShardStatus {
 pub struct ShardRecovery {
     pub shard: u32,
     pub checkpoint_index: u64,
+    pub base_index: u64,
     pub log_first_index: u64,
     pub log_last_index: u64,
     pub records_replayed: u64,
@@ -176,6 +182,16 @@ pub struct Shard {
     store: Store,
     checkpoint_index: u64,
     last_checkpoint: Instant,
+    /// Makes bases and frees old segments off the round (see `engine::base`).
+    retainer: Retainer,
+    /// Applied index of the newest base (0: none yet): no segment above it may be deleted.
+    base_index: u64,
+    /// Some segment is beyond the history retention but not yet covered by a base: the next checkpoint
+    /// asks for one.
+    base_wanted: bool,
+    /// Segments the log detached that a failed job left on disk, and when to hand them over again.
+    unfreed: Vec<PathBuf>,
+    retry_free_at: Instant,
     /// Answers waiting for the log: (last log index of their round, when it was appended, answers).
     owed: VecDeque<(u64, Instant, Vec<Owed>)>,
     round_owed: Vec<Owed>,
@@ -219,24 +235,44 @@ pub fn id_runs_dir(data_dir: &Path, shard: u32, partition: u32) -> PathBuf {
     shard_dir(data_dir, shard).join("ids").join(format!("p{partition:05}"))
 }
 
+/// Where a restored partition's id-index runs are.
+#[derive(Clone, Copy, Debug)]
+pub enum Runs<'a> {
+    /// The live folder of a node that is starting: runs the checkpoint does not cover (written after
+    /// it: replay re-seals them) and runs whose every id has expired are removed, and new runs are
+    /// written there.
+    Live(&'a Path),
+    /// A folder an audit reads (a base's runs): nothing in it is removed or written; runs sealed by the
+    /// audit's replay stay in memory.
+    Audit(&'a Path),
+}
+
 /// Rebuilds one partition from its checkpoint rows (or empty when the store has none), with the
 /// bookkeeping of its id-table chunks. The id table's older ids come from its run files (mapped, not
-/// read: restart does not scale with the window); files the checkpoint does not cover (written after
-/// it: replay re-seals them) and files whose every id has expired are removed. `runs_dir`: where the
-/// partition's runs live (`None`: an audit replay, which neither reads nor removes them).
+/// read: restart does not scale with the window).
 pub fn restore_partition(
     store: &Store,
     config: &NodeConfig,
     partition: u32,
-    runs_dir: Option<&Path>,
+    runs: Runs<'_>,
 ) -> Result<(PartitionState, PartitionMeta, IdChunks), EngineError> {
     let partition_config = partition_config(config, partition);
-    let home = runs_dir.map_or(RunHome::Memory, |dir| RunHome::Directory(Arc::new(dir.to_path_buf())));
+    let (dir, live) = match runs {
+        Runs::Live(dir) => (dir, true),
+        Runs::Audit(dir) => (dir, false),
+    };
+    let home = if live { RunHome::Directory(Arc::new(dir.to_path_buf())) } else { RunHome::Memory };
+    let listed =
+        if live { id_index::list_runs(dir) } else { id_index::list_runs_read_only(dir) }.map_err(id_index_error)?;
+    let remove = |path: &Path| {
+        assert!(live, "an audit removes nothing");
+        std::fs::remove_file(path).map_err(|e| EngineError::Store(format!("{}: {e}", path.display())))
+    };
     let Some(meta) = store.partition_meta(partition)? else {
-        if let Some(dir) = runs_dir {
+        if live {
             // No checkpoint: every run file is newer than it, and replay re-seals them.
-            for (_, path) in id_index::list_runs(dir).map_err(id_index_error)? {
-                std::fs::remove_file(&path).map_err(|e| EngineError::Store(format!("{}: {e}", path.display())))?;
+            for (_, path) in &listed {
+                remove(path)?;
             }
         }
         let mut state = PartitionState::new(partition_config);
@@ -266,26 +302,31 @@ pub fn restore_partition(
         return Err(corrupt_ids(partition, "id chunks do not hold the in-memory id table"));
     }
     let mut cold: Vec<ColdImage> = Vec::new();
-    if let Some(dir) = runs_dir {
-        let last_ms = meta.last_timestamp_ns / NANOS_PER_MILLI;
-        for (first_arrival, path) in id_index::list_runs(dir).map_err(id_index_error)? {
-            let remove =
-                || std::fs::remove_file(&path).map_err(|e| EngineError::Store(format!("{}: {e}", path.display())));
-            if first_arrival >= head {
-                remove()?;
-                continue;
+    let last_ms = meta.last_timestamp_ns / NANOS_PER_MILLI;
+    for (first_arrival, path) in listed {
+        if first_arrival >= head {
+            if live {
+                remove(&path)?;
             }
-            let run = ColdRun::open(&path, partition, config.id_hash_key).map_err(id_index_error)?;
-            if run.first_arrival != first_arrival || run.end_arrival > head {
-                return Err(corrupt_ids(partition, &format!("id run {} is out of place", path.display())));
-            }
-            if run.max_id_ms.saturating_add(config.idempotency_window_ms) < last_ms {
-                drop(run);
-                remove()?;
-                continue;
-            }
-            cold.push(ColdImage::Run(Arc::new(run)));
+            continue;
         }
+        let run = if live {
+            ColdRun::open(&path, partition, config.id_hash_key)
+        } else {
+            ColdRun::open_for_audit(&path, partition, config.id_hash_key)
+        }
+        .map_err(id_index_error)?;
+        if run.first_arrival != first_arrival || run.end_arrival > head {
+            return Err(corrupt_ids(partition, &format!("id run {} is out of place", path.display())));
+        }
+        if run.max_id_ms.saturating_add(config.idempotency_window_ms) < last_ms {
+            drop(run);
+            if live {
+                remove(&path)?;
+            }
+            continue;
+        }
+        cold.push(ColdImage::Run(Arc::new(run)));
     }
     let ids = IdImage { cold, head_arrival: head, hot };
     let state =
@@ -309,13 +350,22 @@ impl Shard {
         let dir = shard_dir(&config.data_dir, id);
         let store = Store::open(&dir.join("state"))?;
         let checkpoint_index = store.applied_index()?;
+        let base_index = base::tidy_bases(&dir)?.map_or(0, |(index, _)| index);
+        if checkpoint_index < base_index {
+            // A base is copied from the store after RocksDB flushed it, so the store cannot be older
+            // unless it was replaced; the log before the base may be gone, so replay cannot fill the gap.
+            return Err(EngineError::Store(format!(
+                "shard {id}: the state store is at log index {checkpoint_index}, below its base at {base_index}: \
+                 the store was replaced or lost; refusing to start"
+            )));
+        }
         let mut partitions = Vec::new();
         let mut id_chunks = Vec::new();
         for partition in owned_partitions(id, config.shards, config.partitions) {
             let runs_dir = id_runs_dir(&config.data_dir, id, partition);
             std::fs::create_dir_all(&runs_dir)
                 .map_err(|e| EngineError::Store(format!("{}: {e}", runs_dir.display())))?;
-            let (state, _meta, chunks) = restore_partition(&store, config, partition, Some(&runs_dir))?;
+            let (state, _meta, chunks) = restore_partition(&store, config, partition, Runs::Live(&runs_dir))?;
             partitions.push(state);
             id_chunks.push(chunks);
         }
@@ -332,9 +382,20 @@ impl Shard {
             partitions,
             touched: Vec::new(),
             wal,
+            retainer: Retainer::start(
+                id,
+                dir.clone(),
+                store.clone(),
+                config.id_hash_key,
+                base::open_archive(config, id)?,
+            )?,
             store,
             checkpoint_index,
             last_checkpoint: Instant::now(),
+            base_index,
+            base_wanted: false,
+            unfreed: Vec::new(),
+            retry_free_at: Instant::now(),
             owed: VecDeque::new(),
             round_owed: Vec::new(),
             seq_waits: Vec::new(),
@@ -344,6 +405,7 @@ impl Shard {
         let recovery = ShardRecovery {
             shard: id,
             checkpoint_index,
+            base_index,
             log_first_index: shard.wal.first_index(),
             log_last_index: shard.wal.last_index(),
             records_replayed: replayed,
@@ -449,6 +511,7 @@ impl Shard {
             self.end_round();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
             crate::metrics::observe_round(round_started.elapsed());
+            self.tend_retention();
             if self.checkpoint_due() && self.owed.is_empty() {
                 if let Err(error) = self.checkpoint() {
                     // The chunk bookkeeping in memory may now be ahead of the store: stop, and let a
@@ -740,7 +803,86 @@ impl Shard {
         self.store.write_checkpoint(checkpoint, applied)?;
         self.checkpoint_index = applied;
         self.last_checkpoint = Instant::now();
+        if self.base_wanted && !self.retainer.busy() && applied > self.base_index {
+            // Right after the checkpoint, so the runs handed over are those its state refers to (or
+            // newer): no apply ran in between to expire one.
+            let runs = self
+                .partitions
+                .iter()
+                .map(|state| PartitionRuns {
+                    partition: state.partition(),
+                    runs: state.ids().cold_runs().to_vec(),
+                    head_arrival: state.ids().head_arrival(),
+                    dir: id_runs_dir(&self.config.data_dir, self.id, state.partition()),
+                })
+                .collect();
+            self.retainer.make_base(runs);
+            self.base_wanted = false;
+        }
         Ok(())
+    }
+
+    /// Log retention, once per round and cheap when there is nothing to do: takes the retention thread's
+    /// result, detaches the segments that are beyond `log_retention_bytes` and covered by the newest base
+    /// (the thread deletes them), and asks for a base when such segments are not covered yet.
+    fn tend_retention(&mut self) {
+        match self.retainer.poll() {
+            Some(Done::Base { index }) => {
+                assert!(index >= self.base_index, "bases only move forward");
+                assert!(index <= self.checkpoint_index, "a base is a copy of a checkpoint");
+                self.base_index = index;
+            }
+            Some(Done::Freed { segments, batch_rows }) => {
+                crate::metrics::count_segments_purged(segments as u64);
+                log::debug!("shard {}: freed {segments} log segments and {batch_rows} batch-index rows", self.id);
+            }
+            Some(Done::FreeFailed { remaining, why }) => {
+                log::warn!(
+                    "shard {}: could not free {} log segments (retried in 1 s): {why}",
+                    self.id,
+                    remaining.len()
+                );
+                self.unfreed = remaining;
+                self.retry_free_at = Instant::now() + Duration::from_secs(1);
+            }
+            Some(Done::Failed { job, why }) => {
+                log::warn!("shard {}: could not {job} (retried later): {why}", self.id)
+            }
+            None => {}
+        }
+        if self.retainer.busy() || self.failed.is_some() {
+            return;
+        }
+        if !self.unfreed.is_empty() {
+            if Instant::now() >= self.retry_free_at {
+                let partitions = self.partitions.iter().map(|state| state.partition()).collect();
+                let wal_dir = self.wal.directory().to_path_buf();
+                self.retainer.free(std::mem::take(&mut self.unfreed), wal_dir, self.wal.first_index(), partitions);
+            }
+            return;
+        }
+        let segments = self.wal.segment_first_indexes().count();
+        let sealed = segments - 1;
+        let keep = (self.config.log_retention_bytes / self.config.wal_segment_bytes) as usize;
+        if sealed <= keep {
+            self.base_wanted = false;
+            return;
+        }
+        let keep_from = self.wal.segment_first_indexes().nth(sealed - keep).expect("sealed - keep < segments");
+        self.base_wanted = self.base_index + 1 < keep_from;
+        let before = keep_from.min(self.base_index + 1);
+        if before <= self.wal.first_index() {
+            return;
+        }
+        match self.wal.detach_prefix(before) {
+            Ok(detached) if detached.is_empty() => {}
+            Ok(detached) => {
+                let partitions = self.partitions.iter().map(|state| state.partition()).collect();
+                let wal_dir = self.wal.directory().to_path_buf();
+                self.retainer.free(detached, wal_dir, self.wal.first_index(), partitions);
+            }
+            Err(error) => self.fail(format!("log retention failed: {error}")),
+        }
     }
 
     fn lookup_transfers(
@@ -806,6 +948,8 @@ impl Shard {
             log_last_index: self.wal.last_index(),
             log_durable_index: self.wal.durable_index(),
             checkpoint_index: self.checkpoint_index,
+            log_first_index: self.wal.first_index(),
+            base_index: self.base_index,
             partitions: self
                 .partitions
                 .iter()

@@ -16,6 +16,7 @@
 //! - `B` partition u32, first_seq u64     → log index of the event batch that starts at first_seq
 
 use std::path::Path;
+use std::sync::Arc;
 
 use net::types::{Account, ResultCode};
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -109,10 +110,20 @@ impl Checkpoint {
     }
 }
 
+/// Cloning shares the open database: the shard writes checkpoints through one handle while its base
+/// maker (`engine::base`) takes RocksDB checkpoints and prunes batch-index rows through another.
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
     path: String,
     write_options: WriteOptions,
+}
+
+impl Clone for Store {
+    fn clone(&self) -> Self {
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Store { db: Arc::clone(&self.db), path: self.path.clone(), write_options }
+    }
 }
 
 impl Store {
@@ -139,7 +150,7 @@ impl Store {
             .map_err(rocks)?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        let store = Store { db, path: path_text, write_options };
+        let store = Store { db: Arc::new(db), path: path_text, write_options };
         if let Some(version) = store.meta()?.map(|(_, version)| version) {
             if version != STORE_FORMAT_VERSION {
                 return Err(StoreError::FormatVersion {
@@ -185,6 +196,45 @@ impl Store {
     /// Makes every checkpoint written so far durable (clean shutdown, or before trusting the store).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.rocks(e))
+    }
+
+    /// Writes a consistent copy of the store into `dir` (which must not exist): RocksDB flushes the
+    /// memtable first, so the copy holds every checkpoint written before the call, hard-linked where it
+    /// can be. The copy is a store of its own, opened like this one.
+    pub fn copy_to(&self, dir: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.rocks(e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| self.rocks(e))
+    }
+
+    /// Deletes `partition`'s batch-index rows that point below `first_log_index` (their records were
+    /// purged from the log). They are garbage, not state: a row left behind by a crash only makes history
+    /// answer `HistoryCompacted` a step later, and the next purge deletes it. Returns the rows deleted.
+    pub fn prune_batch_index(&self, partition: u32, first_log_index: u64) -> Result<u64, StoreError> {
+        let prefix = partition_prefix(PREFIX_BATCH, partition);
+        let mut pruned = 0u64;
+        let mut keep_from = None;
+        for row in self.db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = row.map_err(|e| self.rocks(e))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if value.len() != 8 {
+                return Err(self.corrupt(&key, "batch-index row is not 8 bytes"));
+            }
+            if le_u64(&value) >= first_log_index {
+                keep_from = Some(key.to_vec());
+                break;
+            }
+            pruned += 1;
+        }
+        if pruned == 0 {
+            return Ok(0);
+        }
+        let end = keep_from.unwrap_or_else(|| partition_prefix(PREFIX_BATCH, partition + 1).to_vec());
+        let mut batch = WriteBatch::default();
+        batch.delete_range(prefix.as_slice(), end.as_slice());
+        self.db.write_opt(batch, &self.write_options).map_err(|e| self.rocks(e))?;
+        Ok(pruned)
     }
 
     pub fn partition_meta(&self, partition: u32) -> Result<Option<PartitionMeta>, StoreError> {

@@ -1,8 +1,9 @@
 //! `verify`: replays a stopped node's event logs and compares the result with its RocksDB state.
 //!
-//! The store holds the state as of its applied log index, so the log is replayed exactly that far into
-//! fresh partition states and every stored row is compared both ways (a row the replay lacks is drift
-//! too). The rest of the log is then replayed as well, to check every ledger sums to zero at its end.
+//! The store holds the state as of its applied log index, so the log is replayed exactly that far, from
+//! the shard's newest base (or from empty states at index 1 when it has none: see `engine::base`), and
+//! every stored row is compared both ways (a row the replay lacks is drift too). The rest of the log is
+//! then replayed as well, to check every ledger sums to zero at its end.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,12 +11,13 @@ use std::path::Path;
 use net::types::Account;
 use wal::Wal;
 
+use crate::base;
 use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::event::EventBatchView;
 use crate::node::{DataDirLock, Manifest};
 use crate::partition::PartitionState;
-use crate::shard::{owned_partitions, partition_config, shard_dir, wal_options, RECORD_KIND_EVENTS};
+use crate::shard::{owned_partitions, shard_dir, wal_options, RECORD_KIND_EVENTS};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub enum Drift {
 pub struct ShardVerification {
     pub shard: u32,
     pub checkpoint_index: u64,
+    /// Where the replay started: the newest base's applied index (0: the start of the log).
+    pub base_index: u64,
+    pub log_first_index: u64,
     pub log_last_index: u64,
     pub records_replayed: u64,
     pub accounts_compared: u64,
@@ -71,11 +76,17 @@ fn verify_shard(config: &NodeConfig, shard: u32) -> Result<ShardVerification, En
     let store = Store::open_read_only(&dir.join("state"))?;
     let checkpoint_index = store.applied_index()?;
     let (wal, _) = Wal::open_read_only(&dir.join("wal"), wal_options(config))?;
-    let mut states: HashMap<u32, PartitionState> = owned_partitions(shard, config.shards, config.partitions)
-        .map(|p| (p, PartitionState::new(partition_config(config, p))))
-        .collect();
-    let mut result =
-        ShardVerification { shard, checkpoint_index, log_last_index: wal.last_index(), ..Default::default() };
+    let (base_index, base_states) =
+        base::audit_base(config, shard, owned_partitions(shard, config.shards, config.partitions))?;
+    let mut states: HashMap<u32, PartitionState> = base_states.into_iter().map(|s| (s.partition(), s)).collect();
+    let mut result = ShardVerification {
+        shard,
+        checkpoint_index,
+        base_index,
+        log_first_index: wal.first_index(),
+        log_last_index: wal.last_index(),
+        ..Default::default()
+    };
     if checkpoint_index > wal.last_index() {
         return Err(EngineError::StateAheadOfLog {
             shard,
@@ -83,9 +94,21 @@ fn verify_shard(config: &NodeConfig, shard: u32) -> Result<ShardVerification, En
             log_last_index: wal.last_index(),
         });
     }
+    if checkpoint_index < base_index {
+        return Err(EngineError::Store(format!(
+            "shard {shard}: the state store is at log index {checkpoint_index}, below its base at {base_index}"
+        )));
+    }
+    if wal.first_index() > base_index + 1 {
+        return Err(EngineError::LogPrefixMissing {
+            shard,
+            needed_index: base_index + 1,
+            log_first_index: wal.first_index(),
+        });
+    }
     let mut compared = false;
-    if wal.last_index() > 0 {
-        for record in wal.reader(wal.first_index())? {
+    if wal.last_index() > base_index {
+        for record in wal.reader(base_index + 1)? {
             let record = record?;
             if !compared && record.index > checkpoint_index {
                 compare(&store, &states, &mut result)?;

@@ -343,8 +343,43 @@ fn balances(client: &mut Client) -> Vec<i64> {
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
     let dir = tempfile::tempdir().unwrap();
+    sigkill_under_load(&dir.path().join("node"), &[], LOAD_BATCH, |_| true);
+}
+
+/// The same with the log purged under the load: 8 MiB segments, no sealed segment kept for history,
+/// a base after every checkpoint that needs one. The kill lands once a base exists and the log's first
+/// segment is no longer the one at index 1, while the retention thread keeps making bases and freeing
+/// segments; restart must resume from the store over the purged log, and verify from the base.
+#[test]
+fn sigkill_while_the_log_is_purged_loses_nothing_and_verify_replays_from_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walletd.toml");
+    std::fs::write(
+        &config,
+        "[engine]\nwal_segment_bytes = 8388608\nlog_retention_bytes = 0\ncheckpoint_interval_ms = 20\nidempotency_ids_max = 1024\n",
+    )
+    .unwrap();
     let data = dir.path().join("node");
-    let node = Walletd::start(&data, &[]);
+    let purged = |data: &Path| {
+        let wal = data.join("shard-000/wal");
+        let first_is_one = std::fs::read_dir(&wal)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy() == format!("{:020}.wal", 1))));
+        let has_base = std::fs::read_dir(data.join("shard-000"))
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("base-"))));
+        has_base && !first_is_one
+    };
+    sigkill_under_load(&data, &["--config", config.to_str().unwrap()], 4000, purged);
+    let (code, out) = walletctl(&["--json", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let shard = &json(&out)["shards"][0];
+    assert!(shard["base_index"].as_u64().unwrap() > 0 && shard["log_first_index"].as_u64().unwrap() > 1, "{out}");
+}
+
+/// Loads a node with batches of `batch` transfers from one client, SIGKILLs it once `kill_when(data)`
+/// holds (and at least 400 ms passed), restarts it and checks that every acknowledged transfer is there,
+/// none is applied twice, the unacknowledged tail applies exactly once, and `verify` is clean.
+fn sigkill_under_load(data: &Path, extra: &[&str], batch: u64, kill_when: impl Fn(&Path) -> bool) {
+    let node = Walletd::start(data, extra);
     let mut setup = node.client();
     let mut accounts: Vec<CreateAccount> =
         (1..=LOAD_ACCOUNTS).map(|id| CreateAccount { id, ledger: 840, flags: 0, user_data: 0 }).collect();
@@ -372,11 +407,11 @@ fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut next = 1;
             while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
-                let batch: Vec<Transfer> = (next..next + LOAD_BATCH).map(load_transfer).collect();
-                match client.create_transfers(&batch) {
+                let transfers: Vec<Transfer> = (next..next + batch).map(load_transfer).collect();
+                match client.create_transfers(&transfers) {
                     Ok(results) => {
                         assert!(results.iter().all(|r| r.code == ResultCode::Ok));
-                        next += LOAD_BATCH;
+                        next += batch;
                         *acked.lock().unwrap() = next - 1;
                     }
                     Err(_) => break,
@@ -386,30 +421,35 @@ fn sigkill_under_load_loses_no_acknowledged_transfer_and_applies_none_twice() {
         })
     };
     std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !kill_when(data) {
+        assert!(Instant::now() < deadline, "the kill condition never held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     node.sigkill();
     stop.store(true, Ordering::Release);
-    let sent_end = sender.join().unwrap() + LOAD_BATCH;
+    let sent_end = sender.join().unwrap() + batch;
     let acked_last = *acked.lock().unwrap();
     assert!(acked_last > 0, "nothing was acknowledged before the kill: the test proved nothing");
 
-    let node = Walletd::start(&data, &[]);
+    let node = Walletd::start(data, extra);
     let mut client = node.client();
     let before = balances(&mut client);
     assert_eq!(before.iter().map(|&b| b as i128).sum::<i128>(), 0, "the ledger sums to zero after the crash");
     assert!(before[..LOAD_ACCOUNTS as usize].iter().all(|&b| b >= 0));
     // Every acknowledged transfer is there: resending it is a replay that changes nothing.
-    for start in (1..=acked_last).step_by(LOAD_BATCH as usize) {
-        let batch: Vec<Transfer> = (start..start + LOAD_BATCH).map(load_transfer).collect();
-        for result in client.create_transfers_retrying(&batch).unwrap() {
+    for start in (1..=acked_last).step_by(batch as usize) {
+        let transfers: Vec<Transfer> = (start..start + batch).map(load_transfer).collect();
+        for result in client.create_transfers_retrying(&transfers).unwrap() {
             assert_eq!(result.code, ResultCode::Ok);
             assert!(result.is_replayed(), "an acknowledged transfer was lost");
         }
     }
     assert_eq!(before, balances(&mut client), "replays moved money");
     // Resending the unacknowledged tail applies each transfer exactly once, whatever the crash kept.
-    for start in (acked_last + 1..sent_end).step_by(LOAD_BATCH as usize) {
-        let batch: Vec<Transfer> = (start..start + LOAD_BATCH).map(load_transfer).collect();
-        assert!(client.create_transfers_retrying(&batch).unwrap().iter().all(|r| r.code == ResultCode::Ok));
+    for start in (acked_last + 1..sent_end).step_by(batch as usize) {
+        let transfers: Vec<Transfer> = (start..start + batch).map(load_transfer).collect();
+        assert!(client.create_transfers_retrying(&transfers).unwrap().iter().all(|r| r.code == ResultCode::Ok));
     }
     let mut expected = vec![LOAD_FUNDING as i64; LOAD_ACCOUNTS as usize];
     expected.push(-((LOAD_FUNDING * LOAD_ACCOUNTS) as i64));

@@ -746,7 +746,22 @@ impl Wal {
     /// snapshot). Keeps the segment holding `before_index`, always the last segment, and always the
     /// newest segment file on disk, so `first_index()` may stay below `before_index`.
     pub fn remove_prefix(&mut self, before_index: u64) -> Result<(), WalError> {
+        for path in self.detach_prefix(before_index)? {
+            fs::remove_file(&path)
+                .map_err(|error| WalError::io("remove segment", &path, error))
+                .and_then(|()| sync_dir(&self.dir))
+                .map_err(|error| self.poison_on_io(error))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets, exactly as `remove_prefix` would delete them, the oldest whole segments whose entries
+    /// are all `< before_index` and durable, and returns their files, oldest first, for the caller to
+    /// delete (or archive) off the writer's thread, oldest first with a directory sync after each, so a
+    /// crash leaves a contiguous run of segments. Until they are gone a reopen simply finds them again.
+    pub fn detach_prefix(&mut self, before_index: u64) -> Result<Vec<PathBuf>, WalError> {
         self.check_healthy()?;
+        let mut detached = Vec::new();
         while self.segments.len() > 1 {
             let oldest = self.segments.front().expect("more than one segment");
             let last = oldest.last_index();
@@ -758,10 +773,12 @@ impl Wal {
                 break;
             }
             let segment = self.segments.pop_front().expect("more than one segment");
-            self.delete_segment(segment)?;
+            drop(segment.map);
+            drop(segment.file);
+            detached.push(segment.path);
         }
         self.terms.forget_before(self.first_index());
-        Ok(())
+        Ok(detached)
     }
 
     /// Empties the log so that the next append must carry `next_index` (a follower installing a

@@ -553,7 +553,8 @@ fn verify(cli: &Cli, data_dir: &std::path::Path) -> Result<i32, Failure> {
             .shards
             .iter()
             .map(|s| {
-                json!({"shard": s.shard, "checkpoint_index": s.checkpoint_index, "log_last_index": s.log_last_index,
+                json!({"shard": s.shard, "checkpoint_index": s.checkpoint_index, "base_index": s.base_index,
+                "log_first_index": s.log_first_index, "log_last_index": s.log_last_index,
                 "records_replayed": s.records_replayed, "accounts_compared": s.accounts_compared,
                 "drift": s.drift.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>()})
             })
@@ -562,9 +563,15 @@ fn verify(cli: &Cli, data_dir: &std::path::Path) -> Result<i32, Failure> {
     } else {
         for s in &report.shards {
             println!(
-                "shard {}: replayed {} records (log ends at {}, state store at {}), compared {} accounts: {}",
+                "shard {}: replayed {} records from {} (log {}..={}, state store at {}), compared {} accounts: {}",
                 s.shard,
                 s.records_replayed,
+                if s.base_index == 0 {
+                    "the start of the log".to_string()
+                } else {
+                    format!("the base at {}", s.base_index)
+                },
+                s.log_first_index,
                 s.log_last_index,
                 s.checkpoint_index,
                 s.accounts_compared,

@@ -155,11 +155,12 @@ fn run(args: Args) -> Result<(), String> {
     let (node, recovery) = Node::open(config.engine.clone()).map_err(|e| format!("cannot open the node: {e}"))?;
     for shard in &recovery.shards {
         log::info!(
-            "recovered shard {}: {} segments, log {}..={}, checkpoint at {}, replayed {} records, truncated {} torn bytes, in {} ms",
+            "recovered shard {}: {} segments, log {}..={}, base at {}, checkpoint at {}, replayed {} records, truncated {} torn bytes, in {} ms",
             shard.shard,
             shard.segments,
             shard.log_first_index,
             shard.log_last_index,
+            shard.base_index,
             shard.checkpoint_index,
             shard.records_replayed,
             shard.log_bytes_truncated,
