@@ -21,13 +21,13 @@ printf '[engine]\n%s\n' "${ENGINE_TOML:-}" > "$work/walletd.toml"
 node=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/walletd.log" && break; sleep 0.1; done
 grep -q "listening on" "$work/walletd.log" || { cat "$work/walletd.log"; exit 1; }
-bytes() { du -sb "$@" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+bytes() { du -sb "$@" 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
 (
   start=$(date +%s)
   while kill -0 "$node" 2>/dev/null; do
     now=$(($(date +%s) - start))
     segments=$(ls "$data/shard-000/wal" 2>/dev/null | grep -c '\.wal$' || true)
-    echo "sample t=${now}s log=$(bytes "$data/shard-000/wal") segments=$segments bases=$(bytes "$data"/shard-000/base-*) ids=$(bytes "$data/shard-000/ids") state=$(bytes "$data/shard-000/state") total=$(bytes "$data")"
+    echo "sample t=${now}s log=$(bytes "$data/shard-000/wal") segments=$segments base_state=$(bytes "$data"/shard-000/base-*/state) ids=$(bytes "$data/shard-000/ids") state=$(bytes "$data/shard-000/state") total=$(bytes "$data")"
     sleep 5
   done
 ) &
@@ -35,7 +35,8 @@ sampler=$!
 retry_args=()
 [ "$retry" != "0s" ] && retry_args=(--retry-first "$retry")
 "$bin/walletbench" --addr "127.0.0.1:$port" --batch-size 8190 --connections 2 --inflight 4 --accounts 10000 \
-  --duration "${seconds}s" --verify "${retry_args[@]}" --out "$work/bench" | tail -25
+  --duration "${seconds}s" --verify "${retry_args[@]}" --out "$work/bench" > "$work/bench.out"
+sed -n '1,/^parameters/p' "$work/bench/report.txt" | grep -v '^parameters'
 kill "$sampler" 2>/dev/null || true
-echo "final log=$(bytes "$data/shard-000/wal") bases=$(bytes "$data"/shard-000/base-*) ids=$(bytes "$data/shard-000/ids") total=$(bytes "$data")"
+echo "final log=$(bytes "$data/shard-000/wal") base_state=$(bytes "$data"/shard-000/base-*/state) ids=$(bytes "$data/shard-000/ids") total=$(bytes "$data")"
 grep -c "could not" "$work/walletd.log" | sed 's/^/retention warnings: /' || true

@@ -275,18 +275,18 @@ pub fn human_report(summary: &Summary) -> String {
         Some(Ok(stages)) => {
             let _ = writeln!(
                 out,
-                "server       time on the node per stage, per batch part (log_sync per round), warmup included; at most:"
+                "server       time on the node per stage, per batch part (log_sync per round, checkpoint* per checkpoint), warmup included; at most:"
             );
             let bound = |us: Option<u64>| us.map_or_else(|| "> 8.5 s".to_string(), format_us);
             let _ = writeln!(
                 out,
-                "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 "stage", "count", "p50", "p99", "p99.9", "max"
             );
             for s in stages {
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
                     s.stage,
                     s.count,
                     bound(s.p50_us_at_most),

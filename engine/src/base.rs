@@ -35,7 +35,7 @@ use crate::error::EngineError;
 use crate::id_index::{self, ColdRun};
 use crate::partition::PartitionState;
 use crate::shard::{partition_config, restore_partition, shard_dir, Runs};
-use crate::store::Store;
+use crate::store::{Checkpoint, Store};
 
 /// Folder-name prefix of a complete base; the suffix is its applied log index, 20 digits.
 pub const BASE_DIR_PREFIX: &str = "base-";
@@ -112,13 +112,27 @@ pub struct PartitionRuns {
 }
 
 enum Job {
-    MakeBase { runs: Vec<PartitionRuns> },
-    Free { segments: Vec<PathBuf>, wal_dir: PathBuf, first_log_index: u64, partitions: Vec<u32> },
+    /// Write one checkpoint the shard gathered (see `Shard::start_checkpoint`).
+    Checkpoint {
+        checkpoint: Checkpoint,
+        applied: u64,
+    },
+    MakeBase {
+        runs: Vec<PartitionRuns>,
+    },
+    Free {
+        segments: Vec<PathBuf>,
+        wal_dir: PathBuf,
+        first_log_index: u64,
+        partitions: Vec<u32>,
+    },
 }
 
 /// What a job did.
 #[derive(Debug)]
 pub enum Done {
+    /// The checkpoint at this applied index is in the store (or could not be written: the shard stops).
+    Checkpoint { applied: u64, result: Result<(), String> },
     /// A base at this applied index is in place (and older ones are gone).
     Base { index: u64 },
     /// Segments archived (when an archive is configured) and deleted, and batch-index rows pruned.
@@ -136,7 +150,10 @@ pub struct Retainer {
     /// `Some` only while it lives: dropping it stops the thread.
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
+    /// A retention job (base, freeing) is running.
     busy: bool,
+    /// A checkpoint write is queued or running.
+    checkpointing: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -150,14 +167,20 @@ impl Retainer {
         id_hash_key: u64,
         archive: Option<PathBuf>,
     ) -> Result<Retainer, EngineError> {
-        // One job at a time: the shard starts one only when the last has reported.
-        let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(1);
-        let (done_tx, done) = crossbeam_channel::bounded::<Done>(1);
+        // At most one checkpoint and one retention job are outstanding, so neither queue ever fills.
+        let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(2);
+        let (done_tx, done) = crossbeam_channel::bounded::<Done>(2);
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard}-retain"))
             .spawn(move || {
                 for job in job_queue {
                     let done = match job {
+                        Job::Checkpoint { checkpoint, applied } => {
+                            let started = std::time::Instant::now();
+                            let result = store.write_checkpoint(checkpoint, applied).map_err(|e| e.to_string());
+                            crate::metrics::observe_stage(crate::metrics::Stage::CheckpointWrite, started.elapsed());
+                            Done::Checkpoint { applied, result }
+                        }
                         Job::MakeBase { runs } => match make_base(&shard_dir, &store, id_hash_key, runs) {
                             Ok(index) => Done::Base { index },
                             Err(why) => Done::Failed { job: "make a base", why },
@@ -176,7 +199,7 @@ impl Retainer {
                 }
             })
             .map_err(|e| EngineError::Store(format!("cannot start the retention thread: {e}")))?;
-        Ok(Retainer { jobs: Some(jobs), done, busy: false, thread: Some(thread) })
+        Ok(Retainer { jobs: Some(jobs), done, busy: false, checkpointing: false, thread: Some(thread) })
     }
 
     /// Whether a job is running (no other may start).
@@ -184,11 +207,28 @@ impl Retainer {
         self.busy
     }
 
+    /// Whether a checkpoint write is outstanding (no other may start).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
     fn send(&mut self, job: Job) {
-        assert!(!self.busy, "one retention job at a time");
+        let checkpoint = matches!(job, Job::Checkpoint { .. });
+        if checkpoint {
+            assert!(!self.checkpointing, "one checkpoint write at a time");
+            self.checkpointing = true;
+        } else {
+            assert!(!self.busy, "one retention job at a time");
+            self.busy = true;
+        }
         let jobs = self.jobs.as_ref().expect("jobs are only sent before shutdown");
-        jobs.try_send(job).expect("the queue is empty whenever no job is busy, and the thread lives as long as us");
-        self.busy = true;
+        jobs.try_send(job).expect("at most two jobs are outstanding, and the thread lives as long as us");
+    }
+
+    /// Starts writing a checkpoint. Jobs run in order, so a base asked for after it copies a store that
+    /// holds it.
+    pub fn write_checkpoint(&mut self, checkpoint: Checkpoint, applied: u64) {
+        self.send(Job::Checkpoint { checkpoint, applied });
     }
 
     /// Starts making a base from the store as it is now (the shard has just written a checkpoint).
@@ -202,20 +242,32 @@ impl Retainer {
         self.send(Job::Free { segments, wal_dir, first_log_index, partitions });
     }
 
-    /// The running job's result, if it has finished.
+    /// A finished job's result, if one has finished.
     pub fn poll(&mut self) -> Option<Done> {
         match self.done.try_recv() {
-            Ok(done) => {
-                assert!(self.busy, "a result without a job");
-                self.busy = false;
-                Some(done)
-            }
+            Ok(done) => Some(self.settle(done)),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                // The thread only ends when its queue closes; a panic there is a bug to surface.
-                panic!("the retention thread died")
-            }
+            // The thread only ends when its queue closes; a panic there is a bug to surface.
+            Err(TryRecvError::Disconnected) => panic!("the retention thread died"),
         }
+    }
+
+    /// Waits for the next result (only while a job is outstanding).
+    pub fn wait(&mut self) -> Done {
+        assert!(self.busy || self.checkpointing, "waiting with no job outstanding would never end");
+        let done = self.done.recv().expect("the retention thread lives while jobs are outstanding");
+        self.settle(done)
+    }
+
+    fn settle(&mut self, done: Done) -> Done {
+        if matches!(done, Done::Checkpoint { .. }) {
+            assert!(self.checkpointing, "a checkpoint result without a checkpoint");
+            self.checkpointing = false;
+        } else {
+            assert!(self.busy, "a result without a job");
+            self.busy = false;
+        }
+        done
     }
 }
 

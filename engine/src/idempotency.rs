@@ -475,13 +475,19 @@ impl IdTable {
         }
     }
 
+    /// How many entries the next [`IdTable::drain_inserted`] reports (to size its receiver once).
+    pub fn undrained(&self) -> usize {
+        (self.next_arrival() - self.drained_arrival.max(self.head_arrival)) as usize
+    }
+
     /// Entries inserted since the previous drain and still in memory, for a checkpoint (entries that
     /// left memory since are in written runs, since a run leaves only once it is durable when the
     /// table has a directory). A checkpoint need keep only entries from `head_arrival` on.
     pub fn drain_inserted(&mut self, f: impl FnMut(&IdEntry)) -> DrainedIds {
         let first_undrained = self.drained_arrival.max(self.head_arrival);
         let skip = (first_undrained - self.head_arrival) as usize;
-        self.entries.iter().skip(skip).for_each(f);
+        // `range` starts there directly (iter().skip() would walk the skipped entries).
+        self.entries.range(skip..).for_each(f);
         self.drained_arrival = self.next_arrival();
         DrainedIds {
             first_drained: first_undrained,

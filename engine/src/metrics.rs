@@ -40,10 +40,17 @@ pub enum Stage {
     /// From the node accepting the batch to its answer being handed back (everything above, plus the
     /// rest of the round and any wait for earlier rounds).
     Total,
+    /// Not a stage of one write but a stall of every write queued behind it: a single node's shard
+    /// gathering its dirty state into a checkpoint, on the shard thread, with the round waiting
+    /// (observed once per checkpoint).
+    Checkpoint,
+    /// Writing that checkpoint into RocksDB, on the shard's retention thread: no round waits for it.
+    CheckpointWrite,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::QueueWait, Stage::Execute, Stage::LogSync, Stage::Total];
+    pub const ALL: [Stage; 6] =
+        [Stage::QueueWait, Stage::Execute, Stage::LogSync, Stage::Total, Stage::Checkpoint, Stage::CheckpointWrite];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -51,6 +58,8 @@ impl Stage {
             Stage::Execute => "execute",
             Stage::LogSync => "log_sync",
             Stage::Total => "total",
+            Stage::Checkpoint => "checkpoint",
+            Stage::CheckpointWrite => "checkpoint_write",
         }
     }
 }

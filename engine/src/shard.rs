@@ -173,15 +173,17 @@ pub struct Shard {
     id_chunks: Vec<IdChunks>,
     /// Builds and writes the id-index runs the partitions seal (its own thread).
     id_runs: RunBuilder,
-    /// Reused by every checkpoint: one partition's newly inserted id entries.
-    inserted_ids: Vec<crate::idempotency::IdEntry>,
     /// Per owned partition: the event buffer of the current round (reused, never shrunk).
     buffers: Vec<EventBuffer>,
     touched: Vec<usize>,
     wal: Wal,
     store: Store,
+    /// Applied index of the newest checkpoint in the store.
     checkpoint_index: u64,
     last_checkpoint: Instant,
+    /// The checkpoint being written: its applied index, and per owned partition how many of its recent
+    /// batches it carries (they leave `recent_batches` once written).
+    checkpoint_writing: Option<(u64, Vec<usize>)>,
     /// Makes bases and frees old segments off the round (see `engine::base`).
     retainer: Retainer,
     /// Applied index of the newest base (0: none yet): no segment above it may be deleted.
@@ -377,7 +379,6 @@ impl Shard {
             recent_batches: vec![Vec::new(); partitions.len()],
             id_chunks,
             id_runs: RunBuilder::start(format!("shard-{id}-ids")),
-            inserted_ids: Vec::new(),
             buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
             partitions,
             touched: Vec::new(),
@@ -392,6 +393,7 @@ impl Shard {
             store,
             checkpoint_index,
             last_checkpoint: Instant::now(),
+            checkpoint_writing: None,
             base_index,
             base_wanted: false,
             unfreed: Vec::new(),
@@ -513,11 +515,8 @@ impl Shard {
             crate::metrics::observe_round(round_started.elapsed());
             self.tend_retention();
             if self.checkpoint_due() && self.owed.is_empty() {
-                if let Err(error) = self.checkpoint() {
-                    // The chunk bookkeeping in memory may now be ahead of the store: stop, and let a
-                    // restart rebuild from the store and the log.
-                    self.fail(format!("checkpoint failed: {error}"));
-                }
+                // Refused only by a failed shard, which checkpoint_due excludes.
+                self.start_checkpoint().expect("a healthy shard starts a checkpoint");
             }
             if let Some(reply) = shutdown {
                 return self.close(reply);
@@ -583,7 +582,7 @@ impl Shard {
             ShardCommand::Checkpoint { reply } => {
                 self.end_round();
                 self.drive_log(true);
-                reply(self.checkpoint());
+                reply(self.checkpoint_now());
                 0
             }
             ShardCommand::Status { .. } | ShardCommand::Shutdown { .. } => unreachable!("handled before execution"),
@@ -754,22 +753,28 @@ impl Shard {
 
     fn checkpoint_due(&self) -> bool {
         self.failed.is_none()
+            && !self.retainer.checkpointing()
             && self.last_checkpoint.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms)
     }
 
-    /// Writes dirty state to RocksDB. Only called when the log is durable up to its last index, so the
-    /// store never holds an effect the log lacks.
-    fn checkpoint(&mut self) -> Result<(), EngineError> {
+    /// Gathers the dirty state into a checkpoint and hands it to the retention thread, which writes it
+    /// to RocksDB while the shard goes on: the round pays the copy, not the encoding or the write. Only
+    /// called when the log is durable up to its last index (so the store never holds an effect the log
+    /// lacks) and no checkpoint is being written (so they land in order).
+    fn start_checkpoint(&mut self) -> Result<(), EngineError> {
         if let Some(reason) = &self.failed {
             return Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() });
         }
+        assert!(!self.retainer.checkpointing(), "one checkpoint write at a time");
+        let started = Instant::now();
         let applied = self.wal.last_index();
         assert_eq!(self.wal.durable_index(), applied, "checkpoint of state the log does not hold yet");
         let mut checkpoint = Checkpoint::default();
+        let mut batches = Vec::with_capacity(self.partitions.len());
         for (slot, state) in self.partitions.iter_mut().enumerate() {
             let partition = state.partition();
-            let inserted = &mut self.inserted_ids;
-            inserted.clear();
+            // Sized once: at full rate this is hundreds of thousands of entries a second.
+            let mut inserted = Vec::with_capacity(state.ids().undrained());
             let mark = state.drain_dirty(|row| match row {
                 DirtyRow::Account(account) => checkpoint.put_account(partition, account),
                 DirtyRow::IdInserted(entry) => inserted.push(*entry),
@@ -777,11 +782,11 @@ impl Shard {
             let chunks = &mut self.id_chunks[slot];
             if !inserted.is_empty() {
                 assert_eq!(mark.ids.first_drained + inserted.len() as u64, mark.ids.next_arrival);
-                checkpoint.put_id_chunk(partition, mark.ids.first_drained, inserted);
                 chunks.push_back((mark.ids.first_drained, inserted.len() as u64));
+                checkpoint.put_id_chunk(partition, mark.ids.first_drained, inserted);
             }
             // Entries before the head are in id-index runs that are written and fsynced (a run leaves
-            // memory only then), so their chunks can go.
+            // memory only then), so their chunks can go (writes land in order: after the chunk's own).
             while let Some(&(position, count)) = chunks.front() {
                 if position + count > mark.ids.head_arrival {
                     break;
@@ -796,16 +801,19 @@ impl Shard {
                 ids_head_arrival: mark.ids.head_arrival,
             };
             checkpoint.put_partition_meta(partition, &meta);
-            for (first_seq, index) in self.recent_batches[slot].drain(..) {
+            // History finds these batches in memory until their rows are in the store.
+            for &(first_seq, index) in &self.recent_batches[slot] {
                 checkpoint.put_batch_index(partition, first_seq, index);
             }
+            batches.push(self.recent_batches[slot].len());
         }
-        self.store.write_checkpoint(checkpoint, applied)?;
-        self.checkpoint_index = applied;
+        self.retainer.write_checkpoint(checkpoint, applied);
+        self.checkpoint_writing = Some((applied, batches));
         self.last_checkpoint = Instant::now();
+        crate::metrics::observe_stage(Stage::Checkpoint, started.elapsed());
         if self.base_wanted && !self.retainer.busy() && applied > self.base_index {
-            // Right after the checkpoint, so the runs handed over are those its state refers to (or
-            // newer): no apply ran in between to expire one.
+            // Right after the drain, so the runs handed over are those its state refers to (or newer): no
+            // apply ran in between to expire one. The base job runs after the checkpoint's write.
             let runs = self
                 .partitions
                 .iter()
@@ -822,21 +830,55 @@ impl Shard {
         Ok(())
     }
 
-    /// Log retention, once per round and cheap when there is nothing to do: takes the retention thread's
-    /// result, detaches the segments that are beyond `log_retention_bytes` and covered by the newest base
-    /// (the thread deletes them), and asks for a base when such segments are not covered yet.
-    fn tend_retention(&mut self) {
-        match self.retainer.poll() {
-            Some(Done::Base { index }) => {
+    /// Waits until no checkpoint is being written, taking every result that arrives meanwhile.
+    fn finish_checkpoint(&mut self) -> Result<(), EngineError> {
+        while self.retainer.checkpointing() {
+            let done = self.retainer.wait();
+            self.settle(done);
+        }
+        match &self.failed {
+            Some(reason) => Err(EngineError::ShardFailed { shard: self.id, reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// A checkpoint of everything applied, written when it returns (an operator's or a test's request,
+    /// and shutdown). The caller has made the log durable.
+    fn checkpoint_now(&mut self) -> Result<(), EngineError> {
+        self.finish_checkpoint()?;
+        self.start_checkpoint()?;
+        self.finish_checkpoint()
+    }
+
+    /// Takes one result of the retention thread.
+    fn settle(&mut self, done: Done) {
+        match done {
+            Done::Checkpoint { applied, result } => {
+                let (expected, batches) = self.checkpoint_writing.take().expect("a checkpoint was being written");
+                assert_eq!(applied, expected, "checkpoints are written in order");
+                match result {
+                    Ok(()) => {
+                        assert!(applied >= self.checkpoint_index, "checkpoints move forward");
+                        self.checkpoint_index = applied;
+                        for (recent, written) in self.recent_batches.iter_mut().zip(batches) {
+                            recent.drain(..written);
+                        }
+                    }
+                    // The chunk bookkeeping in memory is now ahead of the store: stop, and let a
+                    // restart rebuild from the store and the log.
+                    Err(why) => self.fail(format!("checkpoint failed: {why}")),
+                }
+            }
+            Done::Base { index } => {
                 assert!(index >= self.base_index, "bases only move forward");
-                assert!(index <= self.checkpoint_index, "a base is a copy of a checkpoint");
+                assert!(index <= self.checkpoint_index, "a base is a copy of a written checkpoint");
                 self.base_index = index;
             }
-            Some(Done::Freed { segments, batch_rows }) => {
+            Done::Freed { segments, batch_rows } => {
                 crate::metrics::count_segments_purged(segments as u64);
                 log::debug!("shard {}: freed {segments} log segments and {batch_rows} batch-index rows", self.id);
             }
-            Some(Done::FreeFailed { remaining, why }) => {
+            Done::FreeFailed { remaining, why } => {
                 log::warn!(
                     "shard {}: could not free {} log segments (retried in 1 s): {why}",
                     self.id,
@@ -845,10 +887,16 @@ impl Shard {
                 self.unfreed = remaining;
                 self.retry_free_at = Instant::now() + Duration::from_secs(1);
             }
-            Some(Done::Failed { job, why }) => {
-                log::warn!("shard {}: could not {job} (retried later): {why}", self.id)
-            }
-            None => {}
+            Done::Failed { job, why } => log::warn!("shard {}: could not {job} (retried later): {why}", self.id),
+        }
+    }
+
+    /// Log retention, once per round and cheap when there is nothing to do: takes the retention thread's
+    /// result, detaches the segments that are beyond `log_retention_bytes` and covered by the newest base
+    /// (the thread deletes them), and asks for a base when such segments are not covered yet.
+    fn tend_retention(&mut self) {
+        while let Some(done) = self.retainer.poll() {
+            self.settle(done);
         }
         if self.retainer.busy() || self.failed.is_some() {
             return;
@@ -971,7 +1019,7 @@ impl Shard {
         }
         self.end_round();
         self.drive_log(true);
-        let result = self.checkpoint().and_then(|_| self.store.flush().map_err(EngineError::from));
+        let result = self.checkpoint_now().and_then(|_| self.store.flush().map_err(EngineError::from));
         if let Some(reply) = reply {
             reply(result);
         }

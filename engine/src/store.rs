@@ -58,55 +58,79 @@ pub struct PartitionMeta {
     pub ids_head_arrival: u64,
 }
 
-/// Everything a checkpoint writes, accumulated by the shard between checkpoints.
+/// Everything one checkpoint writes, gathered by the shard as plain rows (copies, no encoding) and
+/// written by its retention thread (`Store::write_checkpoint`), so the shard round pays only the copy.
 #[derive(Default)]
 pub struct Checkpoint {
-    batch: WriteBatch,
-    rows: usize,
+    accounts: Vec<(u32, Account)>,
+    id_chunks: Vec<(u32, u64, Vec<IdEntry>)>,
+    deleted_id_chunks: Vec<(u32, u64)>,
+    metas: Vec<(u32, PartitionMeta)>,
+    batch_rows: Vec<(u32, u64, u64)>,
 }
 
 impl Checkpoint {
     pub fn put_account(&mut self, partition: u32, account: &Account) {
-        let mut value = [0u8; Account::WIRE_BYTES];
-        account.encode_into(&mut value);
-        self.batch.put(account_key(partition, account.id), value);
-        self.rows += 1;
+        self.accounts.push((partition, *account));
     }
 
     /// One row for every id entry a checkpoint adds: the id table costs the store one write per
     /// partition per checkpoint, not one per transfer.
-    pub fn put_id_chunk(&mut self, partition: u32, position: u64, entries: &[IdEntry]) {
-        let mut value = Vec::with_capacity(entries.len() * ID_ENTRY_BYTES);
-        for entry in entries {
-            value.extend_from_slice(&encode_id_entry(entry));
-        }
-        self.batch.put(id_chunk_key(partition, position), value);
-        self.rows += 1;
+    pub fn put_id_chunk(&mut self, partition: u32, position: u64, entries: Vec<IdEntry>) {
+        self.id_chunks.push((partition, position, entries));
     }
 
     /// Drops a chunk whose entries are all in written id-index runs.
     pub fn delete_id_chunk(&mut self, partition: u32, position: u64) {
-        self.batch.delete(id_chunk_key(partition, position));
-        self.rows += 1;
+        self.deleted_id_chunks.push((partition, position));
     }
 
     pub fn put_partition_meta(&mut self, partition: u32, meta: &PartitionMeta) {
-        let mut value = [0u8; PARTITION_ROW_BYTES];
-        value[0..8].copy_from_slice(&meta.last_seq.to_le_bytes());
-        value[8..16].copy_from_slice(&meta.last_timestamp_ns.to_le_bytes());
-        value[16..24].copy_from_slice(&meta.ids_next_arrival.to_le_bytes());
-        value[24..32].copy_from_slice(&meta.ids_head_arrival.to_le_bytes());
-        self.batch.put(partition_key(partition), value);
-        self.rows += 1;
+        self.metas.push((partition, *meta));
     }
 
     pub fn put_batch_index(&mut self, partition: u32, first_seq: u64, log_index: u64) {
-        self.batch.put(batch_key(partition, first_seq), log_index.to_le_bytes());
-        self.rows += 1;
+        self.batch_rows.push((partition, first_seq, log_index));
     }
 
     pub fn rows(&self) -> usize {
-        self.rows
+        self.accounts.len()
+            + self.id_chunks.len()
+            + self.deleted_id_chunks.len()
+            + self.metas.len()
+            + self.batch_rows.len()
+    }
+
+    /// The RocksDB batch of these rows, in the order they were gathered.
+    fn encode(self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let mut account_value = [0u8; Account::WIRE_BYTES];
+        for (partition, account) in &self.accounts {
+            account.encode_into(&mut account_value);
+            batch.put(account_key(*partition, account.id), account_value);
+        }
+        for (partition, position, entries) in &self.id_chunks {
+            let mut value = Vec::with_capacity(entries.len() * ID_ENTRY_BYTES);
+            for entry in entries {
+                value.extend_from_slice(&encode_id_entry(entry));
+            }
+            batch.put(id_chunk_key(*partition, *position), value);
+        }
+        for (partition, position) in &self.deleted_id_chunks {
+            batch.delete(id_chunk_key(*partition, *position));
+        }
+        for (partition, meta) in &self.metas {
+            let mut value = [0u8; PARTITION_ROW_BYTES];
+            value[0..8].copy_from_slice(&meta.last_seq.to_le_bytes());
+            value[8..16].copy_from_slice(&meta.last_timestamp_ns.to_le_bytes());
+            value[16..24].copy_from_slice(&meta.ids_next_arrival.to_le_bytes());
+            value[24..32].copy_from_slice(&meta.ids_head_arrival.to_le_bytes());
+            batch.put(partition_key(*partition), value);
+        }
+        for (partition, first_seq, log_index) in &self.batch_rows {
+            batch.put(batch_key(*partition, *first_seq), log_index.to_le_bytes());
+        }
+        batch
     }
 }
 
@@ -185,12 +209,13 @@ impl Store {
     }
 
     /// Writes one checkpoint atomically: its rows plus the applied index they correspond to.
-    pub fn write_checkpoint(&self, mut checkpoint: Checkpoint, applied_index: u64) -> Result<(), StoreError> {
+    pub fn write_checkpoint(&self, checkpoint: Checkpoint, applied_index: u64) -> Result<(), StoreError> {
         let mut meta = [0u8; 12];
         meta[0..8].copy_from_slice(&applied_index.to_le_bytes());
         meta[8..12].copy_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
-        checkpoint.batch.put(KEY_META, meta);
-        self.db.write_opt(checkpoint.batch, &self.write_options).map_err(|e| self.rocks(e))
+        let mut batch = checkpoint.encode();
+        batch.put(KEY_META, meta);
+        self.db.write_opt(batch, &self.write_options).map_err(|e| self.rocks(e))
     }
 
     /// Makes every checkpoint written so far durable (clean shutdown, or before trusting the store).
