@@ -346,12 +346,16 @@ fn stop_and_verify_replay(cluster: &mut LocalCluster, live: &[(u32, u64, u64)]) 
         support::fingerprint::assert_unchanged(&before, &support::fingerprint::tree_fingerprint(&dir), "wal dump");
         assert_eq!(code, 0, "node {id} wal dump: {out}");
         assert!(out.starts_with("replica shard 0:"), "node {id} wal dump: {}", &out[..out.len().min(500)]);
+        // Every replica has its hard state in the log; its entries only until it compacts past them (a
+        // replica that compacted at its applied index and then saw no write has none: the wiped node of
+        // the snapshot test, which compacts every 32 entries, did so once under a loaded machine).
         for &(partition, _, _) in live {
             assert!(
-                out.contains(&format!("partition {partition} entry ")),
-                "node {id}: no entry of partition {partition}"
+                out.contains(&format!("partition {partition} hard state: term ")),
+                "node {id}: no record of partition {partition}"
             );
         }
+        assert!(out.contains(" entry "), "node {id}: no entry of any partition");
         assert!(
             out.contains(" hard state: term ") && out.contains("transfer_posted"),
             "node {id}: {}",
