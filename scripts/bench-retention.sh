@@ -14,7 +14,7 @@ bin="${3:-${CARGO_TARGET_DIR:-$HOME/.cache/wallet-target}/release}"
 port=27471
 work="$(mktemp -d /tmp/wallet-bench-retention.XXXXXX)"
 data="$work/data"
-trap 'kill "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; rm -rf "$work"; sync' EXIT
 printf '[engine]\n%s\n' "${ENGINE_TOML:-}" > "$work/walletd.toml"
 "$bin/walletd" --config "$work/walletd.toml" --data-dir "$data" --listen "127.0.0.1:$port" \
   --http-listen 127.0.0.1:0 --no-pin 2> "$work/walletd.log" &

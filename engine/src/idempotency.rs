@@ -477,7 +477,13 @@ impl IdTable {
 
     /// How many entries the next [`IdTable::drain_inserted`] reports (to size its receiver once).
     pub fn undrained(&self) -> usize {
-        (self.next_arrival() - self.drained_arrival.max(self.head_arrival)) as usize
+        (self.next_arrival() - self.first_undrained()) as usize
+    }
+
+    /// The arrival the next [`IdTable::drain_inserted`] starts at (entries before it that were never
+    /// drained have left memory: they are in written runs).
+    pub fn first_undrained(&self) -> u64 {
+        self.drained_arrival.max(self.head_arrival)
     }
 
     /// Entries inserted since the previous drain and still in memory, for a checkpoint (entries that

@@ -244,6 +244,13 @@ impl PartitionState {
         &self.ids
     }
 
+    /// Drains only the id entries inserted since the last drain ([`IdTable::drain_inserted`]); dirty
+    /// accounts stay for [`PartitionState::drain_dirty`]. A shard calls it every round, so that its
+    /// checkpoint moves the entries instead of copying a second's worth at once.
+    pub fn drain_ids(&mut self, f: impl FnMut(&IdEntry)) -> crate::idempotency::DrainedIds {
+        self.ids.drain_inserted(f)
+    }
+
     pub fn account(&self, id: AccountId) -> Option<Account> {
         self.row_of(id).map(|row| self.accounts[row as usize].0)
     }

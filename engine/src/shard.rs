@@ -32,7 +32,7 @@ use crate::error::EngineError;
 use crate::event::{EventBatchView, EventBody, EventBuffer};
 use crate::history;
 use crate::id_index::{self, ColdRun, RunBuilder};
-use crate::idempotency::{ColdImage, IdImage, RunHome, NANOS_PER_MILLI};
+use crate::idempotency::{ColdImage, IdEntry, IdImage, RunHome, NANOS_PER_MILLI};
 use crate::join::BatchPart;
 use crate::metrics::Stage;
 use crate::partition::{DirtyRow, PartitionConfig, PartitionState};
@@ -171,6 +171,13 @@ pub struct Shard {
     recent_batches: Vec<RecentBatches>,
     /// Per owned partition: the store's chunks of in-memory id-table entries.
     id_chunks: Vec<IdChunks>,
+    /// Per owned partition: id entries inserted since the last checkpoint, drained at the end of every
+    /// round as runs of consecutive arrivals (first arrival, entries), so a checkpoint moves them to the
+    /// store instead of copying a whole interval's worth in one round. At most one checkpoint interval
+    /// of ids (at 1 M ids/s and 1 s: 64 MB).
+    pending_ids: Vec<Vec<(u64, Vec<IdEntry>)>>,
+    /// Per owned partition: how many ids the last checkpoint carried (sizes the next interval's buffer).
+    ids_per_checkpoint: Vec<usize>,
     /// Builds and writes the id-index runs the partitions seal (its own thread).
     id_runs: RunBuilder,
     /// Per owned partition: the event buffer of the current round (reused, never shrunk).
@@ -378,6 +385,8 @@ impl Shard {
             config: config.clone(),
             recent_batches: vec![Vec::new(); partitions.len()],
             id_chunks,
+            pending_ids: vec![Vec::new(); partitions.len()],
+            ids_per_checkpoint: vec![0; partitions.len()],
             id_runs: RunBuilder::start(format!("shard-{id}-ids")),
             buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
             partitions,
@@ -673,6 +682,31 @@ impl Shard {
         self.buffers[slot].clear();
     }
 
+    /// Moves a partition's id entries inserted since the last drain into its pending runs.
+    fn take_ids(&mut self, slot: usize) {
+        let state = &mut self.partitions[slot];
+        let count = state.ids().undrained();
+        if count == 0 {
+            return;
+        }
+        let first = state.ids().first_undrained();
+        let pending = &mut self.pending_ids[slot];
+        let contiguous = pending.last().is_some_and(|(start, entries)| start + entries.len() as u64 == first);
+        if !contiguous {
+            // The first drain since the checkpoint, or entries left memory undrained (a replay): a new run.
+            pending.push((first, Vec::with_capacity(count.max(self.ids_per_checkpoint[slot]))));
+        }
+        let (_, entries) = pending.last_mut().expect("just ensured");
+        entries.reserve(count);
+        let drained = state.drain_ids(|entry| entries.push(*entry));
+        assert_eq!(drained.first_drained, first, "the drain starts where the table said");
+        assert_eq!(
+            pending.last().map(|(start, entries)| start + entries.len() as u64),
+            Some(drained.next_arrival),
+            "pending ids end at the table's next arrival"
+        );
+    }
+
     /// Hands the id-index runs the partitions sealed to the builder and lets written ones leave memory.
     fn tend_id_runs(&mut self) {
         let builder = &self.id_runs;
@@ -685,6 +719,7 @@ impl Shard {
     fn end_round(&mut self) {
         self.tend_id_runs();
         for slot in std::mem::take(&mut self.touched) {
+            self.take_ids(slot);
             self.flush_slot(slot);
         }
         if !self.round_owed.is_empty() {
@@ -771,19 +806,27 @@ impl Shard {
         assert_eq!(self.wal.durable_index(), applied, "checkpoint of state the log does not hold yet");
         let mut checkpoint = Checkpoint::default();
         let mut batches = Vec::with_capacity(self.partitions.len());
+        for slot in 0..self.partitions.len() {
+            // Whatever no round drained (a replay's ids).
+            self.take_ids(slot);
+        }
         for (slot, state) in self.partitions.iter_mut().enumerate() {
             let partition = state.partition();
-            // Sized once: at full rate this is hundreds of thousands of entries a second.
-            let mut inserted = Vec::with_capacity(state.ids().undrained());
             let mark = state.drain_dirty(|row| match row {
                 DirtyRow::Account(account) => checkpoint.put_account(partition, account),
-                DirtyRow::IdInserted(entry) => inserted.push(*entry),
+                DirtyRow::IdInserted(_) => unreachable!("every id entry was drained just before"),
             });
             let chunks = &mut self.id_chunks[slot];
-            if !inserted.is_empty() {
-                assert_eq!(mark.ids.first_drained + inserted.len() as u64, mark.ids.next_arrival);
-                chunks.push_back((mark.ids.first_drained, inserted.len() as u64));
-                checkpoint.put_id_chunk(partition, mark.ids.first_drained, inserted);
+            let pending = std::mem::take(&mut self.pending_ids[slot]);
+            if let Some((start, entries)) = pending.last() {
+                assert_eq!(start + entries.len() as u64, mark.ids.next_arrival, "the pending ids are every new one");
+            }
+            self.ids_per_checkpoint[slot] = pending.iter().map(|(_, entries)| entries.len()).sum();
+            for (first, entries) in pending {
+                // A run may begin before the head (its first entries left memory since): restore skips
+                // those, and the chunk goes with the rest once the head passes its end.
+                chunks.push_back((first, entries.len() as u64));
+                checkpoint.put_id_chunk(partition, first, entries);
             }
             // Entries before the head are in id-index runs that are written and fsynced (a run leaves
             // memory only then), so their chunks can go (writes land in order: after the chunk's own).
