@@ -14,7 +14,7 @@ use engine::replica::transport::{Dispatch, PeerInput, PeerListener, Transport};
 use engine::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 use engine::replica::ClusterNode;
 use engine::{EngineError, NodeConfig};
-use net::protocol::{Consistency, ErrorCode};
+use net::protocol::{Consistency, ErrorCode, TransferLookup};
 use net::types::{
     partition_of, transfer_id_from_parts, CreateAccount, ItemResult, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL,
 };
@@ -220,6 +220,83 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     assert!(fifth_id > sixth_id + 1, "request id {fifth_id} after a restart reuses the earlier run's ids");
     two.reply(fifth_id, 1, ok_results(1, 9));
     assert!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().is_ok());
+    node.shutdown().unwrap();
+}
+
+type TransfersAnswer = Result<Vec<Option<TransferLookup>>, EngineError>;
+
+fn lookup_transfers(node: &ClusterNode, ids: Vec<u128>) -> Receiver<TransfersAnswer> {
+    let (sender, receiver) = unbounded();
+    node.lookup_transfers(ids, Box::new(move |answer| drop(sender.send(answer)))).expect("accepted");
+    receiver
+}
+
+#[test]
+fn a_transfer_lookup_asks_every_partition_once_and_merges_their_answers() {
+    // Two nodes, one replica per partition: node 1 holds partition 0 (and leads it alone), node 2,
+    // played by the test, holds partition 1, so every lookup's share for partition 1 is forwarded.
+    let cluster = local_cluster(2, 2, 1);
+    assert_eq!((cluster.replicas(0), cluster.replicas(1)), (vec![1], vec![2]));
+    let dir = tempfile::tempdir().unwrap();
+    let two = FakePeer::start(&cluster, 2);
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    let (bank, account) = (account_in(0, 2, 0), account_in(0, 2, 1));
+    let created = blocking_accounts(
+        &node,
+        vec![
+            CreateAccount { id: bank, ledger: USD, flags: ACCOUNT_FLAG_EXTERNAL, user_data: 0 },
+            CreateAccount { id: account, ledger: USD, flags: 0, user_data: 0 },
+        ],
+    );
+    assert!(created.iter().all(|r| r.code == ResultCode::Ok), "{created:?}");
+    let posted = transfer(1, bank, account);
+    let result = submit(&node, vec![posted]).recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap()[0];
+    assert_eq!(result.code, ResultCode::Ok);
+    let (elsewhere, unknown) = (transfer(2, 7, 8).id, transfer(3, 7, 8).id);
+    let ids = vec![posted.id, elsewhere, unknown];
+
+    // Partition 1's share is one forwarded request carrying every id, whatever their number.
+    let answer = lookup_transfers(&node, ids.clone());
+    let (request_id, partition, request) = two.next_forward();
+    assert_eq!((partition, request), (1, ForwardRequest::LookupTransfers { ids: ids.clone() }));
+    // A reply whose items name other ids than asked belongs to another request: refused, never merged.
+    let misplaced = TransferLookup::FoundWithoutFields { id: unknown, code: ResultCode::Ok, seq: 4, timestamp_ns: 9 };
+    two.reply(request_id, 1, ForwardReply::Transfers(vec![None, Some(misplaced), None]));
+    let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
+    assert!(matches!(&outcome, Err(EngineError::Unavailable(why)) if why.contains("wrong shape")), "{outcome:?}");
+
+    // A well-formed reply is merged slot by slot; where both partitions hold an id (the known limit of
+    // ids remembered by the debit account's partition), the lower partition's answer wins.
+    let answer = lookup_transfers(&node, ids.clone());
+    let (request_id, _, _) = two.next_forward();
+    let other = Transfer { amount: 99, ..posted };
+    let decided_there = TransferLookup::FoundWithoutFields {
+        id: elsewhere,
+        code: ResultCode::InsufficientFunds,
+        seq: 5,
+        timestamp_ns: 6,
+    };
+    let reply = vec![
+        Some(TransferLookup::Found { transfer: other, code: ResultCode::Ok, seq: 3, timestamp_ns: 1 }),
+        Some(decided_there),
+        None,
+    ];
+    two.reply(request_id, 1, ForwardReply::Transfers(reply));
+    let found = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap();
+    let Some(TransferLookup::Found { transfer, code, seq, timestamp_ns }) = found[0] else { panic!("{found:?}") };
+    assert_eq!((transfer, code, seq), (posted, ResultCode::Ok, result.seq), "partition 0's own decision");
+    assert!(timestamp_ns > 0);
+    assert_eq!(found[1..], [Some(decided_there), None]);
+
+    // The forwarded share follows NotLeader like any forwarded request, within the client's deadline.
+    let answer = lookup_transfers(&node, vec![unknown]);
+    let (request_id, _, _) = two.next_forward();
+    two.reply(request_id, 1, not_leader(0));
+    let (again, _, request) = two.next_forward();
+    assert_ne!(again, request_id);
+    assert_eq!(request, ForwardRequest::LookupTransfers { ids: vec![unknown] });
+    two.reply(again, 1, ForwardReply::Transfers(vec![None]));
+    assert_eq!(answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap(), vec![None]);
     node.shutdown().unwrap();
 }
 

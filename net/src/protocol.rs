@@ -292,14 +292,18 @@ pub enum Request {
     LookupTransfers(Vec<TransferId>),
 }
 
-/// Outcome of looking up one transfer id. Wire layout, 96 bytes: `found u8 (0 or 1) | reserved u8 |
-/// code u16 | reserved u32 | seq u64 | timestamp_ns u64 | reserved u64 | transfer (64)`. Found: the
-/// code and seq the transfer was answered with (a rejection is an outcome too), the timestamp of the
-/// event that recorded it and the transfer as submitted. Not found: every field zero but the transfer's
-/// id; the id was never decided, or is older than the window (and is then refused `id_expired`).
+/// Outcome of looking up one transfer id. Wire layout, 96 bytes: `found u8 (0, 1 or 2) | reserved u8 |
+/// code u16 | reserved u32 | seq u64 | timestamp_ns u64 | reserved u64 | transfer (64)`. Found (1):
+/// the code and seq the transfer was answered with (a rejection is an outcome too), the timestamp of
+/// the event that recorded it and the transfer as submitted. Found without fields (2): the same
+/// outcome, seq and timestamp from the id table, but the node no longer holds the event's fields (a
+/// cluster replica's log before its latest snapshot); the transfer is zero but its id. Not found (0):
+/// every field zero but the transfer's id; the id was never decided, or is older than the window (and
+/// is then refused `id_expired`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransferLookup {
     Found { transfer: Transfer, code: ResultCode, seq: u64, timestamp_ns: u64 },
+    FoundWithoutFields { id: TransferId, code: ResultCode, seq: u64, timestamp_ns: u64 },
     NotFound { id: TransferId },
 }
 
@@ -309,7 +313,51 @@ impl TransferLookup {
     pub fn id(&self) -> TransferId {
         match self {
             TransferLookup::Found { transfer, .. } => transfer.id,
-            TransferLookup::NotFound { id } => *id,
+            TransferLookup::FoundWithoutFields { id, .. } | TransferLookup::NotFound { id } => *id,
+        }
+    }
+
+    /// Writes the 96-byte wire layout into `chunk`, which must be zeroed (the reserved bytes stay zero).
+    pub fn encode_into(&self, chunk: &mut [u8]) {
+        assert_eq!(chunk.len(), Self::WIRE_BYTES, "a transfer lookup item is {} bytes", Self::WIRE_BYTES);
+        let mut outcome = |found: u8, code: ResultCode, seq: u64, timestamp_ns: u64| {
+            chunk[0] = found;
+            chunk[2..4].copy_from_slice(&(code as u16).to_le_bytes());
+            chunk[8..16].copy_from_slice(&seq.to_le_bytes());
+            chunk[16..24].copy_from_slice(&timestamp_ns.to_le_bytes());
+        };
+        match self {
+            TransferLookup::Found { transfer, code, seq, timestamp_ns } => {
+                outcome(1, *code, *seq, *timestamp_ns);
+                transfer.encode_into(&mut chunk[32..]);
+            }
+            TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns } => {
+                outcome(2, *code, *seq, *timestamp_ns);
+                chunk[32..48].copy_from_slice(&id.to_le_bytes());
+            }
+            TransferLookup::NotFound { id } => chunk[32..48].copy_from_slice(&id.to_le_bytes()),
+        }
+    }
+
+    /// Reads the 96-byte wire layout, refusing anything that would not re-encode to the same bytes.
+    pub fn decode(b: &[u8]) -> Result<TransferLookup, ProtocolError> {
+        if b.len() != Self::WIRE_BYTES {
+            return Err(ProtocolError::Malformed("transfer lookup item is not 96 bytes"));
+        }
+        if b[1] != 0 || read_u32(b, 4) != 0 || read_u64(b, 24) != 0 {
+            return Err(ProtocolError::Malformed("reserved transfer lookup field must be zero"));
+        }
+        let transfer = Transfer::decode(&b[32..]);
+        let bare = transfer == Transfer { id: transfer.id, ..Transfer::default() };
+        let code =
+            || ResultCode::from_u16(read_u16(b, 2)).ok_or(ProtocolError::Malformed("unknown transfer lookup code"));
+        let (seq, timestamp_ns) = (read_u64(b, 8), read_u64(b, 16));
+        match b[0] {
+            1 => Ok(TransferLookup::Found { transfer, code: code()?, seq, timestamp_ns }),
+            // Only the id of the transfer is meaningful; anything else would not re-encode the same.
+            2 if bare => Ok(TransferLookup::FoundWithoutFields { id: transfer.id, code: code()?, seq, timestamp_ns }),
+            0 if b[2..24].iter().all(|&x| x == 0) && bare => Ok(TransferLookup::NotFound { id: transfer.id }),
+            _ => Err(ProtocolError::Malformed("transfer lookup item is neither found nor a bare not-found")),
         }
     }
 }
@@ -706,16 +754,7 @@ fn write_response_body(out: &mut Vec<u8>, response: &Response) -> Result<u16, Pr
             check_batch(lookups.len(), BATCH_ITEMS_MAX, true)?;
             let at = put_items_prefix(out, lookups.len(), 0, TransferLookup::WIRE_BYTES);
             for (item, chunk) in lookups.iter().zip(out[at..].chunks_exact_mut(TransferLookup::WIRE_BYTES)) {
-                match item {
-                    TransferLookup::Found { transfer, code, seq, timestamp_ns } => {
-                        chunk[0] = 1;
-                        chunk[2..4].copy_from_slice(&(*code as u16).to_le_bytes());
-                        chunk[8..16].copy_from_slice(&seq.to_le_bytes());
-                        chunk[16..24].copy_from_slice(&timestamp_ns.to_le_bytes());
-                        transfer.encode_into(&mut chunk[32..]);
-                    }
-                    TransferLookup::NotFound { id } => chunk[32..48].copy_from_slice(&id.to_le_bytes()),
-                }
+                item.encode_into(chunk);
             }
             Ok(kind::TRANSFERS)
         }
@@ -877,7 +916,7 @@ fn decode_body(message_kind: u16, body: &[u8]) -> Result<Message, ProtocolError>
             body,
             TransferLookup::WIRE_BYTES,
             true,
-            decode_transfer_lookup,
+            TransferLookup::decode,
         )?)),
         kind::ERROR => Message::Response(decode_error(body)?),
         other => return Err(ProtocolError::UnknownMessageKind(other)),
@@ -1047,25 +1086,6 @@ fn decode_lookup_item(b: &[u8]) -> Result<AccountLookup, ProtocolError> {
             Ok(AccountLookup::NotFound { id: account.id, code })
         }
         _ => Err(ProtocolError::Malformed("not-found lookup item carries account fields")),
-    }
-}
-
-fn decode_transfer_lookup(b: &[u8]) -> Result<TransferLookup, ProtocolError> {
-    if b[1] != 0 || read_u32(b, 4) != 0 || read_u64(b, 24) != 0 {
-        return Err(ProtocolError::Malformed("reserved transfer lookup field must be zero"));
-    }
-    let transfer = Transfer::decode(&b[32..]);
-    match b[0] {
-        1 => {
-            let code =
-                ResultCode::from_u16(read_u16(b, 2)).ok_or(ProtocolError::Malformed("unknown transfer lookup code"))?;
-            Ok(TransferLookup::Found { transfer, code, seq: read_u64(b, 8), timestamp_ns: read_u64(b, 16) })
-        }
-        // Only the id is meaningful when not found; anything else would not re-encode the same.
-        0 if b[2..24].iter().all(|&x| x == 0) && transfer == (Transfer { id: transfer.id, ..Transfer::default() }) => {
-            Ok(TransferLookup::NotFound { id: transfer.id })
-        }
-        _ => Err(ProtocolError::Malformed("transfer lookup item is neither found nor a bare not-found")),
     }
 }
 

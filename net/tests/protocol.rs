@@ -130,6 +130,9 @@ fn arb_response() -> impl Strategy<Value = Response> {
         (arb_transfer(), arb_code(), any::<u64>(), any::<u64>()).prop_map(|(transfer, code, seq, timestamp_ns)| {
             TransferLookup::Found { transfer, code, seq, timestamp_ns }
         }),
+        (any::<u128>(), arb_code(), any::<u64>(), any::<u64>()).prop_map(|(id, code, seq, timestamp_ns)| {
+            TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns }
+        }),
         any::<u128>().prop_map(|id| TransferLookup::NotFound { id }),
     ];
     prop_oneof![

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use engine::replica::shard::GroupStatus;
 use engine::replica::ClusterNode;
 use net::protocol::PARTITION_FLAG_LEADER;
-use net::protocol::{ErrorCode, NodeAddress, NodeStatus, PartitionStatus, Request, Response};
+use net::protocol::{NodeAddress, NodeStatus, PartitionStatus, Request, Response};
 use net::server::{Handler, Responder};
 
-use crate::handler::{accounts_response, error_response, history_response};
+use crate::handler::{accounts_response, error_response, history_response, transfers_response};
 
 pub struct ClusterHandler {
     node: Arc<ClusterNode>,
@@ -87,14 +87,17 @@ impl Handler for ClusterHandler {
                 net::protocol::history_page_entries(limit),
                 Box::new(move |outcome| responder.respond(history_response(outcome))),
             ),
-            Request::LookupTransfers(_) => {
-                // Not yet: a replica's fields of old transfers leave its log at each snapshot, and the
-                // replicated runtime is being merged with the single node's (issue 13), which keeps them.
-                responder.respond(Response::error(
-                    ErrorCode::UnknownMessageKind,
-                    "LookupTransfers is served by single nodes only in this version",
-                ));
-                return;
+            Request::LookupTransfers(ids) => {
+                let requested = ids.clone();
+                self.node.lookup_transfers(
+                    ids,
+                    Box::new(move |outcome| {
+                        responder.respond(match outcome {
+                            Ok(found) => transfers_response(&requested, found),
+                            Err(error) => error_response(&error),
+                        })
+                    }),
+                )
             }
             Request::Status => {
                 // The reply must not hold the node: walletd takes sole ownership of it to shut it down,

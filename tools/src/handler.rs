@@ -49,23 +49,21 @@ pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Acc
     )
 }
 
-/// The Transfers answer for `requested` ids, in order.
-pub fn transfers_response(requested: &[u128], records: Vec<Option<engine::shard::TransferRecord>>) -> Response {
+/// The Transfers answer for `requested` ids, in order (`None`: not found), from either runtime.
+pub fn transfers_response(requested: &[u128], found: Vec<Option<TransferLookup>>) -> Response {
     Response::Transfers(
-        requested
-            .iter()
-            .zip(records)
-            .map(|(&id, record)| match record {
-                Some(r) => TransferLookup::Found {
-                    transfer: r.transfer,
-                    code: r.code,
-                    seq: r.seq,
-                    timestamp_ns: r.timestamp_ns,
-                },
-                None => TransferLookup::NotFound { id },
-            })
-            .collect(),
+        requested.iter().zip(found).map(|(&id, item)| item.unwrap_or(TransferLookup::NotFound { id })).collect(),
     )
+}
+
+/// A single node's record of a decided transfer as the protocol reports it (its log keeps every field).
+fn found_transfer(record: engine::shard::TransferRecord) -> TransferLookup {
+    TransferLookup::Found {
+        transfer: record.transfer,
+        code: record.code,
+        seq: record.seq,
+        timestamp_ns: record.timestamp_ns,
+    }
 }
 
 /// The History answer for a page (or the engine's error frame). An unknown account is said so
@@ -161,7 +159,10 @@ impl Handler for NodeHandler {
                     ids,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
-                            Ok(records) => transfers_response(&requested, records),
+                            Ok(records) => transfers_response(
+                                &requested,
+                                records.into_iter().map(|record| record.map(found_transfer)).collect(),
+                            ),
                             Err(error) => error_response(&error),
                         })
                     }),

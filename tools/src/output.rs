@@ -85,6 +85,28 @@ pub fn transfer_lookup_json(
         "result": code.name(),
         "seq": seq,
         "timestamp": utc_time(timestamp_ns),
+        "fields_held": true,
+    })
+}
+
+/// A transfer whose outcome the node holds but whose fields it no longer does (a cluster replica's
+/// log before its latest snapshot).
+pub fn transfer_outcome_text(id: u128, code: ResultCode, seq: u64, timestamp_ns: u64) -> String {
+    format!(
+        "transfer {id:032x}: {} at seq {seq} ({}); its fields are no longer held by this node (its partition's \
+         log was compacted at a snapshot)",
+        code.name(),
+        utc_time(timestamp_ns)
+    )
+}
+
+pub fn transfer_outcome_json(id: u128, code: ResultCode, seq: u64, timestamp_ns: u64) -> Value {
+    json!({
+        "transfer_id": format!("{id:032x}"),
+        "result": code.name(),
+        "seq": seq,
+        "timestamp": utc_time(timestamp_ns),
+        "fields_held": false,
     })
 }
 

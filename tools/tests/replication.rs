@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use net::client::{ClientConfig, ClientError};
-use net::protocol::{AccountLookup, AccountRead, Consistency, ErrorCode, NodeStatus, ReadLevel, PARTITION_FLAG_LEADER};
+use net::protocol::{
+    AccountLookup, AccountRead, Consistency, ErrorCode, NodeStatus, ReadLevel, TransferLookup, PARTITION_FLAG_LEADER,
+};
 use net::routing::RoutingClient;
 use net::types::{partition_of, CreateAccount, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use serde_json::Value;
@@ -652,6 +654,173 @@ fn reads_at_every_consistency_level_see_acknowledged_transfers() {
         assert!(cluster.terminate(id).success());
     }
     assert_every_log_line_is_a_record(&cluster, "json");
+}
+
+/// Sends `transfers` through node `via` until it answers (retrying retryable errors with the same ids).
+fn post_through(cluster: &LocalCluster, via: u64, transfers: &[Transfer]) -> Vec<net::types::ItemResult> {
+    let mut client = cluster.client(via);
+    let deadline = Instant::now() + Duration::from_millis(BATCH_DEADLINE_MS);
+    loop {
+        match client.create_transfers(transfers) {
+            Ok(results) => return results,
+            Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(error) => panic!("node {via}: {error}"),
+        }
+    }
+}
+
+/// Looks `ids` up through node `via`, retrying retryable errors (an election under way) until the deadline.
+fn lookup_through(cluster: &LocalCluster, via: u64, ids: &[u128]) -> Vec<TransferLookup> {
+    let mut client = cluster.client(via);
+    let deadline = Instant::now() + Duration::from_millis(BATCH_DEADLINE_MS);
+    loop {
+        match client.lookup_transfers(ids) {
+            Ok(found) => {
+                assert_eq!(found.len(), ids.len(), "node {via}: one answer per id");
+                for (item, &id) in found.iter().zip(ids) {
+                    assert_eq!(item.id(), id, "node {via}: answers in request order");
+                }
+                return found;
+            }
+            Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(error) => panic!("node {via}: transfer lookup: {error}"),
+        }
+    }
+}
+
+#[test]
+fn transfers_are_looked_up_by_id_through_every_node() {
+    // Snapshots every 8 entries, so that the transfers posted first leave the leaders' logs below.
+    let options = ClusterOptions { replication: vec!["snapshot_interval_entries = 8".into()], ..Default::default() };
+    let mut cluster = LocalCluster::start(options);
+    let workload = Workload::new();
+    workload.create_accounts(&cluster);
+    let transfer = |p: &PartitionAccounts, debit: u64, credit: u64, amount: u64| Transfer {
+        id: net::client::new_transfer_id(),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: LEDGER,
+        flags: 0,
+        user_data: u128::from(p.bank),
+    };
+    let unknown = net::client::new_transfer_id();
+    // Per partition: a posted transfer (through node 1) and a rejected one (through node 2: an
+    // ordinary account cannot pay what it does not have), each looked up through every other node.
+    let mut decided = Vec::new();
+    let mut timestamps = std::collections::HashMap::new();
+    for p in &workload.partitions {
+        let posted = transfer(p, p.bank, p.accounts[0], 700);
+        let rejected = transfer(p, p.accounts[1], p.accounts[2], 1_000_000);
+        let posted_result = post_through(&cluster, 1, &[posted])[0];
+        let rejected_result = post_through(&cluster, 2, &[rejected])[0];
+        assert_eq!(posted_result.code, ResultCode::Ok);
+        assert_eq!(rejected_result.code, ResultCode::InsufficientFunds);
+        for (via, what, result) in
+            [(2, posted, posted_result), (3, posted, posted_result), (1, rejected, rejected_result)]
+        {
+            let found = lookup_through(&cluster, via, &[what.id]);
+            let TransferLookup::Found { transfer, code, seq, timestamp_ns } = found[0] else {
+                panic!("node {via}: {what:?} looked up as {:?}", found[0])
+            };
+            assert_eq!((transfer, code, seq), (what, result.code, result.seq), "node {via}");
+            assert!(timestamp_ns > 0, "node {via}: the recording event's time");
+            assert_eq!(*timestamps.entry(what.id).or_insert(timestamp_ns), timestamp_ns, "node {via}");
+        }
+        decided.push((posted, posted_result, rejected, rejected_result));
+    }
+    // One request for ids of every partition and one never sent: answered in order, each from the
+    // partition that decided it (every partition's leader is asked), the unknown one not found.
+    let mut ids: Vec<u128> = decided.iter().flat_map(|d| [d.0.id, d.2.id]).collect();
+    ids.insert(1, unknown);
+    for via in cluster.node_ids() {
+        let found = lookup_through(&cluster, via, &ids);
+        assert_eq!(found[1], TransferLookup::NotFound { id: unknown }, "node {via}");
+        let codes: Vec<Option<(ResultCode, u64)>> = found
+            .iter()
+            .map(|item| match *item {
+                TransferLookup::Found { code, seq, .. } => Some((code, seq)),
+                _ => None,
+            })
+            .collect();
+        let mut expected: Vec<Option<(ResultCode, u64)>> =
+            decided.iter().flat_map(|d| [Some((d.1.code, d.1.seq)), Some((d.3.code, d.3.seq))]).collect();
+        expected.insert(1, None);
+        assert_eq!(codes, expected, "node {via}");
+    }
+    // walletctl through each node: any node answers for any id.
+    let (posted, posted_result, rejected, rejected_result) = decided[0];
+    for via in cluster.node_ids() {
+        let addr = cluster.client_address(via).to_string();
+        let (code, out) = cluster.walletctl(&["--addr", &addr, "--json", "transfer", "show", &posted.id.to_string()]);
+        assert_eq!(code, 0, "node {via}: {out}");
+        let shown: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(shown["result"], "ok", "{out}");
+        assert_eq!(shown["seq"], posted_result.seq, "{out}");
+        assert_eq!(
+            (shown["from"].as_u64(), shown["to"].as_u64()),
+            (Some(posted.debit_account_id), Some(posted.credit_account_id))
+        );
+        assert_eq!(shown["amount_minor"], "700", "{out}");
+        let (code, out) = cluster.walletctl(&["--addr", &addr, "transfer", "show", &rejected.id.to_string()]);
+        assert_eq!(code, 0, "node {via}: {out}");
+        assert!(
+            out.contains("insufficient_funds") && out.contains(&format!("at seq {}", rejected_result.seq)),
+            "{out}"
+        );
+        let (code, _) = cluster.walletctl(&["--addr", &addr, "transfer", "show", &unknown.to_string()]);
+        assert_eq!(code, 1, "node {via}: an id never sent is not found");
+    }
+    // Enough entries in every partition for its leader to snapshot past the first transfers: their
+    // outcome, seq and time stay (the id table is in the snapshot); their fields left the log.
+    for round in 0..20u64 {
+        let batch: Vec<Transfer> =
+            workload.partitions.iter().map(|p| transfer(p, p.bank, p.accounts[3], 1 + round)).collect();
+        post_through(&cluster, 1 + round % 3, &batch);
+    }
+    let outcomes: Vec<(Transfer, net::types::ItemResult)> =
+        decided.iter().flat_map(|d| [(d.0, d.1), (d.2, d.3)]).collect();
+    for via in cluster.node_ids() {
+        let found = lookup_through(&cluster, via, &ids);
+        assert_eq!(found[1], TransferLookup::NotFound { id: unknown }, "node {via}");
+        let known = found.iter().filter(|item| item.id() != unknown);
+        for (item, (transfer, result)) in known.zip(&outcomes) {
+            let TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns } = *item else {
+                panic!("node {via}: {transfer:?} still has its fields after 20 entries: {item:?}")
+            };
+            assert_eq!((id, code, seq), (transfer.id, result.code, result.seq), "node {via}");
+            assert_eq!(timestamp_ns, timestamps[&transfer.id], "node {via}: the recording event's time stays");
+        }
+        let addr = cluster.client_address(via).to_string();
+        let (code, out) = cluster.walletctl(&["--addr", &addr, "transfer", "show", &posted.id.to_string()]);
+        assert_eq!(code, 0, "node {via}: {out}");
+        assert!(out.contains("no longer held") && out.contains(&format!("at seq {}", posted_result.seq)), "{out}");
+    }
+    // A lookup through a follower whose leader is killed: routed again to the new leader (the link
+    // to the dead one ends), and the answer is the decided outcome.
+    let leader = wait_for_leader(&cluster, 0, None);
+    let via = cluster.node_ids().into_iter().find(|&id| id != leader).expect("three nodes");
+    let p0 = &workload.partitions[0];
+    let fresh = transfer(p0, p0.bank, p0.accounts[4], 9);
+    let fresh_result = post_through(&cluster, via, &[fresh])[0];
+    assert_eq!(fresh_result.code, ResultCode::Ok);
+    cluster.kill(leader);
+    let (code, seq) = match lookup_through(&cluster, via, &[fresh.id])[0] {
+        TransferLookup::Found { transfer, code, seq, .. } => {
+            assert_eq!(transfer, fresh);
+            (code, seq)
+        }
+        TransferLookup::FoundWithoutFields { code, seq, .. } => (code, seq),
+        other => panic!("node {via}: after the leader's death, {fresh:?} looked up as {other:?}"),
+    };
+    assert_eq!((code, seq), (fresh_result.code, fresh_result.seq));
+    for id in cluster.node_ids().into_iter().filter(|&id| id != leader) {
+        assert!(cluster.terminate(id).success());
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
-use net::protocol::{AccountRead, Consistency, ReadLevel, Request};
-use net::types::{partition_of, Account, CreateAccount, Transfer};
+use net::protocol::{AccountRead, Consistency, ReadLevel, Request, TransferLookup};
+use net::types::{partition_of, Account, CreateAccount, Transfer, TransferId};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster_config::ClusterConfig;
@@ -22,7 +22,7 @@ use crate::node::{
     blocking, new_id_hash_key, parse_manifest, split_by_partition, DataDirLock, LookupGather, LookupReply, PartsGather,
     MANIFEST_FILE,
 };
-use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply};
+use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply, TransfersReply};
 use crate::replica::transport::{Dispatch, PeerInput, PeerListener, Transport};
 use crate::replica::wire::PeerItem;
 
@@ -300,6 +300,7 @@ impl ClusterNode {
                     part.complete(Err(EngineError::ShuttingDown))
                 }
                 ClientCommand::Lookup { reply, .. } => reply(Err(EngineError::ShuttingDown)),
+                ClientCommand::LookupTransfers { reply, .. } => reply(Err(EngineError::ShuttingDown)),
                 ClientCommand::History { reply, .. } => reply(Err(EngineError::ShuttingDown)),
                 ClientCommand::Status { reply } => reply(Vec::new()),
                 ClientCommand::Shutdown { reply } => reply(Err(EngineError::ShuttingDown)),
@@ -354,6 +355,41 @@ impl ClusterNode {
             self.send(partition, ClientCommand::Lookup { partition, consistency, ids, reply });
         }
         Ok(())
+    }
+
+    /// What became of each transfer id within the idempotency window, in the order asked (`None`: not
+    /// found). An id is remembered by its debit account's partition, which the id alone does not name,
+    /// so every partition is asked: one command per partition carrying every id, served linearizably by
+    /// that partition's leader (here, or forwarded: the transport sends one node's share in one frame)
+    /// from its committed state. Should two partitions hold the same id (see the known limit in
+    /// ARCHITECTURE.md), the lower partition's answer is given, as on a single node.
+    pub fn lookup_transfers(
+        &self,
+        ids: Vec<TransferId>,
+        reply: LookupReply<TransferLookup>,
+    ) -> Result<(), EngineError> {
+        if ids.len() > BATCH_ITEMS_MAX {
+            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+        }
+        if ids.is_empty() {
+            reply(Ok(Vec::new()));
+            return Ok(());
+        }
+        let gather = LookupGather::new(ids.len(), self.config.partitions as usize, reply);
+        for partition in 0..self.config.partitions {
+            let gather = gather.clone();
+            let reply: TransfersReply = Box::new(move |outcome| {
+                gather.deliver_keyed(outcome.map(|found| {
+                    found.into_iter().enumerate().map(|(slot, item)| (slot as u32, partition, item)).collect()
+                }))
+            });
+            self.send(partition, ClientCommand::LookupTransfers { partition, ids: ids.clone(), reply });
+        }
+        Ok(())
+    }
+
+    pub fn lookup_transfers_blocking(&self, ids: Vec<TransferId>) -> Result<Vec<Option<TransferLookup>>, EngineError> {
+        blocking(|reply| self.lookup_transfers(ids, reply))?
     }
 
     /// One page of an account's history, newest first, from the local replica of its partition.

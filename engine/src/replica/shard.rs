@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Select};
-use net::protocol::Consistency;
+use net::protocol::{Consistency, TransferLookup};
 use net::types::{Account, CreateAccount, Transfer};
 use wal::WalOptions;
 
@@ -54,6 +54,9 @@ use crate::shard::{clock_ns, partition_config, DoneReply, RECORD_PAYLOAD_BYTES_M
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(Vec<GroupStatus>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<crate::history::HistoryPage, EngineError>) + Send>;
+/// Transfer lookup answers of one partition: per id asked, in order, what the partition decided
+/// (`None`: nothing within the window).
+pub type TransfersReply = Box<dyn FnOnce(Result<Vec<Option<TransferLookup>>, EngineError>) + Send>;
 
 /// Commands from this node's clients.
 pub enum ClientCommand {
@@ -72,6 +75,12 @@ pub enum ClientCommand {
         consistency: Consistency,
         ids: Vec<(u32, u64)>,
         reply: LookupReply,
+    },
+    /// What became of each transfer id in `partition` (served linearizably by its leader).
+    LookupTransfers {
+        partition: u32,
+        ids: Vec<u128>,
+        reply: TransfersReply,
     },
     /// One page of an account's history from this replica's committed state (`from_seq` inclusive,
     /// `u64::MAX` = newest).
@@ -106,6 +115,7 @@ pub struct ShellHandles;
 impl Handles for ShellHandles {
     type Items = BatchPart;
     type Lookup = (Vec<u32>, LookupReply);
+    type Transfers = TransfersReply;
 }
 
 /// A `Persist` staged in the log, reported once the record at `position` is durable.
@@ -293,6 +303,9 @@ impl ReplicaShard {
                 let (slots, ids): (Vec<u32>, Vec<u64>) = ids.into_iter().unzip();
                 Command::Lookup { partition, consistency, ids, to: (slots, reply) }
             }
+            ClientCommand::LookupTransfers { partition, ids, reply } => {
+                Command::LookupTransfers { partition, ids, to: reply }
+            }
         };
         let writes = matches!(command, Command::Transfers { .. } | Command::CreateAccounts { .. });
         let started = Instant::now();
@@ -363,6 +376,7 @@ impl ReplicaShard {
                     Output::Lookup { to: (slots, reply), outcome } => {
                         reply(outcome.map(|accounts| slots.into_iter().zip(accounts).collect()))
                     }
+                    Output::Transfers { to, outcome } => to(outcome),
                     Output::Log { level, line } => log::log!(level, "{line}"),
                 }
             }

@@ -35,9 +35,12 @@
 //! | request 0 Transfers   | tag, count u32, `Transfer` wire layout (64 B) each                          |
 //! | request 1 CreateAcc.  | tag, count u32, `CreateAccount` wire layout (32 B) each                     |
 //! | request 2 Lookup      | tag, consistency, count u32, account ids u64                                |
+//! | request 3 LookupTrans.| tag, count u32, transfer ids u128 (always served linearizably)              |
 //! | consistency           | 0 Linearizable; 1 AtLeast, then seq u64; 2 Any                              |
 //! | reply 0 Results       | tag, count u32, `ItemResult` wire layout (16 B) each                        |
 //! | reply 1 Accounts      | tag, count u32, each: present bool, then `Account` wire layout (56 B)      |
+//! | reply 3 Transfers     | tag, count u32, each: present bool, then `TransferLookup` wire layout (96 B,|
+//! |                       | found or found without fields; absent = not found)                          |
 //! | reply 2 Error         | tag, `ErrorCode` u16, leader u64 (0 = unknown), message length u32 (at most |
 //! |                       | 256), UTF-8 bytes                                                           |
 //!
@@ -47,7 +50,9 @@
 
 use std::collections::BTreeSet;
 
-use net::protocol::{truncate_at_char_boundary, Consistency, ErrorCode, BATCH_ITEMS_MAX, ERROR_MESSAGE_BYTES_MAX};
+use net::protocol::{
+    truncate_at_char_boundary, Consistency, ErrorCode, TransferLookup, BATCH_ITEMS_MAX, ERROR_MESSAGE_BYTES_MAX,
+};
 use net::types::{Account, CreateAccount, ItemResult, Transfer};
 use raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, Message, MessageBody, Payload, RejectHint, Snapshot, SnapshotMeta,
@@ -62,7 +67,8 @@ const _: () = assert!(PEER_KIND_HELLO >= net::protocol::kind::PEER_MIN && PEER_K
 
 pub const HELLO_BYTES: usize = 8 + 2 + 8;
 /// Version of everything in this module; peers that differ refuse each other at the hello.
-pub const PEER_WIRE_VERSION: u16 = 1;
+/// Version 2 added the transfer lookup request and reply.
+pub const PEER_WIRE_VERSION: u16 = 2;
 
 /// What a connection's first frame says about the node that opened its side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +126,7 @@ const CONF_REMOVE: u8 = 2;
 const REQUEST_TRANSFERS: u8 = 0;
 const REQUEST_CREATE_ACCOUNTS: u8 = 1;
 const REQUEST_LOOKUP: u8 = 2;
+const REQUEST_LOOKUP_TRANSFERS: u8 = 3;
 
 const CONSISTENCY_LINEARIZABLE: u8 = 0;
 const CONSISTENCY_AT_LEAST: u8 = 1;
@@ -128,6 +135,7 @@ const CONSISTENCY_ANY: u8 = 2;
 const REPLY_RESULTS: u8 = 0;
 const REPLY_ACCOUNTS: u8 = 1;
 const REPLY_ERROR: u8 = 2;
+const REPLY_TRANSFERS: u8 = 3;
 
 /// One unit of node-to-node traffic; a batch body holds any mix of them.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,13 +175,22 @@ pub enum PeerItem {
 pub enum ForwardRequest {
     Transfers(Vec<Transfer>),
     CreateAccounts(Vec<CreateAccount>),
-    Lookup { consistency: Consistency, ids: Vec<u64> },
+    Lookup {
+        consistency: Consistency,
+        ids: Vec<u64>,
+    },
+    /// What became of each transfer id in this partition (read linearizably, like every transfer lookup).
+    LookupTransfers {
+        ids: Vec<u128>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ForwardReply {
     Results(Vec<ItemResult>),
     Accounts(Vec<Option<Account>>),
+    /// One per id asked, in order: `None` when the partition does not hold it; never `NotFound`.
+    Transfers(Vec<Option<TransferLookup>>),
     /// `code` is a `net::protocol::ErrorCode` number; message at most `ERROR_MESSAGE_BYTES_MAX` bytes
     /// (the encoder truncates a longer one at a character boundary).
     /// `leader`: for `NotLeader`, the node the answering replica believes leads (0 = unknown), so the
@@ -294,6 +311,7 @@ fn request_bytes(request: &ForwardRequest) -> usize {
                 let seq_bytes = if matches!(consistency, Consistency::AtLeast(_)) { 8 } else { 0 };
                 TAG_BYTES + seq_bytes + 4 + 8 * ids.len()
             }
+            ForwardRequest::LookupTransfers { ids } => 4 + 16 * ids.len(),
         }
 }
 
@@ -305,6 +323,12 @@ fn reply_bytes(reply: &ForwardReply) -> usize {
                 4 + accounts
                     .iter()
                     .map(|account| 1 + if account.is_some() { Account::WIRE_BYTES } else { 0 })
+                    .sum::<usize>()
+            }
+            ForwardReply::Transfers(found) => {
+                4 + found
+                    .iter()
+                    .map(|item| 1 + if item.is_some() { TransferLookup::WIRE_BYTES } else { 0 })
                     .sum::<usize>()
             }
             ForwardReply::Error { message, .. } => {
@@ -468,6 +492,11 @@ fn put_request(out: &mut Vec<u8>, request: &ForwardRequest) {
             put_count(out, ids.len(), ITEMS_PER_FORWARD_MAX);
             ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()));
         }
+        ForwardRequest::LookupTransfers { ids } => {
+            out.push(REQUEST_LOOKUP_TRANSFERS);
+            put_count(out, ids.len(), ITEMS_PER_FORWARD_MAX);
+            ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()));
+        }
     }
 }
 
@@ -491,6 +520,22 @@ fn put_reply(out: &mut Vec<u8>, reply: &ForwardReply) {
                     let start = out.len();
                     out.resize(start + Account::WIRE_BYTES, 0);
                     account.encode_into(&mut out[start..]);
+                }
+            }
+        }
+        ForwardReply::Transfers(found) => {
+            out.push(REPLY_TRANSFERS);
+            put_count(out, found.len(), ITEMS_PER_FORWARD_MAX);
+            for item in found {
+                out.push(u8::from(item.is_some()));
+                if let Some(item) = item {
+                    assert!(
+                        !matches!(item, TransferLookup::NotFound { .. }),
+                        "a transfer the partition does not hold travels as absent"
+                    );
+                    let start = out.len();
+                    out.resize(start + TransferLookup::WIRE_BYTES, 0);
+                    item.encode_into(&mut out[start..]);
                 }
             }
         }
@@ -653,6 +698,12 @@ fn read_request(reader: &mut Reader<'_>) -> Result<ForwardRequest, WireError> {
                 bytes.chunks_exact(8).map(|id| u64::from_le_bytes(id.try_into().expect("8-byte chunk"))).collect();
             Ok(ForwardRequest::Lookup { consistency, ids })
         }
+        REQUEST_LOOKUP_TRANSFERS => {
+            let bytes = reader.fixed_items("transfer lookup ids", 16)?;
+            let ids =
+                bytes.chunks_exact(16).map(|id| u128::from_le_bytes(id.try_into().expect("16-byte chunk"))).collect();
+            Ok(ForwardRequest::LookupTransfers { ids })
+        }
         tag => Err(WireError::UnknownTag { what: "forward request", tag: tag.into() }),
     }
 }
@@ -678,6 +729,25 @@ fn read_reply(reader: &mut Reader<'_>) -> Result<ForwardReply, WireError> {
                 accounts.push(account);
             }
             Ok(ForwardReply::Accounts(accounts))
+        }
+        REPLY_TRANSFERS => {
+            let count = reader.count("transfer lookups", ITEMS_PER_FORWARD_MAX, 1)?;
+            let mut found = Vec::with_capacity(count);
+            for _ in 0..count {
+                if !reader.bool()? {
+                    found.push(None);
+                    continue;
+                }
+                match TransferLookup::decode(reader.take(TransferLookup::WIRE_BYTES)?) {
+                    Ok(TransferLookup::NotFound { .. }) => {
+                        return Err(WireError::Invalid("a present transfer lookup says not found"))
+                    }
+                    Ok(item) => found.push(Some(item)),
+                    Err(net::protocol::ProtocolError::Malformed(why)) => return Err(WireError::Invalid(why)),
+                    Err(_) => return Err(WireError::Invalid("malformed transfer lookup")),
+                }
+            }
+            Ok(ForwardReply::Transfers(found))
         }
         REPLY_ERROR => {
             let code = reader.u16()?;
@@ -898,6 +968,19 @@ mod tests {
             prop::collection::vec(create_account, 0..8).prop_map(ForwardRequest::CreateAccounts),
             (consistency, prop::collection::vec(any::<u64>(), 0..8))
                 .prop_map(|(consistency, ids)| ForwardRequest::Lookup { consistency, ids }),
+            prop::collection::vec(any::<u128>(), 0..8).prop_map(|ids| ForwardRequest::LookupTransfers { ids }),
+        ]
+    }
+
+    fn arb_transfer_lookup() -> impl Strategy<Value = TransferLookup> {
+        let code = (0..ResultCode::ALL.len()).prop_map(|i| ResultCode::ALL[i]);
+        prop_oneof![
+            (arb_transfer(), code.clone(), any::<u64>(), any::<u64>()).prop_map(
+                |(transfer, code, seq, timestamp_ns)| TransferLookup::Found { transfer, code, seq, timestamp_ns }
+            ),
+            (any::<u128>(), code, any::<u64>(), any::<u64>()).prop_map(|(id, code, seq, timestamp_ns)| {
+                TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns }
+            }),
         ]
     }
 
@@ -908,6 +991,7 @@ mod tests {
         prop_oneof![
             prop::collection::vec(result, 0..8).prop_map(ForwardReply::Results),
             prop::collection::vec(prop::option::of(arb_account()), 0..8).prop_map(ForwardReply::Accounts),
+            prop::collection::vec(prop::option::of(arb_transfer_lookup()), 0..8).prop_map(ForwardReply::Transfers),
             ((0..ErrorCode::ALL.len()), any::<u64>(), "[a-zé€ ]{0,40}").prop_map(|(i, leader, message)| {
                 ForwardReply::Error { code: ErrorCode::ALL[i] as u16, leader, message }
             }),
@@ -1005,6 +1089,12 @@ mod tests {
                 partition: 3,
                 request: ForwardRequest::Lookup { consistency: Consistency::AtLeast(17), ids: vec![5, 6] },
             },
+            PeerItem::Forward {
+                request_id: 5,
+                from_node: 2,
+                partition: 3,
+                request: ForwardRequest::LookupTransfers { ids: vec![1 << 80, u128::MAX] },
+            },
             PeerItem::ForwardReply {
                 request_id: 1,
                 partition: 3,
@@ -1014,6 +1104,20 @@ mod tests {
                 request_id: 3,
                 partition: 3,
                 reply: ForwardReply::Accounts(vec![Some(account), None]),
+            },
+            PeerItem::ForwardReply {
+                request_id: 5,
+                partition: 3,
+                reply: ForwardReply::Transfers(vec![
+                    Some(TransferLookup::Found {
+                        transfer: Transfer { id: 1 << 80, amount: 5, ..Transfer::default() },
+                        code: ResultCode::InsufficientFunds,
+                        seq: 9,
+                        timestamp_ns: 17,
+                    }),
+                    None,
+                    Some(TransferLookup::FoundWithoutFields { id: 3, code: ResultCode::Ok, seq: 2, timestamp_ns: 5 }),
+                ]),
             },
             PeerItem::ForwardReply {
                 request_id: 4,

@@ -20,6 +20,10 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.audit.linearizable_reads += stats.audit.linearizable_reads;
                 total.audit.retries += stats.audit.retries;
                 total.audit.ids_expired += stats.audit.ids_expired;
+                total.audit.transfer_lookups_checked += stats.audit.transfer_lookups_checked;
+                total.audit.transfer_lookups_with_fields += stats.audit.transfer_lookups_with_fields;
+                total.audit.transfer_lookups_without_fields += stats.audit.transfer_lookups_without_fields;
+                total.audit.transfer_lookups_required += stats.audit.transfer_lookups_required;
                 total.crashes += stats.crashes;
                 total.wipes += stats.wipes;
                 total.snapshots_installed += stats.snapshots_installed;
@@ -33,6 +37,11 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     // The net must have been cast: faults happened and the workload made progress through them.
     assert!(total.audit.transfers_acked > seeds * 20, "too few transfers acknowledged: {total:?}");
     assert!(total.audit.linearizable_reads > seeds, "too few linearizable reads checked: {total:?}");
+    // Transfer lookups: acknowledged outcomes were required and found, with and without their fields
+    // (the serving replica's log compacted past the event).
+    assert!(total.audit.transfer_lookups_required > seeds * 5, "too few acknowledged transfers looked up: {total:?}");
+    assert!(total.audit.transfer_lookups_with_fields > seeds, "too few transfers found with fields: {total:?}");
+    assert!(total.audit.transfer_lookups_without_fields > 0, "no lookup met a compacted log: {total:?}");
     assert!(total.crashes > seeds / 4, "too few crashes: {total:?}");
     assert!(total.wipes > 0, "no node ever lost its data and rejoined: {total:?}");
     assert!(total.snapshots_installed > 0, "no snapshot was ever installed: {total:?}");

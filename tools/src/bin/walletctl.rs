@@ -436,6 +436,14 @@ fn show_transfer(cli: &Cli, registry: &CurrencyRegistry, id: u128) -> Result<i32
             }
             Ok(exit::OK)
         }
+        Some(TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns }) => {
+            if cli.json {
+                println!("{}", output::transfer_outcome_json(*id, *code, *seq, *timestamp_ns));
+            } else {
+                println!("{}", output::transfer_outcome_text(*id, *code, *seq, *timestamp_ns));
+            }
+            Ok(exit::OK)
+        }
         _ => Err(Failure(
             exit::REJECTED,
             format!("transfer {id:032x} not found (never decided, or older than the idempotency window)"),

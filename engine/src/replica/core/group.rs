@@ -9,6 +9,7 @@ use raft::{ConfState, Entry, Message, MessageBody, Payload, RawNode, Role};
 
 use super::reads::PendingRead;
 use super::rejoin::{Recovery, RejoinMarker};
+use super::routing::{Parked, Request, Trip};
 use super::{Batch, GroupInit, GroupStatus, Handles, ItemsTo, Now, Persist, ReplicaStorage, Sink};
 use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::error::EngineError;
@@ -21,7 +22,19 @@ use crate::shard::RECORD_PAYLOAD_BYTES_MAX;
 pub(super) struct Owed<H: Handles> {
     pub index: u64,
     pub term: u64,
-    pub answers: Vec<(ItemsTo<H>, Vec<ItemResult>)>,
+    pub answers: Vec<Answer<H>>,
+}
+
+/// The results a decided batch will be answered with once its entry commits. A batch of this node's
+/// own client keeps its items and trip (`retry`, moved here, never copied): should this replica stop
+/// leading before the entry commits as proposed, the batch is routed again, to wherever the partition
+/// is now led, instead of being refused `NotLeader`. That is safe because its ids are idempotency
+/// keys: if the entry did commit, the new leader answers its outcome. A forwarded batch needs no
+/// copy: its forwarding node routes it again on `NotLeader`.
+pub(super) struct Answer<H: Handles> {
+    pub to: ItemsTo<H>,
+    pub results: Vec<ItemResult>,
+    pub retry: Option<(Batch, Trip)>,
 }
 
 pub(super) struct Group<S: ReplicaStorage, H: Handles> {
@@ -34,7 +47,10 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     /// The speculative state took effects that never reached the log (a refused proposal): rebuild it.
     pub speculative_stale: bool,
     pub buffer: EventBuffer,
-    pub round_answers: Vec<(ItemsTo<H>, Vec<ItemResult>)>,
+    pub round_answers: Vec<Answer<H>>,
+    /// Batches of this node's clients this replica decided and then could not commit as leader, to be
+    /// routed again by the core (see [`Answer`]).
+    pub handed_back: Vec<Parked<H>>,
     pub owed: VecDeque<Owed<H>>,
     pub applied_index: u64,
     pub last_snapshot_index: u64,
@@ -125,6 +141,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             speculative_stale: false,
             buffer: EventBuffer::new(),
             round_answers: Vec::new(),
+            handed_back: Vec::new(),
             owed: VecDeque::new(),
             applied_index: snapshot.meta.index,
             last_snapshot_index: snapshot.meta.index,
@@ -174,7 +191,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     }
 
     /// Validates a batch against the speculative state and collects its events for this round's entry.
-    pub fn execute(&mut self, now: Now, batch: Batch, to: ItemsTo<H>, sink: &mut Sink<H>) {
+    /// `trip`: for a batch of this node's own client, its journey so far (see [`Answer`]).
+    pub fn execute(&mut self, now: Now, batch: Batch, to: ItemsTo<H>, trip: Option<Trip>, sink: &mut Sink<H>) {
+        assert_eq!(trip.is_some(), matches!(to, ItemsTo::Local(_)), "only a local batch is routed again");
         if self.speculative_stale {
             // The proposal just made was refused: the speculative state holds effects the log lacks,
             // so nothing may be decided against it until it is rebuilt.
@@ -191,7 +210,20 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             Batch::Accounts(items) => state.execute_create_accounts(now.wall_ns, items, &mut self.buffer, &mut results),
         }
         assert_eq!(results.len(), batch.len(), "one result per item");
-        self.round_answers.push((to, results));
+        self.round_answers.push(Answer { to, results, retry: trip.map(|trip| (batch, trip)) });
+    }
+
+    /// Refuses a decided batch whose entry will not commit as proposed here: `NotLeader` for this
+    /// node's own client routes the batch again instead (see [`Answer`]); anything else answers `error`.
+    fn refuse(&mut self, answer: Answer<H>, error: &EngineError, sink: &mut Sink<H>) {
+        match (answer.to, answer.retry, error) {
+            (ItemsTo::Local(to), Some((batch, trip)), EngineError::NotLeader { .. }) => {
+                let trip = Trip { hops: trip.hops + 1, ..trip };
+                let request = Request::Items { batch, to };
+                self.handed_back.push(Parked { partition: self.partition, request, trip, not_before_ms: 0, to: None });
+            }
+            (to, _, error) => sink.items(to, Err(error.clone())),
+        }
     }
 
     /// Proposes the round's events as one entry, and files its answers behind it.
@@ -213,8 +245,8 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         self.buffer.clear();
         match outcome {
             Ok((index, _)) if index <= self.applied_index || sink.planted.answer_before_commit => {
-                for (to, results) in answers {
-                    sink.items(to, Ok(results));
+                for answer in answers {
+                    sink.items(answer.to, Ok(answer.results));
                 }
             }
             Ok((index, term)) => {
@@ -245,8 +277,8 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                         EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition))
                     }
                 };
-                for (to, _) in answers {
-                    sink.items(to, Err(error.clone()));
+                for answer in answers {
+                    self.refuse(answer, &error, sink);
                 }
             }
         }
@@ -323,7 +355,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             for context in ready.dropped_reads {
                 if let Some(read) = self.read_index_waits.remove(&context) {
                     let error = EngineError::NotLeader { partition: self.partition, leader: None };
-                    sink.lookup(read.to, Err(error));
+                    read.read.fail(sink, error);
                 }
             }
         }
@@ -373,11 +405,12 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
             let owed = self.owed.pop_front().expect("front exists");
             let committed_as_proposed = owed.index < entry.index || owed.term == entry.term;
-            for (to, results) in owed.answers {
+            for answer in owed.answers {
                 if committed_as_proposed {
-                    sink.items(to, Ok(results));
+                    sink.items(answer.to, Ok(answer.results));
                 } else {
-                    sink.items(to, Err(self.not_leader()));
+                    let error = self.not_leader();
+                    self.refuse(answer, &error, sink);
                 }
             }
         }
@@ -492,20 +525,20 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     /// Fails everything only a leader can answer: owed and collected batches (their events are
     /// dropped), linearizable reads.
     fn fail_leader_waits(&mut self, sink: &mut Sink<H>, error: &EngineError) {
-        for owed in self.owed.drain(..) {
-            for (to, _) in owed.answers {
-                sink.items(to, Err(error.clone()));
+        for owed in std::mem::take(&mut self.owed) {
+            for answer in owed.answers {
+                self.refuse(answer, error, sink);
             }
         }
-        for (to, _) in self.round_answers.drain(..) {
-            sink.items(to, Err(error.clone()));
+        for answer in std::mem::take(&mut self.round_answers) {
+            self.refuse(answer, error, sink);
         }
         self.buffer.clear();
         for (_, read) in std::mem::take(&mut self.read_index_waits) {
-            sink.lookup(read.to, Err(error.clone()));
+            read.read.fail(sink, error.clone());
         }
         for (_, read) in self.index_waits.drain(..) {
-            sink.lookup(read.to, Err(error.clone()));
+            read.read.fail(sink, error.clone());
         }
     }
 
@@ -513,7 +546,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     pub fn fail_everything_waiting(&mut self, sink: &mut Sink<H>, error: &EngineError) {
         self.fail_leader_waits(sink, error);
         for (_, read) in self.seq_waits.drain(..) {
-            sink.lookup(read.to, Err(error.clone()));
+            read.read.fail(sink, error.clone());
         }
     }
 

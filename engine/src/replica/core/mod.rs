@@ -29,7 +29,7 @@ mod routing;
 
 use std::collections::{BTreeMap, HashMap};
 
-use net::protocol::Consistency;
+use net::protocol::{Consistency, TransferLookup};
 use net::types::{Account, CreateAccount, ItemResult, Transfer};
 use raft::{Entry, HardState, Snapshot, StorageError};
 
@@ -40,6 +40,7 @@ use crate::replica::wire::{ForwardReply, PeerItem};
 
 pub use group::initial_conf_state;
 use group::Group;
+pub(crate) use reads::Read;
 pub use rejoin::RejoinMarker;
 use routing::{Forwarded, Parked, Request, Trip};
 
@@ -66,10 +67,12 @@ pub trait ReplicaStorage: raft::Storage {
 }
 
 /// What the caller's answer handles are: `Items` answers a batch of transfers or account creations,
-/// `Lookup` a lookup (with accounts in the order of the ids asked).
+/// `Lookup` a lookup (with accounts in the order of the ids asked), `Transfers` a transfer lookup of one
+/// partition (with what became of each id, in the order asked).
 pub trait Handles {
     type Items;
     type Lookup;
+    type Transfers;
 }
 
 /// One Ready's writes, in the order they must reach the disk: snapshot, entries, hard state. Once
@@ -114,6 +117,12 @@ pub enum Output<H: Handles> {
         to: H::Lookup,
         outcome: Result<Vec<Option<Account>>, EngineError>,
     },
+    /// One per id asked: `None` when this partition holds no decision for it (never decided here, or
+    /// older than the window); never `TransferLookup::NotFound`.
+    Transfers {
+        to: H::Transfers,
+        outcome: Result<Vec<Option<TransferLookup>>, EngineError>,
+    },
     /// A line for the operator's log, at `level` (the shell hands it to the logger, which adds the time).
     Log {
         level: log::Level,
@@ -122,11 +131,14 @@ pub enum Output<H: Handles> {
 }
 
 /// Client commands the core serves (status and history are queries: [`ReplicaCore::status`],
-/// [`ReplicaCore::history`]).
+/// [`ReplicaCore::history`]). `LookupTransfers` asks what became of each transfer id in `partition`,
+/// always linearizably (the leader's committed state after a ReadIndex round), like a linearizable
+/// account lookup.
 pub enum Command<H: Handles> {
     Transfers { partition: u32, items: Vec<Transfer>, to: H::Items },
     CreateAccounts { partition: u32, items: Vec<CreateAccount>, to: H::Items },
     Lookup { partition: u32, consistency: Consistency, ids: Vec<u64>, to: H::Lookup },
+    LookupTransfers { partition: u32, ids: Vec<u128>, to: H::Transfers },
 }
 
 /// One partition's replication state as this node sees it.
@@ -230,12 +242,19 @@ impl<H: Handles> Sink<H> {
 
     fn lookup(&mut self, to: LookupTo<H>, outcome: Result<Vec<Option<Account>>, EngineError>) {
         match to {
-            LookupTo::Local(to) => self.outputs.push(Output::Lookup { to, outcome }),
-            LookupTo::Remote { node, request_id, partition } => {
-                let reply = match outcome {
-                    Ok(accounts) => ForwardReply::Accounts(accounts),
-                    Err(error) => error_reply(&error),
-                };
+            AnswerTo::Local(to) => self.outputs.push(Output::Lookup { to, outcome }),
+            AnswerTo::Remote { node, request_id, partition } => {
+                let reply = outcome.map_or_else(|error| error_reply(&error), ForwardReply::Accounts);
+                self.send(node, PeerItem::ForwardReply { request_id, partition, reply });
+            }
+        }
+    }
+
+    fn transfers(&mut self, to: TransfersTo<H>, outcome: Result<Vec<Option<TransferLookup>>, EngineError>) {
+        match to {
+            AnswerTo::Local(to) => self.outputs.push(Output::Transfers { to, outcome }),
+            AnswerTo::Remote { node, request_id, partition } => {
+                let reply = outcome.map_or_else(|error| error_reply(&error), ForwardReply::Transfers);
                 self.send(node, PeerItem::ForwardReply { request_id, partition, reply });
             }
         }
@@ -248,11 +267,17 @@ pub(crate) enum ItemsTo<H: Handles> {
     Remote { node: u64, request_id: u64, partition: u32 },
 }
 
-/// Where the answer for a lookup goes.
-pub(crate) enum LookupTo<H: Handles> {
-    Local(H::Lookup),
+/// Where a read's answer goes: this node's client (`T` is the caller's handle), or the node that
+/// forwarded the read.
+pub(crate) enum AnswerTo<T> {
+    Local(T),
     Remote { node: u64, request_id: u64, partition: u32 },
 }
+
+/// Where the answer for an account lookup goes.
+pub(crate) type LookupTo<H> = AnswerTo<<H as Handles>::Lookup>;
+/// Where the answer for a transfer lookup goes.
+pub(crate) type TransfersTo<H> = AnswerTo<<H as Handles>::Transfers>;
 
 pub struct ReplicaCore<S: ReplicaStorage, H: Handles> {
     shard: u32,
@@ -405,10 +430,15 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 match self.group_of.get(&partition).copied() {
                     // Any replica serves these from its own committed state.
                     Some(slot) if consistency != Consistency::Linearizable && self.failed.is_none() => {
-                        self.lookup(now, slot, consistency, ids, LookupTo::Local(to))
+                        self.read(now, slot, consistency, Read::Accounts { ids, to: AnswerTo::Local(to) })
                     }
                     _ => self.route(now, partition, Request::Lookup { consistency, ids, to }, trip),
                 }
+                n
+            }
+            Command::LookupTransfers { partition, ids, to } => {
+                let n = ids.len();
+                self.route(now, partition, Request::TransferLookup { ids, to }, trip);
                 n
             }
         }
@@ -551,6 +581,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         for group in &mut self.groups {
             group.fail_everything_waiting(&mut self.sink, &error);
         }
+        self.take_handed_back();
         for (_, forwarded) in std::mem::take(&mut self.forwarded) {
             forwarded.request.fail(&mut self.sink, error.clone());
         }
@@ -580,11 +611,11 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     }
 
     /// Leader path: validate against the speculative state and collect the events of this round.
-    fn execute(&mut self, now: Now, slot: usize, batch: Batch, to: ItemsTo<H>) {
+    fn execute(&mut self, now: Now, slot: usize, batch: Batch, to: ItemsTo<H>, trip: Option<Trip>) {
         if self.groups[slot].buffer.event_count() as usize + batch.len() > crate::shard::RECORD_EVENTS_MAX {
             self.propose(slot);
         }
-        self.groups[slot].execute(now, batch, to, &mut self.sink);
+        self.groups[slot].execute(now, batch, to, trip, &mut self.sink);
     }
 
     fn propose(&mut self, slot: usize) {

@@ -14,21 +14,34 @@
 use crate::metrics::{self, ForwardOutcome};
 use net::protocol::{Consistency, ErrorCode};
 
-use super::{Batch, Handles, ItemsTo, LookupTo, Now, ReplicaCore, ReplicaStorage, Sink};
+use super::{AnswerTo, Batch, Handles, ItemsTo, Now, Read, ReplicaCore, ReplicaStorage, Sink};
 use crate::error::EngineError;
 use crate::replica::wire::{ForwardReply, ForwardRequest, PeerItem};
 
 /// A client request this shard cannot serve itself yet, with whoever waits for its answer.
 pub(super) enum Request<H: Handles> {
-    Items { batch: Batch, to: H::Items },
-    Lookup { consistency: Consistency, ids: Vec<u64>, to: H::Lookup },
+    Items {
+        batch: Batch,
+        to: H::Items,
+    },
+    Lookup {
+        consistency: Consistency,
+        ids: Vec<u64>,
+        to: H::Lookup,
+    },
+    /// Always linearizable: served by the partition's leader.
+    TransferLookup {
+        ids: Vec<u128>,
+        to: H::Transfers,
+    },
 }
 
 impl<H: Handles> Request<H> {
     pub fn fail(self, sink: &mut Sink<H>, error: EngineError) {
         match self {
             Request::Items { to, .. } => sink.items(ItemsTo::Local(to), Err(error)),
-            Request::Lookup { to, .. } => sink.lookup(LookupTo::Local(to), Err(error)),
+            Request::Lookup { to, .. } => sink.lookup(AnswerTo::Local(to), Err(error)),
+            Request::TransferLookup { to, .. } => sink.transfers(AnswerTo::Local(to), Err(error)),
         }
     }
 
@@ -40,6 +53,7 @@ impl<H: Handles> Request<H> {
             Request::Lookup { consistency, ids, .. } => {
                 ForwardRequest::Lookup { consistency: *consistency, ids: ids.clone() }
             }
+            Request::TransferLookup { ids, .. } => ForwardRequest::LookupTransfers { ids: ids.clone() },
         }
     }
 }
@@ -91,9 +105,13 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         let group = &self.groups[slot];
         if group.may_decide() {
             return match request {
-                Request::Items { batch, to } => self.execute(now, slot, batch, ItemsTo::Local(to)),
+                Request::Items { batch, to } => self.execute(now, slot, batch, ItemsTo::Local(to), Some(trip)),
                 Request::Lookup { consistency, ids, to } => {
-                    self.lookup(now, slot, consistency, ids, LookupTo::Local(to))
+                    self.read(now, slot, consistency, Read::Accounts { ids, to: AnswerTo::Local(to) })
+                }
+                Request::TransferLookup { ids, to } => {
+                    let read = Read::Transfers { ids, wall_ns: now.wall_ns, to: AnswerTo::Local(to) };
+                    self.read(now, slot, Consistency::Linearizable, read)
                 }
             };
         }
@@ -107,6 +125,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
 
     /// Routes parked requests again once their partition has a leader; fails those that waited too long.
     pub(super) fn retry_parked(&mut self, now: Now) {
+        self.take_handed_back();
         if self.parked.is_empty() {
             return;
         }
@@ -131,6 +150,14 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             } else {
                 self.route(now, parked.partition, parked.request, parked.trip);
             }
+        }
+    }
+
+    /// Parks the batches of this node's clients that its replicas decided and then could not commit
+    /// as leader (see `group::Answer`): they are routed again like any parked request.
+    pub(super) fn take_handed_back(&mut self) {
+        for group in &mut self.groups {
+            self.parked.append(&mut group.handed_back);
         }
     }
 
@@ -249,7 +276,14 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             }
             (Request::Lookup { ids, to, .. }, ForwardReply::Accounts(accounts)) if accounts.len() == ids.len() => {
                 metrics::count_forward(ForwardOutcome::Answered);
-                self.sink.lookup(LookupTo::Local(to), Ok(accounts))
+                self.sink.lookup(AnswerTo::Local(to), Ok(accounts))
+            }
+            (Request::TransferLookup { ids, to }, ForwardReply::Transfers(found))
+                if found.len() == ids.len()
+                    && found.iter().zip(&ids).all(|(item, &id)| item.as_ref().is_none_or(|item| item.id() == id)) =>
+            {
+                metrics::count_forward(ForwardOutcome::Answered);
+                self.sink.transfers(AnswerTo::Local(to), Ok(found))
             }
             (request, ForwardReply::Error { code, message, .. }) => {
                 metrics::count_forward(ForwardOutcome::Failed);
@@ -279,11 +313,15 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 let leader = group.raw.lead_transferee().or(group.leader);
                 self.sink.items(remote, Err(EngineError::NotLeader { partition, leader }))
             }
-            ForwardRequest::Transfers(items) => self.execute(now, slot, Batch::Transfers(items), remote),
-            ForwardRequest::CreateAccounts(items) => self.execute(now, slot, Batch::Accounts(items), remote),
+            ForwardRequest::Transfers(items) => self.execute(now, slot, Batch::Transfers(items), remote, None),
+            ForwardRequest::CreateAccounts(items) => self.execute(now, slot, Batch::Accounts(items), remote, None),
             ForwardRequest::Lookup { consistency, ids } => {
-                let to = LookupTo::Remote { node: from, request_id, partition };
-                self.lookup(now, slot, consistency, ids, to);
+                let to = AnswerTo::Remote { node: from, request_id, partition };
+                self.read(now, slot, consistency, Read::Accounts { ids, to });
+            }
+            ForwardRequest::LookupTransfers { ids } => {
+                let to = AnswerTo::Remote { node: from, request_id, partition };
+                self.read(now, slot, Consistency::Linearizable, Read::Transfers { ids, wall_ns: now.wall_ns, to });
             }
         }
     }

@@ -11,13 +11,17 @@
 //! - reads: every account returned is a state the model passed through; a `linearizable` read reflects
 //!   every write acknowledged before it was sent, an `at_least(seq)` read every acknowledged write up to
 //!   `seq`;
+//! - transfer lookups (always linearizable): every transfer found is the committed log's event at the
+//!   answered seq with the answered code (and, when the fields are given, the logged fields); a transfer
+//!   whose outcome was acknowledged before the lookup was sent, and that is surely inside the window, is
+//!   found with that outcome and seq; an id never sent is never found;
 //! - after faults stop: every request is answered, and a fresh transfer per partition succeeds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use engine::error::EngineError;
 use engine::event::{EventBatchView, EventBody};
-use net::protocol::{Consistency, ErrorCode};
+use net::protocol::{Consistency, ErrorCode, TransferLookup};
 use net::types::{partition_of, Account, CreateAccount, ItemResult, ResultCode, Transfer, ACCOUNT_FLAG_EXTERNAL};
 use raft::{Entry, Payload};
 
@@ -32,6 +36,8 @@ const EXTERNAL_PER_PARTITION: usize = 2;
 /// Ordinary accounts created later, at most, per partition (new ids keep the id table honest).
 const EXTRA_ACCOUNTS_PER_PARTITION_MAX: usize = 6;
 const RETRY_BACKOFF_MS_MAX: u64 = 30;
+/// Transfer counters at or above this are never sent: a lookup of such an id must find nothing.
+const NEVER_SENT_COUNTER_MIN: u64 = 1 << 60;
 
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -49,6 +55,12 @@ pub enum Op {
         consistency: Consistency,
         ids: Vec<u64>,
         required: Vec<u64>,
+    },
+    /// `required[i]`: the outcome (code, seq) acknowledged for `ids[i]` before the lookup was sent.
+    LookupTransfers {
+        partition: u32,
+        ids: Vec<u128>,
+        required: Vec<Option<(ResultCode, u64)>>,
     },
 }
 
@@ -87,6 +99,10 @@ struct Model {
     history: HashMap<u64, Vec<(u64, i64)>>,
     /// Seqs of acknowledged writes, for `at_least` reads.
     acked_seqs: Vec<u64>,
+    /// The transfer each committed transfer event (posted or rejected) records, by seq.
+    transfers: HashMap<u64, Transfer>,
+    /// Ids of transfers whose recorded outcome was acknowledged, in acknowledgement order.
+    acked_transfer_ids: Vec<u128>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -101,6 +117,22 @@ pub struct AuditStats {
     pub entries_applied: u64,
     /// Items answered `id_expired`: retries of ids the partition had already forgotten.
     pub ids_expired: u64,
+    /// Transfer ids looked up and checked; of those, found with their fields, found without them (the
+    /// serving replica's log was compacted past the event), and required to be found.
+    pub transfer_lookups_checked: u64,
+    pub transfer_lookups_with_fields: u64,
+    pub transfer_lookups_without_fields: u64,
+    pub transfer_lookups_required: u64,
+}
+
+/// What the auditor knows of the nodes' clocks, to tell which ids are surely inside the window.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowView {
+    pub idempotency_window_ms: u64,
+    /// A node's wall clock runs at most this far ahead of the clients' at start...
+    pub clock_spread_ms_max: u64,
+    /// ...and gains at most this many parts per million of simulated time after.
+    pub clock_drift_ppm_max: u64,
 }
 
 pub struct Auditor {
@@ -127,6 +159,10 @@ pub struct Auditor {
     sent_transfers: Vec<Transfer>,
     /// Requests whose error answers are kept (the failover episode's), with the error once answered.
     watched: HashMap<u64, Option<String>>,
+    /// Acknowledged outcome (partition, code, seq) of every transfer id whose outcome the partition
+    /// records in its id table (the first one acknowledged; later answers must repeat it).
+    decided: HashMap<u128, (u32, ResultCode, u64)>,
+    window: WindowView,
     pub stats: AuditStats,
     /// Prints every answer and retry (`REPLICA_SIM_VERBOSE`).
     verbose: bool,
@@ -138,7 +174,7 @@ fn transfer_id(now_ms: u64, counter: u64) -> u128 {
 }
 
 impl Auditor {
-    pub fn new(partitions: u32) -> Auditor {
+    pub fn new(partitions: u32, window: WindowView) -> Auditor {
         let mut auditor = Auditor {
             partitions,
             accounts: vec![Vec::new(); partitions as usize],
@@ -155,6 +191,8 @@ impl Auditor {
             seeded: vec![false; partitions as usize],
             sent_transfers: Vec::new(),
             watched: HashMap::new(),
+            decided: HashMap::new(),
+            window,
             stats: AuditStats::default(),
             verbose: std::env::var_os("REPLICA_SIM_VERBOSE").is_some(),
         };
@@ -324,6 +362,8 @@ impl Auditor {
                 CreateAccount { id, ledger: LEDGER, flags, user_data }
             };
             Op::Accounts { partition, items: vec![item] }
+        } else if roll < 75 {
+            self.transfer_lookup(now_ms, rng, partition)
         } else {
             let count = 1 + rng.below(3) as usize;
             let ids: Vec<u64> = (0..count).map(|_| pick(rng)).collect();
@@ -349,6 +389,34 @@ impl Auditor {
             Op::Lookup { partition, consistency, ids, required }
         };
         Some(self.send(node, op, 0))
+    }
+
+    /// A lookup of transfer ids in `partition`: mostly ids whose outcome was acknowledged, some ids
+    /// sent but perhaps not decided (or decided in another partition), some never sent.
+    fn transfer_lookup(&mut self, now_ms: u64, rng: &mut Rng, partition: u32) -> Op {
+        let count = 1 + rng.below(4) as usize;
+        let acked = &self.models[partition as usize].acked_transfer_ids;
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = match rng.below(10) {
+                0 => transfer_id(now_ms, NEVER_SENT_COUNTER_MIN + rng.below(1 << 20)),
+                1..=2 if !self.sent_transfers.is_empty() => {
+                    self.sent_transfers[rng.below(self.sent_transfers.len() as u64) as usize].id
+                }
+                _ if !acked.is_empty() => {
+                    // The newest half more often: those are surely inside the window.
+                    let from = if rng.chance(500) { acked.len() / 2 } else { 0 };
+                    acked[from + rng.below((acked.len() - from) as u64) as usize]
+                }
+                _ => transfer_id(now_ms, NEVER_SENT_COUNTER_MIN + rng.below(1 << 20)),
+            };
+            ids.push(id);
+        }
+        let required = ids
+            .iter()
+            .map(|id| self.decided.get(id).filter(|(p, _, _)| *p == partition).map(|&(_, code, seq)| (code, seq)))
+            .collect();
+        Op::LookupTransfers { partition, ids, required }
     }
 
     /// A fresh transfer of `partition` between its seed accounts, sent to `node` (the failover
@@ -464,7 +532,9 @@ impl Auditor {
                 (*partition, items.iter().map(|t| (t.id, Some((t.debit_account_id, t.credit_account_id)))).collect())
             }
             Op::Accounts { partition, items } => (*partition, items.iter().map(|a| (u128::from(a.id), None)).collect()),
-            Op::Lookup { .. } => return Err(format!("node {node} answered lookup {handle} with item results")),
+            Op::Lookup { .. } | Op::LookupTransfers { .. } => {
+                return Err(format!("node {node} answered lookup {handle} with item results"))
+            }
         };
         if results.len() != ids.len() {
             return Err(format!("node {node}: {} results for {} items (request {handle})", results.len(), ids.len()));
@@ -496,6 +566,25 @@ impl Auditor {
                 }
             }
             self.stats.ids_expired += u64::from(result.code == ResultCode::IdExpired);
+            // The outcomes the id table records (see `TransferDecision`): a lookup must find them.
+            let recorded = ![ResultCode::IdExpired, ResultCode::ExistsWithDifferentFields, ResultCode::IdFromFuture]
+                .contains(&result.code);
+            if accounts.is_some() && recorded {
+                match self.decided.get(id) {
+                    None => {
+                        self.decided.insert(*id, (partition, result.code, result.seq));
+                        model.acked_transfer_ids.push(*id);
+                    }
+                    Some(&(p, code, seq)) if (p, code, seq) != (partition, result.code, result.seq) => {
+                        return Err(format!(
+                            "node {node} answered transfer {id:#x} with {:?} at seq {} of partition {partition}; \
+                             it was answered {code:?} at seq {seq} of partition {p} before",
+                            result.code, result.seq
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
             if result.code == ResultCode::Ok {
                 model.acked_seqs.push(result.seq);
                 match accounts {
@@ -566,6 +655,96 @@ impl Auditor {
                      had ({at:?})",
                     account.balance, account.last_seq
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An answer to the transfer lookup `handle`, from `node`.
+    pub fn transfers_answer(
+        &mut self,
+        node: u64,
+        handle: u64,
+        outcome: Result<Vec<Option<TransferLookup>>, EngineError>,
+        now_ms: u64,
+        rng: &mut Rng,
+    ) -> Result<(), Violation> {
+        let pending = self.take_pending(node, handle)?;
+        if self.verbose {
+            eprintln!("[auditor] node {node} answers {:?} with {outcome:?}", pending.op);
+        }
+        let found = match outcome {
+            Ok(found) => found,
+            Err(error) => return self.failed(pending, error, now_ms, rng),
+        };
+        let Op::LookupTransfers { partition, ids, required } = &pending.op else {
+            return Err(format!("node {node} answered request {handle} with transfer lookups"));
+        };
+        if found.len() != ids.len() {
+            return Err(format!(
+                "node {node}: {} transfer lookups for {} ids (request {handle})",
+                found.len(),
+                ids.len()
+            ));
+        }
+        // A node's clock may run ahead of the clients' (which made the ids) by its spread plus drift:
+        // an id is surely inside the window only while younger than the window less that lead.
+        let lead_ms = self.window.clock_spread_ms_max + now_ms * self.window.clock_drift_ppm_max / 1_000_000 + 20;
+        let model = &self.models[*partition as usize];
+        for ((item, &id), required) in found.iter().zip(ids).zip(required) {
+            self.stats.transfer_lookups_checked += 1;
+            let counter = (id & ((1 << 80) - 1)) as u64;
+            let created_ms = ((id >> 80) as u64).saturating_sub(super::CLIENT_WALL_EPOCH_MS);
+            let young = now_ms.saturating_sub(created_ms) + lead_ms < self.window.idempotency_window_ms;
+            let Some(item) = item else {
+                if let (Some((code, seq)), true) = (required, young) {
+                    return Err(format!(
+                        "node {node}: lookup of transfer {id:#x} in partition {partition} (request {handle}) found \
+                         nothing, but its outcome {code:?} at seq {seq} was acknowledged before the lookup was sent"
+                    ));
+                }
+                continue;
+            };
+            let (code, seq, fields) = match *item {
+                TransferLookup::Found { transfer, code, seq, .. } => {
+                    self.stats.transfer_lookups_with_fields += 1;
+                    (code, seq, Some(transfer))
+                }
+                TransferLookup::FoundWithoutFields { code, seq, .. } => {
+                    self.stats.transfer_lookups_without_fields += 1;
+                    (code, seq, None)
+                }
+                TransferLookup::NotFound { .. } => {
+                    return Err(format!("node {node}: a partition's transfer lookup answered NotFound for {id:#x}"))
+                }
+            };
+            if item.id() != id || counter >= NEVER_SENT_COUNTER_MIN {
+                return Err(format!("node {node}: lookup of transfer {id:#x} (never sent?) found {item:?}"));
+            }
+            if model.events.get(&seq) != Some(&Decided::Transfer { id, code }) {
+                return Err(format!(
+                    "node {node}: lookup of transfer {id:#x} says {code:?} at seq {seq} of partition {partition}, but \
+                     the committed log holds {:?} there",
+                    model.events.get(&seq)
+                ));
+            }
+            if let Some(transfer) = fields {
+                if model.transfers.get(&seq) != Some(&transfer) {
+                    return Err(format!(
+                        "node {node}: lookup of transfer {id:#x} shows fields {transfer:?}; seq {seq} logged {:?}",
+                        model.transfers.get(&seq)
+                    ));
+                }
+            }
+            if let Some(expected) = required {
+                self.stats.transfer_lookups_required += u64::from(young);
+                if *expected != (code, seq) {
+                    return Err(format!(
+                        "node {node}: lookup of transfer {id:#x} says {code:?} at seq {seq}; {:?} at seq {} was \
+                         acknowledged",
+                        expected.0, expected.1
+                    ));
+                }
             }
         }
         Ok(())
@@ -675,9 +854,13 @@ fn apply_to_model(model: &mut Model, external: &HashSet<u64>, partition: u32, en
                     model.balances.insert(id, after);
                     model.history.entry(id).or_default().push((seq, after));
                 }
+                model.transfers.insert(seq, transfer);
                 Decided::Transfer { id: transfer.id, code: ResultCode::Ok }
             }
-            EventBody::TransferRejected { transfer, code } => Decided::Transfer { id: transfer.id, code },
+            EventBody::TransferRejected { transfer, code } => {
+                model.transfers.insert(seq, transfer);
+                Decided::Transfer { id: transfer.id, code }
+            }
         };
         model.events.insert(seq, decided);
     }

@@ -34,7 +34,7 @@ use net::types::ACCOUNT_FLAG_EXTERNAL;
 
 use crate::checker::Violation;
 use crate::rng::Rng;
-use auditor::{AuditStats, Auditor, Op};
+use auditor::{AuditStats, Auditor, Op, WindowView};
 use store::SimStore;
 
 /// The simulator's answer handles: the auditor's request numbers.
@@ -43,6 +43,7 @@ pub struct SimHandles;
 impl Handles for SimHandles {
     type Items = u64;
     type Lookup = u64;
+    type Transfers = u64;
 }
 
 type Core = ReplicaCore<SimStore, SimHandles>;
@@ -282,7 +283,14 @@ impl Sim {
             })
             .collect();
         let verbose = std::env::var_os("REPLICA_SIM_VERBOSE").is_some();
-        let auditor = Auditor::new(options.partitions);
+        let auditor = Auditor::new(
+            options.partitions,
+            WindowView {
+                idempotency_window_ms: options.idempotency_window_ms,
+                clock_spread_ms_max: options.clock_spread_ms_max,
+                clock_drift_ppm_max: options.clock_drift_ppm_max,
+            },
+        );
         let mut sim = Sim {
             options,
             seed,
@@ -621,6 +629,9 @@ impl Sim {
                 Output::Lookup { to, outcome } => {
                     self.auditor.lookup_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
                 }
+                Output::Transfers { to, outcome } => {
+                    self.auditor.transfers_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
+                }
                 Output::Log { line, .. } => {
                     self.stats.log_lines += 1;
                     if line.contains("installed snapshot") {
@@ -715,6 +726,7 @@ impl Sim {
             Op::Lookup { partition, consistency, ids, .. } => {
                 Command::Lookup { partition, consistency, ids, to: send.handle }
             }
+            Op::LookupTransfers { partition, ids, .. } => Command::LookupTransfers { partition, ids, to: send.handle },
         };
         core.on_client(now, command);
         self.pump(index)
