@@ -469,6 +469,39 @@ fn reserved_bytes_inside_items_are_refused_so_the_codec_stays_canonical() {
     assert_eq!(error_of(crafted(kind::HISTORY, &history, |_| {}, false)).0, ErrorCode::MalformedFrame);
 }
 
+#[test]
+fn a_transfer_found_without_fields_carries_only_its_id() {
+    // found = 2: outcome, seq and time, and a transfer that is all zero but its id.
+    let mut body = batch_body(1, TransferLookup::WIRE_BYTES, 1);
+    let item = 8;
+    body[item] = 2;
+    body[item + 2] = ResultCode::InsufficientFunds as u8;
+    body[item + 8] = 7; // seq
+    body[item + 16] = 9; // timestamp_ns
+    body[item + 32] = 5; // transfer id
+    let Ok(Some((Frame { message: Message::Response(Response::Transfers(found)), .. }, _))) =
+        crafted(kind::TRANSFERS, &body, |_| {}, false)
+    else {
+        panic!("a found-without-fields item decodes")
+    };
+    assert_eq!(
+        found,
+        vec![TransferLookup::FoundWithoutFields {
+            id: 5,
+            code: ResultCode::InsufficientFunds,
+            seq: 7,
+            timestamp_ns: 9
+        }]
+    );
+    // A field beside the id would not re-encode the same: refused.
+    body[item + 48] = 1; // debit account
+    assert_eq!(error_of(crafted(kind::TRANSFERS, &body, |_| {}, false)).0, ErrorCode::MalformedFrame);
+    // So is a found kind the protocol does not have.
+    body[item + 48] = 0;
+    body[item] = 3;
+    assert_eq!(error_of(crafted(kind::TRANSFERS, &body, |_| {}, false)).0, ErrorCode::MalformedFrame);
+}
+
 /// The lookup body a client in another language writes: `consistency u8 | reserved [3] | count u32 |
 /// count x {id u64 | at_least_seq u64}`.
 fn lookup_body(consistency: u8, reads: &[(u64, u64)]) -> Vec<u8> {
