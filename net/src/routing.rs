@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientConfig, ClientError, RETRY_BACKOFF_MS_MAX};
 use crate::protocol::{
-    AccountLookup, AccountRead, Consistency, NodeStatus, ReadLevel, Request, Response, PARTITION_FLAG_LEADER,
+    AccountLookup, AccountRead, Consistency, NodeStatus, ReadLevel, Request, Response, TransferLookup,
+    PARTITION_FLAG_LEADER,
 };
-use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer};
+use crate::types::{partition_of, AccountId, CreateAccount, ItemResult, Transfer, TransferId};
 
 /// Node id used for the seed connection while no route is known (node ids start at 1).
 const SEED: u64 = 0;
@@ -212,6 +213,23 @@ impl RoutingClient {
             },
         )?;
         Ok(answers)
+    }
+
+    /// What became of each transfer id (one answer per id, in order). An id names no partition (a
+    /// transfer is remembered by its debit account's), so no node is closer than another: the whole
+    /// request goes to one member, the node routed to for account 0's partition (routed around like any
+    /// share when it is silent, retried like any share when it refuses), which asks every partition's
+    /// leader itself.
+    pub fn lookup_transfers(&mut self, ids: &[TransferId]) -> Result<Vec<TransferLookup>, ClientError> {
+        self.routed(
+            ids,
+            |_| 0,
+            |ids| Request::LookupTransfers(ids),
+            |response, count| match response {
+                Response::Transfers(found) if found.len() == count => Ok(found),
+                other => Err(ClientError::UnexpectedResponse { expected: "Transfers", got: format!("{other:?}") }),
+            },
+        )
     }
 
     fn routed_items<T: Clone>(

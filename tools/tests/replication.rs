@@ -818,6 +818,14 @@ fn transfers_are_looked_up_by_id_through_every_node() {
         other => panic!("node {via}: after the leader's death, {fresh:?} looked up as {other:?}"),
     };
     assert_eq!((code, seq), (fresh_result.code, fresh_result.seq));
+    // The routing client too, with the dead node still in its list: routed around, same answer.
+    let mut router = RoutingClient::new(ClientConfig::new(addresses(&cluster), CLUSTER_ID)).unwrap();
+    let found = router.lookup_transfers(&[fresh.id, unknown]).expect("a routed transfer lookup");
+    assert!(
+        matches!(found[0], TransferLookup::Found { seq, .. } | TransferLookup::FoundWithoutFields { seq, .. } if seq == fresh_result.seq),
+        "{found:?}"
+    );
+    assert_eq!(found[1], TransferLookup::NotFound { id: unknown });
     for id in cluster.node_ids().into_iter().filter(|&id| id != leader) {
         assert!(cluster.terminate(id).success());
     }
