@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use net::protocol::AccountRead;
+use net::protocol::{AccountRead, TransferLookup};
 use net::types::{partition_of, Account, CreateAccount, ItemResult, Transfer, TransferId};
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +18,7 @@ use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
 use crate::error::EngineError;
 use crate::history::HistoryPage;
 use crate::join::{self, BatchReply};
-use crate::shard::{Shard, ShardCommand, ShardRecovery, ShardStatus, TransferRecord};
+use crate::shard::{Shard, ShardCommand, ShardRecovery, ShardStatus};
 
 /// Name of the file that fixes a data directory's identity and layout.
 pub const MANIFEST_FILE: &str = "node.toml";
@@ -351,13 +351,13 @@ impl Node {
     }
 
     /// What became of each transfer id within the idempotency window: the entry that decided it and the
-    /// transfer as logged, or `None`. Any partition may hold an id (a transfer belongs to its debit
+    /// transfer as logged (without it once the log no longer holds the event), or `None`. Any partition may hold an id (a transfer belongs to its debit
     /// account's partition), so every shard is asked; should two partitions have decided the same id
     /// for different transfers, the lower partition's answer is given.
     pub fn lookup_transfers(
         &self,
         ids: Vec<TransferId>,
-        reply: LookupReply<TransferRecord>,
+        reply: LookupReply<TransferLookup>,
     ) -> Result<(), EngineError> {
         if ids.len() > BATCH_ITEMS_MAX {
             return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
@@ -421,7 +421,7 @@ impl Node {
         blocking(|reply| self.history(account_id, from_seq, limit, reply))?
     }
 
-    pub fn lookup_transfers_blocking(&self, ids: Vec<TransferId>) -> Result<Vec<Option<TransferRecord>>, EngineError> {
+    pub fn lookup_transfers_blocking(&self, ids: Vec<TransferId>) -> Result<Vec<Option<TransferLookup>>, EngineError> {
         blocking(|reply| self.lookup_transfers(ids, reply))?
     }
 

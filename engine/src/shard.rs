@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use net::protocol::TransferLookup;
 use net::types::{Account, CreateAccount, ItemResult, Transfer, TransferId};
 use wal::{Wal, WalOptions};
 
@@ -54,18 +55,9 @@ const IDLE_WAIT_MS: u64 = 50;
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(ShardStatus) + Send>;
-/// Per requested transfer id found by this shard: (slot in the request, partition, record).
-pub type TransfersReply = Box<dyn FnOnce(Result<Vec<(u32, u32, Option<TransferRecord>)>, EngineError>) + Send>;
-
-/// A decided transfer as `LookupTransfers` reports it: the transfer as logged, its outcome, the seq and
-/// timestamp of the event that recorded it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TransferRecord {
-    pub transfer: Transfer,
-    pub code: net::types::ResultCode,
-    pub seq: u64,
-    pub timestamp_ns: u64,
-}
+/// Per requested transfer id found by this shard: (slot in the request, partition, what the partition
+/// decided: `Found`, or `FoundWithoutFields` once the event left the log; never `NotFound`).
+pub type TransfersReply = Box<dyn FnOnce(Result<Vec<(u32, u32, Option<TransferLookup>)>, EngineError>) + Send>;
 pub type DoneReply = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 pub enum ShardCommand {
@@ -980,19 +972,30 @@ impl Shard {
         &self,
         ids: &[TransferId],
         now_ns: u64,
-    ) -> Result<Vec<(u32, u32, Option<TransferRecord>)>, EngineError> {
+    ) -> Result<Vec<(u32, u32, Option<TransferLookup>)>, EngineError> {
         let mut found = Vec::new();
         for (slot, &id) in ids.iter().enumerate() {
             for (partition_slot, state) in self.partitions.iter().enumerate() {
                 let Some(entry) = state.transfer_entry(id, now_ns) else { continue };
                 let partition = state.partition();
-                let event = history::event_at(
+                let (code, seq, timestamp_ns) = (entry.code, entry.seq, entry.recorded_ns);
+                let event = match history::event_at(
                     &self.wal,
                     &self.store,
                     &self.recent_batches[partition_slot],
                     partition,
                     entry.seq,
-                )?;
+                ) {
+                    Ok(event) => event,
+                    // Beyond the log's retention: the id table still holds the outcome, the log no
+                    // longer the fields (as a cluster replica past its snapshot answers).
+                    Err(EngineError::EventPurged { .. }) => {
+                        let without_fields = TransferLookup::FoundWithoutFields { id, code, seq, timestamp_ns };
+                        found.push((slot as u32, partition, Some(without_fields)));
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                };
                 let transfer = match event.map(|e| e.body) {
                     Some(EventBody::TransferPosted { transfer, .. } | EventBody::TransferRejected { transfer, .. })
                         if transfer.id == id =>
@@ -1006,9 +1009,7 @@ impl Shard {
                         )))
                     }
                 };
-                let record =
-                    TransferRecord { transfer, code: entry.code, seq: entry.seq, timestamp_ns: entry.recorded_ns };
-                found.push((slot as u32, partition, Some(record)));
+                found.push((slot as u32, partition, Some(TransferLookup::Found { transfer, code, seq, timestamp_ns })));
                 break;
             }
         }

@@ -296,8 +296,9 @@ pub enum Request {
 /// code u16 | reserved u32 | seq u64 | timestamp_ns u64 | reserved u64 | transfer (64)`. Found (1):
 /// the code and seq the transfer was answered with (a rejection is an outcome too), the timestamp of
 /// the event that recorded it and the transfer as submitted. Found without fields (2): the same
-/// outcome, seq and timestamp from the id table, but the node no longer holds the event's fields (a
-/// cluster replica's log before its latest snapshot); the transfer is zero but its id. Not found (0):
+/// outcome, seq and timestamp from the id table, but the node no longer holds the event's fields (beyond
+/// a single node's log retention, or before a cluster replica's latest snapshot); the transfer is zero
+/// but its id. Not found (0):
 /// every field zero but the transfer's id; the id was never decided, or is older than the window (and
 /// is then refused `id_expired`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

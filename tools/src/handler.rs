@@ -56,16 +56,6 @@ pub fn transfers_response(requested: &[u128], found: Vec<Option<TransferLookup>>
     )
 }
 
-/// A single node's record of a decided transfer as the protocol reports it (its log keeps every field).
-fn found_transfer(record: engine::shard::TransferRecord) -> TransferLookup {
-    TransferLookup::Found {
-        transfer: record.transfer,
-        code: record.code,
-        seq: record.seq,
-        timestamp_ns: record.timestamp_ns,
-    }
-}
-
 /// The History answer for a page (or the engine's error frame). An unknown account is said so
 /// (`account_not_found`), so a client can tell it from a page past the account's creation.
 pub fn history_response(outcome: Result<engine::history::HistoryPage, EngineError>) -> Response {
@@ -159,10 +149,7 @@ impl Handler for NodeHandler {
                     ids,
                     Box::new(move |outcome| {
                         responder.respond(match outcome {
-                            Ok(records) => transfers_response(
-                                &requested,
-                                records.into_iter().map(|record| record.map(found_transfer)).collect(),
-                            ),
+                            Ok(found) => transfers_response(&requested, found),
                             Err(error) => error_response(&error),
                         })
                     }),

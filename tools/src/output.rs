@@ -89,12 +89,12 @@ pub fn transfer_lookup_json(
     })
 }
 
-/// A transfer whose outcome the node holds but whose fields it no longer does (a cluster replica's
-/// log before its latest snapshot).
+/// A transfer whose outcome the node holds but whose fields it no longer does (beyond a single node's
+/// log retention, or before a cluster replica's latest snapshot).
 pub fn transfer_outcome_text(id: u128, code: ResultCode, seq: u64, timestamp_ns: u64) -> String {
     format!(
-        "transfer {id:032x}: {} at seq {seq} ({}); its fields are no longer held by this node (its partition's \
-         log was compacted at a snapshot)",
+        "transfer {id:032x}: {} at seq {seq} ({}); its fields are no longer held by this node (its event is \
+         no longer in the partition's log)",
         code.name(),
         utc_time(timestamp_ns)
     )
