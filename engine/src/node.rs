@@ -359,13 +359,7 @@ impl Node {
         ids: Vec<TransferId>,
         reply: LookupReply<TransferLookup>,
     ) -> Result<(), EngineError> {
-        if ids.len() > BATCH_ITEMS_MAX {
-            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
-        }
-        if ids.is_empty() {
-            reply(Ok(Vec::new()));
-            return Ok(());
-        }
+        let Some(reply) = admit_transfer_lookup(&ids, reply)? else { return Ok(()) };
         let ids = std::sync::Arc::new(ids);
         let gather = LookupGather::new(ids.len(), self.senders.len(), reply);
         for shard in 0..self.senders.len() {
@@ -556,6 +550,22 @@ impl<T> PartsGather<T> {
             reply(all);
         }
     }
+}
+
+/// Admits a transfer lookup in either runtime: one over the batch limit is refused, an empty one is
+/// answered at once; `Some(reply)`: the caller asks its partitions.
+pub(crate) fn admit_transfer_lookup<T>(
+    ids: &[TransferId],
+    reply: LookupReply<T>,
+) -> Result<Option<LookupReply<T>>, EngineError> {
+    if ids.len() > BATCH_ITEMS_MAX {
+        return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
+    }
+    if ids.is_empty() {
+        reply(Ok(Vec::new()));
+        return Ok(None);
+    }
+    Ok(Some(reply))
 }
 
 pub(crate) type LookupReply<T = Account> = Box<dyn FnOnce(Result<Vec<Option<T>>, EngineError>) + Send>;

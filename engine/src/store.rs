@@ -93,14 +93,6 @@ impl Checkpoint {
         self.batch_rows.push((partition, first_seq, log_index));
     }
 
-    pub fn rows(&self) -> usize {
-        self.accounts.len()
-            + self.id_chunks.len()
-            + self.deleted_id_chunks.len()
-            + self.metas.len()
-            + self.batch_rows.len()
-    }
-
     /// The RocksDB batch of these rows, in the order they were gathered.
     fn encode(self) -> WriteBatch {
         let mut batch = WriteBatch::default();

@@ -232,6 +232,17 @@ fn the_log_is_purged_behind_a_base_and_history_verify_and_past_states_say_what_t
     send(&node, BATCH * 20);
     wait_for_purge(&node, beyond);
     assert_eq!(bases(dir.path()).len(), 1, "the older base was removed: {:?}", bases(dir.path()));
+    // The first node's deletions were reported (and counted) before this one's purge could start.
+    use prometheus::Encoder;
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new().encode(&engine::metrics::registry().gather(), &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let purged: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("wallet_log_segments_purged_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("the purge counter is exported");
+    assert!(purged >= 1.0, "{purged} segments counted as purged");
     node.shutdown().unwrap();
     let report = engine::verify(dir.path()).unwrap();
     assert!(report.is_clean(), "{report:?}");

@@ -10,7 +10,7 @@ use net::protocol::PARTITION_FLAG_LEADER;
 use net::protocol::{NodeAddress, NodeStatus, PartitionStatus, Request, Response};
 use net::server::{Handler, Responder};
 
-use crate::handler::{accounts_response, error_response, history_response, transfers_response};
+use crate::handler::{accounts_reply, history_response, items_reply, transfers_reply};
 
 pub struct ClusterHandler {
     node: Arc<ClusterNode>,
@@ -53,14 +53,6 @@ fn partition_states(groups: &[GroupStatus]) -> Vec<PartitionStatus> {
 
 impl Handler for ClusterHandler {
     fn handle(&self, request: Request, responder: Responder) {
-        let items_reply = |responder: Responder| -> engine::join::BatchReply {
-            Box::new(move |outcome| {
-                responder.respond(match outcome {
-                    Ok(results) => Response::Results(results),
-                    Err(error) => error_response(&error),
-                })
-            })
-        };
         let submitted = match request {
             Request::Ping => {
                 responder.respond(Response::Pong);
@@ -70,16 +62,7 @@ impl Handler for ClusterHandler {
             Request::CreateTransfers(transfers) => self.node.create_transfers(transfers, items_reply(responder)),
             Request::LookupAccounts { consistency, reads } => {
                 let requested: Vec<u64> = reads.iter().map(|read| read.id).collect();
-                self.node.lookup_accounts(
-                    consistency,
-                    reads,
-                    Box::new(move |outcome| {
-                        responder.respond(match outcome {
-                            Ok(accounts) => accounts_response(&requested, accounts),
-                            Err(error) => error_response(&error),
-                        })
-                    }),
-                )
+                self.node.lookup_accounts(consistency, reads, accounts_reply(requested, responder))
             }
             Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
                 account_id,
@@ -89,15 +72,7 @@ impl Handler for ClusterHandler {
             ),
             Request::LookupTransfers(ids) => {
                 let requested = ids.clone();
-                self.node.lookup_transfers(
-                    ids,
-                    Box::new(move |outcome| {
-                        responder.respond(match outcome {
-                            Ok(found) => transfers_response(&requested, found),
-                            Err(error) => error_response(&error),
-                        })
-                    }),
-                )
+                self.node.lookup_transfers(ids, transfers_reply(requested, responder))
             }
             Request::Status => {
                 // The reply must not hold the node: walletd takes sole ownership of it to shut it down,

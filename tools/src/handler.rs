@@ -35,8 +35,45 @@ pub fn error_response(error: &EngineError) -> Response {
     Response::error(code, message)
 }
 
+/// The reply of a batch of creations: its per-item results, or the error frame. Both runtimes' handlers
+/// answer through these builders, so a request kind is answered one way whichever node serves it.
+pub fn items_reply(responder: Responder) -> engine::join::BatchReply {
+    Box::new(move |outcome| {
+        responder.respond(match outcome {
+            Ok(results) => Response::Results(results),
+            Err(error) => error_response(&error),
+        })
+    })
+}
+
+/// The reply of an account lookup of `requested` ids (see [`accounts_response`]).
+pub fn accounts_reply(
+    requested: Vec<u64>,
+    responder: Responder,
+) -> Box<dyn FnOnce(Result<Vec<Option<net::types::Account>>, EngineError>) + Send> {
+    Box::new(move |outcome| {
+        responder.respond(match outcome {
+            Ok(accounts) => accounts_response(&requested, accounts),
+            Err(error) => error_response(&error),
+        })
+    })
+}
+
+/// The reply of a transfer lookup of `requested` ids (see [`transfers_response`]).
+pub fn transfers_reply(
+    requested: Vec<u128>,
+    responder: Responder,
+) -> Box<dyn FnOnce(Result<Vec<Option<TransferLookup>>, EngineError>) + Send> {
+    Box::new(move |outcome| {
+        responder.respond(match outcome {
+            Ok(found) => transfers_response(&requested, found),
+            Err(error) => error_response(&error),
+        })
+    })
+}
+
 /// The Accounts answer for `requested` ids, in order, from the engine's per-id lookups.
-pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Account>>) -> Response {
+fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Account>>) -> Response {
     Response::Accounts(
         requested
             .iter()
@@ -50,7 +87,7 @@ pub fn accounts_response(requested: &[u64], accounts: Vec<Option<net::types::Acc
 }
 
 /// The Transfers answer for `requested` ids, in order (`None`: not found), from either runtime.
-pub fn transfers_response(requested: &[u128], found: Vec<Option<TransferLookup>>) -> Response {
+fn transfers_response(requested: &[u128], found: Vec<Option<TransferLookup>>) -> Response {
     Response::Transfers(
         requested.iter().zip(found).map(|(&id, item)| item.unwrap_or(TransferLookup::NotFound { id })).collect(),
     )
@@ -104,38 +141,14 @@ impl Handler for NodeHandler {
                 responder.respond(Response::Pong);
                 return;
             }
-            Request::CreateAccounts(accounts) => self.node.create_accounts(
-                accounts,
-                Box::new(move |outcome| {
-                    responder.respond(match outcome {
-                        Ok(results) => Response::Results(results),
-                        Err(error) => error_response(&error),
-                    })
-                }),
-            ),
-            Request::CreateTransfers(transfers) => self.node.create_transfers(
-                transfers,
-                Box::new(move |outcome| {
-                    responder.respond(match outcome {
-                        Ok(results) => Response::Results(results),
-                        Err(error) => error_response(&error),
-                    })
-                }),
-            ),
+            Request::CreateAccounts(accounts) => self.node.create_accounts(accounts, items_reply(responder)),
+            Request::CreateTransfers(transfers) => self.node.create_transfers(transfers, items_reply(responder)),
             // One replica: every lookup is served by the partition's leader after the log holds all it
             // could reflect, which satisfies Linearizable and Any; an AtLeast read also waits until its
             // partitions have reached the sequences it names (the decoder keeps them 0 otherwise).
             Request::LookupAccounts { consistency: _, reads } => {
                 let requested: Vec<u64> = reads.iter().map(|read| read.id).collect();
-                self.node.lookup_accounts(
-                    reads,
-                    Box::new(move |outcome| {
-                        responder.respond(match outcome {
-                            Ok(accounts) => accounts_response(&requested, accounts),
-                            Err(error) => error_response(&error),
-                        })
-                    }),
-                )
+                self.node.lookup_accounts(reads, accounts_reply(requested, responder))
             }
             Request::AccountHistory { account_id, from_seq, limit } => self.node.history(
                 account_id,
@@ -145,15 +158,7 @@ impl Handler for NodeHandler {
             ),
             Request::LookupTransfers(ids) => {
                 let requested = ids.clone();
-                self.node.lookup_transfers(
-                    ids,
-                    Box::new(move |outcome| {
-                        responder.respond(match outcome {
-                            Ok(found) => transfers_response(&requested, found),
-                            Err(error) => error_response(&error),
-                        })
-                    }),
-                )
+                self.node.lookup_transfers(ids, transfers_reply(requested, responder))
             }
             Request::Status => {
                 let (partitions, shard_count) = (self.node.config().partitions, self.node.config().shards);

@@ -19,8 +19,8 @@ use crate::config::{NodeConfig, BATCH_ITEMS_MAX};
 use crate::error::EngineError;
 use crate::join::BatchReply;
 use crate::node::{
-    blocking, new_id_hash_key, parse_manifest, split_by_partition, DataDirLock, LookupGather, LookupReply, PartsGather,
-    MANIFEST_FILE,
+    admit_transfer_lookup, blocking, new_id_hash_key, parse_manifest, split_by_partition, DataDirLock, LookupGather,
+    LookupReply, PartsGather, MANIFEST_FILE,
 };
 use crate::replica::shard::{ClientCommand, GroupStatus, ReplicaShard, StatusReply, TransfersReply};
 use crate::replica::transport::{Dispatch, PeerInput, PeerListener, Transport};
@@ -368,13 +368,7 @@ impl ClusterNode {
         ids: Vec<TransferId>,
         reply: LookupReply<TransferLookup>,
     ) -> Result<(), EngineError> {
-        if ids.len() > BATCH_ITEMS_MAX {
-            return Err(EngineError::BatchTooLarge { items: ids.len(), limit: BATCH_ITEMS_MAX });
-        }
-        if ids.is_empty() {
-            reply(Ok(Vec::new()));
-            return Ok(());
-        }
+        let Some(reply) = admit_transfer_lookup(&ids, reply)? else { return Ok(()) };
         let gather = LookupGather::new(ids.len(), self.config.partitions as usize, reply);
         for partition in 0..self.config.partitions {
             let gather = gather.clone();
