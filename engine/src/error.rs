@@ -34,7 +34,9 @@ pub enum EngineError {
     #[error("{0}")]
     Io(String),
     #[error("this node does not lead partition {partition}{}", leader.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
-    NotLeader { partition: u32, leader: Option<u64> },
+    /// `term`: the answering replica's Raft term (0 when it holds none), so a forwarding node can tell
+    /// a stale hint from its own newer view.
+    NotLeader { partition: u32, leader: Option<u64>, term: u64 },
     #[error("account {account_id}: its history at and before seq {seq} is no longer in the log (beyond the log's retention, or older than the partition's snapshot)")]
     HistoryCompacted { account_id: u64, seq: u64 },
     #[error("partition {partition}: the event at seq {seq} is no longer in the log (beyond the log's retention); its outcome is still remembered, its fields are not")]

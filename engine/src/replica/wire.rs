@@ -67,8 +67,9 @@ const _: () = assert!(PEER_KIND_HELLO >= net::protocol::kind::PEER_MIN && PEER_K
 
 pub const HELLO_BYTES: usize = 8 + 2 + 8;
 /// Version of everything in this module; peers that differ refuse each other at the hello.
-/// Version 2 added the transfer lookup request and reply.
-pub const PEER_WIRE_VERSION: u16 = 2;
+/// Version 2 added the transfer lookup request and reply; version 3 the answering replica's term in an
+/// error reply.
+pub const PEER_WIRE_VERSION: u16 = 3;
 
 /// What a connection's first frame says about the node that opened its side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,7 @@ const ENTRY_BYTES_MIN: usize = 8 + 8 + TAG_BYTES;
 /// The smallest item: a TermProbe.
 const PEER_ITEM_BYTES_MIN: usize = TAG_BYTES + 4;
 const NODE_ID_BYTES: usize = 8;
+const TERM_BYTES: usize = 8;
 const ERROR_CODE_BYTES: usize = 2;
 
 const ITEM_RAFT: u8 = 0;
@@ -194,10 +196,12 @@ pub enum ForwardReply {
     /// `code` is a `net::protocol::ErrorCode` number; message at most `ERROR_MESSAGE_BYTES_MAX` bytes
     /// (the encoder truncates a longer one at a character boundary).
     /// `leader`: for `NotLeader`, the node the answering replica believes leads (0 = unknown), so the
-    /// sender can go there next instead of guessing.
+    /// sender can go there next instead of guessing; `term`: the Raft term in which it believes so (0
+    /// for other codes), so a sender whose own replica knows a leader in a later term ignores the name.
     Error {
         code: u16,
         leader: u64,
+        term: u64,
         message: String,
     },
 }
@@ -332,7 +336,11 @@ fn reply_bytes(reply: &ForwardReply) -> usize {
                     .sum::<usize>()
             }
             ForwardReply::Error { message, .. } => {
-                ERROR_CODE_BYTES + NODE_ID_BYTES + 4 + truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX).len()
+                ERROR_CODE_BYTES
+                    + NODE_ID_BYTES
+                    + TERM_BYTES
+                    + 4
+                    + truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX).len()
             }
         }
 }
@@ -539,12 +547,13 @@ fn put_reply(out: &mut Vec<u8>, reply: &ForwardReply) {
                 }
             }
         }
-        ForwardReply::Error { code, leader, message } => {
+        ForwardReply::Error { code, leader, term, message } => {
             assert!(ErrorCode::from_u16(*code).is_some(), "error code {code} is not an ErrorCode");
             let message = truncate_at_char_boundary(message, ERROR_MESSAGE_BYTES_MAX);
             out.push(REPLY_ERROR);
             out.extend_from_slice(&code.to_le_bytes());
             out.extend_from_slice(&leader.to_le_bytes());
+            out.extend_from_slice(&term.to_le_bytes());
             out.extend_from_slice(&(message.len() as u32).to_le_bytes());
             out.extend_from_slice(message.as_bytes());
         }
@@ -755,6 +764,7 @@ fn read_reply(reader: &mut Reader<'_>) -> Result<ForwardReply, WireError> {
                 return Err(WireError::UnknownTag { what: "error code", tag: code });
             }
             let leader = reader.u64()?;
+            let term = reader.u64()?;
             let bytes = reader.u32()? as usize;
             if bytes > ERROR_MESSAGE_BYTES_MAX {
                 return Err(WireError::TooMany {
@@ -766,7 +776,7 @@ fn read_reply(reader: &mut Reader<'_>) -> Result<ForwardReply, WireError> {
             let message = std::str::from_utf8(reader.take(bytes)?)
                 .map_err(|_| WireError::Invalid("error message is not UTF-8"))?
                 .to_owned();
-            Ok(ForwardReply::Error { code, leader, message })
+            Ok(ForwardReply::Error { code, leader, term, message })
         }
         tag => Err(WireError::UnknownTag { what: "forward reply", tag: tag.into() }),
     }
@@ -992,9 +1002,14 @@ mod tests {
             prop::collection::vec(result, 0..8).prop_map(ForwardReply::Results),
             prop::collection::vec(prop::option::of(arb_account()), 0..8).prop_map(ForwardReply::Accounts),
             prop::collection::vec(prop::option::of(arb_transfer_lookup()), 0..8).prop_map(ForwardReply::Transfers),
-            ((0..ErrorCode::ALL.len()), any::<u64>(), "[a-zé€ ]{0,40}").prop_map(|(i, leader, message)| {
-                ForwardReply::Error { code: ErrorCode::ALL[i] as u16, leader, message }
-            }),
+            ((0..ErrorCode::ALL.len()), any::<u64>(), any::<u64>(), "[a-zé€ ]{0,40}").prop_map(
+                |(i, leader, term, message)| ForwardReply::Error {
+                    code: ErrorCode::ALL[i] as u16,
+                    leader,
+                    term,
+                    message
+                }
+            ),
         ]
     }
 
@@ -1125,6 +1140,7 @@ mod tests {
                 reply: ForwardReply::Error {
                     code: ErrorCode::NotLeader as u16,
                     leader: 2,
+                    term: 7,
                     message: "not leader".into(),
                 },
             },
@@ -1173,7 +1189,12 @@ mod tests {
             let item = PeerItem::ForwardReply {
                 request_id: 1,
                 partition: 0,
-                reply: ForwardReply::Error { code: ErrorCode::Internal as u16, leader: 0, message: text.clone() },
+                reply: ForwardReply::Error {
+                    code: ErrorCode::Internal as u16,
+                    leader: 0,
+                    term: 0,
+                    message: text.clone(),
+                },
             };
             let body = encoded(std::slice::from_ref(&item));
             assert_eq!(body.len(), BATCH_PREFIX_BYTES + item_encoded_bytes(&item));
@@ -1269,6 +1290,7 @@ mod tests {
             bytes.push(REPLY_ERROR);
             bytes.extend_from_slice(&code.to_le_bytes());
             bytes.extend_from_slice(&3u64.to_le_bytes()); // leader hint
+            bytes.extend_from_slice(&5u64.to_le_bytes()); // its term
             bytes.extend_from_slice(&claimed_bytes.to_le_bytes());
             bytes.extend_from_slice(message);
             decode_items(&batch_of_one(&bytes))

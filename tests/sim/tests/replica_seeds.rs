@@ -105,6 +105,22 @@ fn catches_forward_left_with_a_dead_leader() {
     assert!(failure.contains("failover episode"), "caught by another check: {failure}");
 }
 
+/// Seeds that once failed, each for the reason given; they must keep passing.
+#[test]
+fn regression_seeds_pass() {
+    let seeds = [
+        // A `NotLeader` hint given before an election (during a leadership transfer) was followed
+        // though this node's replica had already seen the new leader win a later term: the request went
+        // to the deposed, cut-off leader and waited out its deadline there (the failover bound).
+        (30_521, 3),
+    ];
+    for (seed, nodes) in seeds {
+        if let Err(failure) = run_seed(seed, nodes) {
+            panic!("{failure}");
+        }
+    }
+}
+
 /// `REPLICA_SIM_SEED=<seed> [REPLICA_SIM_NODES=3|5] [REPLICA_SIM_PLANTED=...] cargo test --release -p raft-sim --test replica_seeds -- replay_seed --nocapture`
 #[test]
 fn replay_seed() {

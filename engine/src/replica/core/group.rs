@@ -172,7 +172,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     }
 
     pub fn not_leader(&self) -> EngineError {
-        EngineError::NotLeader { partition: self.partition, leader: self.leader }
+        EngineError::NotLeader { partition: self.partition, leader: self.leader, term: self.term }
     }
 
     /// A Raft message from a peer. A recovering replica takes no part in Raft.
@@ -269,10 +269,14 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                     // Leadership moved (or is moving) before the entry reached the log: nothing was
                     // decided, so the answer says where to go, and a forwarding node sends the
                     // request on at once instead of relaying an error to its client.
-                    raft::Error::NotLeader { leader } => EngineError::NotLeader { partition: self.partition, leader },
-                    raft::Error::TransferInProgress => {
-                        EngineError::NotLeader { partition: self.partition, leader: self.raw.lead_transferee() }
+                    raft::Error::NotLeader { leader } => {
+                        EngineError::NotLeader { partition: self.partition, leader, term: self.raw.status().term }
                     }
+                    raft::Error::TransferInProgress => EngineError::NotLeader {
+                        partition: self.partition,
+                        leader: self.raw.lead_transferee(),
+                        term: self.raw.status().term,
+                    },
                     error => {
                         EngineError::Unavailable(format!("partition {}: proposal refused: {error}", self.partition))
                     }
@@ -354,7 +358,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
             for context in ready.dropped_reads {
                 if let Some(read) = self.read_index_waits.remove(&context) {
-                    let error = EngineError::NotLeader { partition: self.partition, leader: None };
+                    let error = EngineError::NotLeader { partition: self.partition, leader: None, term: self.term };
                     read.read.fail(sink, error);
                 }
             }
@@ -499,7 +503,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 self.speculative = None;
                 self.speculative_stale = false;
             }
-            let error = EngineError::NotLeader { partition: self.partition, leader: status.leader };
+            let error = EngineError::NotLeader { partition: self.partition, leader: status.leader, term: status.term };
             self.fail_leader_waits(sink, &error);
             sink.log(
                 log::Level::Info,

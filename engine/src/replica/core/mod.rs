@@ -566,7 +566,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
         let Some(&slot) = self.group_of.get(&partition) else {
             let leader = Some(self.cluster.preferred_leader(partition));
-            return Err(EngineError::NotLeader { partition, leader });
+            return Err(EngineError::NotLeader { partition, leader, term: 0 });
         };
         self.groups[slot].history(account_id, from_seq, limit)
     }
@@ -661,13 +661,14 @@ impl Batch {
     }
 }
 
-/// The answer a forwarding node gets for `error`; `NotLeader` names the leader this node knows of.
+/// The answer a forwarding node gets for `error`; `NotLeader` names the leader this node knows of, and
+/// the term in which it knows it.
 fn error_reply(error: &EngineError) -> ForwardReply {
     let (code, message) = error.protocol_error();
     let code = code as u16;
-    let leader = match error {
-        EngineError::NotLeader { leader: Some(leader), .. } => *leader,
-        _ => 0,
+    let (leader, term) = match error {
+        EngineError::NotLeader { leader, term, .. } => (leader.unwrap_or(0), *term),
+        _ => (0, 0),
     };
-    ForwardReply::Error { code, leader, message }
+    ForwardReply::Error { code, leader, term, message }
 }

@@ -72,9 +72,12 @@ pub(super) struct Forwarded<H: Handles> {
     pub partition: u32,
     pub request: Request<H>,
     pub trip: Trip,
-    /// The leader this node's own replica of the partition saw when the request went out (None with
-    /// no replica here, or no leader known): a change from it is news, a hint followed is not.
-    pub leader_seen: Option<u64>,
+    /// The (term, leader) this node's own replica of the partition saw when the request went out (None
+    /// with no replica here): a change from it is news, a hint followed is not. The term is part of it
+    /// because a hint can point away from a stale view that an election then confirms: sent to node 3
+    /// on a hint while this replica still saw node 2 in an old term, the request must move when node 2
+    /// wins a new term, though the leader's name is the one seen before.
+    pub view_seen: Option<(u64, Option<u64>)>,
 }
 
 /// A request waiting for its partition to have a leader (an election or a leadership transfer in
@@ -87,7 +90,14 @@ pub(super) struct Parked<H: Handles> {
     pub request: Request<H>,
     pub trip: Trip,
     pub not_before_ms: u64,
-    pub to: Option<u64>,
+    pub to: Option<Hint>,
+}
+
+/// The leader a refusing node named, and the Raft term in which it believed so.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Hint {
+    pub node: u64,
+    pub term: u64,
 }
 
 impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
@@ -132,8 +142,13 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         for parked in std::mem::take(&mut self.parked) {
             let local = self.group_of.get(&parked.partition).map(|&slot| &self.groups[slot]);
             let decides_here = local.is_some_and(|group| group.may_decide());
+            // A name given in an older term than this replica's is stale (the refusing node answered
+            // before an election this replica has since seen): this replica's own view routes instead.
+            // Followed regardless, a hint during a leadership transfer can send the request to a
+            // deposed leader that then never answers (seed 30521 of the 3-node sweep).
+            let hint = parked.to.filter(|hint| local.is_none_or(|group| group.term <= hint.term));
             let ready = parked.not_before_ms <= now.mono_ms
-                && (parked.to.is_some()
+                && (hint.is_some()
                     || decides_here
                     || local.is_none_or(|group| group.leader.is_some_and(|leader| leader != self.node_id)));
             if parked.trip.deadline_ms <= now.mono_ms {
@@ -144,9 +159,10 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 parked.request.fail(&mut self.sink, error);
             } else if !ready {
                 self.parked.push(parked);
-            } else if let (Some(to), false) = (parked.to, decides_here) {
-                // The node that refused named the leader: go there, whatever this replica believes.
-                self.forward(to, parked.partition, parked.request, parked.trip);
+            } else if let (Some(hint), false) = (hint, decides_here) {
+                // The node that refused named the leader in a term at least as recent as this
+                // replica's view: go there.
+                self.forward(hint.node, parked.partition, parked.request, parked.trip);
             } else {
                 self.route(now, parked.partition, parked.request, parked.trip);
             }
@@ -168,8 +184,8 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         let item = PeerItem::Forward { request_id, from_node: self.node_id, partition, request: request.to_forward() };
         self.sink.send(to, item);
         metrics::count_forward(ForwardOutcome::Sent);
-        let leader_seen = self.group_of.get(&partition).and_then(|&slot| self.groups[slot].leader);
-        let earlier = self.forwarded.insert(request_id, Forwarded { to, partition, request, trip, leader_seen });
+        let view_seen = self.group_of.get(&partition).map(|&slot| (self.groups[slot].term, self.groups[slot].leader));
+        let earlier = self.forwarded.insert(request_id, Forwarded { to, partition, request, trip, view_seen });
         assert!(earlier.is_none(), "forwarded request id {request_id} used twice");
     }
 
@@ -189,8 +205,10 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             .iter()
             .filter(|(_, forwarded)| {
                 let Some(&slot) = self.group_of.get(&forwarded.partition) else { return false };
-                let leader = self.groups[slot].leader;
-                leader.is_some() && leader != Some(forwarded.to) && leader != forwarded.leader_seen
+                let group = &self.groups[slot];
+                group.leader.is_some()
+                    && group.leader != Some(forwarded.to)
+                    && Some((group.term, group.leader)) != forwarded.view_seen
             })
             .map(|(&id, _)| id)
             .collect();
@@ -254,13 +272,13 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
         let Forwarded { partition, request, trip, .. } = self.forwarded.remove(&request_id).expect("checked");
         match (request, reply) {
-            (request, ForwardReply::Error { code, leader, .. })
+            (request, ForwardReply::Error { code, leader, term, .. })
                 if code == ErrorCode::NotLeader as u16 && trip.deadline_ms > now.mono_ms =>
             {
                 let replica = self.cluster.replicas(partition).contains(&leader);
-                let hint = (replica && leader != from && leader != self.node_id).then_some(leader);
+                let hint = (replica && leader != from && leader != self.node_id).then_some(Hint { node: leader, term });
                 if !self.group_of.contains_key(&partition) {
-                    let next = hint.unwrap_or_else(|| self.replica_after(partition, from));
+                    let next = hint.map_or_else(|| self.replica_after(partition, from), |hint| hint.node);
                     self.remote_leaders.insert(partition, next);
                 }
                 // The first named leader is tried at once; otherwise give the election a tick.
@@ -304,14 +322,14 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             return self.sink.items(remote, Err(error));
         }
         let Some(&slot) = self.group_of.get(&partition) else {
-            return self.sink.items(remote, Err(EngineError::NotLeader { partition, leader: None }));
+            return self.sink.items(remote, Err(EngineError::NotLeader { partition, leader: None, term: 0 }));
         };
         let group = &self.groups[slot];
         match request {
             ForwardRequest::Transfers(_) | ForwardRequest::CreateAccounts(_) if !group.may_decide() => {
                 // While handing leadership over, point the sender at the node taking it.
                 let leader = group.raw.lead_transferee().or(group.leader);
-                self.sink.items(remote, Err(EngineError::NotLeader { partition, leader }))
+                self.sink.items(remote, Err(EngineError::NotLeader { partition, leader, term: group.term }))
             }
             ForwardRequest::Transfers(items) => self.execute(now, slot, Batch::Transfers(items), remote, None),
             ForwardRequest::CreateAccounts(items) => self.execute(now, slot, Batch::Accounts(items), remote, None),
