@@ -144,8 +144,9 @@ fn ok_results(count: usize, seq: u64) -> ForwardReply {
     )
 }
 
-fn not_leader(leader: u64) -> ForwardReply {
-    ForwardReply::Error { code: ErrorCode::NotLeader as u16, leader, message: "not the leader".into() }
+/// `NotLeader` naming `leader` as the answering replica saw it in `term`.
+fn not_leader(leader: u64, term: u64) -> ForwardReply {
+    ForwardReply::Error { code: ErrorCode::NotLeader as u16, leader, term, message: "not the leader".into() }
 }
 
 #[test]
@@ -172,7 +173,7 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     two.reply(first_id + 1, 1, ok_results(1, 98));
     assert!(answer.recv_timeout(Duration::from_millis(300)).is_err(), "a stray reply answered the client");
     // Node 2 no longer leads and names node 3: the request goes there at once, under a new id.
-    two.reply(first_id, 1, not_leader(3));
+    two.reply(first_id, 1, not_leader(3, 1));
     let (second_id, _, request_again) = three.next_forward();
     assert_ne!(second_id, first_id);
     assert_eq!(request_again, request, "the same items are sent on");
@@ -193,7 +194,7 @@ fn a_forward_is_answered_only_by_its_node_follows_leader_hints_and_keeps_its_dea
     let answer = submit(&node, vec![transfer(3, a, b)]);
     let (fourth_id, _, _) = three.next_forward();
     std::thread::sleep(Duration::from_millis(1_000));
-    three.reply(fourth_id, 1, not_leader(2));
+    three.reply(fourth_id, 1, not_leader(2, 1));
     two.next_forward();
     let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
     let waited = submitted.elapsed();
@@ -291,7 +292,7 @@ fn a_transfer_lookup_asks_every_partition_once_and_merges_their_answers() {
     // The forwarded share follows NotLeader like any forwarded request, within the client's deadline.
     let answer = lookup_transfers(&node, vec![unknown]);
     let (request_id, _, _) = two.next_forward();
-    two.reply(request_id, 1, not_leader(0));
+    two.reply(request_id, 1, not_leader(0, 1));
     let (again, _, request) = two.next_forward();
     assert_ne!(again, request_id);
     assert_eq!(request, ForwardRequest::LookupTransfers { ids: vec![unknown] });
@@ -614,12 +615,13 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
     let (a, b) = (account_in(0, 1, 0), account_in(0, 1, 1));
     let answer = submit(&node, vec![transfer(1, a, b)]);
     let (first_id, _, _) = two.next_forward();
-    // Node 2 names node 3: node 1 goes there at once, although its own replica still says node 2.
-    two.reply(first_id, 0, not_leader(3));
+    // Node 2 names node 3 as it saw it in a later term: node 1 goes there at once, although its own
+    // replica still says node 2.
+    two.reply(first_id, 0, not_leader(3, 6));
     let (second_id, _, _) = three.next_forward();
     // Now the two stale nodes point at each other for a second: node 1 keeps trying, but at most once
     // per tick (20 ms), not at network speed.
-    three.reply(second_id, 0, not_leader(2));
+    three.reply(second_id, 0, not_leader(2, 6));
     let until = Instant::now() + Duration::from_millis(1_000);
     let mut forwards = 0;
     while Instant::now() < until {
@@ -627,7 +629,7 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
             while let Ok((_, item)) = peer.inbox.try_recv() {
                 if let PeerItem::Forward { request_id, .. } = item {
                     forwards += 1;
-                    peer.reply(request_id, 0, not_leader(other));
+                    peer.reply(request_id, 0, not_leader(other, 6));
                 }
             }
         }
@@ -639,6 +641,41 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
     // The client's deadline (1.5 s) ends it.
     let outcome = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
+    node.shutdown().unwrap();
+}
+
+/// Seed 30521's failure, pinned: a name given in an older term than this replica's view is stale (the
+/// refusing node answered before an election this replica has already seen), so the request goes where
+/// the view says, not to the deposed node, where it would wait out the client's deadline.
+#[test]
+fn a_hint_older_than_the_replicas_own_view_is_not_followed() {
+    let mut cluster = local_cluster(3, 1, 3);
+    cluster.replication.election_timeout_ticks_min = 1_000;
+    cluster.replication.election_timeout_ticks_max = 2_000;
+    let two = FakePeer::start(&cluster, 2);
+    let three = FakePeer::start(&cluster, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while node.status_blocking().unwrap()[0].term != 5 {
+        assert!(Instant::now() < deadline, "node 1 never heard node 2's heartbeat");
+        let heartbeat = MessageBody::Heartbeat { commit: 0, read_seq: 0, lease_tick: 0 };
+        let message = Message { from: 2, to: 1, term: 5, body: heartbeat };
+        assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (a, b) = (account_in(0, 1, 0), account_in(0, 1, 1));
+    let answer = submit(&node, vec![transfer(1, a, b)]);
+    let (first_id, _, request) = two.next_forward();
+    // A reply node 2 made back in term 4 naming node 3: node 1's replica knows node 2 leads term 5.
+    two.reply(first_id, 0, not_leader(3, 4));
+    let (second_id, _, request_again) = two.next_forward();
+    assert_ne!(second_id, first_id);
+    assert_eq!(request_again, request, "the same items are sent on");
+    three.no_forward_within(Duration::from_millis(100));
+    two.reply(second_id, 0, ok_results(1, 7));
+    let results = answer.recv_timeout(Duration::from_millis(WAIT_MS)).unwrap().unwrap();
+    assert_eq!(results, vec![ItemResult { index: 0, code: ResultCode::Ok, flags: 0, seq: 7 }]);
     node.shutdown().unwrap();
 }
 
