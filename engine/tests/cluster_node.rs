@@ -592,9 +592,10 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
     node.shutdown().unwrap();
 }
 
-#[test]
-fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick() {
-    // Partition 0 on nodes 1, 2 and 3; node 1 is a follower that believes node 2 leads.
+/// Partition 0 on nodes 1, 2 and 3 (fakes 2 and 3); node 1 is a follower that has heard node 2 lead term
+/// 5 (node 2 heartbeats until node 1, which dials it, has connected and heard it) and holds no election
+/// for seconds.
+fn follower_of_node_2_in_term_5() -> (ClusterConfig, FakePeer, FakePeer, tempfile::TempDir, ClusterNode) {
     let mut cluster = local_cluster(3, 1, 3);
     cluster.replication.election_timeout_ticks_min = 1_000;
     cluster.replication.election_timeout_ticks_max = 2_000;
@@ -602,7 +603,6 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
     let three = FakePeer::start(&cluster, 3);
     let dir = tempfile::tempdir().unwrap();
     let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
-    // Node 2 speaks as leader of term 5 until node 1 (which dials it) has connected and heard it.
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
     while node.status_blocking().unwrap()[0].term != 5 {
         assert!(Instant::now() < deadline, "node 1 never heard node 2's heartbeat");
@@ -611,6 +611,12 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
         assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
         std::thread::sleep(Duration::from_millis(50));
     }
+    (cluster, two, three, dir, node)
+}
+
+#[test]
+fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick() {
+    let (cluster, two, three, _dir, node) = follower_of_node_2_in_term_5();
 
     let (a, b) = (account_in(0, 1, 0), account_in(0, 1, 1));
     let answer = submit(&node, vec![transfer(1, a, b)]);
@@ -649,21 +655,7 @@ fn a_replica_follows_a_named_leader_at_once_but_never_bounces_faster_than_a_tick
 /// the view says, not to the deposed node, where it would wait out the client's deadline.
 #[test]
 fn a_hint_older_than_the_replicas_own_view_is_not_followed() {
-    let mut cluster = local_cluster(3, 1, 3);
-    cluster.replication.election_timeout_ticks_min = 1_000;
-    cluster.replication.election_timeout_ticks_max = 2_000;
-    let two = FakePeer::start(&cluster, 2);
-    let three = FakePeer::start(&cluster, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let node = ClusterNode::open(node_config(dir.path()), cluster.clone(), 1, &OpenOptions::default()).unwrap();
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    while node.status_blocking().unwrap()[0].term != 5 {
-        assert!(Instant::now() < deadline, "node 1 never heard node 2's heartbeat");
-        let heartbeat = MessageBody::Heartbeat { commit: 0, read_seq: 0, lease_tick: 0 };
-        let message = Message { from: 2, to: 1, term: 5, body: heartbeat };
-        assert!(two.transport.send(1, PeerItem::Raft { partition: 0, message }).is_ok());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_cluster, two, three, _dir, node) = follower_of_node_2_in_term_5();
     let (a, b) = (account_in(0, 1, 0), account_in(0, 1, 1));
     let answer = submit(&node, vec![transfer(1, a, b)]);
     let (first_id, _, request) = two.next_forward();
