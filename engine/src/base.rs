@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::config::NodeConfig;
 use crate::error::EngineError;
 use crate::id_index::{self, ColdRun};
+use crate::idempotency::IdEntry;
 use crate::partition::PartitionState;
 use crate::shard::{partition_config, restore_partition, shard_dir, Runs};
 use crate::store::{Checkpoint, Store};
@@ -132,7 +133,8 @@ enum Job {
 #[derive(Debug)]
 pub enum Done {
     /// The checkpoint at this applied index is in the store (or could not be written: the shard stops).
-    Checkpoint { applied: u64, result: Result<(), String> },
+    /// `id_buffers`: the checkpoint's id-entry buffers, emptied, for reuse.
+    Checkpoint { applied: u64, result: Result<(), String>, id_buffers: Vec<Vec<IdEntry>> },
     /// A base at this applied index is in place (and older ones are gone).
     Base { index: u64 },
     /// Segments archived (when an archive is configured) and deleted, and batch-index rows pruned.
@@ -177,9 +179,9 @@ impl Retainer {
                     let done = match job {
                         Job::Checkpoint { checkpoint, applied } => {
                             let started = std::time::Instant::now();
-                            let result = store.write_checkpoint(checkpoint, applied).map_err(|e| e.to_string());
+                            let result = store.write_checkpoint(&checkpoint, applied).map_err(|e| e.to_string());
                             crate::metrics::observe_stage(crate::metrics::Stage::CheckpointWrite, started.elapsed());
-                            Done::Checkpoint { applied, result }
+                            Done::Checkpoint { applied, result, id_buffers: checkpoint.into_id_buffers() }
                         }
                         Job::MakeBase { runs } => match make_base(&shard_dir, &store, id_hash_key, runs) {
                             Ok(index) => Done::Base { index },

@@ -30,14 +30,11 @@ use net::types::{transfer_id_timestamp_ms, ResultCode, Transfer, TransferId};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::block_ring::{BlockRing, BLOCK_ITEMS};
 use crate::fast_hash::keyed_hash_u128;
 use crate::id_index::{ColdRun, RUNS_UNBUILT_MAX};
 
 pub(crate) const NANOS_PER_MILLI: u64 = 1_000_000;
-/// The entry ring reserves room for at most this many entries up front and grows (amortised) up to
-/// `idempotency_ids_max` beyond it, so a partition configured with a large bound does not commit all of
-/// its 64 bytes per id at creation. The index (16 bytes per id) is allocated whole up front.
-pub const ID_TABLE_PREALLOCATED_IDS_MAX: usize = 1 << 16;
 /// Bytes of the transfer fields that go into the fingerprint.
 const FINGERPRINT_INPUT_BYTES: usize = 48;
 
@@ -172,7 +169,7 @@ pub struct IdTable {
     key: u64,
     home: RunHome,
     /// Arrival order, which is also seq order and recorded_ns order.
-    entries: VecDeque<IdEntry>,
+    entries: BlockRing<IdEntry>,
     /// id -> arrival number; the entry is `entries[arrival - head_arrival]`.
     index: IdIndex,
     /// Arrival number of `entries[0]`.
@@ -198,7 +195,6 @@ impl IdTable {
         assert!(idempotency_ids_max >= RUN_FRACTION_DENOMINATOR, "the id table holds at least a few ids");
         let run_ids = idempotency_ids_max / RUN_FRACTION_DENOMINATOR;
         let ring_max = idempotency_ids_max + RUNS_UNBUILT_MAX * run_ids;
-        let preallocated = ring_max.min(ID_TABLE_PREALLOCATED_IDS_MAX);
         IdTable {
             partition,
             window_ms: idempotency_window_ms,
@@ -206,7 +202,9 @@ impl IdTable {
             run_ids,
             key: hash_key,
             home: RunHome::Memory,
-            entries: VecDeque::with_capacity(preallocated),
+            // A seal releases a run's worth of blocks at once and the ring refills them: keep that many
+            // for reuse (within the ring's budget), so a full table allocates nothing in steady state.
+            entries: BlockRing::new(run_ids.div_ceil(BLOCK_ITEMS) + 1),
             index: IdIndex::new(ring_max, hash_key),
             head_arrival: 0,
             sealed_end: 0,
@@ -311,7 +309,7 @@ impl IdTable {
     }
 
     fn entry_at(&self, arrival: u64) -> &IdEntry {
-        &self.entries[(arrival - self.head_arrival) as usize]
+        self.entries.get((arrival - self.head_arrival) as usize)
     }
 
     /// True when `id` is older than the window at `at_ns` (the timestamp of the event that would record
@@ -350,7 +348,8 @@ impl IdTable {
 
     fn seal(&mut self, now_ns: u64) {
         let first = (self.sealed_end - self.head_arrival) as usize;
-        let entries: Vec<IdEntry> = self.entries.range(first..first + self.run_ids).copied().collect();
+        let entries: Vec<IdEntry> = self.entries.iter_from(first).take(self.run_ids).copied().collect();
+        assert_eq!(entries.len(), self.run_ids, "a seal takes a whole run from the ring");
         let dir = match &self.home {
             RunHome::Memory => None,
             RunHome::Directory(dir) => Some(Arc::clone(dir)),
@@ -492,8 +491,8 @@ impl IdTable {
     pub fn drain_inserted(&mut self, f: impl FnMut(&IdEntry)) -> DrainedIds {
         let first_undrained = self.drained_arrival.max(self.head_arrival);
         let skip = (first_undrained - self.head_arrival) as usize;
-        // `range` starts there directly (iter().skip() would walk the skipped entries).
-        self.entries.range(skip..).for_each(f);
+        // `iter_from` starts there directly (iter().skip() would walk the skipped entries).
+        self.entries.iter_from(skip).for_each(f);
         self.drained_arrival = self.next_arrival();
         DrainedIds {
             first_drained: first_undrained,
@@ -507,7 +506,7 @@ impl IdTable {
     pub fn digest(&self) -> u128 {
         let mut sum: u128 = 0;
         let skip = (self.sealed_end - self.head_arrival) as usize;
-        for entry in self.entries.iter().skip(skip) {
+        for entry in self.entries.iter_from(skip) {
             sum = sum.wrapping_add(entry_digest(entry));
         }
         let mut input = [0u8; 40];
@@ -543,13 +542,20 @@ const ARRIVAL_MASK: u64 = (1 << ARRIVAL_BITS) - 1;
 /// Slots per id: at most half the table is occupied, which keeps linear probe runs short.
 const ID_INDEX_SLOTS_PER_ID: usize = 2;
 const ID_INDEX_SLOTS_MIN: usize = 16;
+/// The smallest page the kernel maps; touching one word per page faults the whole allocation in.
+const PAGE_BYTES: usize = 4096;
 
 impl IdIndex {
     fn new(ids_max: usize, key: u64) -> Self {
         assert!((ids_max as u64) < ARRIVAL_MASK, "idempotency_ids_max must stay below 2^31");
         let capacity = (ids_max * ID_INDEX_SLOTS_PER_ID).next_power_of_two().max(ID_INDEX_SLOTS_MIN);
         assert!(capacity <= 1 << 32, "slot positions come from 32 hash bits");
-        IdIndex { slots: vec![0; capacity], mask: capacity - 1, len: 0, key }
+        let mut slots = vec![0; capacity];
+        // Touch every page now: a zeroed allocation is mapped lazily, and the first inserts (random
+        // slots) would otherwise each take a page fault, all partitions at once on a fresh node.
+        // `black_box` keeps the compiler from proving the stores redundant.
+        slots.iter_mut().step_by(PAGE_BYTES / 8).for_each(|slot| *slot = std::hint::black_box(0));
+        IdIndex { slots, mask: capacity - 1, len: 0, key }
     }
 
     fn len(&self) -> usize {

@@ -15,6 +15,7 @@
 //! log lacks.
 
 pub mod base;
+mod block_ring;
 pub mod cluster_config;
 pub mod config;
 pub mod error;

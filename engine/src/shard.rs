@@ -51,6 +51,18 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize =
     crate::event::EVENT_BATCH_HEADER_BYTES + RECORD_EVENTS_MAX * crate::event::EVENT_BYTES;
 /// How long an idle shard sleeps on its queue before checking whether a checkpoint is due.
 const IDLE_WAIT_MS: u64 = 50;
+/// A round longer than this is logged with its phases (see `Shard::report_slow_round`).
+const SLOW_ROUND_LOG_MS: u64 = 100;
+/// At most one slow-round line per this interval per shard.
+const SLOW_ROUND_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// When a round's phases ended: taking and executing commands, appending their events, the log.
+struct RoundPhases {
+    started: Instant,
+    executed: Instant,
+    appended: Instant,
+    ended: Instant,
+}
 
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
@@ -170,6 +182,9 @@ pub struct Shard {
     pending_ids: Vec<Vec<(u64, Vec<IdEntry>)>>,
     /// Per owned partition: how many ids the last checkpoint carried (sizes the next interval's buffer).
     ids_per_checkpoint: Vec<usize>,
+    /// Emptied id-entry buffers that written checkpoints handed back (at most one per owned partition):
+    /// `take_ids` fills them again rather than fresh memory.
+    id_buffers: Vec<Vec<IdEntry>>,
     /// Builds and writes the id-index runs the partitions seal (its own thread).
     id_runs: RunBuilder,
     /// Per owned partition: the event buffer of the current round (reused, never shrunk).
@@ -183,6 +198,8 @@ pub struct Shard {
     /// The checkpoint being written: its applied index, and per owned partition how many of its recent
     /// batches it carries (they leave `recent_batches` once written).
     checkpoint_writing: Option<(u64, Vec<usize>)>,
+    /// When the last slow round was logged (the log line is rate-limited).
+    slow_round_logged: Option<Instant>,
     /// Makes bases and frees old segments off the round (see `engine::base`).
     retainer: Retainer,
     /// Applied index of the newest base (0: none yet): no segment above it may be deleted.
@@ -379,6 +396,7 @@ impl Shard {
             id_chunks,
             pending_ids: vec![Vec::new(); partitions.len()],
             ids_per_checkpoint: vec![0; partitions.len()],
+            id_buffers: Vec::new(),
             id_runs: RunBuilder::start(format!("shard-{id}-ids")),
             buffers: (0..partitions.len()).map(|_| EventBuffer::new()).collect(),
             partitions,
@@ -395,6 +413,7 @@ impl Shard {
             checkpoint_index,
             last_checkpoint: Instant::now(),
             checkpoint_writing: None,
+            slow_round_logged: None,
             base_index,
             base_wanted: false,
             unfreed: Vec::new(),
@@ -486,6 +505,7 @@ impl Shard {
                 None
             };
             let mut next = first;
+            let mut commands_taken = 0usize;
             let now_ns = clock_ns();
             let round_started = Instant::now();
             queue_depth.set(commands.len() as i64);
@@ -507,13 +527,20 @@ impl Shard {
                         shutdown = Some(Some(reply));
                         break;
                     }
-                    command => items += self.execute(command, now_ns),
+                    command => {
+                        commands_taken += 1;
+                        items += self.execute(command, now_ns);
+                    }
                 }
             }
-            self.serve_seq_waits(Instant::now());
+            let executed = Instant::now();
+            self.serve_seq_waits(executed);
             self.end_round();
+            let appended = Instant::now();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
-            crate::metrics::observe_round(round_started.elapsed());
+            let round = RoundPhases { started: round_started, executed, appended, ended: Instant::now() };
+            crate::metrics::observe_round(round.ended - round.started);
+            self.report_slow_round(&round, commands_taken, items, commands.len());
             self.tend_retention();
             if self.checkpoint_due() && self.owed.is_empty() {
                 // Refused only by a failed shard, which checkpoint_due excludes.
@@ -523,6 +550,27 @@ impl Shard {
                 return self.close(reply);
             }
         }
+    }
+
+    /// Logs a round that held the shard for more than `SLOW_ROUND_LOG_MS`, split into its phases, at
+    /// most once per `SLOW_ROUND_LOG_INTERVAL_MS`: what stalls a round is then read, not guessed.
+    fn report_slow_round(&mut self, round: &RoundPhases, commands_taken: usize, items: usize, queued: usize) {
+        let took = round.ended - round.started;
+        if took < Duration::from_millis(SLOW_ROUND_LOG_MS)
+            || self.slow_round_logged.is_some_and(|at| at.elapsed() < Duration::from_millis(SLOW_ROUND_LOG_INTERVAL_MS))
+        {
+            return;
+        }
+        self.slow_round_logged = Some(round.ended);
+        log::warn!(
+            "shard {}: a round took {} ms (over {SLOW_ROUND_LOG_MS} ms): executing {commands_taken} commands of \
+             {items} items {} ms, appending {} ms, log write + sync {} ms; {queued} commands queued behind it",
+            self.id,
+            took.as_millis(),
+            (round.executed - round.started).as_millis(),
+            (round.appended - round.executed).as_millis(),
+            (round.ended - round.appended).as_millis(),
+        );
     }
 
     /// Executes one command; returns the number of items it carried.
@@ -686,7 +734,11 @@ impl Shard {
         let contiguous = pending.last().is_some_and(|(start, entries)| start + entries.len() as u64 == first);
         if !contiguous {
             // The first drain since the checkpoint, or entries left memory undrained (a replay): a new run.
-            pending.push((first, Vec::with_capacity(count.max(self.ids_per_checkpoint[slot]))));
+            // A buffer a written checkpoint returned is already faulted in; a fresh one would take a
+            // page fault per 64 entries on this round (see `id_buffers`).
+            let mut buffer = self.id_buffers.pop().unwrap_or_default();
+            buffer.reserve(count.max(self.ids_per_checkpoint[slot]));
+            pending.push((first, buffer));
         }
         let (_, entries) = pending.last_mut().expect("just ensured");
         entries.reserve(count);
@@ -888,7 +940,10 @@ impl Shard {
     /// Takes one result of the retention thread.
     fn settle(&mut self, done: Done) {
         match done {
-            Done::Checkpoint { applied, result } => {
+            Done::Checkpoint { applied, result, id_buffers } => {
+                // Keep at most one checkpoint's worth (one buffer per owned partition, usually).
+                let room = self.partitions.len().saturating_sub(self.id_buffers.len());
+                self.id_buffers.extend(id_buffers.into_iter().take(room));
                 let (expected, batches) = self.checkpoint_writing.take().expect("a checkpoint was being written");
                 assert_eq!(applied, expected, "checkpoints are written in order");
                 match result {
