@@ -233,14 +233,20 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             return;
         }
         let answers = std::mem::take(&mut self.round_answers);
-        let outcome = if self.buffer.is_started() && !self.buffer.is_empty() {
+        // The round was decided against the speculative state of the leadership `observe_role` last
+        // saw (term `self.term`). Raft may have ended it since, on a peer message of a later term
+        // (stepping down, perhaps cutting the uncommitted tail those decisions counted on), and even
+        // have won a later term again: the decisions then belong to no leadership and are refused.
+        let status = self.raw.status();
+        let outcome = if status.role != Role::Leader || status.term != self.term {
+            Err(raft::Error::NotLeader { leader: status.leader })
+        } else if self.buffer.is_started() && !self.buffer.is_empty() {
             let data = self.buffer.finish().to_vec();
             self.raw.propose(data).inspect(|_| crate::metrics::count_proposal()).map(|index| (index, self.term))
         } else {
-            // Only replayed retries: their outcomes are in the log already, maybe not yet committed;
-            // answer once everything this replica holds is applied.
-            let last = self.raw.status().last_index;
-            Ok((last, self.raw.term(last).unwrap_or(self.term)))
+            // Only replayed retries: their outcomes are in this leader's log already, maybe not yet
+            // committed; answer once everything it holds is applied.
+            Ok((status.last_index, self.raw.term(status.last_index).unwrap_or(self.term)))
         };
         self.buffer.clear();
         match outcome {
@@ -471,6 +477,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             status.commit
         );
         let was = self.role;
+        let term_seen = self.term;
         if self.leader != status.leader {
             crate::metrics::count_leader_change();
         }
@@ -483,13 +490,23 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         if leads {
             self.speculative_kept = false;
         }
+        // Leading in a later term than last seen: Raft stepped down and won again in between. What the
+        // earlier leadership owed or collected belongs to a leadership that is over, and its
+        // speculative state may count entries the log no longer holds.
+        let re_elected = leads && was == Role::Leader && status.term != term_seen;
+        if re_elected {
+            let error = EngineError::NotLeader { partition: self.partition, leader: status.leader, term: status.term };
+            self.fail_leader_waits(sink, &error);
+            self.speculative = None;
+            self.speculative_stale = false;
+        }
         if leads && (self.speculative.is_none() || self.speculative_stale) {
             let state = self
                 .rebuild_speculative()
                 .map_err(|error| format!("partition {}: cannot rebuild the leader state: {error}", self.partition))?;
             self.speculative = Some(state);
             self.speculative_stale = false;
-            if was != Role::Leader {
+            if was != Role::Leader || re_elected {
                 sink.log(
                     log::Level::Info,
                     format!("node {node_id}: partition {}: leader in term {}", self.partition, status.term),

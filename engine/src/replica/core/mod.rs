@@ -26,6 +26,8 @@ mod reads;
 mod rebalance;
 mod rejoin;
 mod routing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
