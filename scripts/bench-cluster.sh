@@ -7,6 +7,7 @@
 #   BIN_DIR: where walletd and walletbench are (default: this checkout's release build), so an A/B can
 #   run another commit's binaries in the same session.
 #   WALLETD_ARGS (environment): extra walletd arguments, e.g. "--config small-segments.toml".
+#   WALLETBENCH_ARGS (environment): extra walletbench arguments, e.g. "--rate 300000" for open loop.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -69,8 +70,9 @@ for run in $(seq 1 "$runs"); do
         tail -n 5 "$dir"/node-*.log >&2
         exit 1
     fi
+    # shellcheck disable=SC2086 # WALLETBENCH_ARGS is a list of words on purpose.
     "$bin/walletbench" --addr 127.0.0.1:27401,127.0.0.1:27402,127.0.0.1:27403 --duration "${seconds}s" \
-        --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 >"$dir/bench.txt" 2>&1 &
+        --batch-size 8000 --connections 3 --inflight 4 --accounts 30000 ${WALLETBENCH_ARGS:-} >"$dir/bench.txt" 2>&1 &
     bench_pid=$!
     # Disk use of the three data directories every 5 s while the load runs (allocated bytes).
     started=$SECONDS
