@@ -46,11 +46,22 @@ pub enum Stage {
     Checkpoint,
     /// Writing that checkpoint into RocksDB, on the shard's retention thread: no round waits for it.
     CheckpointWrite,
+    /// Cluster leaders only: from proposing a round's entry until it is committed and applied here
+    /// (replication to a majority with their fdatasyncs, the commit's round trip, the apply), once per
+    /// entry that answers anyone.
+    Commit,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] =
-        [Stage::QueueWait, Stage::Execute, Stage::LogSync, Stage::Total, Stage::Checkpoint, Stage::CheckpointWrite];
+    pub const ALL: [Stage; 7] = [
+        Stage::QueueWait,
+        Stage::Execute,
+        Stage::LogSync,
+        Stage::Total,
+        Stage::Checkpoint,
+        Stage::CheckpointWrite,
+        Stage::Commit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,6 +71,7 @@ impl Stage {
             Stage::Total => "total",
             Stage::Checkpoint => "checkpoint",
             Stage::CheckpointWrite => "checkpoint_write",
+            Stage::Commit => "commit",
         }
     }
 }

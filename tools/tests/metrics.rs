@@ -191,8 +191,12 @@ fn walletbench_reports_where_the_node_spent_the_time() {
     assert_eq!(outcome.exit_code(), bench::run::EXIT_OK);
     let stages = outcome.summary.server_stages.clone().expect("asked for").expect("read after the run");
     let names: Vec<&str> = stages.iter().map(|s| s.stage.as_str()).collect();
-    assert_eq!(names, ["checkpoint", "checkpoint_write", "execute", "log_sync", "queue_wait", "total"]);
+    assert_eq!(names, ["checkpoint", "checkpoint_write", "commit", "execute", "log_sync", "queue_wait", "total"]);
     for s in &stages {
+        if s.stage == "commit" {
+            assert_eq!(s.count, 0, "a single node commits nothing through Raft: {s:?}");
+            continue;
+        }
         // A checkpoint is a stall of the round, once per `checkpoint_interval_ms` (1 s): a run this short
         // may hold none. Every write stage was observed.
         if s.stage.starts_with("checkpoint") && s.count == 0 {
@@ -208,7 +212,7 @@ fn walletbench_reports_where_the_node_spent_the_time() {
     assert!(total.count >= batches, "every answered batch was timed on the node: {total:?} vs {batches}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench/summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["server_stages"]["Ok"].as_array().map(Vec::len), Some(6), "{summary}");
+    assert_eq!(summary["server_stages"]["Ok"].as_array().map(Vec::len), Some(7), "{summary}");
 
     config.metrics_url = Some(format!("http://{}/no-such-endpoint-port-is-closed", support::http::free_address()));
     config.out_dir = Some(dir.path().join("refused"));
@@ -254,6 +258,7 @@ fn cluster_nodes_expose_leaders_forwards_and_commits() {
         }
     }
     let mut total_results = 0.0;
+    let mut commits_timed = 0.0;
     for id in cluster.node_ids() {
         // A leadership handover (the preferred leader taking its partition back) may be under way at
         // any scrape: the gauge reads 0 for its election. Scrape until every partition has a leader.
@@ -283,6 +288,7 @@ fn cluster_nodes_expose_leaders_forwards_and_commits() {
             assert_eq!(stage("total"), 0.0, "no client wrote through node {id}");
         }
         assert!(stage("log_sync") >= 1.0, "every replica syncs its shard's log: {text}");
+        commits_timed += stage("commit");
         if id == 1 && !forwarded_partitions.is_empty() {
             // Two requests (accounts, transfers) per partition node 1 does not lead.
             let forwarded = 2.0 * forwarded_partitions.len() as f64;
@@ -292,4 +298,7 @@ fn cluster_nodes_expose_leaders_forwards_and_commits() {
     }
     // Results are counted where decided, by each partition's leader: once in the whole cluster.
     assert_eq!(total_results, 3.0 * (2.0 + 10.0));
+    // Each partition's leader timed the commit of the entries that answered its 2 writes (one entry
+    // each, or one for both if a round took them together).
+    assert!((3.0..=6.0).contains(&commits_timed), "commit stage observed {commits_timed} times");
 }

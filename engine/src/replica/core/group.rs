@@ -23,6 +23,8 @@ pub(super) struct Owed<H: Handles> {
     pub index: u64,
     pub term: u64,
     pub answers: Vec<Answer<H>>,
+    /// For the `commit` stage only (a metric: nothing is decided by it).
+    pub proposed_at: std::time::Instant,
 }
 
 /// The results a decided batch will be answered with once its entry commits. A batch of this node's
@@ -266,7 +268,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                         back.index
                     );
                 }
-                self.owed.push_back(Owed { index, term, answers });
+                self.owed.push_back(Owed { index, term, answers, proposed_at: std::time::Instant::now() });
             }
             Err(error) => {
                 // The speculative state holds effects that will never be in the log.
@@ -415,6 +417,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
             let owed = self.owed.pop_front().expect("front exists");
             let committed_as_proposed = owed.index < entry.index || owed.term == entry.term;
+            if committed_as_proposed {
+                crate::metrics::observe_stage(crate::metrics::Stage::Commit, owed.proposed_at.elapsed());
+            }
             for answer in owed.answers {
                 if committed_as_proposed {
                     sink.items(answer.to, Ok(answer.results));
