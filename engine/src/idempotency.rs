@@ -154,8 +154,12 @@ pub struct DrainedIds {
 /// data directory for them, an audit replay).
 #[derive(Clone, Debug, Default)]
 pub enum RunHome {
+    /// Kept in memory, built at the seal by whoever sealed (an audit replay, the simulator).
     #[default]
     Memory,
+    /// Kept in memory, built by the runtime's builder thread (a cluster replica): sealed runs wait in
+    /// [`IdTable::take_sealed`] like those of a directory, so the round does not pay for the build.
+    Deferred,
     Directory(Arc<PathBuf>),
 }
 
@@ -360,7 +364,7 @@ impl IdTable {
             self.unsealed_sum = self.unsealed_sum.wrapping_sub(entry_digest(entry));
         }
         let dir = match &self.home {
-            RunHome::Memory => None,
+            RunHome::Memory | RunHome::Deferred => None,
             RunHome::Directory(dir) => Some(Arc::clone(dir)),
         };
         let run = Arc::new(ColdRun::seal(
@@ -377,7 +381,7 @@ impl IdTable {
             // No builder serves a table without a directory (a cluster replica, an audit replay, a
             // replica's speculative state): build here, now.
             RunHome::Memory => run.settle(),
-            RunHome::Directory(_) => self.unsent.push(run),
+            RunHome::Directory(_) | RunHome::Deferred => self.unsent.push(run),
         }
         // Runs whose every id has expired answer nothing any more.
         let now_ms = now_ns / NANOS_PER_MILLI;
@@ -772,6 +776,28 @@ mod tests {
         assert!(dir.path().join(crate::id_index::run_file_name(0)).exists());
         for e in &entries {
             assert_eq!(table.get(e.id), Some(*e));
+        }
+    }
+
+    /// A replica's table: runs wait for the builder thread (never built by the seal itself, which would
+    /// stall the round) and stay in memory, no file.
+    #[test]
+    fn a_deferred_table_leaves_the_build_to_its_builder() {
+        let (mut table, entries) = filled(64, 64 + 15, RunHome::Deferred);
+        let mut sealed = Vec::new();
+        table.take_sealed(|run| sealed.push(run));
+        assert_eq!(sealed.len(), 1);
+        assert!(!sealed[0].is_built(), "the seal did not build the run");
+        assert_eq!(table.len(), 79, "nothing leaves memory before its run is built");
+        for e in &entries {
+            assert_eq!(table.get(e.id), Some(*e), "exact while the run waits");
+        }
+        sealed[0].settle();
+        assert_eq!(sealed[0].file_path(), None, "kept in memory");
+        table.release();
+        assert_eq!(table.len(), 63);
+        for e in &entries {
+            assert_eq!(table.get(e.id), Some(*e), "exact once the run left the ring");
         }
     }
 

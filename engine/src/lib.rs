@@ -32,6 +32,7 @@ pub mod partition;
 pub mod past;
 pub mod replica;
 pub mod shard;
+pub(crate) mod slow_round;
 pub mod store;
 pub mod verify;
 

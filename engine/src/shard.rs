@@ -37,6 +37,7 @@ use crate::idempotency::{ColdImage, IdEntry, IdImage, RunHome, NANOS_PER_MILLI};
 use crate::join::BatchPart;
 use crate::metrics::Stage;
 use crate::partition::{DirtyRow, PartitionConfig, PartitionState};
+use crate::slow_round::SlowRounds;
 use crate::store::{Checkpoint, PartitionMeta, Store};
 use std::sync::Arc;
 
@@ -51,19 +52,6 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize =
     crate::event::EVENT_BATCH_HEADER_BYTES + RECORD_EVENTS_MAX * crate::event::EVENT_BYTES;
 /// How long an idle shard sleeps on its queue before checking whether a checkpoint is due.
 const IDLE_WAIT_MS: u64 = 50;
-/// A round longer than this is logged with its phases (see `Shard::report_slow_round`).
-const SLOW_ROUND_LOG_MS: u64 = 100;
-/// At most one slow-round line per this interval per shard.
-const SLOW_ROUND_LOG_INTERVAL_MS: u64 = 1_000;
-
-/// When a round's phases ended: taking and executing commands, appending their events, the log.
-struct RoundPhases {
-    started: Instant,
-    executed: Instant,
-    appended: Instant,
-    ended: Instant,
-}
-
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(ShardStatus) + Send>;
@@ -198,8 +186,7 @@ pub struct Shard {
     /// The checkpoint being written: its applied index, and per owned partition how many of its recent
     /// batches it carries (they leave `recent_batches` once written).
     checkpoint_writing: Option<(u64, Vec<usize>)>,
-    /// When the last slow round was logged (the log line is rate-limited).
-    slow_round_logged: Option<Instant>,
+    slow_rounds: SlowRounds,
     /// Makes bases and frees old segments off the round (see `engine::base`).
     retainer: Retainer,
     /// Applied index of the newest base (0: none yet): no segment above it may be deleted.
@@ -413,7 +400,7 @@ impl Shard {
             checkpoint_index,
             last_checkpoint: Instant::now(),
             checkpoint_writing: None,
-            slow_round_logged: None,
+            slow_rounds: SlowRounds::default(),
             base_index,
             base_wanted: false,
             unfreed: Vec::new(),
@@ -538,9 +525,13 @@ impl Shard {
             self.end_round();
             let appended = Instant::now();
             self.drive_log(shutdown.is_some() || self.checkpoint_due());
-            let round = RoundPhases { started: round_started, executed, appended, ended: Instant::now() };
-            crate::metrics::observe_round(round.ended - round.started);
-            self.report_slow_round(&round, commands_taken, items, commands.len());
+            let ended = Instant::now();
+            crate::metrics::observe_round(ended - round_started);
+            let phases = [("executing", executed), ("appending", appended), ("log write + sync", ended)];
+            self.slow_rounds.report(round_started, &phases, || {
+                let detail = format!("{commands_taken} commands of {items} items, {} queued behind it", commands.len());
+                (format!("shard {}", self.id), detail)
+            });
             self.tend_retention();
             if self.checkpoint_due() && self.owed.is_empty() {
                 // Refused only by a failed shard, which checkpoint_due excludes.
@@ -550,27 +541,6 @@ impl Shard {
                 return self.close(reply);
             }
         }
-    }
-
-    /// Logs a round that held the shard for more than `SLOW_ROUND_LOG_MS`, split into its phases, at
-    /// most once per `SLOW_ROUND_LOG_INTERVAL_MS`: what stalls a round is then read, not guessed.
-    fn report_slow_round(&mut self, round: &RoundPhases, commands_taken: usize, items: usize, queued: usize) {
-        let took = round.ended - round.started;
-        if took < Duration::from_millis(SLOW_ROUND_LOG_MS)
-            || self.slow_round_logged.is_some_and(|at| at.elapsed() < Duration::from_millis(SLOW_ROUND_LOG_INTERVAL_MS))
-        {
-            return;
-        }
-        self.slow_round_logged = Some(round.ended);
-        log::warn!(
-            "shard {}: a round took {} ms (over {SLOW_ROUND_LOG_MS} ms): executing {commands_taken} commands of \
-             {items} items {} ms, appending {} ms, log write + sync {} ms; {queued} commands queued behind it",
-            self.id,
-            took.as_millis(),
-            (round.executed - round.started).as_millis(),
-            (round.appended - round.executed).as_millis(),
-            (round.ended - round.appended).as_millis(),
-        );
     }
 
     /// Executes one command; returns the number of items it carried.

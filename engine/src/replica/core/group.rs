@@ -14,6 +14,7 @@ use super::{Batch, GroupInit, GroupStatus, Handles, ItemsTo, Now, Persist, Repli
 use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::error::EngineError;
 use crate::event::{EventBatchView, EventBuffer};
+use crate::idempotency::RunHome;
 use crate::partition::PartitionState;
 use crate::replica::snapshot::{decode_partition_image, encode_partition_image};
 use crate::shard::RECORD_PAYLOAD_BYTES_MAX;
@@ -81,15 +82,23 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     /// Only with the planted bug `keep_speculative_after_losing_leadership`: the speculative state
     /// outlived a leadership this replica lost.
     pub speculative_kept: bool,
+    /// Where sealed id runs of this group's states are built (see `CoreOptions::id_runs`).
+    pub id_runs: RunHome,
 }
 
 impl<S: ReplicaStorage, H: Handles> Group<S, H> {
-    pub fn open(node_id: u64, cluster: &ClusterConfig, init: GroupInit<S>, now: Now) -> Result<Self, EngineError> {
+    pub fn open(
+        node_id: u64,
+        cluster: &ClusterConfig,
+        init: GroupInit<S>,
+        id_runs: RunHome,
+        now: Now,
+    ) -> Result<Self, EngineError> {
         let GroupInit { partition, mut storage, config, rejoin, raft_seed } = init;
         let in_partition = |e: &dyn std::fmt::Display| EngineError::Log(format!("partition {partition}: {e}"));
         let replicas = cluster.replicas(partition);
         let snapshot = storage.snapshot().map_err(|e| in_partition(&e))?;
-        let committed = if snapshot.meta.index == 0 {
+        let mut committed = if snapshot.meta.index == 0 {
             PartitionState::new(config)
         } else {
             let (image_partition, rows) = decode_partition_image(&snapshot.data)
@@ -102,6 +111,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             PartitionState::restore_rows(config, rows)
                 .map_err(|e| EngineError::Store(format!("partition {partition}: snapshot file: {e}")))?
         };
+        committed.set_id_home(id_runs.clone());
         // Nothing in the store for this partition: on a rejoining node, that means it was lost. A marker
         // left by an earlier run that did not finish rejoining keeps its rules, whatever the flags say.
         let marker = storage.rejoin_marker()?;
@@ -161,6 +171,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             recovery,
             withhold_marker_stored,
             speculative_kept: false,
+            id_runs,
         })
     }
 
@@ -318,8 +329,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 if partition != self.partition {
                     return Err(EngineError::Store(format!("received a snapshot of partition {partition}")));
                 }
-                let state = PartitionState::restore_rows(self.committed.config(), rows)
+                let mut state = PartitionState::restore_rows(self.committed.config(), rows)
                     .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
+                state.set_id_home(self.id_runs.clone());
                 assert!(
                     snapshot.meta.index > self.applied_index,
                     "partition {}: snapshot at {} does not move past applied index {}",

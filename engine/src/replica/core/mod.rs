@@ -191,6 +191,9 @@ pub struct CoreOptions {
     pub first_request_id: u64,
     /// Every applied entry is also kept for [`ReplicaCore::take_applied`] (the simulator's auditor).
     pub record_applied: bool,
+    /// Where the partitions' sealed id runs are built: `Deferred` by the shell's builder thread (it takes
+    /// them with [`ReplicaCore::tend_id_runs`] after every round), `Memory` at the seal (the simulator).
+    pub id_runs: crate::idempotency::RunHome,
     pub planted: PlantedBugs,
 }
 
@@ -313,7 +316,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         let mut group_of = HashMap::new();
         for init in groups {
             let partition = init.partition;
-            let group = Group::open(options.node_id, &options.cluster, init, now)?;
+            let group = Group::open(options.node_id, &options.cluster, init, options.id_runs.clone(), now)?;
             assert!(group_of.insert(partition, opened.len()).is_none(), "partition {partition} opened twice");
             opened.push(group);
         }
@@ -471,6 +474,17 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         self.retry_parked(now);
         self.propose_all();
         self.expire_waits(now);
+    }
+
+    /// Hands every id run the groups' states sealed since the last call to `submit` (the shell's builder
+    /// thread, with `CoreOptions::id_runs` = `Deferred`), and lets the built ones leave the rings.
+    pub fn tend_id_runs(&mut self, mut submit: impl FnMut(std::sync::Arc<crate::id_index::ColdRun>)) {
+        for group in &mut self.groups {
+            group.committed.tend_id_runs(&mut submit);
+            if let Some(speculative) = group.speculative.as_mut() {
+                speculative.tend_id_runs(&mut submit);
+            }
+        }
     }
 
     /// Ready `number` of `partition` (and every earlier one) is durable.

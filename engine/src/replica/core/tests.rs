@@ -85,6 +85,7 @@ impl Cluster {
                     cluster: cluster.clone(),
                     first_request_id: node_id << 40,
                     record_applied: false,
+                    id_runs: crate::idempotency::RunHome::Memory,
                     planted: Default::default(),
                 };
                 ReplicaCore::open(options, vec![init], now).expect("a fresh replica opens")

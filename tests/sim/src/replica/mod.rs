@@ -890,6 +890,7 @@ impl Sim {
             cluster: self.cluster.clone(),
             first_request_id: now.wall_ns,
             record_applied: true,
+            id_runs: engine::idempotency::RunHome::Memory,
             planted: self.options.planted,
         };
         let core = ReplicaCore::open(options, groups, now).map_err(|e| format!("node {} cannot open: {e}", node.id))?;
