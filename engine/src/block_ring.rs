@@ -15,7 +15,7 @@ pub const BLOCK_ITEMS: usize = 4096;
 const BLOCK_SHIFT: u32 = BLOCK_ITEMS.trailing_zeros();
 const _: () = assert!(BLOCK_ITEMS.is_power_of_two());
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct BlockRing<T: Copy> {
     /// Every block but the last is full; the first one's items before `head` have been popped.
     blocks: VecDeque<Vec<T>>,
@@ -24,6 +24,24 @@ pub struct BlockRing<T: Copy> {
     /// Emptied blocks kept for reuse (their capacity stays allocated), at most `spare_blocks_max`.
     spare: Vec<Vec<T>>,
     spare_blocks_max: usize,
+}
+
+/// A copy holds the items, not the pool of emptied blocks (a replica's speculative state is a clone of
+/// its committed one: up to `spare_blocks_max` blocks of nothing each time).
+impl<T: Copy> Clone for BlockRing<T> {
+    fn clone(&self) -> Self {
+        // Every block with a whole block's room, so the copy's pushes never move what it holds either.
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|block| {
+                let mut copy = Vec::with_capacity(BLOCK_ITEMS);
+                copy.extend_from_slice(block);
+                copy
+            })
+            .collect();
+        BlockRing { blocks, head: self.head, len: self.len, spare: Vec::new(), spare_blocks_max: self.spare_blocks_max }
+    }
 }
 
 impl<T: Copy> BlockRing<T> {
@@ -151,6 +169,10 @@ mod tests {
         let second_block = ring.get(BLOCK_ITEMS) as *const u32;
         (0..BLOCK_ITEMS).for_each(|_| assert!(ring.pop_front().is_some()));
         assert_eq!(ring.spare.len(), 1, "the emptied block is kept");
+        let copy = ring.clone();
+        assert!(copy.spare.is_empty(), "a copy does not carry the pool");
+        assert!(copy.iter().eq(ring.iter()), "a copy holds the same items");
+        assert!(copy.blocks.iter().all(|block| block.capacity() >= BLOCK_ITEMS), "with room to grow in place");
         assert_eq!(ring.get(0) as *const u32, second_block, "popping did not move the rest");
         (0..BLOCK_ITEMS as u32).for_each(|n| ring.push_back(n));
         assert!(ring.spare.is_empty(), "the next block came from the pool");
