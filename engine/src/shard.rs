@@ -52,6 +52,7 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize =
     crate::event::EVENT_BATCH_HEADER_BYTES + RECORD_EVENTS_MAX * crate::event::EVENT_BYTES;
 /// How long an idle shard sleeps on its queue before checking whether a checkpoint is due.
 const IDLE_WAIT_MS: u64 = 50;
+
 pub type LookupReply = Box<dyn FnOnce(Result<Vec<(u32, Option<Account>)>, EngineError>) + Send>;
 pub type HistoryReply = Box<dyn FnOnce(Result<history::HistoryPage, EngineError>) + Send>;
 pub type StatusReply = Box<dyn FnOnce(ShardStatus) + Send>;
@@ -186,6 +187,7 @@ pub struct Shard {
     /// The checkpoint being written: its applied index, and per owned partition how many of its recent
     /// batches it carries (they leave `recent_batches` once written).
     checkpoint_writing: Option<(u64, Vec<usize>)>,
+    /// Rate limit of the slow-round log line.
     slow_rounds: SlowRounds,
     /// Makes bases and frees old segments off the round (see `engine::base`).
     retainer: Retainer,

@@ -144,6 +144,7 @@ pub struct ReplicaShard {
     /// The monotonic clock's origin: the core sees milliseconds since it.
     started: Instant,
     last_tick: Instant,
+    /// Rate limit of the slow-round log line.
     slow_rounds: SlowRounds,
     /// Builds the partitions' sealed id runs (in memory) off the round: a 65,536-id run took 20-100 ms
     /// of a round when built at the seal.

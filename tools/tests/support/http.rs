@@ -102,15 +102,32 @@ pub struct Node {
     child: Option<Child>,
 }
 
+/// Fresh ports tried before giving up on a start (see `Node::start`).
+const START_ATTEMPTS_MAX: usize = 5;
+
 impl Node {
+    /// Starts walletd on two free ports. A port `free_address` found free can be taken by another test
+    /// before walletd binds it (walletd then exits: "Address already in use"), so a start whose walletd
+    /// exits before it answers is tried again on fresh ports, up to `START_ATTEMPTS_MAX` times.
     pub fn start(data_dir: &Path) -> Node {
-        let mut node = Node { client_address: free_address(), http_address: free_address(), child: None };
-        node.spawn(data_dir);
-        node
+        for attempt in 1..=START_ATTEMPTS_MAX {
+            let mut node = Node { client_address: free_address(), http_address: free_address(), child: None };
+            match node.try_spawn(data_dir) {
+                Ok(()) => return node,
+                Err(status) => eprintln!("walletd exited before answering ({status}), attempt {attempt}: new ports"),
+            }
+        }
+        panic!("walletd did not start in {START_ATTEMPTS_MAX} attempts on fresh ports");
     }
 
     /// Starts walletd on the node's ports and waits until its HTTP edge answers `/v1/status`.
     pub fn spawn(&mut self, data_dir: &Path) {
+        if let Err(status) = self.try_spawn(data_dir) {
+            panic!("walletd exited before its HTTP edge answered: {status}");
+        }
+    }
+
+    fn try_spawn(&mut self, data_dir: &Path) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "already running");
         let child = Command::new(env!("CARGO_BIN_EXE_walletd"))
             .args(["--data-dir", data_dir.to_str().expect("UTF-8 temp path"), "--no-pin"])
@@ -121,7 +138,11 @@ impl Node {
             .spawn()
             .expect("walletd starts");
         self.child = Some(child);
-        wait_http_ready(self.http_address, self.child.as_mut());
+        let ready = try_wait_http_ready(self.http_address, self.child.as_mut());
+        if ready.is_err() {
+            self.child = None;
+        }
+        ready
     }
 
     pub fn http(&self) -> Http {
@@ -152,16 +173,23 @@ impl Drop for Node {
 }
 
 /// Polls `GET /v1/status` until it answers 200; panics if `child` exits first or time runs out.
-pub fn wait_http_ready(address: SocketAddr, mut child: Option<&mut Child>) {
+pub fn wait_http_ready(address: SocketAddr, child: Option<&mut Child>) {
+    if let Err(status) = try_wait_http_ready(address, child) {
+        panic!("walletd exited before its HTTP edge answered: {status}");
+    }
+}
+
+/// [`wait_http_ready`], returning the exit status of a `child` that exits first.
+fn try_wait_http_ready(address: SocketAddr, mut child: Option<&mut Child>) -> Result<(), std::process::ExitStatus> {
     let http = Http::new(address);
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
     loop {
         if http.try_get("/v1/status").is_some_and(|reply| reply.status == 200) {
-            return;
+            return Ok(());
         }
         if let Some(child) = child.as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("walletd exited before its HTTP edge answered: {status}");
+                return Err(status);
             }
         }
         assert!(Instant::now() < deadline, "the HTTP edge on {address} did not answer within {START_TIMEOUT_MS} ms");
