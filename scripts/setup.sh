@@ -42,7 +42,7 @@ wallet_missing_packages() {
     # The metrics test checks /metrics with `promtool check metrics`; the HTTP benchmark uses wrk.
     command -v promtool >/dev/null 2>&1 || echo prometheus
     command -v wrk >/dev/null 2>&1 || echo wrk
-    # cluster.sh's HTTP demo and bench-http.sh talk to the HTTP edge with curl.
+    # cluster.sh's HTTP demo, bench-http.sh and bench-latency.sh talk to the HTTP edge with curl.
     command -v curl >/dev/null 2>&1 || echo curl
     # Schemathesis (the HTTP API test) is installed from PyPI into a venv.
     command -v python3 >/dev/null 2>&1 || echo python3

@@ -358,11 +358,16 @@ impl IdTable {
 
     fn seal(&mut self, now_ns: u64) {
         let first = (self.sealed_end - self.head_arrival) as usize;
-        let entries: Vec<IdEntry> = self.entries.iter_from(first).take(self.run_ids).copied().collect();
-        assert_eq!(entries.len(), self.run_ids, "a seal takes a whole run from the ring");
-        for entry in &entries {
-            self.unsealed_sum = self.unsealed_sum.wrapping_sub(entry_digest(entry));
+        // Sized once (the block iterator gives collect no size hint), and one pass takes each entry's
+        // digest out of the kept sum as it copies it.
+        let mut entries = Vec::with_capacity(self.run_ids);
+        let mut sealed_sum: u128 = 0;
+        for entry in self.entries.iter_from(first).take(self.run_ids) {
+            sealed_sum = sealed_sum.wrapping_add(entry_digest(entry));
+            entries.push(*entry);
         }
+        assert_eq!(entries.len(), self.run_ids, "a seal takes a whole run from the ring");
+        self.unsealed_sum = self.unsealed_sum.wrapping_sub(sealed_sum);
         let dir = match &self.home {
             RunHome::Memory | RunHome::Deferred => None,
             RunHome::Directory(dir) => Some(Arc::clone(dir)),

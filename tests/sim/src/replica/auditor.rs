@@ -514,10 +514,7 @@ impl Auditor {
         now_ms: u64,
         rng: &mut Rng,
     ) -> Result<(), Violation> {
-        let pending = self.take_pending(node, handle)?;
-        if self.verbose {
-            eprintln!("[auditor] node {node} answers {:?} with {outcome:?}", pending.op);
-        }
+        let pending = self.take_pending(node, handle, &outcome)?;
         let results = match outcome {
             Ok(results) => results,
             Err(error) => {
@@ -614,7 +611,7 @@ impl Auditor {
         now_ms: u64,
         rng: &mut Rng,
     ) -> Result<(), Violation> {
-        let pending = self.take_pending(node, handle)?;
+        let pending = self.take_pending(node, handle, &outcome)?;
         let accounts = match outcome {
             Ok(accounts) => accounts,
             Err(error) => return self.failed(pending, error, now_ms, rng),
@@ -669,10 +666,7 @@ impl Auditor {
         now_ms: u64,
         rng: &mut Rng,
     ) -> Result<(), Violation> {
-        let pending = self.take_pending(node, handle)?;
-        if self.verbose {
-            eprintln!("[auditor] node {node} answers {:?} with {outcome:?}", pending.op);
-        }
+        let pending = self.take_pending(node, handle, &outcome)?;
         let found = match outcome {
             Ok(found) => found,
             Err(error) => return self.failed(pending, error, now_ms, rng),
@@ -750,13 +744,17 @@ impl Auditor {
         Ok(())
     }
 
-    fn take_pending(&mut self, node: u64, handle: u64) -> Result<Pending, Violation> {
+    /// The request `node` answered with `outcome` (printed with REPLICA_SIM_VERBOSE).
+    fn take_pending(&mut self, node: u64, handle: u64, outcome: &dyn std::fmt::Debug) -> Result<Pending, Violation> {
         self.stats.answers += 1;
         let Some(pending) = self.pending.remove(&handle) else {
             return Err(format!("node {node} answered request {handle}, which is not waiting for an answer"));
         };
         if pending.node != node {
             return Err(format!("node {node} answered request {handle}, which was sent to node {}", pending.node));
+        }
+        if self.verbose {
+            eprintln!("[auditor] node {node} answers {:?} with {outcome:?}", pending.op);
         }
         Ok(pending)
     }
