@@ -442,7 +442,7 @@ impl ColdRun {
 fn build_bytes(partition: u32, key: u64, run: &ColdRun, entries: &[IdEntry]) -> Vec<u64> {
     let (blocks, slots) = layout(entries.len());
     let total = RUN_HEADER_BYTES + blocks * FILTER_BLOCK_BYTES + slots * RUN_RECORD_BYTES;
-    let mut words = vec![0u64; total / 8];
+    let mut words = crate::idempotency::zeroed_words_faulted_in(total / 8);
     // SAFETY: as in `RunBytes::bytes`, mutably; the Vec is not touched otherwise while this lives.
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), total) };
     let (header, body) = bytes.split_at_mut(RUN_HEADER_BYTES);

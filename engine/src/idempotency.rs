@@ -559,16 +559,25 @@ const ID_INDEX_SLOTS_MIN: usize = 16;
 /// The smallest page the kernel maps; touching one word per page faults the whole allocation in.
 const PAGE_BYTES: usize = 4096;
 
+/// `len` zero words, every page already mapped for writing. A zeroed allocation is mapped lazily: a
+/// first read maps the shared zero page and the first write to it then takes a second, copy-on-write
+/// fault whose TLB flush interrupts every core running this process (the id-run builder spent most of
+/// its time there). One store per page now takes one plain fault each, up front; `black_box` keeps the
+/// compiler from proving the stores redundant.
+pub(crate) fn zeroed_words_faulted_in(len: usize) -> Vec<u64> {
+    let mut words = vec![0u64; len];
+    words.iter_mut().step_by(PAGE_BYTES / 8).for_each(|word| *word = std::hint::black_box(0));
+    words
+}
+
 impl IdIndex {
     fn new(ids_max: usize, key: u64) -> Self {
         assert!((ids_max as u64) < ARRIVAL_MASK, "idempotency_ids_max must stay below 2^31");
         let capacity = (ids_max * ID_INDEX_SLOTS_PER_ID).next_power_of_two().max(ID_INDEX_SLOTS_MIN);
         assert!(capacity <= 1 << 32, "slot positions come from 32 hash bits");
-        let mut slots = vec![0; capacity];
-        // Touch every page now: a zeroed allocation is mapped lazily, and the first inserts (random
-        // slots) would otherwise each take a page fault, all partitions at once on a fresh node.
-        // `black_box` keeps the compiler from proving the stores redundant.
-        slots.iter_mut().step_by(PAGE_BYTES / 8).for_each(|slot| *slot = std::hint::black_box(0));
+        // Faulted in now: the first inserts (random slots) would otherwise each take a page fault, all
+        // partitions at once on a fresh node.
+        let slots = zeroed_words_faulted_in(capacity);
         IdIndex { slots, mask: capacity - 1, len: 0, key }
     }
 
