@@ -272,6 +272,56 @@ fn snapshot_files_are_verified() {
     assert_eq!(store.snapshot().unwrap().data, vec![7; 40]);
 }
 
+/// The snapshot thread's path: the image file is written first (`write_compaction_file`), recorded
+/// after (`compaction_written` + `create_snapshot`, which then writes nothing); a crash in between
+/// leaves a log that opens at the image, and an install in between makes the record a no-op write.
+#[test]
+fn a_compaction_written_off_the_round_is_recorded_without_a_second_write_and_survives_a_crash_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard_dir = dir.path();
+    let image = |index: u64, byte: u8| Snapshot {
+        meta: SnapshotMeta { index, term: 1, conf_state: ConfState::default() },
+        data: vec![byte; 64],
+    };
+    {
+        let mut store = Interleaved::open(shard_dir);
+        store.append(&mixed_entries(1, 20, 1)).expect("append");
+        lock(&store.log).sync().expect("sync");
+        // Written by the snapshot thread; the process dies before the shard records it.
+        shared_log::write_compaction_file(shard_dir, PARTITION, &image(10, 1)).expect("write image");
+    }
+    let mut store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap(), image(10, 1), "the open starts from the image the crash left");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (11, 20));
+    // Written, then recorded: the record does not write the file again (its data here differs from the
+    // file's only to show which one is on disk).
+    shared_log::write_compaction_file(shard_dir, PARTITION, &image(15, 2)).expect("write image");
+    lock(&store.log).compaction_written(PARTITION, 15).expect("recorded");
+    store.main.create_snapshot(15, ConfState::default(), vec![3; 64]).expect("compact");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (16, 20));
+    drop(store);
+    let store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap(), image(15, 2), "the file is the one the snapshot thread wrote");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (16, 20));
+    // A note for an index the snapshot covers already is ignored, and an install clears a pending one:
+    // the next compaction at that index writes its file itself.
+    let mut store = store;
+    lock(&store.log).compaction_written(PARTITION, 12).expect("ignored");
+    store.main.create_snapshot(12, ConfState::default(), vec![6; 64]).expect_err("below the snapshot");
+    lock(&store.log).compaction_written(PARTITION, 35).expect("noted");
+    let installed =
+        Snapshot { meta: SnapshotMeta { index: 30, term: 2, conf_state: ConfState::default() }, data: vec![4; 8] };
+    store.main.apply_snapshot(installed.clone()).expect("install");
+    lock(&store.log).sync().expect("sync");
+    store.append(&mixed_entries(31, 40, 2)).expect("append");
+    lock(&store.log).sync().expect("sync");
+    store.main.create_snapshot(35, ConfState::default(), vec![5; 64]).expect("compact");
+    drop(store);
+    let store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap().data, vec![5; 64], "written by create_snapshot itself");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (36, 40));
+}
+
 #[test]
 fn an_install_whose_record_a_crash_lost_is_completed_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");

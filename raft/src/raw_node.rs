@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::raft::Raft;
 use crate::storage::Storage;
-use crate::types::{ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot};
+use crate::types::{ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
@@ -273,15 +273,26 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.applied_to(index);
     }
 
-    /// Takes a snapshot at `index` (applied and durable) with the application's `data`, and
-    /// drops the log prefix it covers.
-    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
+    /// What a snapshot at `index` (applied and durable) would record: its term and the membership
+    /// as of it; `None` if the log starts after `index` already. For an application that builds and
+    /// writes its image elsewhere before it calls [`RawNode::compact`].
+    pub fn compaction_meta(&self, index: u64) -> Result<Option<SnapshotMeta>> {
         let applied = self.raft.log.applied();
         let persisted = self.raft.log.persisted_last_index();
         if index > applied || index > persisted {
             return Err(Error::CompactBeyondApplied { index, applied, persisted });
         }
         if index < self.raft.log.first_index() {
+            return Ok(None);
+        }
+        let term = self.raft.log.term(index).expect("an index within the log has a term");
+        Ok(Some(SnapshotMeta { index, term, conf_state: self.raft.membership.at(index) }))
+    }
+
+    /// Takes a snapshot at `index` (applied and durable) with the application's `data`, and
+    /// drops the log prefix it covers.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
+        if self.compaction_meta(index)?.is_none() {
             return Ok(());
         }
         let conf_state = self.raft.membership.at(index);

@@ -8,9 +8,10 @@
 //! - `shared_log`: one `wal` per replica shard holding every group's entries and hard states, with an
 //!   in-memory index per group, snapshot image files beside it, and purge of segments no group needs.
 //! - `shard`: the thread shell that drives the core (channels, clock, transport, the shared log, log
-//!   lines).
+//!   lines); `compactor`: its snapshot thread, which builds and writes compaction images off the round.
 //! - `node`: the cluster node that ties them together.
 
+pub mod compactor;
 pub mod core;
 pub mod node;
 pub mod replay;

@@ -43,6 +43,7 @@ use crate::id_index::RunBuilder;
 use crate::idempotency::RunHome;
 use crate::join::BatchPart;
 use crate::metrics::{self, Stage};
+use crate::replica::compactor::Compactor;
 pub use crate::replica::core::GroupStatus;
 use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
@@ -149,6 +150,8 @@ pub struct ReplicaShard {
     /// Builds the partitions' sealed id runs (in memory) off the round: a 65,536-id run took 20-100 ms
     /// of a round when built at the seal.
     id_runs: RunBuilder,
+    /// Builds and writes the groups' compaction images off the round.
+    compactor: Compactor,
 }
 
 /// Ticks one loop iteration may catch up after a stall (more would only fire elections at once).
@@ -186,6 +189,7 @@ impl ReplicaShard {
             log.bootstrap(partition, initial_conf_state(cluster, partition)).map_err(|e| in_shard(&e))?;
         }
         let waker = SyncWaker::start(&log, id)?;
+        let compactor = Compactor::start(id, dir.clone(), partitions.len())?;
         let log: SharedLogHandle = Arc::new(Mutex::new(log));
         let mut groups = Vec::new();
         for &partition in partitions {
@@ -218,6 +222,7 @@ impl ReplicaShard {
             last_tick: started,
             slow_rounds: SlowRounds::default(),
             id_runs: RunBuilder::start(format!("replica-{id}-ids")),
+            compactor,
         })
     }
 
@@ -242,11 +247,13 @@ impl ReplicaShard {
             let peer_index = select.recv(&peers);
             let client_index = accepting.then(|| select.recv(&clients));
             let sync_index = syncing.then(|| select.recv(&self.waker.tokens));
+            let compacted_index = self.compactor.replies().map(|replies| select.recv(replies));
             // Which queue woke us does not matter: all are drained below.
-            let _ = (peer_index, client_index, sync_index, select.ready_timeout(wait));
+            let _ = (peer_index, client_index, sync_index, compacted_index, select.ready_timeout(wait));
             while self.waker.tokens.try_recv().is_ok() {}
             let round_started = Instant::now();
-            if self.complete_durable() {
+            let compacted = self.finish_compactions();
+            if self.complete_durable() || compacted {
                 self.carry_out();
             }
             client_depth.set(clients.len() as i64);
@@ -380,6 +387,11 @@ impl ReplicaShard {
                         }
                     }
                     Output::Persist(persist) => {
+                        if persist.snapshot.is_some() {
+                            // The install writes the partition's snapshot file: never beside the
+                            // snapshot thread, never under an older image it is about to put there.
+                            self.compactor.wait_for(persist.partition);
+                        }
                         let storage =
                             self.core.storage_mut(persist.partition).expect("the core names its own partitions");
                         match persist.write_to(storage) {
@@ -405,6 +417,7 @@ impl ReplicaShard {
                         reply(outcome.map(|accounts| slots.into_iter().zip(accounts).collect()))
                     }
                     Output::Transfers { to, outcome } => to(outcome),
+                    Output::Compact(compaction) => self.compactor.submit(compaction),
                     Output::Log { level, line } => log::log!(level, "{line}"),
                 }
             }
@@ -452,6 +465,26 @@ impl ReplicaShard {
             self.purge();
         }
         reported
+    }
+
+    /// Reports every compaction whose image the snapshot thread has made durable (Raft then drops the
+    /// log prefix it covers); returns whether it reported any. Never blocks.
+    fn finish_compactions(&mut self) -> bool {
+        let done = self.compactor.take_done();
+        let any = !done.is_empty();
+        for report in done {
+            match report.outcome {
+                Ok(data) => {
+                    let recorded = lock(&self.log).compaction_written(report.partition, report.index);
+                    match recorded {
+                        Ok(()) => self.core.compacted(report.partition, report.index, data),
+                        Err(error) => self.core.log_failed(error),
+                    }
+                }
+                Err(error) => self.core.storage_failed(report.partition, error),
+            }
+        }
+        any
     }
 
     /// Deletes the log segments no group needs (see `SharedLog::purge`).

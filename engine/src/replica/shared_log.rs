@@ -39,7 +39,10 @@
 //!   prefix of the log: a group's entries always precede the hard state of the same Ready.
 //! - `create_snapshot` (compaction) writes and syncs the image file and changes nothing in the log:
 //!   the entries it covers are durable already (Raft compacts only persisted, applied entries), and
-//!   recovery drops entries <= the file's index.
+//!   recovery drops entries <= the file's index. The replica shard's snapshot thread writes that file
+//!   before the compaction is recorded ([`write_compaction_file`], then
+//!   [`SharedLog::compaction_written`]): a crash in between leaves the same file a crash right after
+//!   a `create_snapshot` that wrote it would.
 //! - `apply_snapshot` (install) writes and syncs the image file first, then stages the Install record.
 //! - Purge deletes whole segments, oldest first, only below every group's oldest needed record, where
 //!   a record counts as replaced only once its replacement is durable (see `purge`).
@@ -220,6 +223,9 @@ struct GroupLog {
     replaced: Option<(u64, u64)>,
     /// Purge found this group's entries pinning the oldest segment: the core is asked to compact.
     compaction_wanted: bool,
+    /// The index of a compaction whose image file the shard's snapshot thread has written already
+    /// ([`SharedLog::compaction_written`]): `create_snapshot` at that index only records it.
+    compaction_file_written: Option<u64>,
 }
 
 impl GroupLog {
@@ -483,6 +489,18 @@ impl SharedLog {
     }
 
     /// Whether purge asked this group to compact and it has not yet.
+    /// The shard's snapshot thread has made the image of `partition`'s compaction at `meta.index`
+    /// durable in its snapshot file ([`write_compaction_file`]); the `create_snapshot` that records
+    /// it next writes nothing. Ignored when the group's snapshot already covers that index.
+    pub fn compaction_written(&mut self, partition: u32, index: u64) -> Result<(), SharedLogError> {
+        self.check_writable()?;
+        let group = self.group_mut(partition)?;
+        if index > group.snapshot.meta.index {
+            group.compaction_file_written = Some(index);
+        }
+        Ok(())
+    }
+
     pub fn compaction_wanted(&self, partition: u32) -> bool {
         self.groups.get(&partition).is_some_and(|group| group.compaction_wanted)
     }
@@ -667,6 +685,8 @@ impl SharedLog {
         group.terms.clear();
         group.snapshot = snapshot;
         group.base_records.push_back(position);
+        // An older compaction's file, if one was written, is replaced by this image.
+        group.compaction_file_written = None;
         Ok(())
     }
 
@@ -690,7 +710,9 @@ impl SharedLog {
         };
         self.check_writable()?;
         let snapshot = Snapshot { meta: SnapshotMeta { index, term, conf_state }, data };
-        write_snapshot_file(&self.dir, partition, SNAPSHOT_KIND_COMPACTION, &snapshot)?;
+        if self.group_mut(partition)?.compaction_file_written.take() != Some(index) {
+            write_snapshot_file(&self.dir, partition, SNAPSHOT_KIND_COMPACTION, &snapshot)?;
+        }
         let group = self.group_mut(partition)?;
         group.compact_to(index);
         group.snapshot = snapshot;
@@ -1082,6 +1104,13 @@ fn list_snapshot_files(dir: &Path) -> Result<Vec<u32>, SharedLogError> {
         }
     }
     Ok(partitions)
+}
+
+/// Writes a compaction's image into `partition`'s snapshot file in the shard folder `dir` (temporary
+/// file, fsync, rename, folder fsync), for the shard's snapshot thread; the shard thread must not write
+/// that partition's file meanwhile (it waits for the compaction before it installs a snapshot).
+pub fn write_compaction_file(dir: &Path, partition: u32, snapshot: &Snapshot) -> Result<(), SharedLogError> {
+    write_snapshot_file(dir, partition, SNAPSHOT_KIND_COMPACTION, snapshot)
 }
 
 fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot) -> Result<(), SharedLogError> {

@@ -27,6 +27,8 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.crashes += stats.crashes;
                 total.wipes += stats.wipes;
                 total.snapshots_installed += stats.snapshots_installed;
+                total.compactions += stats.compactions;
+                total.compactions_at_crash += stats.compactions_at_crash;
                 total.leader_changes += stats.leader_changes;
                 total.failovers += stats.failovers;
             }
@@ -45,6 +47,8 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.crashes > seeds / 4, "too few crashes: {total:?}");
     assert!(total.wipes > 0, "no node ever lost its data and rejoined: {total:?}");
     assert!(total.snapshots_installed > 0, "no snapshot was ever installed: {total:?}");
+    assert!(total.compactions > seeds, "too few compactions: {total:?}");
+    assert!(total.compactions_at_crash > 0, "no crash ever found a compaction image written and unreported: {total:?}");
     assert!(total.leader_changes > seeds, "too few leadership changes: {total:?}");
     assert!(total.audit.ids_expired > 0, "no retry ever met a forgotten id: {total:?}");
     assert_eq!(total.failovers, seeds, "every seed ends with a failover episode: {total:?}");

@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::event::{EventBatchView, EventBuffer};
 use crate::idempotency::RunHome;
 use crate::partition::PartitionState;
-use crate::replica::snapshot::{decode_partition_image, encode_partition_image};
+use crate::replica::snapshot::decode_partition_image;
 use crate::shard::RECORD_PAYLOAD_BYTES_MAX;
 
 /// Answers owed once the entry at `index` (with `term`) is applied.
@@ -84,6 +84,8 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     pub speculative_kept: bool,
     /// Where sealed id runs of this group's states are built (see `CoreOptions::id_runs`).
     pub id_runs: RunHome,
+    /// The index of the [`super::Compaction`] handed out and not yet reported back.
+    pub compacting: Option<u64>,
 }
 
 impl<S: ReplicaStorage, H: Handles> Group<S, H> {
@@ -172,6 +174,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             withhold_marker_stored,
             speculative_kept: false,
             id_runs,
+            compacting: None,
         })
     }
 
@@ -386,20 +389,44 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         self.serve_waiting_reads(sink);
         let due = self.applied_index >= self.last_snapshot_index + replication.snapshot_interval_entries;
         let wanted = self.applied_index > self.last_snapshot_index && self.raw.storage().compaction_wanted();
-        if due || wanted {
-            let image = encode_partition_image(self.partition, &self.committed.export_rows());
-            match self.raw.compact(self.applied_index, image) {
-                Ok(()) => {
-                    self.last_snapshot_index = self.applied_index;
-                    let first_kept = self.raw.status().first_index;
-                    self.batch_index.retain(|&(_, index)| index >= first_kept);
+        if (due || wanted) && self.compacting.is_none() {
+            match self.raw.compaction_meta(self.applied_index) {
+                Ok(Some(meta)) => {
+                    assert_eq!(meta.index, self.applied_index, "a compaction is of the applied state");
+                    self.compacting = Some(meta.index);
+                    let rows = self.committed.export_rows();
+                    sink.outputs.push(super::Output::Compact(super::Compaction {
+                        partition: self.partition,
+                        meta,
+                        rows,
+                    }));
                 }
+                Ok(None) => {}
                 // The applied entries are not durable here yet (a snapshot still being written):
                 // compact on a later round.
                 Err(raft::Error::CompactBeyondApplied { .. }) => {}
                 Err(error) => return Err(EngineError::Store(error.to_string())),
             }
         }
+        Ok(())
+    }
+
+    /// The image of the compaction at `index` is durable in the store: Raft records it and drops the
+    /// log prefix it covers, unless a snapshot installed meanwhile covers it already.
+    pub fn finish_compaction(&mut self, index: u64, data: Vec<u8>) -> Result<(), EngineError> {
+        assert_eq!(
+            self.compacting.take(),
+            Some(index),
+            "partition {}: a compaction reported that was not handed out",
+            self.partition
+        );
+        if index <= self.raw.storage().snapshot_index() {
+            return Ok(());
+        }
+        self.raw.compact(index, data).map_err(|error| EngineError::Store(error.to_string()))?;
+        self.last_snapshot_index = self.last_snapshot_index.max(index);
+        let first_kept = self.raw.status().first_index;
+        self.batch_index.retain(|&(_, index)| index >= first_kept);
         Ok(())
     }
 

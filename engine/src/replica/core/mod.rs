@@ -11,8 +11,9 @@
 //! Storage is read through `raft::Storage` (the log, for rebuilding the speculative state and for
 //! history) and written only three ways: the `Persist` outputs, which the caller writes (the shell
 //! stages a round's writes of every group in its shard's one log and makes them durable with one
-//! fdatasync, the simulator whenever its disk model decides); Raft's own compaction (`create_snapshot`),
-//! synchronous in both; and the rejoin marker ([`ReplicaStorage::set_rejoin_marker`]), synchronous
+//! fdatasync, the simulator whenever its disk model decides); Raft's compaction (`create_snapshot`),
+//! called from [`ReplicaCore::compacted`] once the caller has built and stored the image of a
+//! [`Compaction`] output off the round; and the rejoin marker ([`ReplicaStorage::set_rejoin_marker`]), synchronous
 //! because the rules it records must be durable before the replica acts on them.
 //!
 //! The seams, one module each: `group` (a partition's Raft group and its Ready handling, apply,
@@ -88,6 +89,32 @@ pub struct Persist {
     pub hard_state: Option<HardState>,
 }
 
+/// A snapshot of one partition's committed state at `meta.index`, taken in the round (a copy of the
+/// accounts and in-memory ids, and shared references to the immutable id runs: O(accounts + in-memory
+/// ids)), to be encoded and written by the caller off the round: encoding walks every id of the window
+/// and writing is one large file + fsync, which took seconds of the round when done in it (6.7 s for
+/// 3.3 M ids, a one-node cluster under load). At most one per group is out at a time. Once the image
+/// is durable in the group's store (`SharedLog::compaction_written` for the shard's log), the caller
+/// hands the image back with [`ReplicaCore::compacted`] and Raft drops the log prefix it covers.
+pub struct Compaction {
+    pub partition: u32,
+    pub meta: raft::SnapshotMeta,
+    rows: crate::partition::PartitionRows,
+}
+
+impl Compaction {
+    /// The image (the snapshot's `data`); the costly part, for the caller's thread.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::replica::snapshot::encode_partition_image(self.partition, &self.rows)
+    }
+}
+
+impl std::fmt::Debug for Compaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compaction").field("partition", &self.partition).field("meta", &self.meta).finish()
+    }
+}
+
 impl Persist {
     /// Writes everything this Ready asks, in order, synchronously.
     pub fn write_to<S: raft::Storage>(&self, storage: &mut S) -> Result<(), StorageError> {
@@ -125,6 +152,9 @@ pub enum Output<H: Handles> {
         to: H::Transfers,
         outcome: Result<Vec<Option<TransferLookup>>, EngineError>,
     },
+    /// A compaction to build and make durable off the round (see [`Compaction`]); the caller reports
+    /// it with [`ReplicaCore::compacted`].
+    Compact(Compaction),
     /// A line for the operator's log, at `level` (the shell hands it to the logger, which adds the time).
     Log {
         level: log::Level,
@@ -497,6 +527,20 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
         self.groups[slot].raw.on_persisted(number);
         self.drive_slot(slot);
+    }
+
+    /// The image of `partition`'s [`Compaction`] at `index` is durable in its store: Raft drops the log
+    /// prefix it covers (nothing, if a snapshot installed since covers more).
+    pub fn compacted(&mut self, partition: u32, index: u64, data: Vec<u8>) {
+        let Some(&slot) = self.group_of.get(&partition) else {
+            panic!("compacted() for partition {partition}, which this core does not hold");
+        };
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.groups[slot].finish_compaction(index, data) {
+            self.fail(format!("partition {partition}: {error}"));
+        }
     }
 
     /// A write the caller could not make durable: the shard stops (fail-stop), since its memory may

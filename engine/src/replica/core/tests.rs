@@ -136,6 +136,10 @@ impl Cluster {
                             .expect("in memory");
                         core.persisted(persist.partition, persist.number);
                     }
+                    Output::Compact(compaction) => {
+                        let data = compaction.encode();
+                        self.core(node).compacted(compaction.partition, compaction.meta.index, data);
+                    }
                     Output::Items { to, outcome } => {
                         assert!(self.answers.insert(to, outcome).is_none(), "request {to} answered twice");
                     }

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use engine::cluster_config::{ClusterConfig, ReplicationConfig};
 use engine::partition::PartitionConfig;
 use engine::replica::core::{
-    initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, Persist, PlantedBugs, ReplicaCore,
+    initial_conf_state, Command, Compaction, CoreOptions, GroupInit, Handles, Now, Output, Persist, PlantedBugs,
+    ReplicaCore,
 };
 use engine::replica::wire::{decode_items, encode_items, PeerItem};
 use net::types::ACCOUNT_FLAG_EXTERNAL;
@@ -177,6 +178,9 @@ pub struct Stats {
     pub leader_changes: u64,
     pub failovers: u64,
     pub snapshots_installed: u64,
+    /// Compaction images made durable while the node ran, and ones a crash left written.
+    pub compactions: u64,
+    pub compactions_at_crash: u64,
     pub transfers_asked: u64,
     pub log_lines: u64,
     pub audit: AuditStats,
@@ -189,6 +193,8 @@ struct Node {
     disk: Option<Vec<(u32, SimStore)>>,
     /// Writes handed out and not yet durable, oldest first.
     writes: VecDeque<Persist>,
+    /// Compactions handed out and not yet durable (the shell's snapshot thread), oldest first.
+    compactions: VecDeque<Compaction>,
     /// Clock rate in parts per million of simulated time.
     rate_ppm: u64,
     mono_offset_ms: u64,
@@ -271,6 +277,7 @@ impl Sim {
                     core: None,
                     disk: Some(fresh_disk(&cluster, id)),
                     writes: VecDeque::new(),
+                    compactions: VecDeque::new(),
                     rate_ppm,
                     mono_offset_ms: rng.below(1_000_000),
                     wall_offset_ms: WALL_START_MS + rng.below(options.clock_spread_ms_max + 1),
@@ -641,6 +648,7 @@ impl Sim {
                     }
                 }
                 Output::Persist(persist) => self.nodes[index].writes.push_back(persist),
+                Output::Compact(compaction) => self.nodes[index].compactions.push_back(compaction),
                 Output::Items { to, outcome } => {
                     self.auditor.items_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
                 }
@@ -763,6 +771,15 @@ impl Sim {
                 core.persisted(write.partition, write.number);
                 self.pump(index)?;
             }
+            // The snapshot thread runs beside the log: its images become durable at their own pace.
+            while !self.nodes[index].compactions.is_empty() && self.rng.chance(self.options.write_complete_per_mille) {
+                let node = &mut self.nodes[index];
+                let compaction = node.compactions.pop_front().expect("checked non-empty");
+                let core = node.core.as_mut().expect("compactions exist only on live nodes");
+                core.compacted(compaction.partition, compaction.meta.index, compaction.encode());
+                self.stats.compactions += 1;
+                self.pump(index)?;
+            }
         }
         Ok(())
     }
@@ -835,6 +852,23 @@ impl Sim {
             }
         }
         node.writes.clear();
+        // A compaction image the crash found written is in the store (the next open starts from it);
+        // the others are lost. An image older than a snapshot installed since is refused by the store,
+        // as the shell never puts one there (it waits for the compaction before an install).
+        for compaction in std::mem::take(&mut node.compactions) {
+            if self.rng.chance(500) {
+                let (_, store) =
+                    stores.iter_mut().find(|(p, _)| *p == compaction.partition).expect("the compaction's partition");
+                let (index, conf_state) = (compaction.meta.index, compaction.meta.conf_state.clone());
+                match raft::Storage::create_snapshot(store, index, conf_state, compaction.encode()) {
+                    Ok(()) => self.stats.compactions_at_crash += 1,
+                    Err(raft::StorageError::SnapshotOutOfDate { .. }) => {}
+                    Err(error) => {
+                        return Err(format!("node {}: a written compaction does not fit the store: {error}", node.id))
+                    }
+                }
+            }
+        }
         node.disk = Some(stores);
         node.leader_of.clear();
         let id = node.id;
