@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use net::types::{transfer_id_timestamp_ms, ResultCode, Transfer, TransferId};
 use thiserror::Error;
@@ -194,6 +194,49 @@ pub struct IdTable {
     /// entries come and seals take them, so `digest` (every status request) costs O(1), not a walk of
     /// up to `idempotency_ids_max` entries on the shard's round (250 ms for 64 full partitions).
     unsealed_sum: u128,
+    /// Shared with every copy of this table (see [`RunShelf`]).
+    shelf: Arc<Mutex<RunShelf>>,
+}
+
+/// The runs a table and its copies sealed last. A cluster leader's speculative state is a copy of its
+/// committed state and seals the same arrivals with the same entries a little earlier: the committed
+/// state then takes that run instead of sealing, building and holding a second one (a leader built
+/// every run twice, and its builder fell so far behind that the round built runs itself). A run is
+/// taken only for the same arrivals and the same sum of entry digests, so a copy that diverged (a
+/// speculative state whose entries were cut from the log) never lends its run. Holds `Weak`s: a run
+/// lives as long as a table holds it.
+#[derive(Debug, Default)]
+struct RunShelf {
+    runs: VecDeque<ShelvedRun>,
+}
+
+#[derive(Debug)]
+struct ShelvedRun {
+    first_arrival: u64,
+    end_arrival: u64,
+    digest_sum: u128,
+    run: Weak<ColdRun>,
+}
+
+/// Runs kept on a shelf: a copy lags its original by far fewer seals than this.
+const RUN_SHELF_MAX: usize = 8;
+
+impl RunShelf {
+    fn take(&mut self, first_arrival: u64, end_arrival: u64, digest_sum: u128) -> Option<Arc<ColdRun>> {
+        self.runs.retain(|shelved| shelved.run.strong_count() > 0);
+        self.runs
+            .iter()
+            .find(|s| s.first_arrival == first_arrival && s.end_arrival == end_arrival && s.digest_sum == digest_sum)
+            .and_then(|shelved| shelved.run.upgrade())
+    }
+
+    fn put(&mut self, digest_sum: u128, run: &Arc<ColdRun>) {
+        if self.runs.len() == RUN_SHELF_MAX {
+            self.runs.pop_front();
+        }
+        let (first_arrival, end_arrival) = (run.first_arrival, run.end_arrival);
+        self.runs.push_back(ShelvedRun { first_arrival, end_arrival, digest_sum, run: Arc::downgrade(run) });
+    }
 }
 
 impl IdTable {
@@ -222,6 +265,7 @@ impl IdTable {
             cold_max_id_ms: 0,
             drained_arrival: 0,
             unsealed_sum: 0,
+            shelf: Arc::default(),
         }
     }
 
@@ -372,21 +416,28 @@ impl IdTable {
             RunHome::Memory | RunHome::Deferred => None,
             RunHome::Directory(dir) => Some(Arc::clone(dir)),
         };
-        let run = Arc::new(ColdRun::seal(
-            self.partition,
-            self.key,
-            self.sealed_end,
-            self.sealed_end + self.run_ids as u64,
-            entries,
-            dir,
-        ));
-        self.sealed_end += self.run_ids as u64;
+        let (first_arrival, end_arrival) = (self.sealed_end, self.sealed_end + self.run_ids as u64);
+        let mut shelf = self.shelf.lock().expect("the run shelf lock is never poisoned: no panics while held");
+        let run = match shelf.take(first_arrival, end_arrival, sealed_sum) {
+            Some(run) => run,
+            None => {
+                let run = Arc::new(ColdRun::seal(self.partition, self.key, first_arrival, end_arrival, entries, dir));
+                shelf.put(sealed_sum, &run);
+                run
+            }
+        };
+        drop(shelf);
+        self.sealed_end = end_arrival;
         self.pending.push_back(Arc::clone(&run));
         match self.home {
-            // No builder serves a table without a directory (a cluster replica, an audit replay, a
-            // replica's speculative state): build here, now.
+            // No builder serves a table without a directory (an audit replay, the simulator's
+            // replicas): build here, now.
             RunHome::Memory => run.settle(),
-            RunHome::Directory(_) | RunHome::Deferred => self.unsent.push(run),
+            // A run taken from the shelf is usually built already; if not, the copy that sealed it may
+            // be gone before handing it over, and handing it over twice is harmless (a built run
+            // settles at once).
+            RunHome::Directory(_) | RunHome::Deferred if !run.is_ready() => self.unsent.push(run),
+            RunHome::Directory(_) | RunHome::Deferred => {}
         }
         // Runs whose every id has expired answer nothing any more.
         let now_ms = now_ns / NANOS_PER_MILLI;
@@ -731,6 +782,54 @@ mod tests {
         assert!(!table.is_expired(id, 15_000 * MS + MS - 1), "less than a millisecond more");
         assert!(table.is_expired(id, 15_001 * MS));
         assert!(!table.is_expired(id, 0), "an id from the future is not expired (another rule judges it)");
+    }
+
+    /// A copy that seals the same entries takes the original's run (a leader's committed state and its
+    /// speculative copy held and built every run twice); a copy whose entries differ seals its own.
+    #[test]
+    fn a_copy_that_seals_the_same_entries_shares_the_run_and_a_diverged_one_does_not() {
+        for home in [RunHome::Memory, RunHome::Deferred] {
+            // 64 ids at most unsealed, runs of 16: the 64th id seals arrivals 0..16, that is seqs 1..=16,
+            // of which 9..=16 differ in the diverged copy.
+            let (original, entries) = filled(64, 8, home.clone());
+            let mut copy = original.clone();
+            let mut diverged = original.clone();
+            let mut original = original;
+            let next = |seq: u64, salt: u128| {
+                let recorded_ns = 1_000_000 * MS + seq * MS / 10;
+                entry(transfer_id_from_parts(recorded_ns / MS, seq as u128 + salt), seq, recorded_ns)
+            };
+            let mut sent = Vec::new();
+            // The copy runs ahead (a speculative state), the original follows with the same entries.
+            for seq in 9..=64 {
+                copy.insert(next(seq, 0));
+                diverged.insert(next(seq, 1 << 60));
+            }
+            for seq in 9..=64 {
+                original.insert(next(seq, 0));
+            }
+            for table in [&mut copy, &mut diverged, &mut original] {
+                table.take_sealed(|run| sent.push(run));
+            }
+            // Two runs handed to the builder: one sealed by the copy (the original found it on the
+            // shelf, unbuilt, and handed it again: harmless), one by the diverged copy.
+            for run in &sent {
+                run.settle();
+            }
+            for table in [&mut copy, &mut diverged, &mut original] {
+                table.release();
+            }
+            assert_eq!(original.cold_runs().len(), 1, "{home:?}: one run sealed");
+            assert!(Arc::ptr_eq(&original.cold_runs()[0], &copy.cold_runs()[0]), "{home:?}: one run, shared");
+            assert!(!Arc::ptr_eq(&original.cold_runs()[0], &diverged.cold_runs()[0]), "{home:?}: its own run");
+            for e in &entries {
+                assert_eq!(original.get(e.id), Some(*e), "{home:?}: the shared run answers the original's ids");
+            }
+            assert_eq!(original.get(next(12, 0).id).map(|e| e.seq), Some(12), "{home:?}");
+            assert_eq!(diverged.get(next(12, 1 << 60).id).map(|e| e.seq), Some(12), "{home:?}");
+            assert_eq!(original.get(next(12, 1 << 60).id), None, "{home:?}: the diverged copy's ids are its own");
+            assert_eq!(original.digest(), copy.digest());
+        }
     }
 
     /// A table driven with `n` ids one 0.1 ms apart, as a stream of ids whose times match.
