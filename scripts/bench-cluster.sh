@@ -2,7 +2,8 @@
 # A 3-node cluster on loopback (3 walletd + walletbench on this machine), closed loop, batches of 8000,
 # 30,000 accounts, replication factor 3, leaders spread by the cluster file: one run per line, each on
 # fresh data directories, then the size of the three data directories after the run (du, apparent and
-# allocated). BENCHMARKS.md section 8 has the figures and the reading.
+# allocated). BENCHMARKS.md section 8 has the figures and the reading. The report and each node's log
+# (slow-round lines included) are copied to /tmp/bench-cluster-pPARTITIONS-runN*.
 # Usage: scripts/bench-cluster.sh PARTITIONS [RUNS] [SECONDS] [BIN_DIR]
 #   BIN_DIR: where walletd and walletbench are (default: this checkout's release build), so an A/B can
 #   run another commit's binaries in the same session.
@@ -96,4 +97,7 @@ for run in $(seq 1 "$runs"); do
     allocated=$(du -s --block-size=1 "$dir"/node-* | awk '{s += $1} END {printf "%.2f GB", s / 1e9}')
     echo "partitions $partitions run $run: $rate transfers/s | $latency| data dirs: $allocated allocated, $apparent apparent (logs $logs, snapshot images $images)"
     cp "$dir/bench.txt" "/tmp/bench-cluster-p$partitions-run$run.txt"
+    for id in 1 2 3; do
+        cp "$dir/node-$id.log" "/tmp/bench-cluster-p$partitions-run$run-node-$id.log"
+    done
 done
