@@ -142,7 +142,7 @@ fn run(ops: Vec<Op>) {
                     model.term += 1;
                 }
                 let entries: Vec<Entry> = (start..start + count)
-                    .map(|index| Entry { index, term: model.term, payload: Payload::Data(vec![index as u8; bytes]) })
+                    .map(|index| Entry { index, term: model.term, payload: Payload::data(vec![index as u8; bytes]) })
                     .collect();
                 store.views[group].append(&entries).expect("append");
                 model.live.append(&entries).unwrap();

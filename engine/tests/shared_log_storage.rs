@@ -36,7 +36,7 @@ fn mixed_entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
                 0 => Payload::Noop,
                 1 => Payload::ConfChange(ConfChange { kind: ConfChangeKind::AddLearner, node: index }),
                 2 => Payload::ConfChange(ConfChange { kind: ConfChangeKind::Remove, node: u64::MAX - index }),
-                _ => Payload::Data((0..(index * 13 % 300)).map(|byte| (byte ^ index) as u8).collect()),
+                _ => Payload::data((0..(index * 13 % 300)).map(|byte| (byte ^ index) as u8).collect()),
             };
             Entry { index, term, payload }
         })

@@ -388,7 +388,7 @@ impl<S: Storage> Raft<S> {
                 bytes_max: self.config.uncommitted_bytes_max,
             });
         }
-        let index = self.append_as_leader(Payload::Data(data));
+        let index = self.append_as_leader(Payload::data(data));
         self.uncommitted.push_back((index, entry_bytes));
         self.uncommitted_bytes += entry_bytes;
         Ok(index)

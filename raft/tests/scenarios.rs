@@ -78,7 +78,7 @@ fn leader_that_loses_its_majority_cannot_commit_and_its_entries_are_replaced() {
     let entry = cluster.node(1).entry(lost).expect("entry");
     assert_eq!(entry.term, new_term, "the minority leader's entry was overwritten");
     assert_eq!(cluster.node(1).status().commit, kept);
-    assert!(cluster.applied[&1].iter().all(|e| e.payload != raft::Payload::Data(b"lost".to_vec())));
+    assert!(cluster.applied[&1].iter().all(|e| e.payload != raft::Payload::data(b"lost".to_vec())));
 }
 
 #[test]

@@ -1186,7 +1186,7 @@ fn decode_entry_payload(bytes: &[u8]) -> Result<Payload, String> {
     match kind {
         ENTRY_NOOP if rest.is_empty() => Ok(Payload::Noop),
         ENTRY_NOOP => Err(format!("noop with {} trailing bytes", rest.len())),
-        ENTRY_DATA => Ok(Payload::Data(rest.to_vec())),
+        ENTRY_DATA => Ok(Payload::data(rest.to_vec())),
         ENTRY_CONF_CHANGE => {
             let mut cursor = Cursor::new(rest);
             let kind = match cursor.u8()? {

@@ -641,7 +641,7 @@ fn read_entry(reader: &mut Reader<'_>) -> Result<Entry, WireError> {
     let term = reader.u64()?;
     let payload = match reader.u8()? {
         PAYLOAD_NOOP => Payload::Noop,
-        PAYLOAD_DATA => Payload::Data(reader.data()?.to_vec()),
+        PAYLOAD_DATA => Payload::data(reader.data()?.to_vec()),
         PAYLOAD_CONF_CHANGE => {
             let kind = match reader.u8()? {
                 CONF_ADD_VOTER => ConfChangeKind::AddVoter,
@@ -875,7 +875,7 @@ mod tests {
             prop_oneof![Just(ConfChangeKind::AddVoter), Just(ConfChangeKind::AddLearner), Just(ConfChangeKind::Remove)];
         prop_oneof![
             Just(Payload::Noop),
-            prop::collection::vec(any::<u8>(), 0..48).prop_map(Payload::Data),
+            prop::collection::vec(any::<u8>(), 0..48).prop_map(Payload::data),
             (kind, any::<u64>()).prop_map(|(kind, node)| Payload::ConfChange(ConfChange { kind, node })),
         ]
     }
@@ -1057,7 +1057,7 @@ mod tests {
                 prev_log_term: 1,
                 entries: vec![
                     Entry { index: 5, term: 2, payload: Payload::Noop },
-                    Entry { index: 6, term: 2, payload: Payload::Data(vec![1, 2, 3]) },
+                    Entry { index: 6, term: 2, payload: Payload::data(vec![1, 2, 3]) },
                     Entry {
                         index: 7,
                         term: 2,

@@ -15,7 +15,7 @@ use crate::types::{ConfState, Entry, HardState, Payload, Snapshot, SnapshotMeta}
 const BYTES_UNLIMITED: u64 = u64::MAX;
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry { index, term, payload: Payload::Data(vec![index as u8; 10]) }
+    Entry { index, term, payload: Payload::data(vec![index as u8; 10]) }
 }
 
 fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {

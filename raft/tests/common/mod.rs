@@ -21,7 +21,7 @@ pub fn config(id: NodeId) -> Config {
 }
 
 pub fn entry(index: u64, term: u64) -> Entry {
-    Entry { index, term, payload: Payload::Data(vec![index as u8, term as u8]) }
+    Entry { index, term, payload: Payload::data(vec![index as u8, term as u8]) }
 }
 
 /// Storage holding entries with the given terms at indexes 1.. and the given hard state term.

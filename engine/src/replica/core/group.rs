@@ -656,7 +656,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 Ok(Some(index[after - 1].1))
             },
             |log_index| match self.raw.entry(log_index) {
-                Some(Entry { payload: Payload::Data(bytes), .. }) => Ok(bytes),
+                Some(Entry { payload: Payload::Data(bytes), .. }) => Ok(std::sync::Arc::unwrap_or_clone(bytes)),
                 _ => Err(EngineError::HistoryCompacted { account_id, seq: 0 }),
             },
         )
