@@ -60,7 +60,7 @@ use raft::storage::StorageResult;
 use raft::{ConfChange, ConfChangeKind, ConfState, Entry, HardState, Payload, RaftState, Snapshot, SnapshotMeta};
 use raft::{Storage, StorageError};
 use wal::{Wal, WalError, WalOptions};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::EngineError;
 use crate::replica::core::{RejoinMarker, ReplicaStorage};
@@ -1050,7 +1050,7 @@ fn write_rejoin_marker(path: &Path, marker: RejoinMarker) -> Result<(), EngineEr
         RejoinMarker::AwaitingReports => "awaiting-reports\n".to_string(),
         RejoinMarker::WithholdVotesUntil { index, term } => format!("withhold-votes-until {index} term {term}\n"),
     };
-    replace_file(path, text.as_bytes()).map_err(|e| EngineError::Io(e.to_string()))
+    replace_file(path, &[text.as_bytes()]).map_err(|e| EngineError::Io(e.to_string()))
 }
 
 fn remove_rejoin_marker(path: &Path) -> Result<(), EngineError> {
@@ -1064,12 +1064,15 @@ fn sync_parent(path: &Path) -> Result<(), SharedLogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("fsync directory", dir))
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file, both whole.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), SharedLogError> {
+/// Replaces `path` atomically with the concatenation of `parts`: a crash leaves either the old or the
+/// new file, both whole.
+fn replace_file(path: &Path, parts: &[&[u8]]) -> Result<(), SharedLogError> {
     let name = path.file_name().expect("a file name").to_string_lossy();
     let temp = path.with_file_name(format!("{name}{TEMP_SUFFIX}"));
     let mut file = File::create(&temp).map_err(io_error("create temp", &temp))?;
-    file.write_all(bytes).map_err(io_error("write temp", &temp))?;
+    for part in parts {
+        file.write_all(part).map_err(io_error("write temp", &temp))?;
+    }
     file.sync_all().map_err(io_error("fsync temp", &temp))?;
     drop(file);
     fs::rename(&temp, path).map_err(io_error("rename", path))?;
@@ -1115,20 +1118,26 @@ pub fn write_compaction_file(dir: &Path, partition: u32, snapshot: &Snapshot) ->
 
 fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     let path = snapshot_path(dir, partition);
-    let mut body = Vec::with_capacity(48 + snapshot.data.len());
-    body.push(kind);
-    encode_snapshot(snapshot, &mut body);
-    let body_len = u32::try_from(body.len()).map_err(|_| SharedLogError::CorruptSnapshot {
-        path: path.clone(),
-        reason: format!("body of {} bytes exceeds u32", body.len()),
-    })?;
-    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + body.len() + FRAME_CHECKSUM_BYTES);
-    bytes.extend_from_slice(&SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&body_len.to_le_bytes());
-    bytes.extend_from_slice(&body);
-    let checksum = xxh3_64(&bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    replace_file(&path, &bytes)
+    // Frame = magic, body length, body (kind, meta, data length, data), xxh3 of everything before it.
+    // The data (an image of up to hundreds of MB) is written from where it is, never copied into the
+    // frame: the head is built, the checksum streamed over head and data.
+    let mut body_head = Vec::with_capacity(64);
+    body_head.push(kind);
+    encode_snapshot_meta(snapshot, &mut body_head);
+    let body_len =
+        u32::try_from(body_head.len() + snapshot.data.len()).map_err(|_| SharedLogError::CorruptSnapshot {
+            path: path.clone(),
+            reason: format!("body of {} bytes exceeds u32", body_head.len() + snapshot.data.len()),
+        })?;
+    let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + body_head.len());
+    head.extend_from_slice(&SNAPSHOT_MAGIC);
+    head.extend_from_slice(&body_len.to_le_bytes());
+    head.extend_from_slice(&body_head);
+    let mut checksum = Xxh3::new();
+    checksum.update(&head);
+    checksum.update(&snapshot.data);
+    let checksum = checksum.digest().to_le_bytes();
+    replace_file(&path, &[&head, &snapshot.data, &checksum])
 }
 
 /// The snapshot file at `path` with its kind, `None` if there is none.
@@ -1262,7 +1271,8 @@ fn decode_hard_state(cursor: &mut Cursor<'_>) -> Result<HardState, String> {
     Ok(HardState { term, vote, commit })
 }
 
-fn encode_snapshot(snapshot: &Snapshot, body: &mut Vec<u8>) {
+/// The snapshot's encoding up to its data: meta, then the data's length (the data follows).
+fn encode_snapshot_meta(snapshot: &Snapshot, body: &mut Vec<u8>) {
     let meta = &snapshot.meta;
     body.extend_from_slice(&meta.index.to_le_bytes());
     body.extend_from_slice(&meta.term.to_le_bytes());
@@ -1274,7 +1284,6 @@ fn encode_snapshot(snapshot: &Snapshot, body: &mut Vec<u8>) {
         }
     }
     body.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    body.extend_from_slice(&snapshot.data);
 }
 
 fn decode_snapshot(cursor: &mut Cursor<'_>) -> Result<Snapshot, String> {
