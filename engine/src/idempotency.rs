@@ -402,15 +402,8 @@ impl IdTable {
 
     fn seal(&mut self, now_ns: u64) {
         let first = (self.sealed_end - self.head_arrival) as usize;
-        // Sized once (the block iterator gives collect no size hint), and one pass takes each entry's
-        // digest out of the kept sum as it copies it.
-        let mut entries = Vec::with_capacity(self.run_ids);
-        let mut sealed_sum: u128 = 0;
-        for entry in self.entries.iter_from(first).take(self.run_ids) {
-            sealed_sum = sealed_sum.wrapping_add(entry_digest(entry));
-            entries.push(*entry);
-        }
-        assert_eq!(entries.len(), self.run_ids, "a seal takes a whole run from the ring");
+        let sealed = || self.entries.iter_from(first).take(self.run_ids);
+        let sealed_sum = sealed().fold(0u128, |sum, entry| sum.wrapping_add(entry_digest(entry)));
         self.unsealed_sum = self.unsealed_sum.wrapping_sub(sealed_sum);
         let dir = match &self.home {
             RunHome::Memory | RunHome::Deferred => None,
@@ -421,6 +414,10 @@ impl IdTable {
         let run = match shelf.take(first_arrival, end_arrival, sealed_sum) {
             Some(run) => run,
             None => {
+                // Copied only for a run of its own (sized once: the block iterator gives no size hint).
+                let mut entries = Vec::with_capacity(self.run_ids);
+                entries.extend(sealed().copied());
+                assert_eq!(entries.len(), self.run_ids, "a seal takes a whole run from the ring");
                 let run = Arc::new(ColdRun::seal(self.partition, self.key, first_arrival, end_arrival, entries, dir));
                 shelf.put(sealed_sum, &run);
                 run

@@ -115,3 +115,43 @@ impl Drop for Compactor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::PartitionRows;
+    use crate::replica::shared_log::snapshot_path;
+    use raft::{ConfState, SnapshotMeta};
+
+    fn compaction(partition: u32, index: u64) -> Compaction {
+        let meta = SnapshotMeta { index, term: 1, conf_state: ConfState::default() };
+        Compaction { partition, meta, rows: PartitionRows { last_seq: index, ..PartitionRows::default() } }
+    }
+
+    #[test]
+    fn a_compaction_is_written_and_reported_once_and_a_failed_write_is_reported_as_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut compactor = Compactor::start(0, dir.path().to_path_buf(), 2).expect("start");
+        assert!(compactor.replies().is_none(), "nothing out: nothing to wait on");
+        let expected = compaction(7, 40).encode();
+        compactor.submit(compaction(7, 40));
+        assert!(compactor.replies().is_some());
+        compactor.wait_for(7);
+        assert!(compactor.replies().is_none(), "the report was taken in");
+        assert!(snapshot_path(dir.path(), 7).exists(), "durable before it is reported");
+        let done = compactor.take_done();
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].partition, done[0].index), (7, 40));
+        assert_eq!(done[0].outcome.as_ref().expect("written"), &expected, "the image comes back with the report");
+        assert!(compactor.take_done().is_empty(), "reported once");
+        drop(compactor);
+
+        // A shard folder that is gone: the write fails, and says so (the shard then stops).
+        let gone = dir.path().join("gone");
+        let mut compactor = Compactor::start(0, gone, 2).expect("start");
+        compactor.submit(compaction(8, 41));
+        compactor.wait_for(8);
+        let done = compactor.take_done();
+        assert!(matches!(done[..], [Compacted { partition: 8, index: 41, outcome: Err(_) }]));
+    }
+}

@@ -488,8 +488,7 @@ impl SharedLog {
         self.wal.segment_first_indexes().count()
     }
 
-    /// Whether purge asked this group to compact and it has not yet.
-    /// The shard's snapshot thread has made the image of `partition`'s compaction at `meta.index`
+    /// The shard's snapshot thread has made the image of `partition`'s compaction at `index`
     /// durable in its snapshot file ([`write_compaction_file`]); the `create_snapshot` that records
     /// it next writes nothing. Ignored when the group's snapshot already covers that index.
     pub fn compaction_written(&mut self, partition: u32, index: u64) -> Result<(), SharedLogError> {
@@ -501,6 +500,7 @@ impl SharedLog {
         Ok(())
     }
 
+    /// Whether purge asked this group to compact and it has not yet.
     pub fn compaction_wanted(&self, partition: u32) -> bool {
         self.groups.get(&partition).is_some_and(|group| group.compaction_wanted)
     }
@@ -1121,18 +1121,17 @@ fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot
     // Frame = magic, body length, body (kind, meta, data length, data), xxh3 of everything before it.
     // The data (an image of up to hundreds of MB) is written from where it is, never copied into the
     // frame: the head is built, the checksum streamed over head and data.
-    let mut body_head = Vec::with_capacity(64);
-    body_head.push(kind);
-    encode_snapshot_meta(snapshot, &mut body_head);
-    let body_len =
-        u32::try_from(body_head.len() + snapshot.data.len()).map_err(|_| SharedLogError::CorruptSnapshot {
-            path: path.clone(),
-            reason: format!("body of {} bytes exceeds u32", body_head.len() + snapshot.data.len()),
-        })?;
-    let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + body_head.len());
+    let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
     head.extend_from_slice(&SNAPSHOT_MAGIC);
-    head.extend_from_slice(&body_len.to_le_bytes());
-    head.extend_from_slice(&body_head);
+    head.extend_from_slice(&[0; 4]);
+    head.push(kind);
+    encode_snapshot_meta(snapshot, &mut head);
+    let body_bytes = head.len() - FRAME_HEADER_BYTES + snapshot.data.len();
+    let body_len = u32::try_from(body_bytes).map_err(|_| SharedLogError::CorruptSnapshot {
+        path: path.clone(),
+        reason: format!("body of {body_bytes} bytes exceeds u32"),
+    })?;
+    head[SNAPSHOT_MAGIC.len()..FRAME_HEADER_BYTES].copy_from_slice(&body_len.to_le_bytes());
     let mut checksum = Xxh3::new();
     checksum.update(&head);
     checksum.update(&snapshot.data);

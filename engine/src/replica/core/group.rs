@@ -420,9 +420,11 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             "partition {}: a compaction reported that was not handed out",
             self.partition
         );
+        // `last_snapshot_index` moves at an install's Ready, before the store has it.
+        assert!(self.raw.storage().snapshot_index() <= self.last_snapshot_index, "the store is never ahead");
         // A snapshot installed since covers it: recorded in the store already, or still being written
         // (Raft then counts nothing as persisted until it is, and would refuse the compaction).
-        if index <= self.raw.storage().snapshot_index() || index <= self.last_snapshot_index {
+        if index <= self.last_snapshot_index {
             return Ok(());
         }
         self.raw.compact(index, data).map_err(|error| EngineError::Store(error.to_string()))?;

@@ -99,7 +99,7 @@ pub struct Persist {
 pub struct Compaction {
     pub partition: u32,
     pub meta: raft::SnapshotMeta,
-    rows: crate::partition::PartitionRows,
+    pub(crate) rows: crate::partition::PartitionRows,
 }
 
 impl Compaction {
