@@ -69,6 +69,13 @@ pub struct ReplicationConfig {
     pub peer_queue_depth_max: usize,
     /// Largest node-to-node frame a sender builds from queued messages (one message may exceed it).
     pub peer_batch_bytes_max: usize,
+    /// A snapshot sent to a follower travels in chunks of this many bytes (the last may be shorter).
+    pub snapshot_chunk_bytes: u32,
+    /// Chunks of one snapshot sent and not yet acknowledged, per follower: a leader has at most
+    /// `snapshot_chunk_bytes` x this in flight to each follower it is catching up.
+    pub snapshot_chunks_in_flight: u32,
+    /// The largest snapshot image a replica accepts from a leader; chunks of a larger one are refused.
+    pub snapshot_bytes_max: u64,
     /// Connect timeout, and the longest pause between reconnect attempts, to a peer.
     pub peer_connect_timeout_ms: u64,
     pub peer_reconnect_backoff_ms_max: u64,
@@ -87,6 +94,9 @@ impl Default for ReplicationConfig {
             read_wait_timeout_ms: 5_000,
             peer_queue_depth_max: 65_536,
             peer_batch_bytes_max: 4 << 20,
+            snapshot_chunk_bytes: 4 << 20,
+            snapshot_chunks_in_flight: 4,
+            snapshot_bytes_max: 16 << 30,
             peer_connect_timeout_ms: 1_000,
             peer_reconnect_backoff_ms_max: 500,
         }
@@ -237,6 +247,14 @@ impl ClusterConfig {
             4096,
             net::protocol::PEER_FRAME_BYTES_MAX as u64 / 2,
         )?;
+        check(
+            "snapshot_chunk_bytes",
+            r.snapshot_chunk_bytes as u64,
+            64,
+            net::protocol::PEER_FRAME_BYTES_MAX as u64 / 4,
+        )?;
+        check("snapshot_chunks_in_flight", r.snapshot_chunks_in_flight as u64, 1, 64)?;
+        check("snapshot_bytes_max", r.snapshot_bytes_max, 1 << 20, 1 << 40)?;
         check("peer_connect_timeout_ms", r.peer_connect_timeout_ms, 1, 60_000)?;
         check("peer_reconnect_backoff_ms_max", r.peer_reconnect_backoff_ms_max, 1, 60_000)?;
         Ok(())
@@ -345,7 +363,7 @@ mod tests {
                 (key, _) => keys.push(key.to_string()),
             }
         }
-        assert_eq!(keys.len(), 20, "{keys:?}");
+        assert_eq!(keys.len(), 23, "{keys:?}");
         for key in keys {
             assert!(section.contains(&format!("| `{key}` |")), "{key} is missing from the reference table");
         }

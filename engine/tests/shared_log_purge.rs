@@ -115,7 +115,7 @@ fn compact(store: &mut Store, models: &mut [Model], group: usize, at: Option<u64
         return;
     }
     let index = at.map_or(last, |at| snapshot_index + 1 + at % (last - snapshot_index));
-    let data = index.to_le_bytes().to_vec();
+    let data: raft::SnapshotData = index.to_le_bytes().to_vec().into();
     let conf = ConfState::with_voters([1, 2, 3]);
     store.views[group].create_snapshot(index, conf.clone(), data.clone()).expect("create_snapshot");
     model.live.create_snapshot(index, conf.clone(), data.clone()).unwrap();
@@ -165,7 +165,7 @@ fn run(ops: Vec<Op>) {
                         term: model.term,
                         conf_state: ConfState::with_voters([1, 2, 3]),
                     },
-                    data: vec![step as u8; 9],
+                    data: vec![step as u8; 9].into(),
                 };
                 store.views[group].apply_snapshot(snapshot.clone()).expect("apply_snapshot");
                 model.live.apply_snapshot(snapshot.clone()).unwrap();

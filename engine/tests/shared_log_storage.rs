@@ -112,7 +112,7 @@ impl Storage for Interleaved {
         Ok(())
     }
 
-    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: raft::SnapshotData) -> StorageResult<()> {
         self.main.create_snapshot(index, conf_state, data)?;
         self.disturb();
         Ok(())
@@ -256,7 +256,7 @@ fn snapshot_files_are_verified() {
         let mut store = Interleaved::open(dir.path());
         store.append(&mixed_entries(1, 5, 4)).expect("append");
         lock(&store.log).sync().expect("sync");
-        store.create_snapshot(3, ConfState::with_voters([1]), vec![7; 40]).expect("snapshot");
+        store.create_snapshot(3, ConfState::with_voters([1]), vec![7; 40].into()).expect("snapshot");
     }
     let path = shared_log::snapshot_path(dir.path(), PARTITION);
     let bytes = std::fs::read(&path).unwrap();
@@ -269,7 +269,7 @@ fn snapshot_files_are_verified() {
     std::fs::write(&path, &bytes).unwrap();
     let store = Interleaved::open(dir.path());
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (4, 5));
-    assert_eq!(store.snapshot().unwrap().data, vec![7; 40]);
+    assert_eq!(*store.snapshot().unwrap().data, vec![7; 40]);
 }
 
 /// The snapshot thread's path: the image file is written first (`write_compaction_file`), recorded
@@ -281,7 +281,7 @@ fn a_compaction_written_off_the_round_is_recorded_without_a_second_write_and_sur
     let shard_dir = dir.path();
     let image = |index: u64, byte: u8| Snapshot {
         meta: SnapshotMeta { index, term: 1, conf_state: ConfState::default() },
-        data: vec![byte; 64],
+        data: vec![byte; 64].into(),
     };
     {
         let mut store = Interleaved::open(shard_dir);
@@ -297,7 +297,7 @@ fn a_compaction_written_off_the_round_is_recorded_without_a_second_write_and_sur
     // file's only to show which one is on disk).
     shared_log::write_compaction_file(shard_dir, PARTITION, &image(15, 2)).expect("write image");
     lock(&store.log).compaction_written(PARTITION, 15).expect("recorded");
-    store.main.create_snapshot(15, ConfState::default(), vec![3; 64]).expect("compact");
+    store.main.create_snapshot(15, ConfState::default(), vec![3; 64].into()).expect("compact");
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (16, 20));
     drop(store);
     let store = Interleaved::open(shard_dir);
@@ -307,18 +307,20 @@ fn a_compaction_written_off_the_round_is_recorded_without_a_second_write_and_sur
     // the next compaction at that index writes its file itself.
     let mut store = store;
     lock(&store.log).compaction_written(PARTITION, 12).expect("ignored");
-    store.main.create_snapshot(12, ConfState::default(), vec![6; 64]).expect_err("below the snapshot");
+    store.main.create_snapshot(12, ConfState::default(), vec![6; 64].into()).expect_err("below the snapshot");
     lock(&store.log).compaction_written(PARTITION, 35).expect("noted");
-    let installed =
-        Snapshot { meta: SnapshotMeta { index: 30, term: 2, conf_state: ConfState::default() }, data: vec![4; 8] };
+    let installed = Snapshot {
+        meta: SnapshotMeta { index: 30, term: 2, conf_state: ConfState::default() },
+        data: vec![4; 8].into(),
+    };
     store.main.apply_snapshot(installed.clone()).expect("install");
     lock(&store.log).sync().expect("sync");
     store.append(&mixed_entries(31, 40, 2)).expect("append");
     lock(&store.log).sync().expect("sync");
-    store.main.create_snapshot(35, ConfState::default(), vec![5; 64]).expect("compact");
+    store.main.create_snapshot(35, ConfState::default(), vec![5; 64].into()).expect("compact");
     drop(store);
     let store = Interleaved::open(shard_dir);
-    assert_eq!(store.snapshot().unwrap().data, vec![5; 64], "written by create_snapshot itself");
+    assert_eq!(*store.snapshot().unwrap().data, vec![5; 64], "written by create_snapshot itself");
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (36, 40));
 }
 
@@ -327,7 +329,7 @@ fn an_install_whose_record_a_crash_lost_is_completed_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let installed = Snapshot {
         meta: SnapshotMeta { index: 1000, term: 7, conf_state: ConfState::with_voters([1, 2]) },
-        data: b"state@1000".to_vec(),
+        data: b"state@1000".to_vec().into(),
     };
     {
         let mut store = Interleaved::open(dir.path());
@@ -361,7 +363,7 @@ fn a_read_only_log_refuses_every_write() {
     let mut store = GroupStore::new(log.clone(), PARTITION).unwrap();
     assert!(store.append(&mixed_entries(41, 41, 1)).is_err());
     assert!(store.set_hard_state(HardState::default()).is_err());
-    assert!(store.create_snapshot(10, ConfState::default(), vec![]).is_err());
+    assert!(store.create_snapshot(10, ConfState::default(), vec![].into()).is_err());
     assert!(lock(&log).purge().is_err());
     assert_eq!(store.last_index().unwrap(), 40, "a refused append changed the index");
 }

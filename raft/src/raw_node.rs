@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::raft::Raft;
 use crate::storage::Storage;
-use crate::types::{ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot, SnapshotMeta};
+use crate::types::{
+    ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot, SnapshotData, SnapshotMeta,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
@@ -291,7 +293,7 @@ impl<S: Storage> RawNode<S> {
 
     /// Takes a snapshot at `index` (applied and durable) with the application's `data`, and
     /// drops the log prefix it covers.
-    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
+    pub fn compact(&mut self, index: u64, data: SnapshotData) -> Result<()> {
         if self.compaction_meta(index)?.is_none() {
             return Ok(());
         }

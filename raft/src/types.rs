@@ -134,11 +134,15 @@ pub struct SnapshotMeta {
     pub conf_state: ConfState,
 }
 
+/// A snapshot's application state: shared, never copied once built (see [`Snapshot::data`]).
+pub type SnapshotData = std::sync::Arc<Vec<u8>>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    /// Application state as of `meta.index`, opaque to Raft.
-    pub data: Vec<u8>,
+    /// Application state as of `meta.index`, opaque to Raft. Shared: the image of a large partition
+    /// is hundreds of MB, and the leader hands it out again on every resend to a lagging follower.
+    pub data: SnapshotData,
 }
 
 /// A follower's hint that lets the leader skip a whole conflicting term in one round trip.

@@ -42,7 +42,7 @@ proptest! {
                     let last = model.len() as u64;
                     let at = snapshot + (last - snapshot) * fraction / 16;
                     if at > snapshot {
-                        storage.create_snapshot(at, ConfState::with_voters([1]), vec![]).expect("compact");
+                        storage.create_snapshot(at, ConfState::with_voters([1]), Default::default()).expect("compact");
                         snapshot = at;
                     }
                 }

@@ -118,7 +118,7 @@ fn read_index_waits_until_the_leader_commits_in_its_term() {
 
 fn compact_to_applied(cluster: &mut Cluster, id: u64) -> u64 {
     let applied = cluster.node(id).status().applied;
-    cluster.node(id).compact(applied, format!("state@{applied}").into_bytes()).expect("compact");
+    cluster.node(id).compact(applied, format!("state@{applied}").into_bytes().into()).expect("compact");
     applied
 }
 
@@ -138,7 +138,7 @@ fn follower_behind_the_retained_log_catches_up_with_a_snapshot() {
     assert_eq!(status.commit, cluster.node(1).status().commit);
     let snapshot = cluster.node(3).storage().snapshot().expect("snapshot");
     assert_eq!(snapshot.meta.index, snapshot_index);
-    assert_eq!(snapshot.data, format!("state@{snapshot_index}").into_bytes());
+    assert_eq!(*snapshot.data, format!("state@{snapshot_index}").into_bytes());
     let index = cluster.propose(1, b"after");
     assert_eq!(cluster.node(3).status().commit, index, "replication resumes after snapshot");
 }
@@ -151,7 +151,7 @@ fn snapshot_message(index: u64, term: u64, leader_term: u64) -> raft::Message {
         MessageBody::Snapshot {
             snapshot: Snapshot {
                 meta: SnapshotMeta { index, term, conf_state: ConfState::with_voters([1, 2, 3]) },
-                data: b"snap".to_vec(),
+                data: b"snap".to_vec().into(),
             },
         },
     )

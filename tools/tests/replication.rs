@@ -446,7 +446,10 @@ fn killing_a_leader_under_load_loses_no_acknowledged_transfer() {
 
 #[test]
 fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
-    let options = ClusterOptions { replication: vec!["snapshot_interval_entries = 32".into()], ..Default::default() };
+    // Small snapshot chunks and a window of two: the snapshot crosses real sockets as many chunks.
+    let replication =
+        ["snapshot_interval_entries = 32", "snapshot_chunk_bytes = 1024", "snapshot_chunks_in_flight = 2"];
+    let options = ClusterOptions { replication: replication.map(String::from).to_vec(), ..Default::default() };
     let mut cluster = LocalCluster::start(options);
     let workload = Arc::new(Workload::new());
     workload.create_accounts(&cluster);
@@ -506,6 +509,12 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
     let log = cluster.log_tail(2, 400);
     assert!(log.contains("installed snapshot"), "the wiped node should come back through a snapshot:\n{log}");
     let whole_log = cluster.log_tail(2, usize::MAX);
+    let chunks: Vec<u64> = whole_log
+        .lines()
+        .filter(|line| line.contains("received node"))
+        .filter_map(|line| line.split(" bytes in ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(chunks.iter().any(|&n| n > 2), "the snapshot should arrive in many chunks, got {chunks:?}:\n{log}");
     assert_eq!(whole_log.matches("rejoined in term").count(), PARTITIONS as usize, "every replica rejoins:\n{log}");
     stop_and_verify_replay(&mut cluster, &live);
     // Killed, wiped and restarted nodes alike: every line is a record of its own node.

@@ -26,7 +26,7 @@ use crate::replica::shared_log::{write_compaction_file, SharedLogError};
 pub struct Compacted {
     pub partition: u32,
     pub index: u64,
-    pub outcome: Result<Vec<u8>, SharedLogError>,
+    pub outcome: Result<raft::SnapshotData, SharedLogError>,
 }
 
 pub struct Compactor {
@@ -50,13 +50,13 @@ impl Compactor {
             .spawn(move || {
                 for job in jobs_received {
                     let started = Instant::now();
-                    let snapshot = Snapshot { meta: job.meta.clone(), data: job.encode() };
+                    let snapshot = Snapshot { meta: job.meta.clone(), data: job.encode().into() };
                     let outcome = write_compaction_file(&dir, job.partition, &snapshot).map(|()| snapshot.data);
                     log::debug!(
                         "shard {shard}: partition {}: compaction at index {} ({} bytes) built and written in {} ms",
                         job.partition,
                         job.meta.index,
-                        outcome.as_ref().map_or(0, Vec::len),
+                        outcome.as_ref().map_or(0, |data| data.len()),
                         started.elapsed().as_millis()
                     );
                     let report = Compacted { partition: job.partition, index: job.meta.index, outcome };
@@ -142,7 +142,11 @@ mod tests {
         let done = compactor.take_done();
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].partition, done[0].index), (7, 40));
-        assert_eq!(done[0].outcome.as_ref().expect("written"), &expected, "the image comes back with the report");
+        assert_eq!(
+            done[0].outcome.as_ref().expect("written").as_slice(),
+            &expected[..],
+            "the image comes back with the report"
+        );
         assert!(compactor.take_done().is_empty(), "reported once");
         drop(compactor);
 

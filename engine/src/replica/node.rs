@@ -253,7 +253,9 @@ impl ClusterNode {
                     | PeerItem::Forward { partition, .. }
                     | PeerItem::ForwardReply { partition, .. }
                     | PeerItem::TermProbe { partition }
-                    | PeerItem::TermReport { partition, .. },
+                    | PeerItem::TermReport { partition, .. }
+                    | PeerItem::SnapshotChunk { partition, .. }
+                    | PeerItem::SnapshotAck { partition, .. },
                 )
                 | PeerInput::NotDelivered { partition, .. } => *partition,
                 PeerInput::LinkDown => {

@@ -57,7 +57,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::storage::StorageResult;
-use raft::{ConfChange, ConfChangeKind, ConfState, Entry, HardState, Payload, RaftState, Snapshot, SnapshotMeta};
+use raft::{
+    ConfChange, ConfChangeKind, ConfState, Entry, HardState, Payload, RaftState, Snapshot, SnapshotData, SnapshotMeta,
+};
 use raft::{Storage, StorageError};
 use wal::{Wal, WalError, WalOptions};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
@@ -426,7 +428,7 @@ impl SharedLog {
             return Ok(false);
         }
         self.check_writable()?;
-        let snapshot = Snapshot { meta: SnapshotMeta { index: 0, term: 0, conf_state }, data: Vec::new() };
+        let snapshot = Snapshot { meta: SnapshotMeta { index: 0, term: 0, conf_state }, data: SnapshotData::default() };
         write_snapshot_file(&self.dir, partition, SNAPSHOT_KIND_COMPACTION, &snapshot)?;
         self.groups.insert(partition, GroupLog { snapshot, ..GroupLog::default() });
         Ok(true)
@@ -695,7 +697,7 @@ impl SharedLog {
         partition: u32,
         index: u64,
         conf_state: ConfState,
-        data: Vec<u8>,
+        data: SnapshotData,
     ) -> StorageResult<()> {
         let group = self.group(partition)?;
         if index < group.snapshot.meta.index {
@@ -995,7 +997,7 @@ impl Storage for GroupStore {
         self.log().apply_snapshot(self.partition, snapshot)
     }
 
-    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: SnapshotData) -> StorageResult<()> {
         self.log().create_snapshot(self.partition, index, conf_state, data)
     }
 }
@@ -1299,7 +1301,7 @@ fn decode_snapshot(cursor: &mut Cursor<'_>) -> Result<Snapshot, String> {
     let data_len = usize::try_from(cursor.u64()?).map_err(|_| "data length overflows usize".to_string())?;
     let data = cursor.take(data_len)?.to_vec();
     cursor.finish()?;
-    Ok(Snapshot { meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners } }, data })
+    Ok(Snapshot { meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners } }, data: data.into() })
 }
 
 struct Cursor<'a> {

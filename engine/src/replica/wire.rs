@@ -19,6 +19,10 @@
 //! | item 2 ForwardReply   | tag, request_id u64, partition u32, reply                                   |
 //! | item 3 TermProbe      | tag, partition u32                                                          |
 //! | item 4 TermReport     | tag, partition u32, term u64, commit u64, last_index u64                    |
+//! | item 5 SnapshotChunk  | tag, partition u32, from u64, to u64, term u64, snapshot index u64,         |
+//! |                       | snapshot term u64, voters, learners, total_bytes u64, chunk_bytes u32,      |
+//! |                       | offset u64, data length u64, data                                           |
+//! | item 6 SnapshotAck    | tag, partition u32, term u64, snapshot index u64, received u64              |
 //! | message               | from u64, to u64, term u64, body tag, body                                  |
 //! | body 0 VoteRequest    | pre_vote bool, last_log_index u64, last_log_term u64, transfer bool         |
 //! | body 1 VoteResponse   | pre_vote bool, granted bool                                                 |
@@ -26,7 +30,8 @@
 //! | body 3 AppendResponse | index u64, has_hint bool, then hint index u64, hint term u64 if has_hint    |
 //! | body 4 Heartbeat      | commit u64, read_seq u64, lease_tick u64                                    |
 //! | body 5 HeartbeatResp. | read_seq u64, lease_tick u64                                                |
-//! | body 6 Snapshot       | index u64, term u64, voters, learners, data length u64, data                |
+//! | body 6 (Snapshot)     | never on the wire: a snapshot travels as SnapshotChunk items (a decoder     |
+//! |                       | refuses the tag)                                                            |
 //! | body 7 TimeoutNow     | nothing                                                                     |
 //! | voters, learners      | count u32, node ids u64, strictly ascending; the two sets are disjoint      |
 //! | entry                 | index u64, term u64, payload tag, payload                                   |
@@ -54,9 +59,7 @@ use net::protocol::{
     truncate_at_char_boundary, Consistency, ErrorCode, TransferLookup, BATCH_ITEMS_MAX, ERROR_MESSAGE_BYTES_MAX,
 };
 use net::types::{Account, CreateAccount, ItemResult, Transfer};
-use raft::{
-    ConfChange, ConfChangeKind, ConfState, Entry, Message, MessageBody, Payload, RejectHint, Snapshot, SnapshotMeta,
-};
+use raft::{ConfChange, ConfChangeKind, ConfState, Entry, Message, MessageBody, Payload, RejectHint, SnapshotMeta};
 use thiserror::Error;
 
 /// Body: the sender's node id, u64 LE.
@@ -68,8 +71,8 @@ const _: () = assert!(PEER_KIND_HELLO >= net::protocol::kind::PEER_MIN && PEER_K
 pub const HELLO_BYTES: usize = 8 + 2 + 8;
 /// Version of everything in this module; peers that differ refuse each other at the hello.
 /// Version 2 added the transfer lookup request and reply; version 3 the answering replica's term in an
-/// error reply.
-pub const PEER_WIRE_VERSION: u16 = 3;
+/// error reply; version 4 snapshots in chunks (`SnapshotChunk`, `SnapshotAck`) instead of one message.
+pub const PEER_WIRE_VERSION: u16 = 4;
 
 /// What a connection's first frame says about the node that opened its side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,8 @@ const ITEM_FORWARD: u8 = 1;
 const ITEM_FORWARD_REPLY: u8 = 2;
 const ITEM_TERM_PROBE: u8 = 3;
 const ITEM_TERM_REPORT: u8 = 4;
+const ITEM_SNAPSHOT_CHUNK: u8 = 5;
+const ITEM_SNAPSHOT_ACK: u8 = 6;
 
 const BODY_VOTE_REQUEST: u8 = 0;
 const BODY_VOTE_RESPONSE: u8 = 1;
@@ -114,6 +119,7 @@ const BODY_APPEND: u8 = 2;
 const BODY_APPEND_RESPONSE: u8 = 3;
 const BODY_HEARTBEAT: u8 = 4;
 const BODY_HEARTBEAT_RESPONSE: u8 = 5;
+/// Reserved: `MessageBody::Snapshot` travels as [`PeerItem::SnapshotChunk`]s.
 const BODY_SNAPSHOT: u8 = 6;
 const BODY_TIMEOUT_NOW: u8 = 7;
 
@@ -171,6 +177,83 @@ pub enum PeerItem {
         commit: u64,
         last_index: u64,
     },
+    /// A part of a Raft snapshot message (`MessageBody::Snapshot`), which travels cut into chunks of at
+    /// most `replication.snapshot_chunk_bytes`, a bounded number in flight per follower, never as one
+    /// message (an image is hundreds of MB; see `core::snapshot_transfer`).
+    SnapshotChunk {
+        partition: u32,
+        chunk: SnapshotChunk,
+    },
+    /// From the receiver of a snapshot's chunks: every byte before `received` of the snapshot at
+    /// `index` sent in `term` has arrived.
+    SnapshotAck {
+        partition: u32,
+        term: u64,
+        index: u64,
+        received: u64,
+    },
+}
+
+/// One chunk of a snapshot message from `from` to `to` in Raft term `term`. Every chunk of a snapshot
+/// carries its whole header (the snapshot's meta, its total size, the chunk size), so chunks may arrive
+/// in any order and a receiver can tell a chunk of a newer snapshot from one of the snapshot it holds.
+/// Chunk `k` starts at `k * chunk_bytes`; every chunk is `chunk_bytes` long but the last.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotChunk {
+    pub from: u64,
+    pub to: u64,
+    pub term: u64,
+    pub meta: SnapshotMeta,
+    pub total_bytes: u64,
+    pub chunk_bytes: u32,
+    pub offset: u64,
+    pub bytes: ImageSlice,
+}
+
+/// Bytes of a snapshot image, shared with the image they were cut from: a leader sending a
+/// follower an image of hundreds of MB copies none of it before the frame is encoded.
+#[derive(Clone)]
+pub struct ImageSlice {
+    image: raft::SnapshotData,
+    start: usize,
+    end: usize,
+}
+
+impl ImageSlice {
+    /// `image[range]`; the range must lie within the image.
+    pub fn new(image: raft::SnapshotData, range: std::ops::Range<usize>) -> ImageSlice {
+        assert!(range.start <= range.end && range.end <= image.len(), "a slice within its image");
+        ImageSlice { image, start: range.start, end: range.end }
+    }
+
+    pub fn owned(bytes: Vec<u8>) -> ImageSlice {
+        let end = bytes.len();
+        ImageSlice { image: std::sync::Arc::new(bytes), start: 0, end }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.image[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+impl PartialEq for ImageSlice {
+    fn eq(&self, other: &ImageSlice) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for ImageSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageSlice({} bytes)", self.len())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -271,6 +354,10 @@ pub fn item_encoded_bytes(item: &PeerItem) -> usize {
             PeerItem::ForwardReply { reply, .. } => 8 + 4 + reply_bytes(reply),
             PeerItem::TermProbe { .. } => 4,
             PeerItem::TermReport { .. } => 4 + 8 + 8 + 8,
+            PeerItem::SnapshotChunk { chunk, .. } => {
+                4 + 8 + 8 + 8 + 8 + 8 + conf_state_bytes(&chunk.meta.conf_state) + 8 + 4 + 8 + 8 + chunk.bytes.len()
+            }
+            PeerItem::SnapshotAck { .. } => 4 + 8 + 8 + 8,
         }
 }
 
@@ -283,18 +370,15 @@ fn message_bytes(message: &Message) -> usize {
             MessageBody::AppendResponse { reject, .. } => 8 + 1 + if reject.is_some() { 8 + 8 } else { 0 },
             MessageBody::Heartbeat { .. } => 8 + 8 + 8,
             MessageBody::HeartbeatResponse { .. } => 8 + 8,
-            MessageBody::Snapshot { snapshot } => {
-                let conf_state = &snapshot.meta.conf_state;
-                8 + 8
-                    + 4
-                    + NODE_ID_BYTES * conf_state.voters.len()
-                    + 4
-                    + NODE_ID_BYTES * conf_state.learners.len()
-                    + 8
-                    + snapshot.data.len()
-            }
+            MessageBody::Snapshot { .. } => panic!("{SNAPSHOT_IN_CHUNKS}"),
             MessageBody::TimeoutNow => 0,
         }
+}
+
+const SNAPSHOT_IN_CHUNKS: &str = "a Raft snapshot message travels as SnapshotChunk items, never whole";
+
+fn conf_state_bytes(conf_state: &ConfState) -> usize {
+    4 + NODE_ID_BYTES * conf_state.voters.len() + 4 + NODE_ID_BYTES * conf_state.learners.len()
 }
 
 fn entry_bytes(entry: &Entry) -> usize {
@@ -376,6 +460,29 @@ fn put_item(out: &mut Vec<u8>, item: &PeerItem) {
             out.extend_from_slice(&commit.to_le_bytes());
             out.extend_from_slice(&last_index.to_le_bytes());
         }
+        PeerItem::SnapshotChunk { partition, chunk } => {
+            out.push(ITEM_SNAPSHOT_CHUNK);
+            out.extend_from_slice(&partition.to_le_bytes());
+            for value in [chunk.from, chunk.to, chunk.term, chunk.meta.index, chunk.meta.term] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+            let conf_state = &chunk.meta.conf_state;
+            assert!(conf_state.voters.is_disjoint(&conf_state.learners), "voters and learners overlap");
+            put_node_set(out, &conf_state.voters);
+            put_node_set(out, &conf_state.learners);
+            out.extend_from_slice(&chunk.total_bytes.to_le_bytes());
+            out.extend_from_slice(&chunk.chunk_bytes.to_le_bytes());
+            out.extend_from_slice(&chunk.offset.to_le_bytes());
+            out.extend_from_slice(&(chunk.bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(chunk.bytes.as_slice());
+        }
+        PeerItem::SnapshotAck { partition, term, index, received } => {
+            out.push(ITEM_SNAPSHOT_ACK);
+            out.extend_from_slice(&partition.to_le_bytes());
+            for value in [*term, *index, *received] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -424,17 +531,7 @@ fn put_message(out: &mut Vec<u8>, message: &Message) {
             out.extend_from_slice(&read_seq.to_le_bytes());
             out.extend_from_slice(&lease_tick.to_le_bytes());
         }
-        MessageBody::Snapshot { snapshot } => {
-            out.push(BODY_SNAPSHOT);
-            let meta = &snapshot.meta;
-            assert!(meta.conf_state.voters.is_disjoint(&meta.conf_state.learners), "voters and learners overlap");
-            out.extend_from_slice(&meta.index.to_le_bytes());
-            out.extend_from_slice(&meta.term.to_le_bytes());
-            put_node_set(out, &meta.conf_state.voters);
-            put_node_set(out, &meta.conf_state.learners);
-            out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-            out.extend_from_slice(&snapshot.data);
-        }
+        MessageBody::Snapshot { .. } => panic!("{SNAPSHOT_IN_CHUNKS}"),
         MessageBody::TimeoutNow => out.push(BODY_TIMEOUT_NOW),
     }
 }
@@ -590,6 +687,13 @@ fn read_item(reader: &mut Reader<'_>) -> Result<PeerItem, WireError> {
             commit: reader.u64()?,
             last_index: reader.u64()?,
         }),
+        ITEM_SNAPSHOT_CHUNK => Ok(PeerItem::SnapshotChunk { partition: reader.u32()?, chunk: read_chunk(reader)? }),
+        ITEM_SNAPSHOT_ACK => Ok(PeerItem::SnapshotAck {
+            partition: reader.u32()?,
+            term: reader.u64()?,
+            index: reader.u64()?,
+            received: reader.u64()?,
+        }),
         tag => Err(WireError::UnknownTag { what: "peer item", tag: tag.into() }),
     }
 }
@@ -629,7 +733,7 @@ fn read_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
         BODY_HEARTBEAT_RESPONSE => {
             MessageBody::HeartbeatResponse { read_seq: reader.u64()?, lease_tick: reader.u64()? }
         }
-        BODY_SNAPSHOT => MessageBody::Snapshot { snapshot: read_snapshot(reader)? },
+        BODY_SNAPSHOT => return Err(WireError::Invalid(SNAPSHOT_IN_CHUNKS)),
         BODY_TIMEOUT_NOW => MessageBody::TimeoutNow,
         tag => return Err(WireError::UnknownTag { what: "raft message body", tag: tag.into() }),
     };
@@ -656,16 +760,29 @@ fn read_entry(reader: &mut Reader<'_>) -> Result<Entry, WireError> {
     Ok(Entry { index, term, payload })
 }
 
-fn read_snapshot(reader: &mut Reader<'_>) -> Result<Snapshot, WireError> {
-    let index = reader.u64()?;
-    let term = reader.u64()?;
+/// A chunk whose place and size agree with its header: `chunk_bytes` > 0, `offset` a multiple of it
+/// and below `total_bytes`, and the data exactly a chunk long (shorter only as the last).
+fn read_chunk(reader: &mut Reader<'_>) -> Result<SnapshotChunk, WireError> {
+    let (from, to, term) = (reader.u64()?, reader.u64()?, reader.u64()?);
+    let (index, snapshot_term) = (reader.u64()?, reader.u64()?);
     let voters = read_node_set(reader)?;
     let learners = read_node_set(reader)?;
     if !voters.is_disjoint(&learners) {
         return Err(WireError::Invalid("a node is both a voter and a learner"));
     }
-    let data = reader.data()?.to_vec();
-    Ok(Snapshot { meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners } }, data })
+    let meta = SnapshotMeta { index, term: snapshot_term, conf_state: ConfState { voters, learners } };
+    let total_bytes = reader.u64()?;
+    let chunk_bytes = reader.u32()?;
+    let offset = reader.u64()?;
+    let data = reader.data()?;
+    if chunk_bytes == 0 || offset % u64::from(chunk_bytes) != 0 || offset >= total_bytes {
+        return Err(WireError::Invalid("a snapshot chunk outside its image"));
+    }
+    if data.len() as u64 != u64::from(chunk_bytes).min(total_bytes - offset) {
+        return Err(WireError::Invalid("a snapshot chunk of the wrong length"));
+    }
+    let bytes = ImageSlice::owned(data.to_vec());
+    Ok(SnapshotChunk { from, to, term, meta, total_bytes, chunk_bytes, offset, bytes })
 }
 
 fn read_node_set(reader: &mut Reader<'_>) -> Result<BTreeSet<u64>, WireError> {
@@ -894,10 +1011,6 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = MessageBody> {
         let hint = (any::<u64>(), any::<u64>()).prop_map(|(index, term)| RejectHint { index, term });
-        let snapshot =
-            (any::<u64>(), any::<u64>(), arb_conf_state(), prop::collection::vec(any::<u8>(), 0..96)).prop_map(
-                |(index, term, conf_state, data)| Snapshot { meta: SnapshotMeta { index, term, conf_state }, data },
-            );
         prop_oneof![
             (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
                 |(pre_vote, last_log_index, last_log_term, transfer)| MessageBody::VoteRequest {
@@ -923,7 +1036,6 @@ mod tests {
                 .prop_map(|(commit, read_seq, lease_tick)| MessageBody::Heartbeat { commit, read_seq, lease_tick }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(read_seq, lease_tick)| MessageBody::HeartbeatResponse { read_seq, lease_tick }),
-            snapshot.prop_map(|snapshot| MessageBody::Snapshot { snapshot }),
             Just(MessageBody::TimeoutNow),
         ]
     }
@@ -1032,7 +1144,33 @@ mod tests {
                     PeerItem::TermReport { partition, term, commit, last_index }
                 }
             ),
+            (any::<u32>(), arb_chunk()).prop_map(|(partition, chunk)| PeerItem::SnapshotChunk { partition, chunk }),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(partition, term, index, received)| {
+                PeerItem::SnapshotAck { partition, term, index, received }
+            }),
         ]
+    }
+
+    /// A valid chunk: somewhere in an image of `total_bytes`, exactly as long as its place allows.
+    fn arb_chunk() -> impl Strategy<Value = SnapshotChunk> {
+        let header = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), arb_conf_state());
+        (header, 1..64u32, 1..400u64, any::<u64>(), any::<u8>()).prop_map(
+            |((from, to, term, index, snapshot_term, conf_state), chunk_bytes, total_bytes, pick, fill)| {
+                let chunks = total_bytes.div_ceil(u64::from(chunk_bytes));
+                let offset = pick % chunks * u64::from(chunk_bytes);
+                let len = u64::from(chunk_bytes).min(total_bytes - offset) as usize;
+                SnapshotChunk {
+                    from,
+                    to,
+                    term,
+                    meta: SnapshotMeta { index, term: snapshot_term, conf_state },
+                    total_bytes,
+                    chunk_bytes,
+                    offset,
+                    bytes: ImageSlice::owned(vec![fill; len]),
+                }
+            },
+        )
     }
 
     fn encoded(items: &[PeerItem]) -> Vec<u8> {
@@ -1070,16 +1208,6 @@ mod tests {
             raft(MessageBody::AppendResponse { index: 6, reject: Some(RejectHint { index: 3, term: 1 }) }),
             raft(MessageBody::Heartbeat { commit: 5, read_seq: 2, lease_tick: 99 }),
             raft(MessageBody::HeartbeatResponse { read_seq: 2, lease_tick: 99 }),
-            raft(MessageBody::Snapshot {
-                snapshot: Snapshot {
-                    meta: SnapshotMeta {
-                        index: 40,
-                        term: 3,
-                        conf_state: ConfState { voters: [1, 2, 3].into(), learners: [4].into() },
-                    },
-                    data: vec![7; 33],
-                },
-            }),
             raft(MessageBody::TimeoutNow),
             PeerItem::Forward {
                 request_id: 1,
@@ -1146,7 +1274,28 @@ mod tests {
             },
             PeerItem::TermProbe { partition: 3 },
             PeerItem::TermReport { partition: 3, term: 9, commit: 41, last_index: 43 },
+            PeerItem::SnapshotChunk { partition: 3, chunk: sample_chunk(32, 33) },
+            PeerItem::SnapshotAck { partition: 3, term: 7, index: 40, received: 32 },
         ]
+    }
+
+    /// The last chunk (one byte) of a 33-byte image cut in chunks of 32, cut from a shared image.
+    fn sample_chunk(offset: u64, total_bytes: u64) -> SnapshotChunk {
+        let image: raft::SnapshotData = std::sync::Arc::new((0..total_bytes as u8).collect());
+        SnapshotChunk {
+            from: 1,
+            to: 2,
+            term: 7,
+            meta: SnapshotMeta {
+                index: 40,
+                term: 3,
+                conf_state: ConfState { voters: [1, 2, 3].into(), learners: [4].into() },
+            },
+            total_bytes,
+            chunk_bytes: 32,
+            offset,
+            bytes: ImageSlice::new(image, offset as usize..total_bytes.min(offset + 32) as usize),
+        }
     }
 
     #[test]
@@ -1269,20 +1418,40 @@ mod tests {
         bad_bool.extend_from_slice(&[2, 0]);
         assert!(matches!(decode_items(&batch_of_one(&bad_bool)), Err(WireError::Invalid(_))));
 
-        let snapshot = |voters: &[u64], learners: &[u64]| {
-            let mut bytes = raft_prefix(BODY_SNAPSHOT);
-            bytes.extend_from_slice(&[0; 16]);
+        // A whole snapshot message never travels: only its chunks do.
+        let mut whole = raft_prefix(BODY_SNAPSHOT);
+        whole.extend_from_slice(&[0; 16 + 4 + 4 + 8]);
+        assert_eq!(decode_items(&batch_of_one(&whole)), Err(WireError::Invalid(SNAPSHOT_IN_CHUNKS)));
+
+        // A chunk: (voters, learners, total_bytes, chunk_bytes, offset, data length).
+        let chunk = |voters: &[u64], learners: &[u64], total: u64, chunk_bytes: u32, offset: u64, len: usize| {
+            let mut bytes = vec![ITEM_SNAPSHOT_CHUNK];
+            bytes.extend_from_slice(&3u32.to_le_bytes());
+            bytes.extend_from_slice(&[0; 40]);
             for set in [voters, learners] {
                 bytes.extend_from_slice(&(set.len() as u32).to_le_bytes());
                 set.iter().for_each(|node| bytes.extend_from_slice(&node.to_le_bytes()));
             }
-            bytes.extend_from_slice(&0u64.to_le_bytes());
+            bytes.extend_from_slice(&total.to_le_bytes());
+            bytes.extend_from_slice(&chunk_bytes.to_le_bytes());
+            bytes.extend_from_slice(&offset.to_le_bytes());
+            bytes.extend_from_slice(&(len as u64).to_le_bytes());
+            bytes.extend_from_slice(&vec![5; len]);
             decode_items(&batch_of_one(&bytes))
         };
-        assert!(snapshot(&[1, 2], &[3]).is_ok());
-        assert!(matches!(snapshot(&[2, 1], &[]), Err(WireError::Invalid(_))));
-        assert!(matches!(snapshot(&[1, 1], &[]), Err(WireError::Invalid(_))));
-        assert!(matches!(snapshot(&[1, 2], &[2]), Err(WireError::Invalid(_))));
+        assert!(chunk(&[1, 2], &[3], 33, 32, 32, 1).is_ok());
+        assert!(chunk(&[1, 2], &[3], 33, 32, 0, 32).is_ok());
+        assert!(matches!(chunk(&[2, 1], &[], 33, 32, 0, 32), Err(WireError::Invalid(_))));
+        assert!(matches!(chunk(&[1, 1], &[], 33, 32, 0, 32), Err(WireError::Invalid(_))));
+        assert!(matches!(chunk(&[1, 2], &[2], 33, 32, 0, 32), Err(WireError::Invalid(_))));
+        let outside = Err(WireError::Invalid("a snapshot chunk outside its image"));
+        assert_eq!(chunk(&[1], &[], 33, 0, 0, 0), outside, "chunk size 0");
+        assert_eq!(chunk(&[1], &[], 33, 32, 16, 17), outside, "not at a chunk boundary");
+        assert_eq!(chunk(&[1], &[], 33, 32, 64, 0), outside, "past the end");
+        assert_eq!(chunk(&[1], &[], 0, 32, 0, 0), outside, "an empty image");
+        let wrong_length = Err(WireError::Invalid("a snapshot chunk of the wrong length"));
+        assert_eq!(chunk(&[1], &[], 33, 32, 0, 31), wrong_length, "a short chunk that is not the last");
+        assert_eq!(chunk(&[1], &[], 33, 32, 32, 2), wrong_length, "a last chunk past the image");
 
         let reply_error = |code: u16, message: &[u8], claimed_bytes: u32| {
             let mut bytes = vec![ITEM_FORWARD_REPLY];

@@ -83,7 +83,7 @@ pub fn entries_respects_bytes_max_but_returns_one<S: Storage>(mut store: S) {
 
 pub fn entries_out_of_range_are_errors<S: Storage>(mut store: S) {
     store.append(&entries(1..=5, 1)).expect("append");
-    store.create_snapshot(3, ConfState::with_voters([1]), vec![]).expect("create_snapshot");
+    store.create_snapshot(3, ConfState::with_voters([1]), vec![].into()).expect("create_snapshot");
     assert!(
         matches!(store.entries(2, 5, BYTES_UNLIMITED), Err(StorageError::Compacted { .. })),
         "reading compacted entries must report Compacted"
@@ -107,7 +107,7 @@ pub fn create_snapshot_compacts_prefix<S: Storage>(mut store: S) {
     store.append(&entries(1..=4, 1)).expect("append");
     store.append(&entries(5..=8, 2)).expect("append");
     let conf = ConfState::with_voters([1, 2, 3]);
-    store.create_snapshot(5, conf.clone(), b"state@5".to_vec()).expect("create_snapshot");
+    store.create_snapshot(5, conf.clone(), b"state@5".to_vec().into()).expect("create_snapshot");
     assert_eq!(store.first_index().expect("first_index"), 6);
     assert_eq!(store.last_index().expect("last_index"), 8, "entries after the snapshot stay");
     assert_eq!(store.term(5).expect("snapshot term stays readable"), 2);
@@ -115,7 +115,7 @@ pub fn create_snapshot_compacts_prefix<S: Storage>(mut store: S) {
     assert_eq!(snapshot.meta.index, 5);
     assert_eq!(snapshot.meta.term, 2);
     assert_eq!(snapshot.meta.conf_state, conf);
-    assert_eq!(snapshot.data, b"state@5".to_vec());
+    assert_eq!(*snapshot.data, b"state@5".to_vec());
     assert_eq!(store.initial_state().expect("state").conf_state, conf);
     store.append(&entries(9..=9, 2)).expect("append after compaction");
     assert_eq!(store.last_index().expect("last_index"), 9);
@@ -125,7 +125,7 @@ pub fn apply_snapshot_replaces_log<S: Storage>(mut store: S) {
     store.append(&entries(1..=3, 1)).expect("append");
     let snapshot = Snapshot {
         meta: SnapshotMeta { index: 10, term: 4, conf_state: ConfState::with_voters([1, 2]) },
-        data: b"state@10".to_vec(),
+        data: b"state@10".to_vec().into(),
     };
     store.apply_snapshot(snapshot.clone()).expect("apply_snapshot");
     assert_eq!(store.first_index().expect("first_index"), 11);
@@ -137,11 +137,15 @@ pub fn apply_snapshot_replaces_log<S: Storage>(mut store: S) {
 }
 
 pub fn stale_snapshot_is_refused<S: Storage>(mut store: S) {
-    let newer =
-        Snapshot { meta: SnapshotMeta { index: 10, term: 3, conf_state: ConfState::with_voters([1]) }, data: vec![1] };
+    let newer = Snapshot {
+        meta: SnapshotMeta { index: 10, term: 3, conf_state: ConfState::with_voters([1]) },
+        data: vec![1].into(),
+    };
     store.apply_snapshot(newer.clone()).expect("apply newer");
-    let older =
-        Snapshot { meta: SnapshotMeta { index: 5, term: 2, conf_state: ConfState::with_voters([1]) }, data: vec![2] };
+    let older = Snapshot {
+        meta: SnapshotMeta { index: 5, term: 2, conf_state: ConfState::with_voters([1]) },
+        data: vec![2].into(),
+    };
     assert!(
         matches!(store.apply_snapshot(older), Err(StorageError::SnapshotOutOfDate { .. })),
         "an older snapshot must be refused"
@@ -240,11 +244,11 @@ pub fn compaction_survives_a_crash_before_any_sync<D: Durable>(durable: &mut D) 
     store.append(&entries(1..=8, 1)).expect("append");
     durable.sync(&mut store);
     let conf = ConfState::with_voters([1, 2, 3]);
-    store.create_snapshot(5, conf.clone(), b"state@5".to_vec()).expect("create_snapshot");
+    store.create_snapshot(5, conf.clone(), b"state@5".to_vec().into()).expect("create_snapshot");
     let store = durable.crash_and_reopen(store);
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!((snapshot.meta.index, snapshot.meta.term), (5, 1), "compaction lost by a crash");
-    assert_eq!(snapshot.data, b"state@5".to_vec());
+    assert_eq!(*snapshot.data, b"state@5".to_vec());
     assert_eq!(store.initial_state().expect("state").conf_state, conf);
     assert_log(&store, 6, &entries(6..=8, 1), "entries after a compaction and a crash");
 }
@@ -255,7 +259,7 @@ pub fn an_install_survives_a_crash_whole_or_not_at_all<D: Durable>(durable: &mut
     durable.sync(&mut store);
     let snapshot = Snapshot {
         meta: SnapshotMeta { index: 10, term: 4, conf_state: ConfState::with_voters([1, 2]) },
-        data: b"state@10".to_vec(),
+        data: b"state@10".to_vec().into(),
     };
     store.apply_snapshot(snapshot.clone()).expect("apply_snapshot");
     let mut store = durable.crash_and_reopen(store);
@@ -274,7 +278,7 @@ pub fn installed_snapshot_and_later_entries_survive_reopen<D: Durable>(durable: 
     store.append(&entries(1..=3, 1)).expect("append");
     let snapshot = Snapshot {
         meta: SnapshotMeta { index: 10, term: 4, conf_state: ConfState::with_voters([1, 2]) },
-        data: b"state@10".to_vec(),
+        data: b"state@10".to_vec().into(),
     };
     store.apply_snapshot(snapshot.clone()).expect("apply_snapshot");
     store.append(&entries(11..=12, 4)).expect("append after the install");
@@ -290,13 +294,13 @@ pub fn installed_snapshot_and_later_entries_survive_reopen<D: Durable>(durable: 
 pub fn reopening_twice_changes_nothing<D: Durable>(durable: &mut D) {
     let mut store = durable.create();
     store.append(&entries(1..=9, 3)).expect("append");
-    store.create_snapshot(4, ConfState::with_voters([1]), vec![4; 16]).expect("create_snapshot");
+    store.create_snapshot(4, ConfState::with_voters([1]), vec![4; 16].into()).expect("create_snapshot");
     let hard_state = HardState { term: 3, vote: Some(1), commit: 9 };
     store.set_hard_state(hard_state).expect("set_hard_state");
     durable.sync(&mut store);
     let store = durable.crash_and_reopen(store);
     let store = durable.crash_and_reopen(store);
     assert_log(&store, 5, &entries(5..=9, 3), "after two reopens");
-    assert_eq!(store.snapshot().expect("snapshot").data, vec![4; 16]);
+    assert_eq!(*store.snapshot().expect("snapshot").data, vec![4; 16]);
     assert_eq!(store.initial_state().expect("state").hard_state, hard_state);
 }

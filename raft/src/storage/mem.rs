@@ -2,7 +2,7 @@
 
 use super::{RaftState, Storage, StorageResult};
 use crate::error::StorageError;
-use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMeta};
+use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotData, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
@@ -110,7 +110,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: SnapshotData) -> StorageResult<()> {
         if index < self.snapshot.meta.index {
             return Err(StorageError::SnapshotOutOfDate { index, current_index: self.snapshot.meta.index });
         }

@@ -9,7 +9,7 @@ mod mem;
 pub use mem::MemStorage;
 
 use crate::error::StorageError;
-use crate::types::{ConfState, Entry, HardState, Snapshot};
+use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotData};
 
 pub type StorageResult<T> = std::result::Result<T, StorageError>;
 
@@ -73,5 +73,5 @@ pub trait Storage {
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> StorageResult<()>;
     /// Records a snapshot of the application state at `index` (which must be in the log) and
     /// drops the log prefix up to `index`.
-    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()>;
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: SnapshotData) -> StorageResult<()>;
 }

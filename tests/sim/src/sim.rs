@@ -625,7 +625,7 @@ impl Sim {
         }
         // The state machine is at `applied`; only a snapshot of exactly that state is valid.
         // An error means the entry is not yet durable locally: try again later.
-        let _ = raw.compact(node.state.applied, node.state.encode());
+        let _ = raw.compact(node.state.applied, node.state.encode().into());
     }
 
     fn check_nodes(&mut self) -> Result<(), Violation> {

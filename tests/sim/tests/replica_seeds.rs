@@ -27,6 +27,9 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.crashes += stats.crashes;
                 total.wipes += stats.wipes;
                 total.snapshots_installed += stats.snapshots_installed;
+                total.snapshot_chunks += stats.snapshot_chunks;
+                total.snapshot_chunks_lost += stats.snapshot_chunks_lost;
+                total.snapshots_assembled += stats.snapshots_assembled;
                 total.compactions += stats.compactions;
                 total.compactions_at_crash += stats.compactions_at_crash;
                 total.leader_changes += stats.leader_changes;
@@ -47,6 +50,10 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.crashes > seeds / 4, "too few crashes: {total:?}");
     assert!(total.wipes > 0, "no node ever lost its data and rejoined: {total:?}");
     assert!(total.snapshots_installed > 0, "no snapshot was ever installed: {total:?}");
+    // Snapshots travel in chunks, many per snapshot, and arrive whole though the network lost some.
+    assert!(total.snapshots_assembled >= total.snapshots_installed, "an install without its chunks: {total:?}");
+    assert!(total.snapshot_chunks > 4 * total.snapshots_assembled, "snapshots of too few chunks: {total:?}");
+    assert!(total.snapshot_chunks_lost > 0, "the network never lost a snapshot chunk: {total:?}");
     assert!(total.compactions > seeds, "too few compactions: {total:?}");
     assert!(total.compactions_at_crash > 0, "no crash ever found a compaction image written and unreported: {total:?}");
     assert!(total.leader_changes > seeds, "too few leadership changes: {total:?}");

@@ -10,6 +10,7 @@ use raft::{ConfState, Entry, Message, MessageBody, Payload, RawNode, Role};
 use super::reads::PendingRead;
 use super::rejoin::{Recovery, RejoinMarker};
 use super::routing::{Parked, Request, Trip};
+use super::snapshot_transfer::SnapshotTransfers;
 use super::{Batch, GroupInit, GroupStatus, Handles, ItemsTo, Now, Persist, ReplicaStorage, Sink};
 use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::error::EngineError;
@@ -86,6 +87,11 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     pub id_runs: RunHome,
     /// The index of the [`super::Compaction`] handed out and not yet reported back.
     pub compacting: Option<u64>,
+    /// Snapshots being sent to followers in chunks, and the one being received.
+    pub transfers: SnapshotTransfers,
+    /// Ticks a snapshot sending or assembly may go without progress before it is dropped: three of
+    /// Raft's snapshot timeouts, after each of which the leader asks again.
+    pub transfer_idle_ticks_max: u32,
 }
 
 impl<S: ReplicaStorage, H: Handles> Group<S, H> {
@@ -135,6 +141,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             raft_config.proposal_bytes_max.max(r.uncommitted_entries_max * RECORD_PAYLOAD_BYTES_MAX as u64);
         raft_config.random_seed = raft_seed;
         raft_config.applied_index = snapshot.meta.index;
+        let transfer_idle_ticks_max = 3 * raft_config.snapshot_timeout_ticks;
         let mut raw = RawNode::new(raft_config, storage).map_err(|e| in_partition(&e))?;
         let status = raw.status();
         let recovery = (lost || marker == Some(RejoinMarker::AwaitingReports)).then(|| Recovery::new(now));
@@ -175,6 +182,8 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             speculative_kept: false,
             id_runs,
             compacting: None,
+            transfers: SnapshotTransfers::default(),
+            transfer_idle_ticks_max,
         })
     }
 
@@ -324,7 +333,11 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             let mut ready = self.raw.ready();
             for message in std::mem::take(&mut ready.messages) {
                 let to = message.to;
-                sink.send(to, crate::replica::wire::PeerItem::Raft { partition: self.partition, message });
+                if let MessageBody::Snapshot { .. } = message.body {
+                    self.transfers.offer(self.partition, message, replication, sink);
+                } else {
+                    sink.send(to, crate::replica::wire::PeerItem::Raft { partition: self.partition, message });
+                }
             }
             if let Some(snapshot) = &ready.snapshot {
                 let (partition, rows) = decode_partition_image(&snapshot.data)
@@ -413,7 +426,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
 
     /// The image of the compaction at `index` is durable in the store: Raft records it and drops the
     /// log prefix it covers, unless a snapshot installed meanwhile covers it already.
-    pub fn finish_compaction(&mut self, index: u64, data: Vec<u8>) -> Result<(), EngineError> {
+    pub fn finish_compaction(&mut self, index: u64, data: raft::SnapshotData) -> Result<(), EngineError> {
         assert_eq!(
             self.compacting.take(),
             Some(index),
@@ -535,6 +548,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         self.commit_index = status.commit;
         self.last_index = status.last_index;
         let leads = status.role == Role::Leader;
+        if !leads {
+            self.transfers.stop_sending();
+        }
         if leads {
             self.speculative_kept = false;
         }

@@ -27,6 +27,7 @@ mod reads;
 mod rebalance;
 mod rejoin;
 mod routing;
+mod snapshot_transfer;
 #[cfg(test)]
 mod tests;
 
@@ -484,6 +485,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     pub fn tick(&mut self, now: Now) {
         for group in self.groups.iter_mut().filter(|g| g.recovery.is_none()) {
             group.raw.tick();
+            group.transfers.tick(group.transfer_idle_ticks_max);
         }
         self.rebalance(now);
         self.probe_for_recovery(now);
@@ -531,7 +533,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
 
     /// The image of `partition`'s [`Compaction`] at `index` is durable in its store: Raft drops the log
     /// prefix it covers (nothing, if a snapshot installed since covers more).
-    pub fn compacted(&mut self, partition: u32, index: u64, data: Vec<u8>) {
+    pub fn compacted(&mut self, partition: u32, index: u64, data: raft::SnapshotData) {
         let Some(&slot) = self.group_of.get(&partition) else {
             panic!("compacted() for partition {partition}, which this core does not hold");
         };
@@ -605,6 +607,25 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             PeerItem::TermProbe { partition } => self.on_term_probe(from, partition),
             PeerItem::TermReport { partition, term, commit, last_index } => {
                 self.on_term_report(from, partition, (term, commit, last_index))
+            }
+            PeerItem::SnapshotChunk { partition, chunk } => {
+                let Some(&slot) = self.group_of.get(&partition) else { return };
+                let group = &mut self.groups[slot];
+                // A recovering replica takes no part in Raft (see `Group::step`), and Raft would drop the
+                // snapshot of a leader of an older term than this replica knows: neither is assembled.
+                if group.recovery.is_some() || chunk.term < group.term {
+                    return;
+                }
+                let to = (self.node_id, from);
+                if let Some(message) = group.transfers.on_chunk(partition, to, chunk, &self.replication, &mut self.sink)
+                {
+                    group.step(now, message);
+                }
+            }
+            PeerItem::SnapshotAck { partition, term, index, received } => {
+                let Some(&slot) = self.group_of.get(&partition) else { return };
+                let ack = (term, index, received);
+                self.groups[slot].transfers.on_ack(partition, from, ack, &self.replication, &mut self.sink);
             }
         }
     }

@@ -138,7 +138,7 @@ impl Cluster {
                     }
                     Output::Compact(compaction) => {
                         let data = compaction.encode();
-                        self.core(node).compacted(compaction.partition, compaction.meta.index, data);
+                        self.core(node).compacted(compaction.partition, compaction.meta.index, data.into());
                     }
                     Output::Items { to, outcome } => {
                         assert!(self.answers.insert(to, outcome).is_none(), "request {to} answered twice");

@@ -100,7 +100,7 @@ fn cluster_throughput(entries_total: u64, payload_bytes: usize, batch: usize) ->
                 }
             }
             if applied[i] > node.status().first_index + COMPACT_LAG_ENTRIES {
-                node.compact(applied[i], Vec::new()).expect("compact");
+                node.compact(applied[i], Default::default()).expect("compact");
             }
         }
         while let Some(message) = network.pop_front() {

@@ -178,6 +178,10 @@ pub struct Stats {
     pub leader_changes: u64,
     pub failovers: u64,
     pub snapshots_installed: u64,
+    /// Snapshot chunks sent, chunks the network lost, and snapshots assembled from their chunks.
+    pub snapshot_chunks: u64,
+    pub snapshot_chunks_lost: u64,
+    pub snapshots_assembled: u64,
     /// Compaction images made durable while the node ran, and ones a crash left written.
     pub compactions: u64,
     pub compactions_at_crash: u64,
@@ -230,6 +234,8 @@ struct InFlight {
     to: u64,
     /// The item as the real node-to-node codec encodes it.
     bytes: Vec<u8>,
+    /// A chunk of a snapshot (counted when the network loses it).
+    chunk: bool,
 }
 
 pub struct Sim {
@@ -266,6 +272,10 @@ impl Sim {
             uncommitted_entries_max: 64,
             forward_timeout_ms: 600,
             read_wait_timeout_ms: 400,
+            // The simulator's images are a few KB: small chunks and a small window make every
+            // snapshot travel as many chunks, some of them lost, duplicated and reordered.
+            snapshot_chunk_bytes: 256,
+            snapshot_chunks_in_flight: 3,
             ..ReplicationConfig::default()
         };
         let nodes = (1..=options.nodes as u64)
@@ -663,6 +673,9 @@ impl Sim {
                     if line.contains("installed snapshot") {
                         self.stats.snapshots_installed += 1;
                     }
+                    if line.contains("'s snapshot at index") && line.contains("received node") {
+                        self.stats.snapshots_assembled += 1;
+                    }
                     if self.verbose {
                         eprintln!("[{} ms] {line}", self.now_ms);
                     }
@@ -683,12 +696,14 @@ impl Sim {
 
     fn send(&mut self, from: u64, to: u64, item: PeerItem) {
         self.stats.items_sent += 1;
+        let chunk = matches!(item, PeerItem::SnapshotChunk { .. });
+        self.stats.snapshot_chunks += u64::from(chunk);
         let mut bytes = Vec::new();
         encode_items(std::slice::from_ref(&item), &mut bytes);
         let copies = if self.faults && self.rng.chance(self.options.duplicate_per_mille) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = 1 + self.rng.below(self.options.delay_ms_max);
-            self.network.push(InFlight { deliver_at_ms: self.now_ms + delay, from, to, bytes: bytes.clone() });
+            self.network.push(InFlight { deliver_at_ms: self.now_ms + delay, from, to, bytes: bytes.clone(), chunk });
         }
     }
 
@@ -710,6 +725,7 @@ impl Sim {
                 continue;
             }
             if self.faults && self.rng.chance(self.options.drop_per_mille) {
+                self.stats.snapshot_chunks_lost += u64::from(flight.chunk);
                 continue;
             }
             let target = (flight.to - 1) as usize;
@@ -776,7 +792,7 @@ impl Sim {
                 let node = &mut self.nodes[index];
                 let compaction = node.compactions.pop_front().expect("checked non-empty");
                 let core = node.core.as_mut().expect("compactions exist only on live nodes");
-                core.compacted(compaction.partition, compaction.meta.index, compaction.encode());
+                core.compacted(compaction.partition, compaction.meta.index, compaction.encode().into());
                 self.stats.compactions += 1;
                 self.pump(index)?;
             }
@@ -860,7 +876,7 @@ impl Sim {
                 let (_, store) =
                     stores.iter_mut().find(|(p, _)| *p == compaction.partition).expect("the compaction's partition");
                 let (index, conf_state) = (compaction.meta.index, compaction.meta.conf_state.clone());
-                match raft::Storage::create_snapshot(store, index, conf_state, compaction.encode()) {
+                match raft::Storage::create_snapshot(store, index, conf_state, compaction.encode().into()) {
                     Ok(()) => self.stats.compactions_at_crash += 1,
                     Err(raft::StorageError::SnapshotOutOfDate { .. }) => {}
                     Err(error) => {

@@ -62,7 +62,7 @@ impl Storage for SimStore {
         self.mem.apply_snapshot(snapshot)
     }
 
-    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> StorageResult<()> {
+    fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: raft::SnapshotData) -> StorageResult<()> {
         self.mem.create_snapshot(index, conf_state, data)
     }
 }
