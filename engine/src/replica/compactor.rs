@@ -9,6 +9,11 @@
 //! shard thread writes a partition's snapshot file itself only to install a snapshot received from a
 //! leader; it first waits for that partition's compaction ([`Compactor::wait_for`]), so the two
 //! never write the file at once and a newer installed image is never replaced by an older one.
+//!
+//! The same thread rebuilds the state of a snapshot received from a leader ([`Restore`]) before the
+//! core lets Raft install it: decoding a 300-480 MB image and rebuilding its id index held a
+//! follower's round for 3-11 s. At most one restore per group is out too, so the queue holds two jobs
+//! per group.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,7 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use raft::Snapshot;
 
 use crate::error::EngineError;
-use crate::replica::core::Compaction;
+use crate::replica::core::{Compaction, Restore, Restored};
 use crate::replica::shared_log::{write_compaction_file, SharedLogError};
 
 /// A compaction's image is durable in its snapshot file (`Ok`, with the image), or could not be made so.
@@ -29,27 +34,55 @@ pub struct Compacted {
     pub outcome: Result<raft::SnapshotData, SharedLogError>,
 }
 
+enum Job {
+    Compact(Compaction),
+    Restore(Restore),
+}
+
+/// What the thread finished: a compaction written, or a received snapshot's state rebuilt.
+pub enum Report {
+    Compacted(Compacted),
+    Restored(Restored),
+}
+
 pub struct Compactor {
-    jobs: Option<Sender<Compaction>>,
-    replies: Receiver<Compacted>,
+    jobs: Option<Sender<Job>>,
+    replies: Receiver<Report>,
     /// Partitions with a compaction handed to the thread and not yet taken back.
     in_flight: BTreeSet<u32>,
+    /// Partitions with a restore handed to the thread and not yet taken back.
+    restoring: BTreeSet<u32>,
     /// Reports received while waiting for one partition's, to be taken with the others.
-    done: Vec<Compacted>,
+    done: Vec<Report>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Compactor {
     /// Starts the thread for shard `shard`, whose snapshot files are in `dir`, with `groups` groups.
     pub fn start(shard: u32, dir: PathBuf, groups: usize) -> Result<Compactor, EngineError> {
-        let capacity = groups.max(1);
-        let (jobs, jobs_received) = bounded::<Compaction>(capacity);
+        let capacity = 2 * groups.max(1);
+        let (jobs, jobs_received) = bounded::<Job>(capacity);
         let (replies_sent, replies) = bounded(capacity);
         let thread = std::thread::Builder::new()
             .name(format!("replica-{shard}-snap"))
             .spawn(move || {
                 for job in jobs_received {
                     let started = Instant::now();
+                    let job = match job {
+                        Job::Compact(job) => job,
+                        Job::Restore(restore) => {
+                            let partition = restore.partition;
+                            let restored = restore.build();
+                            log::debug!(
+                                "shard {shard}: partition {partition}: received snapshot rebuilt in {} ms",
+                                started.elapsed().as_millis()
+                            );
+                            if replies_sent.send(Report::Restored(restored)).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
                     let snapshot = Snapshot { meta: job.meta.clone(), data: job.encode().into() };
                     let outcome = write_compaction_file(&dir, job.partition, &snapshot).map(|()| snapshot.data);
                     log::debug!(
@@ -60,13 +93,20 @@ impl Compactor {
                         started.elapsed().as_millis()
                     );
                     let report = Compacted { partition: job.partition, index: job.meta.index, outcome };
-                    if replies_sent.send(report).is_err() {
+                    if replies_sent.send(Report::Compacted(report)).is_err() {
                         return;
                     }
                 }
             })
             .map_err(|e| EngineError::Io(format!("cannot start a snapshot thread: {e}")))?;
-        Ok(Compactor { jobs: Some(jobs), replies, in_flight: BTreeSet::new(), done: Vec::new(), thread: Some(thread) })
+        Ok(Compactor {
+            jobs: Some(jobs),
+            replies,
+            in_flight: BTreeSet::new(),
+            restoring: BTreeSet::new(),
+            done: Vec::new(),
+            thread: Some(thread),
+        })
     }
 
     pub fn submit(&mut self, job: Compaction) {
@@ -75,13 +115,35 @@ impl Compactor {
             "partition {}: a second compaction handed out before the first was reported",
             job.partition
         );
-        let jobs = self.jobs.as_ref().expect("jobs are taken only when the compactor is dropped");
-        jobs.try_send(job).expect("one compaction per group at a time fits the queue, and the thread outlives it");
+        self.send(Job::Compact(job));
     }
 
-    /// The channel to wait on while compactions are out (`None` when none is).
-    pub fn replies(&self) -> Option<&Receiver<Compacted>> {
-        (!self.in_flight.is_empty()).then_some(&self.replies)
+    pub fn submit_restore(&mut self, restore: Restore) {
+        assert!(
+            self.restoring.insert(restore.partition),
+            "partition {}: a second restore handed out before the first was reported",
+            restore.partition
+        );
+        self.send(Job::Restore(restore));
+    }
+
+    fn send(&self, job: Job) {
+        let jobs = self.jobs.as_ref().expect("jobs are taken only when the compactor is dropped");
+        jobs.try_send(job)
+            .expect("one job of each kind per group at a time fits the queue, and the thread outlives it");
+    }
+
+    fn note(&mut self, report: Report) {
+        match &report {
+            Report::Compacted(compacted) => assert!(self.in_flight.remove(&compacted.partition)),
+            Report::Restored(restored) => assert!(self.restoring.remove(&restored.partition)),
+        }
+        self.done.push(report);
+    }
+
+    /// The channel to wait on while jobs are out (`None` when none is).
+    pub fn replies(&self) -> Option<&Receiver<Report>> {
+        (!self.in_flight.is_empty() || !self.restoring.is_empty()).then_some(&self.replies)
     }
 
     /// Blocks until `partition`'s compaction, if one is out, is durable or failed (its report is kept
@@ -89,16 +151,14 @@ impl Compactor {
     pub fn wait_for(&mut self, partition: u32) {
         while self.in_flight.contains(&partition) {
             let report = self.replies.recv().expect("the thread reports every job it was given");
-            self.in_flight.remove(&report.partition);
-            self.done.push(report);
+            self.note(report);
         }
     }
 
     /// Every report received, in the order the thread made them. Never blocks.
-    pub fn take_done(&mut self) -> Vec<Compacted> {
+    pub fn take_done(&mut self) -> Vec<Report> {
         while let Ok(report) = self.replies.try_recv() {
-            self.in_flight.remove(&report.partition);
-            self.done.push(report);
+            self.note(report);
         }
         std::mem::take(&mut self.done)
     }
@@ -139,7 +199,7 @@ mod tests {
         compactor.wait_for(7);
         assert!(compactor.replies().is_none(), "the report was taken in");
         assert!(snapshot_path(dir.path(), 7).exists(), "durable before it is reported");
-        let done = compactor.take_done();
+        let done: Vec<Compacted> = compacted(compactor.take_done());
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].partition, done[0].index), (7, 40));
         assert_eq!(
@@ -155,7 +215,17 @@ mod tests {
         let mut compactor = Compactor::start(0, gone, 2).expect("start");
         compactor.submit(compaction(8, 41));
         compactor.wait_for(8);
-        let done = compactor.take_done();
+        let done = compacted(compactor.take_done());
         assert!(matches!(done[..], [Compacted { partition: 8, index: 41, outcome: Err(_) }]));
+    }
+
+    fn compacted(reports: Vec<Report>) -> Vec<Compacted> {
+        reports
+            .into_iter()
+            .map(|report| match report {
+                Report::Compacted(compacted) => compacted,
+                Report::Restored(_) => panic!("no restore was handed out"),
+            })
+            .collect()
     }
 }

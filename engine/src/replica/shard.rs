@@ -43,7 +43,7 @@ use crate::id_index::RunBuilder;
 use crate::idempotency::RunHome;
 use crate::join::BatchPart;
 use crate::metrics::{self, Stage};
-use crate::replica::compactor::Compactor;
+use crate::replica::compactor::{Compactor, Report};
 pub use crate::replica::core::GroupStatus;
 use crate::replica::core::{
     initial_conf_state, Command, CoreOptions, GroupInit, Handles, Now, Output, PlantedBugs, ReplicaCore,
@@ -418,6 +418,7 @@ impl ReplicaShard {
                     }
                     Output::Transfers { to, outcome } => to(outcome),
                     Output::Compact(compaction) => self.compactor.submit(compaction),
+                    Output::Restore(restore) => self.compactor.submit_restore(restore),
                     Output::Log { level, line } => log::log!(level, "{line}"),
                 }
             }
@@ -468,11 +469,20 @@ impl ReplicaShard {
     }
 
     /// Reports every compaction whose image the snapshot thread has made durable (Raft then drops the
-    /// log prefix it covers); returns whether it reported any. Never blocks.
+    /// log prefix it covers), and every received snapshot whose state it rebuilt (Raft then installs
+    /// it); returns whether it reported any. Never blocks.
     fn finish_compactions(&mut self) -> bool {
         let done = self.compactor.take_done();
         let any = !done.is_empty();
         for report in done {
+            let report = match report {
+                Report::Compacted(report) => report,
+                Report::Restored(restored) => {
+                    let now = self.now();
+                    self.core.restored(now, restored);
+                    continue;
+                }
+            };
             match report.outcome {
                 Ok(data) => {
                     let recorded = lock(&self.log).compaction_written(report.partition, report.index);

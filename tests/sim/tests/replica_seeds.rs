@@ -30,6 +30,7 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.snapshot_chunks += stats.snapshot_chunks;
                 total.snapshot_chunks_lost += stats.snapshot_chunks_lost;
                 total.snapshots_assembled += stats.snapshots_assembled;
+                total.restores += stats.restores;
                 total.compactions += stats.compactions;
                 total.compactions_at_crash += stats.compactions_at_crash;
                 total.leader_changes += stats.leader_changes;
@@ -54,6 +55,8 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.snapshots_assembled >= total.snapshots_installed, "an install without its chunks: {total:?}");
     assert!(total.snapshot_chunks > 4 * total.snapshots_assembled, "snapshots of too few chunks: {total:?}");
     assert!(total.snapshot_chunks_lost > 0, "the network never lost a snapshot chunk: {total:?}");
+    // Every install went through a state rebuilt off the round.
+    assert!(total.restores >= total.snapshots_installed, "an install without its restore: {total:?}");
     assert!(total.compactions > seeds, "too few compactions: {total:?}");
     assert!(total.compactions_at_crash > 0, "no crash ever found a compaction image written and unreported: {total:?}");
     assert!(total.leader_changes > seeds, "too few leadership changes: {total:?}");

@@ -92,6 +92,12 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     /// Ticks a snapshot sending or assembly may go without progress before it is dropped: three of
     /// Raft's snapshot timeouts, after each of which the leader asks again.
     pub transfer_idle_ticks_max: u32,
+    /// A received snapshot whose state is being rebuilt off the round ([`super::Restore`]), and the
+    /// newest one received meanwhile, to restore next.
+    pub restoring: Option<Message>,
+    pub restore_next: Option<Message>,
+    /// The rebuilt state of `restoring`, while Raft is handed the snapshot (see `ReplicaCore::restored`).
+    pub restored: Option<(u64, PartitionState)>,
 }
 
 impl<S: ReplicaStorage, H: Handles> Group<S, H> {
@@ -184,6 +190,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             compacting: None,
             transfers: SnapshotTransfers::default(),
             transfer_idle_ticks_max,
+            restoring: None,
+            restore_next: None,
+            restored: None,
         })
     }
 
@@ -340,13 +349,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                 }
             }
             if let Some(snapshot) = &ready.snapshot {
-                let (partition, rows) = decode_partition_image(&snapshot.data)
-                    .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
-                if partition != self.partition {
-                    return Err(EngineError::Store(format!("received a snapshot of partition {partition}")));
-                }
-                let mut state = PartitionState::restore_rows(self.committed.config(), rows)
-                    .map_err(|e| EngineError::Store(format!("received snapshot: {e}")))?;
+                // Raft installs only snapshots stepped by `ReplicaCore::restored`, with their state.
+                let (index, mut state) = self.restored.take().expect("an installed snapshot's state is rebuilt first");
+                assert_eq!(index, snapshot.meta.index, "partition {}: the state of another snapshot", self.partition);
                 state.set_id_home(self.id_runs.clone());
                 assert!(
                     snapshot.meta.index > self.applied_index,
@@ -422,6 +427,24 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             }
         }
         Ok(())
+    }
+
+    /// A whole snapshot from a leader: its state is rebuilt off the round first (one at a time; a
+    /// newer one received meanwhile waits, an older waiting one is dropped).
+    pub fn begin_restore(&mut self, message: Message, sink: &mut Sink<H>) {
+        if self.restoring.is_some() {
+            self.restore_next = Some(message);
+            return;
+        }
+        let MessageBody::Snapshot { snapshot } = &message.body else { panic!("restores take snapshot messages") };
+        let restore = super::Restore {
+            partition: self.partition,
+            index: snapshot.meta.index,
+            image: snapshot.data.clone(),
+            config: self.committed.config(),
+        };
+        sink.outputs.push(super::Output::Restore(restore));
+        self.restoring = Some(message);
     }
 
     /// The image of the compaction at `index` is durable in the store: Raft records it and drops the

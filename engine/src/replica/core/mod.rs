@@ -35,11 +35,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use net::protocol::{Consistency, TransferLookup};
 use net::types::{Account, CreateAccount, ItemResult, Transfer};
-use raft::{Entry, HardState, Snapshot, StorageError};
+use raft::{Entry, HardState, MessageBody, Snapshot, StorageError};
 
 use crate::cluster_config::{ClusterConfig, ReplicationConfig};
 use crate::error::EngineError;
 use crate::partition::PartitionConfig;
+use crate::replica::snapshot::decode_partition_image;
 use crate::replica::wire::{ForwardReply, PeerItem};
 
 pub use group::initial_conf_state;
@@ -110,6 +111,54 @@ impl Compaction {
     }
 }
 
+/// A snapshot received from a leader, whole, to be decoded and rebuilt into a partition state by the
+/// caller off the round (decoding a 300-480 MB image and rebuilding its id index held a follower's
+/// round for 3-11 s, BENCHMARKS §14). The caller hands the result back with
+/// [`ReplicaCore::restored`]; only then does Raft see the snapshot. At most one per group is out.
+pub struct Restore {
+    pub partition: u32,
+    index: u64,
+    image: raft::SnapshotData,
+    config: PartitionConfig,
+}
+
+impl Restore {
+    /// Decodes the image and rebuilds the partition state from it: the costly part, for the caller's
+    /// thread.
+    pub fn build(self) -> Restored {
+        let Restore { partition, index, image, config } = self;
+        let outcome = decode_partition_image(&image)
+            .map_err(|e| e.to_string())
+            .and_then(|(image_partition, rows)| {
+                if image_partition != partition {
+                    return Err(format!("it holds partition {image_partition}"));
+                }
+                crate::partition::PartitionState::restore_rows(config, rows).map_err(|e| e.to_string())
+            })
+            .map(Box::new);
+        Restored { partition, index, outcome }
+    }
+}
+
+impl std::fmt::Debug for Restore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restore").field("partition", &self.partition).field("index", &self.index).finish()
+    }
+}
+
+/// What [`Restore::build`] made: the partition state, or why the image is not one.
+pub struct Restored {
+    pub partition: u32,
+    index: u64,
+    outcome: Result<Box<crate::partition::PartitionState>, String>,
+}
+
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restored").field("partition", &self.partition).field("index", &self.index).finish()
+    }
+}
+
 impl std::fmt::Debug for Compaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compaction").field("partition", &self.partition).field("meta", &self.meta).finish()
@@ -156,6 +205,9 @@ pub enum Output<H: Handles> {
     /// A compaction to build and make durable off the round (see [`Compaction`]); the caller reports
     /// it with [`ReplicaCore::compacted`].
     Compact(Compaction),
+    /// A received snapshot to decode off the round (see [`Restore`]); the caller hands the result
+    /// back with [`ReplicaCore::restored`].
+    Restore(Restore),
     /// A line for the operator's log, at `level` (the shell hands it to the logger, which adds the time).
     Log {
         level: log::Level,
@@ -545,6 +597,46 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
     }
 
+    /// The state of a received snapshot is rebuilt (see [`Restore`]): Raft now sees the snapshot and,
+    /// unless it is stale by now, installs it in this call. An image that is not a valid state of the
+    /// partition changes nothing: it is refused with a log line (the leader sends a snapshot again).
+    pub fn restored(&mut self, now: Now, restored: Restored) {
+        let Some(&slot) = self.group_of.get(&restored.partition) else {
+            panic!("restored() for partition {}, which this core does not hold", restored.partition);
+        };
+        if self.failed.is_some() {
+            return;
+        }
+        let group = &mut self.groups[slot];
+        let message = group.restoring.take().expect("a restore reported that was not handed out");
+        let MessageBody::Snapshot { snapshot } = &message.body else { unreachable!("restores hold snapshots") };
+        assert_eq!(
+            snapshot.meta.index, restored.index,
+            "partition {}: the restore of another snapshot",
+            group.partition
+        );
+        match restored.outcome {
+            Ok(state) => {
+                group.restored = Some((restored.index, *state));
+                group.step(now, message);
+                self.drive_slot(slot);
+                // Raft took it (the Ready just driven installed it) or found it stale.
+                self.groups[slot].restored = None;
+            }
+            Err(error) => self.sink.log(
+                log::Level::Error,
+                format!(
+                    "node {}: partition {}: refusing node {}'s snapshot at index {}: {error}",
+                    self.node_id, restored.partition, message.from, restored.index
+                ),
+            ),
+        }
+        let group = &mut self.groups[slot];
+        if let Some(next) = group.restore_next.take() {
+            group.begin_restore(next, &mut self.sink);
+        }
+    }
+
     /// A write the caller could not make durable: the shard stops (fail-stop), since its memory may
     /// now hold effects its log lacks.
     pub fn storage_failed(&mut self, partition: u32, error: impl std::fmt::Display) {
@@ -619,7 +711,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 let to = (self.node_id, from);
                 if let Some(message) = group.transfers.on_chunk(partition, to, chunk, &self.replication, &mut self.sink)
                 {
-                    group.step(now, message);
+                    group.begin_restore(message, &mut self.sink);
                 }
             }
             PeerItem::SnapshotAck { partition, term, index, received } => {

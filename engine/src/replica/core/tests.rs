@@ -140,6 +140,10 @@ impl Cluster {
                         let data = compaction.encode();
                         self.core(node).compacted(compaction.partition, compaction.meta.index, data.into());
                     }
+                    Output::Restore(restore) => {
+                        let now = self.now();
+                        self.core(node).restored(now, restore.build());
+                    }
                     Output::Items { to, outcome } => {
                         assert!(self.answers.insert(to, outcome).is_none(), "request {to} answered twice");
                     }
@@ -313,4 +317,40 @@ fn retry_taken_after_raft_stepped_down_goes_to_the_new_leader() {
         assert_eq!(cluster.balance(node, 2), 12, "node {node}: each transfer posted once");
         assert_eq!(cluster.balance(node, 1), -12, "node {node}");
     }
+}
+
+/// A received image is rebuilt into the state it was taken from, and one that is not a state of the
+/// partition is refused with the reason (the core then logs it and changes nothing).
+#[test]
+fn a_restore_rebuilds_the_image_state_and_refuses_what_is_not_one() {
+    let config = PartitionConfig {
+        partition: 2,
+        partitions: 3,
+        idempotency_window_ms: 60_000,
+        idempotency_ids_max: 1024,
+        id_hash_key: 7,
+    };
+    let state = crate::partition::PartitionState::new(config);
+    let rows = state.export_rows();
+    let image = crate::replica::snapshot::encode_partition_image(2, &rows);
+    let restore = |image: Vec<u8>, config: PartitionConfig| super::Restore {
+        partition: config.partition,
+        index: 9,
+        image: image.into(),
+        config,
+    };
+    let restored = restore(image.clone(), config).build();
+    assert_eq!((restored.partition, restored.index), (2, 9));
+    let rebuilt = restored.outcome.expect("a valid image");
+    assert_eq!(rebuilt.export_rows(), rows);
+    assert_eq!(rebuilt.digest(), state.digest());
+
+    let mut corrupt = image.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let refused = restore(corrupt, config).build().outcome.expect_err("a corrupt image");
+    assert!(!refused.is_empty());
+    let other = PartitionConfig { partition: 1, ..config };
+    let refused = restore(image, other).build().outcome.expect_err("another partition's image");
+    assert!(refused.contains("holds partition 2"), "{refused}");
 }

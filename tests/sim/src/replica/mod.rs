@@ -29,7 +29,7 @@ use engine::cluster_config::{ClusterConfig, ReplicationConfig};
 use engine::partition::PartitionConfig;
 use engine::replica::core::{
     initial_conf_state, Command, Compaction, CoreOptions, GroupInit, Handles, Now, Output, Persist, PlantedBugs,
-    ReplicaCore,
+    ReplicaCore, Restore,
 };
 use engine::replica::wire::{decode_items, encode_items, PeerItem};
 use net::types::ACCOUNT_FLAG_EXTERNAL;
@@ -182,6 +182,8 @@ pub struct Stats {
     pub snapshot_chunks: u64,
     pub snapshot_chunks_lost: u64,
     pub snapshots_assembled: u64,
+    /// Received snapshots whose state was rebuilt off the round (then handed to Raft).
+    pub restores: u64,
     /// Compaction images made durable while the node ran, and ones a crash left written.
     pub compactions: u64,
     pub compactions_at_crash: u64,
@@ -199,6 +201,8 @@ struct Node {
     writes: VecDeque<Persist>,
     /// Compactions handed out and not yet durable (the shell's snapshot thread), oldest first.
     compactions: VecDeque<Compaction>,
+    /// Received snapshots whose state the snapshot thread rebuilds (memory only: a crash loses them).
+    restores: VecDeque<Restore>,
     /// Clock rate in parts per million of simulated time.
     rate_ppm: u64,
     mono_offset_ms: u64,
@@ -288,6 +292,7 @@ impl Sim {
                     disk: Some(fresh_disk(&cluster, id)),
                     writes: VecDeque::new(),
                     compactions: VecDeque::new(),
+                    restores: VecDeque::new(),
                     rate_ppm,
                     mono_offset_ms: rng.below(1_000_000),
                     wall_offset_ms: WALL_START_MS + rng.below(options.clock_spread_ms_max + 1),
@@ -659,6 +664,7 @@ impl Sim {
                 }
                 Output::Persist(persist) => self.nodes[index].writes.push_back(persist),
                 Output::Compact(compaction) => self.nodes[index].compactions.push_back(compaction),
+                Output::Restore(restore) => self.nodes[index].restores.push_back(restore),
                 Output::Items { to, outcome } => {
                     self.auditor.items_answer(id, to, outcome, self.now_ms, &mut self.rng)?;
                 }
@@ -796,6 +802,16 @@ impl Sim {
                 self.stats.compactions += 1;
                 self.pump(index)?;
             }
+            // So does the state it rebuilds from a received snapshot.
+            while !self.nodes[index].restores.is_empty() && self.rng.chance(self.options.write_complete_per_mille) {
+                let node = &mut self.nodes[index];
+                let now = node.now(self.now_ms);
+                let restore = node.restores.pop_front().expect("checked non-empty");
+                let core = node.core.as_mut().expect("restores exist only on live nodes");
+                core.restored(now, restore.build());
+                self.stats.restores += 1;
+                self.pump(index)?;
+            }
         }
         Ok(())
     }
@@ -868,6 +884,7 @@ impl Sim {
             }
         }
         node.writes.clear();
+        node.restores.clear();
         // A compaction image the crash found written is in the store (the next open starts from it);
         // the others are lost. An image older than a snapshot installed since is refused by the store,
         // as the shell never puts one there (it waits for the compaction before an install).
