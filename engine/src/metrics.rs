@@ -129,6 +129,9 @@ pub struct EngineMetrics {
     segments_purged: IntCounter,
     commits: IntCounter,
     leader_changes: IntCounter,
+    snapshot_bytes_sent: IntCounter,
+    snapshot_bytes_received: IntCounter,
+    snapshots_installed: IntCounter,
     /// Indexed by `ResultCode as usize`.
     results: Vec<IntCounter>,
     /// Indexed by `ForwardOutcome as usize`.
@@ -229,6 +232,21 @@ impl EngineMetrics {
                 "wallet_leader_changes_total",
                 "Times a partition replica on this node saw its partition's leader change",
             ),
+            snapshot_bytes_sent: counter(
+                &registry,
+                "wallet_snapshot_bytes_sent_total",
+                "Bytes of snapshot chunks this node's leaders sent to followers they were catching up",
+            ),
+            snapshot_bytes_received: counter(
+                &registry,
+                "wallet_snapshot_bytes_received_total",
+                "Bytes of snapshot chunks this node's replicas took into an assembly (duplicates not counted)",
+            ),
+            snapshots_installed: counter(
+                &registry,
+                "wallet_snapshots_installed_total",
+                "Snapshots from a leader that a replica on this node installed",
+            ),
             results: ResultCode::ALL.iter().map(|code| results_vec.with_label_values(&[code.name()])).collect(),
             forwards: ForwardOutcome::ALL.iter().map(|o| forwards_vec.with_label_values(&[o.name()])).collect(),
             queue_depth,
@@ -283,6 +301,18 @@ pub fn count_leader_change() {
     metrics().leader_changes.inc();
 }
 
+pub fn count_snapshot_bytes_sent(bytes: u64) {
+    metrics().snapshot_bytes_sent.inc_by(bytes);
+}
+
+pub fn count_snapshot_bytes_received(bytes: u64) {
+    metrics().snapshot_bytes_received.inc_by(bytes);
+}
+
+pub fn count_snapshot_installed() {
+    metrics().snapshots_installed.inc();
+}
+
 pub fn count_forward(outcome: ForwardOutcome) {
     metrics().forwards[outcome as usize].inc();
 }
@@ -330,8 +360,18 @@ mod tests {
             result(ResultCode::InsufficientFunds),
         ]);
         assert_eq!(metrics().results[ResultCode::InsufficientFunds as usize].get(), before + 2);
+        let sent = metrics().snapshot_bytes_sent.get();
+        count_snapshot_bytes_sent(4096);
+        assert_eq!(metrics().snapshot_bytes_sent.get(), sent + 4096);
         let names: Vec<String> = registry().gather().iter().map(|family| family.name().to_string()).collect();
-        for name in ["wallet_results_total", "wallet_log_fsync_duration_seconds", "wallet_proposals_total"] {
+        for name in [
+            "wallet_results_total",
+            "wallet_log_fsync_duration_seconds",
+            "wallet_proposals_total",
+            "wallet_snapshot_bytes_sent_total",
+            "wallet_snapshot_bytes_received_total",
+            "wallet_snapshots_installed_total",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} is registered: {names:?}");
         }
     }

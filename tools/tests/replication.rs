@@ -515,6 +515,17 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
         .filter_map(|line| line.split(" bytes in ").nth(1)?.split(' ').next()?.parse().ok())
         .collect();
     assert!(chunks.iter().any(|&n| n > 2), "the snapshot should arrive in many chunks, got {chunks:?}:\n{log}");
+    // The metrics say so too (a fresh process starts every counter at zero): the wiped node took chunks
+    // into an assembly and installed snapshots, and its peers sent at least those bytes.
+    let metric = |id: u64, name: &str| -> f64 {
+        let text = support::http::Http::new(cluster.http_address(id)).get("/metrics").text;
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    };
+    let received = metric(2, "wallet_snapshot_bytes_received_total");
+    assert!(metric(2, "wallet_snapshots_installed_total") >= 1.0, "the wiped node installed a snapshot");
+    assert!(received > 0.0, "the wiped node received snapshot chunks");
+    let sent = metric(1, "wallet_snapshot_bytes_sent_total") + metric(3, "wallet_snapshot_bytes_sent_total");
+    assert!(sent >= received, "the leaders sent {sent} snapshot bytes, node 2 received {received}");
     assert_eq!(whole_log.matches("rejoined in term").count(), PARTITIONS as usize, "every replica rejoins:\n{log}");
     stop_and_verify_replay(&mut cluster, &live);
     // Killed, wiped and restarted nodes alike: every line is a record of its own node.

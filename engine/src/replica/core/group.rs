@@ -361,6 +361,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
                     self.applied_index
                 );
                 self.committed = state;
+                crate::metrics::count_snapshot_installed();
                 self.batch_index.clear();
                 self.applied_index = snapshot.meta.index;
                 self.last_snapshot_index = snapshot.meta.index;

@@ -159,6 +159,7 @@ impl SnapshotTransfers {
                 offset: out.sent,
                 bytes,
             };
+            crate::metrics::count_snapshot_bytes_sent(end - out.sent);
             sink.send(to, PeerItem::SnapshotChunk { partition, chunk: item });
             out.sent = end;
         }
@@ -268,6 +269,7 @@ impl SnapshotTransfers {
             }
             incoming.got[number] = true;
             incoming.idle_ticks = 0;
+            crate::metrics::count_snapshot_bytes_received(chunk.bytes.len() as u64);
             while incoming.got.get(incoming.contiguous) == Some(&true) {
                 incoming.contiguous += 1;
             }
