@@ -53,7 +53,7 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.snapshots_installed > 0, "no snapshot was ever installed: {total:?}");
     // Snapshots travel in chunks, many per snapshot, and arrive whole though the network lost some.
     assert!(total.snapshots_assembled >= total.snapshots_installed, "an install without its chunks: {total:?}");
-    assert!(total.snapshot_chunks > 4 * total.snapshots_assembled, "snapshots of too few chunks: {total:?}");
+    assert!(total.snapshot_chunks > 3 * total.snapshots_assembled, "snapshots of too few chunks: {total:?}");
     assert!(total.snapshot_chunks_lost > 0, "the network never lost a snapshot chunk: {total:?}");
     // Every install went through a state rebuilt off the round.
     assert!(total.restores >= total.snapshots_installed, "an install without its restore: {total:?}");
@@ -123,6 +123,10 @@ fn catches_forward_left_with_a_dead_leader() {
 #[test]
 fn regression_seeds_pass() {
     let seeds = [
+        // With snapshots cut into 256-byte chunks, three in flight, a new leader whose quorum needed a
+        // 33 KB snapshot first took 44 round trips to commit, past the failover bound (the simulator
+        // now sends 2 KiB chunks, four in flight).
+        (300_724, 3),
         // A `NotLeader` hint given before an election (during a leadership transfer) was followed
         // though this node's replica had already seen the new leader win a later term: the request went
         // to the deposed, cut-off leader and waited out its deadline there (the failover bound).
