@@ -532,11 +532,17 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
         None,
         "took part before hearing from every replica"
     );
-    assert!(two.transport.send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3 }).is_ok());
+    assert!(two
+        .transport
+        .send(1, PeerItem::TermReport { partition: 0, term: 7, commit: 2, last_index: 3, leads: false })
+        .is_ok());
     assert_eq!(vote_answer(&two, 8, 10, 7, Duration::from_millis(500)), None, "took part with one replica unheard");
     // Node 3 holds entry 3's predecessor only and knows less as committed: the highest *last* index (3)
     // is what node 1 must hold before it votes, since its lost copy may have helped commit entry 3.
-    assert!(three.transport.send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2 }).is_ok());
+    assert!(three
+        .transport
+        .send(1, PeerItem::TermReport { partition: 0, term: 6, commit: 1, last_index: 2, leads: false })
+        .is_ok());
     wait_for_term(&node, 7);
 
     // Node 3, a deposed leader of term 6, cannot refill it: its append is answered in term 7.

@@ -60,8 +60,10 @@ pub struct Raft<S: Storage> {
     pub(crate) lease_disabled: bool,
     /// Ticks since this replica started (saturating), for the post-restart lease quiet period.
     pub(crate) ticks_since_start: u64,
-    /// No vote, pre-vote or campaign until the commit index reaches this (0: no restriction).
+    /// No vote, pre-vote or campaign until the commit index reaches this (0: no restriction), or until
+    /// an entry of a term above `votes_withheld_term` is committed.
     pub(crate) votes_withheld_until: u64,
+    pub(crate) votes_withheld_term: u64,
 }
 
 impl<S: Storage> Raft<S> {
@@ -100,6 +102,7 @@ impl<S: Storage> Raft<S> {
             lease_disabled: false,
             ticks_since_start: 0,
             votes_withheld_until: 0,
+            votes_withheld_term: 0,
         };
         raft.replay_membership()?;
         let term = raft.term;
@@ -136,9 +139,15 @@ impl<S: Storage> Raft<S> {
         self.voters().contains(&self.id)
     }
 
-    /// A replica rebuilt from nothing takes no part in elections until it holds what was committed.
+    /// A replica rebuilt from nothing takes no part in elections until it holds what was committed:
+    /// the entries up to the index it was given, or an entry of a term later than the one it adopted.
+    /// A leader of such a term was elected without this replica's vote, so its log holds every entry
+    /// committed before it (leader completeness), everything the lost copy helped commit included, and
+    /// this replica's log matches it up to the committed entry.
     pub(crate) fn votes_withheld(&self) -> bool {
-        self.log.committed() < self.votes_withheld_until
+        let committed = self.log.committed();
+        committed < self.votes_withheld_until
+            && !self.log.term(committed).is_some_and(|term| term > self.votes_withheld_term)
     }
 
     fn next_random(&mut self) -> u64 {

@@ -140,21 +140,23 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// For a replica that lost its log and vote, once the other replicas have reported their terms and
-    /// commit indexes: it moves to `term`, the highest reported, as a follower that counts as having
-    /// voted (for itself) in it, so it never votes twice in a term it may have voted in before the
-    /// loss, and it withholds votes until its commit index reaches `commit`, the highest reported. A
-    /// deposed leader still in an older term can no longer refill it. The new term and vote are
-    /// persisted through the next Ready.
+    /// logs: it moves to `term`, the highest reported, as a follower that counts as having voted (for
+    /// itself) in it, so it never votes twice in a term it may have voted in before the loss, and it
+    /// withholds votes until its commit index reaches `commit` (an index that covers every entry its
+    /// lost copy can have helped commit) or it commits an entry of a term after `term`. A deposed leader
+    /// still in an older term can no longer refill it. The new term and vote are persisted through the
+    /// next Ready.
     pub fn rejoin_after_loss(&mut self, term: u64, commit: u64) {
         if term > self.raft.term {
             self.raft.become_follower(term, None);
             self.raft.vote = Some(self.raft.id);
         }
         self.raft.votes_withheld_until = commit;
+        self.raft.votes_withheld_term = term;
     }
 
     /// True while `rejoin_after_loss` keeps this replica out of elections (its commit index is still
-    /// below the one it was given).
+    /// below the one it was given, and it has committed nothing of a later term).
     pub fn votes_withheld(&self) -> bool {
         self.raft.votes_withheld()
     }

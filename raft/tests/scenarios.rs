@@ -634,6 +634,44 @@ fn a_replica_withholding_votes_grants_none_and_stands_for_nothing_until_it_holds
     );
 }
 
+/// The index a rejoining replica was given may be an uncommitted tail that no leader will ever commit
+/// past on an idle group (node 1's entries 3-5 here). Committing an entry of a term later than the one
+/// it adopted ends the withholding too: that term's leader was elected without it, so its log, which
+/// the replica now matches, holds everything committed before.
+#[test]
+fn a_replica_withholding_votes_votes_again_once_it_commits_an_entry_of_a_later_term() {
+    let voters = [1, 2, 3, 4, 5];
+    let mut cluster = Cluster::with_storages(
+        vec![
+            (1, storage_with_log(&voters, &[1, 1, 1, 1, 1], 1)),
+            (2, storage_with_log(&voters, &[1, 1], 1)),
+            (3, storage_with_log(&voters, &[], 0)),
+            (4, storage_with_log(&voters, &[1, 1], 1)),
+            (5, storage_with_log(&voters, &[1, 1], 1)),
+        ],
+        |_| {},
+    );
+    cluster.node(3).rejoin_after_loss(1, 5); // adopts term 1, withholds until commit 5 (node 1's tail)
+    cluster.isolate(1);
+    cluster.elect(2); // term 2, without node 3's vote; its first entry is index 3
+    cluster.tick_all(2);
+    let status = cluster.node(3).status();
+    assert_eq!((status.commit, status.term), (3, 2), "node 3 committed term 2's first entry: {status:?}");
+    assert_eq!(cluster.node(3).term(3), Some(2));
+    assert!(!cluster.node(3).votes_withheld(), "still withheld with an entry of a later term committed");
+    // It votes again: for an up-to-date candidate in term 3.
+    cluster.node(3).step(vote_request(4, 3, 3, 3, 2));
+    let (messages, _, _) = drain(cluster.node(3));
+    assert!(
+        messages.iter().any(|m| matches!(m.body, MessageBody::VoteResponse { granted: true, pre_vote: false })),
+        "a replica holding a later term's committed entry refused a valid vote: {messages:?}"
+    );
+    // Control: the same replica given the same index, with nothing of a later term committed, withholds.
+    let mut control = RawNode::new(config(3), storage_with_log(&voters, &[], 0)).unwrap();
+    control.rejoin_after_loss(2, 5);
+    assert!(control.votes_withheld());
+}
+
 #[test]
 fn a_rejoining_replica_adopts_the_reported_term_as_already_voted_and_persists_it() {
     let voters = [1, 2, 3];

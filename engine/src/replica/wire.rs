@@ -18,7 +18,7 @@
 //! | item 1 Forward        | tag, request_id u64, from_node u64, partition u32, request                  |
 //! | item 2 ForwardReply   | tag, request_id u64, partition u32, reply                                   |
 //! | item 3 TermProbe      | tag, partition u32                                                          |
-//! | item 4 TermReport     | tag, partition u32, term u64, commit u64, last_index u64                    |
+//! | item 4 TermReport     | tag, partition u32, term u64, commit u64, last_index u64, leads bool        |
 //! | item 5 SnapshotChunk  | tag, partition u32, from u64, to u64, term u64, snapshot index u64,         |
 //! |                       | snapshot term u64, voters, learners, total_bytes u64, chunk_bytes u32,      |
 //! |                       | offset u64, data length u64, data                                           |
@@ -71,8 +71,9 @@ const _: () = assert!(PEER_KIND_HELLO >= net::protocol::kind::PEER_MIN && PEER_K
 pub const HELLO_BYTES: usize = 8 + 2 + 8;
 /// Version of everything in this module; peers that differ refuse each other at the hello.
 /// Version 2 added the transfer lookup request and reply; version 3 the answering replica's term in an
-/// error reply; version 4 snapshots in chunks (`SnapshotChunk`, `SnapshotAck`) instead of one message.
-pub const PEER_WIRE_VERSION: u16 = 4;
+/// error reply; version 4 snapshots in chunks (`SnapshotChunk`, `SnapshotAck`) instead of one message;
+/// version 5 whether the replica answering a `TermProbe` leads its term.
+pub const PEER_WIRE_VERSION: u16 = 5;
 
 /// What a connection's first frame says about the node that opened its side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +177,9 @@ pub enum PeerItem {
         term: u64,
         commit: u64,
         last_index: u64,
+        /// The answering replica is the leader of `term`: its log holds every entry that can have been
+        /// committed, so its last index is all the rejoining replica must reach.
+        leads: bool,
     },
     /// A part of a Raft snapshot message (`MessageBody::Snapshot`), which travels cut into chunks of at
     /// most `replication.snapshot_chunk_bytes`, a bounded number in flight per follower, never as one
@@ -353,7 +357,7 @@ pub fn item_encoded_bytes(item: &PeerItem) -> usize {
             PeerItem::Forward { request, .. } => 8 + 8 + 4 + request_bytes(request),
             PeerItem::ForwardReply { reply, .. } => 8 + 4 + reply_bytes(reply),
             PeerItem::TermProbe { .. } => 4,
-            PeerItem::TermReport { .. } => 4 + 8 + 8 + 8,
+            PeerItem::TermReport { .. } => 4 + 8 + 8 + 8 + 1,
             PeerItem::SnapshotChunk { chunk, .. } => {
                 4 + 8 + 8 + 8 + 8 + 8 + conf_state_bytes(&chunk.meta.conf_state) + 8 + 4 + 8 + 8 + chunk.bytes.len()
             }
@@ -453,12 +457,13 @@ fn put_item(out: &mut Vec<u8>, item: &PeerItem) {
             out.push(ITEM_TERM_PROBE);
             out.extend_from_slice(&partition.to_le_bytes());
         }
-        PeerItem::TermReport { partition, term, commit, last_index } => {
+        PeerItem::TermReport { partition, term, commit, last_index, leads } => {
             out.push(ITEM_TERM_REPORT);
             out.extend_from_slice(&partition.to_le_bytes());
             out.extend_from_slice(&term.to_le_bytes());
             out.extend_from_slice(&commit.to_le_bytes());
             out.extend_from_slice(&last_index.to_le_bytes());
+            out.push(u8::from(*leads));
         }
         PeerItem::SnapshotChunk { partition, chunk } => {
             out.push(ITEM_SNAPSHOT_CHUNK);
@@ -686,6 +691,7 @@ fn read_item(reader: &mut Reader<'_>) -> Result<PeerItem, WireError> {
             term: reader.u64()?,
             commit: reader.u64()?,
             last_index: reader.u64()?,
+            leads: reader.bool()?,
         }),
         ITEM_SNAPSHOT_CHUNK => Ok(PeerItem::SnapshotChunk { partition: reader.u32()?, chunk: read_chunk(reader)? }),
         ITEM_SNAPSHOT_ACK => Ok(PeerItem::SnapshotAck {
@@ -1139,9 +1145,9 @@ mod tests {
             (any::<u64>(), any::<u32>(), arb_reply())
                 .prop_map(|(request_id, partition, reply)| PeerItem::ForwardReply { request_id, partition, reply }),
             any::<u32>().prop_map(|partition| PeerItem::TermProbe { partition }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(partition, term, commit, last_index)| {
-                    PeerItem::TermReport { partition, term, commit, last_index }
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(partition, term, commit, last_index, leads)| {
+                    PeerItem::TermReport { partition, term, commit, last_index, leads }
                 }
             ),
             (any::<u32>(), arb_chunk()).prop_map(|(partition, chunk)| PeerItem::SnapshotChunk { partition, chunk }),
@@ -1273,7 +1279,7 @@ mod tests {
                 },
             },
             PeerItem::TermProbe { partition: 3 },
-            PeerItem::TermReport { partition: 3, term: 9, commit: 41, last_index: 43 },
+            PeerItem::TermReport { partition: 3, term: 9, commit: 41, last_index: 43, leads: true },
             PeerItem::SnapshotChunk { partition: 3, chunk: sample_chunk(32, 33) },
             PeerItem::SnapshotAck { partition: 3, term: 7, index: 40, received: 32 },
         ]

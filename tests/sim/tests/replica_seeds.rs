@@ -127,6 +127,11 @@ fn regression_seeds_pass() {
         // 33 KB snapshot first took 44 round trips to commit, past the failover bound (the simulator
         // now sends 2 KiB chunks, four in flight).
         (300_724, 3),
+        // A replica rejoining after losing its data withheld its vote until its commit reached the
+        // highest reported last index (65, a deposed leader's uncommitted tail) that the partition
+        // never committed past; the failover episode then isolated the leader and the two others had
+        // no quorum. Committing an entry of a later term now ends the withholding.
+        (101_093, 3),
         // A `NotLeader` hint given before an election (during a leadership transfer) was followed
         // though this node's replica had already seen the new leader win a later term: the request went
         // to the deposed, cut-off leader and waited out its deadline there (the failover bound).

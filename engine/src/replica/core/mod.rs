@@ -47,6 +47,7 @@ pub use group::initial_conf_state;
 use group::Group;
 pub(crate) use reads::Read;
 pub use rejoin::RejoinMarker;
+use rejoin::TermReport;
 use routing::{Forwarded, Parked, Request, Trip};
 
 /// The caller's clock, read once per input: monotonic milliseconds for every timeout, wall-clock
@@ -697,8 +698,8 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             PeerItem::Forward { .. } => {}
             PeerItem::ForwardReply { request_id, reply, .. } => self.on_forward_reply(now, from, request_id, reply),
             PeerItem::TermProbe { partition } => self.on_term_probe(from, partition),
-            PeerItem::TermReport { partition, term, commit, last_index } => {
-                self.on_term_report(from, partition, (term, commit, last_index))
+            PeerItem::TermReport { partition, term, commit, last_index, leads } => {
+                self.on_term_report(from, partition, TermReport { term, commit, last_index, leads })
             }
             PeerItem::SnapshotChunk { partition, chunk } => {
                 let Some(&slot) = self.group_of.get(&partition) else { return };

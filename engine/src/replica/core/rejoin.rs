@@ -1,8 +1,9 @@
 //! A replica rebuilt from nothing on a node that lost its data (`walletd --rejoin`): it asks every
 //! other replica for its term, commit index and last index, takes no part in Raft until all have
 //! answered, then joins in the highest reported term withholding its votes until its commit index
-//! reaches the highest reported last index. The rules are recorded in the store's rejoin marker
-//! before they take effect, so a restart during catch-up resumes them.
+//! reaches the last index of that term's leader (or, with no leader among the reports, the highest
+//! reported last index), or until it has committed an entry of a later term. The rules are recorded in
+//! the store's rejoin marker before they take effect, so a restart during catch-up resumes them.
 
 use std::collections::HashMap;
 
@@ -18,10 +19,20 @@ pub enum RejoinMarker {
     WithholdVotesUntil { index: u64, term: u64 },
 }
 
+/// What a replica with its state answers a rejoining one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TermReport {
+    pub term: u64,
+    pub commit: u64,
+    pub last_index: u64,
+    /// The answering replica leads `term`.
+    pub leads: bool,
+}
+
 /// A replica that lost its log and vote, asking the others where the group stands.
 pub(super) struct Recovery {
-    /// (term, commit index, last index) per replica that answered.
-    reports: HashMap<u64, (u64, u64, u64)>,
+    /// The report of each replica that answered.
+    reports: HashMap<u64, TermReport>,
     last_probe_ms: Option<u64>,
     last_warning_ms: u64,
 }
@@ -72,16 +83,14 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         if group.recovery.is_none() && self.failed.is_none() {
             let status = group.raw.status();
             let (term, commit, last_index) = (status.term, status.commit, status.last_index);
-            self.sink.send(from, PeerItem::TermReport { partition, term, commit, last_index });
+            let leads = status.role == raft::Role::Leader;
+            self.sink.send(from, PeerItem::TermReport { partition, term, commit, last_index, leads });
         }
     }
 
-    /// Records a replica's `(term, commit, last index)`; once every other replica has answered, the
-    /// group joins Raft in the highest reported term and withholds its votes until its commit index
-    /// reaches the highest reported *last* index. Any entry the lost copy helped commit is in the log of
-    /// some other replica (a majority holds it, and that majority includes another replica), though
-    /// maybe not yet known there as committed: the last index covers it where a commit index might not.
-    pub(super) fn on_term_report(&mut self, from: u64, partition: u32, report: (u64, u64, u64)) {
+    /// Records a replica's report; once every other replica has answered, the group joins Raft in the
+    /// highest reported term and withholds its votes until its commit index reaches [`rejoin_target`].
+    pub(super) fn on_term_report(&mut self, from: u64, partition: u32, report: TermReport) {
         let Some(&slot) = self.group_of.get(&partition) else { return };
         let others: Vec<u64> = self.cluster.replicas(partition).into_iter().filter(|&n| n != self.node_id).collect();
         if !others.contains(&from) {
@@ -93,8 +102,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         if !others.iter().all(|n| recovery.reports.contains_key(n)) {
             return;
         }
-        let term = recovery.reports.values().map(|r| r.0).max().unwrap_or(0);
-        let target = recovery.reports.values().map(|r| r.2).max().unwrap_or(0);
+        let (term, target) = rejoin_target(recovery.reports.values());
         // Durable first: a restart during catch-up must come back withholding, with or without --rejoin.
         let marker = RejoinMarker::WithholdVotesUntil { index: target, term };
         if let Err(error) = group.raw.storage_mut().set_rejoin_marker(Some(marker)) {
@@ -110,5 +118,53 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
                 self.node_id, partition
             ),
         );
+    }
+}
+
+/// The term a rejoining replica adopts (the highest reported) and the commit index it must reach before
+/// it votes again. Any entry its lost copy helped commit sits in another replica's log, though that
+/// replica may not know it is committed yet; which replica is not known, so the highest reported *last*
+/// index covers it. Where the leader of the adopted term reported, its own last index is enough: its log
+/// holds every entry committed in an earlier term (leader completeness) and every entry of its own term,
+/// and a longer log elsewhere is an uncommitted tail the leader will overwrite. Without that rule an
+/// idle partition never commits past such a tail, and the replica withholds its vote for good (a
+/// failover then finds no quorum: replica simulator seed 101093). Raft also ends the withholding once
+/// this replica commits an entry of a later term (`RawNode::rejoin_after_loss`).
+pub(super) fn rejoin_target<'a>(reports: impl Iterator<Item = &'a TermReport> + Clone) -> (u64, u64) {
+    let term = reports.clone().map(|r| r.term).max().unwrap_or(0);
+    let leader = reports.clone().find(|r| r.leads && r.term == term);
+    let target = match leader {
+        Some(leader) => leader.last_index,
+        None => reports.map(|r| r.last_index).max().unwrap_or(0),
+    };
+    (term, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rejoin_target, TermReport};
+
+    fn report(term: u64, commit: u64, last_index: u64, leads: bool) -> TermReport {
+        TermReport { term, commit, last_index, leads }
+    }
+
+    #[test]
+    fn the_target_is_the_leaders_last_index_where_the_leader_of_the_highest_term_reported() {
+        // A deposed leader's uncommitted tail (last index 90) next to the term-7 leader (last 60).
+        let reports = [report(6, 40, 90, false), report(7, 58, 60, true)];
+        assert_eq!(rejoin_target(reports.iter()), (7, 60));
+        // The leader's report is the one that counts, whatever the order.
+        let reversed = [reports[1], reports[0]];
+        assert_eq!(rejoin_target(reversed.iter()), (7, 60));
+    }
+
+    #[test]
+    fn without_the_leader_of_the_highest_term_the_target_is_the_highest_last_index() {
+        // No leader at all.
+        assert_eq!(rejoin_target([report(7, 40, 90, false), report(7, 58, 60, false)].iter()), (7, 90));
+        // A leader of an older term says nothing about what term 8 may have committed.
+        assert_eq!(rejoin_target([report(7, 40, 60, true), report(8, 58, 90, false)].iter()), (8, 90));
+        // Nothing reported (no other replica): nothing to wait for.
+        assert_eq!(rejoin_target([].iter()), (0, 0));
     }
 }
