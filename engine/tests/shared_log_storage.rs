@@ -354,6 +354,70 @@ fn an_install_whose_record_a_crash_lost_is_completed_at_open() {
     assert_eq!(store.entries(1001, 1003, u64::MAX).unwrap(), mixed_entries(1001, 1002, 7));
 }
 
+/// The snapshot thread stages a received snapshot's file (`stage_install_file`); the install renames it
+/// into place rather than writing it in the round. A staged file is a temporary: a crash before the
+/// install leaves the group as it was and the next writable open removes it (a reader leaves it); a
+/// file staged and never installed is removed when another is staged or an install at another index
+/// writes its own.
+#[test]
+fn a_staged_install_file_is_renamed_into_place_and_a_leftover_one_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard_dir = dir.path();
+    let received = |index: u64, byte: u8| Snapshot {
+        meta: SnapshotMeta { index, term: 3, conf_state: ConfState::with_voters([1, 2, 3]) },
+        data: vec![byte; 96].into(),
+    };
+    let staged_files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(shard_dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".install-"))
+            .collect();
+        names.sort();
+        names
+    };
+    {
+        let mut store = Interleaved::open(shard_dir);
+        store.append(&mixed_entries(1, 20, 1)).expect("append");
+        lock(&store.log).sync().expect("sync");
+        // Staged by the snapshot thread; the process dies before the shard installs it.
+        shared_log::stage_install_file(shard_dir, PARTITION, &received(30, 1)).expect("stage");
+    }
+    assert_eq!(staged_files(), vec![format!("snapshot-{PARTITION:05}.install-30.tmp")]);
+    let (_, report) = SharedLog::open_read_only(shard_dir, options()).expect("read-only open");
+    assert!(report.installs_completed.is_empty(), "a staged file is no install");
+    assert_eq!(staged_files().len(), 1, "a reader removes nothing");
+    let mut store = Interleaved::open(shard_dir);
+    assert!(staged_files().is_empty(), "the writable open removed the leftover");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (1, 20), "the group is as it was");
+
+    // Staged, noted, installed: the file in place is the staged one (its data differs from the
+    // snapshot Raft installs only to show which one is on disk), and nothing staged is left.
+    shared_log::stage_install_file(shard_dir, PARTITION, &received(30, 2)).expect("stage");
+    lock(&store.log).install_staged(PARTITION, 30).expect("noted");
+    store.main.apply_snapshot(received(30, 9)).expect("install");
+    lock(&store.log).sync().expect("sync");
+    assert!(staged_files().is_empty());
+    drop(store);
+    let mut store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap(), received(30, 2), "the staged file was renamed into place");
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (31, 30));
+
+    // Staged and never installed (Raft found it stale): the next staging removes it, and an install
+    // at another index removes what is staged and writes its own file.
+    shared_log::stage_install_file(shard_dir, PARTITION, &received(40, 3)).expect("stage");
+    lock(&store.log).install_staged(PARTITION, 40).expect("noted");
+    shared_log::stage_install_file(shard_dir, PARTITION, &received(50, 4)).expect("stage");
+    lock(&store.log).install_staged(PARTITION, 50).expect("noted");
+    assert_eq!(staged_files(), vec![format!("snapshot-{PARTITION:05}.install-50.tmp")]);
+    store.main.apply_snapshot(received(60, 5)).expect("install");
+    lock(&store.log).sync().expect("sync");
+    assert!(staged_files().is_empty());
+    drop(store);
+    let store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap(), received(60, 5), "written by the install itself");
+}
+
 #[test]
 fn a_read_only_log_refuses_every_write() {
     let dir = tempfile::tempdir().expect("tempdir");

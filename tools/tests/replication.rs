@@ -515,6 +515,8 @@ fn a_follower_catches_up_from_the_log_and_a_wiped_one_from_a_snapshot() {
         .filter_map(|line| line.split(" bytes in ").nth(1)?.split(' ').next()?.parse().ok())
         .collect();
     assert!(chunks.iter().any(|&n| n > 2), "the snapshot should arrive in many chunks, got {chunks:?}:\n{log}");
+    // The snapshot thread rebuilt the received state and staged its file, for the install to rename.
+    assert!(whole_log.contains("rebuilt and its file staged in"), "no received snapshot was staged:\n{log}");
     // The metrics say so too (a fresh process starts every counter at zero): the wiped node took chunks
     // into an assembly and installed snapshots, and its peers sent at least those bytes.
     let metric = |id: u64, name: &str| -> f64 {

@@ -6,14 +6,18 @@
 //!
 //! At most one compaction per group is out at a time (the core hands out the next only after the
 //! report), so the job queue is bounded by the shard's group count and `submit` never blocks. The
-//! shard thread writes a partition's snapshot file itself only to install a snapshot received from a
-//! leader; it first waits for that partition's compaction ([`Compactor::wait_for`]), so the two
-//! never write the file at once and a newer installed image is never replaced by an older one.
+//! shard thread puts a partition's snapshot file in place itself only to install a snapshot received
+//! from a leader, and the core never asks for that while the partition's compaction is out (it holds
+//! the install back until the compaction is reported; [`Compactor::compacting`] lets the shard assert
+//! it), so the two never write the file at once, a newer installed image is never replaced by an older
+//! one, and the round never waits for this thread.
 //!
 //! The same thread rebuilds the state of a snapshot received from a leader ([`Restore`]) before the
 //! core lets Raft install it: decoding a 300-480 MB image and rebuilding its id index held a
-//! follower's round for 3-11 s. At most one restore per group is out too, so the queue holds two jobs
-//! per group.
+//! follower's round for 3-11 s. It also writes and syncs that snapshot's image file under a staged
+//! name ([`stage_install_file`]), which the install then renames into place: writing the file in the
+//! round held it for another 1.0-1.6 s. At most one restore per group is out too, so the queue holds
+//! two jobs per group.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -25,7 +29,7 @@ use raft::Snapshot;
 
 use crate::error::EngineError;
 use crate::replica::core::{Compaction, Restore, Restored};
-use crate::replica::shared_log::{write_compaction_file, SharedLogError};
+use crate::replica::shared_log::{stage_install_file, write_compaction_file, SharedLogError};
 
 /// A compaction's image is durable in its snapshot file (`Ok`, with the image), or could not be made so.
 pub struct Compacted {
@@ -39,10 +43,11 @@ enum Job {
     Restore(Restore),
 }
 
-/// What the thread finished: a compaction written, or a received snapshot's state rebuilt.
+/// What the thread finished: a compaction written, or a received snapshot's state rebuilt (and, with
+/// `staged`, its image file staged for the install to rename into place).
 pub enum Report {
     Compacted(Compacted),
-    Restored(Restored),
+    Restored { restored: Restored, staged: bool },
 }
 
 pub struct Compactor {
@@ -72,12 +77,29 @@ impl Compactor {
                         Job::Compact(job) => job,
                         Job::Restore(restore) => {
                             let partition = restore.partition;
+                            let snapshot = restore.snapshot();
                             let restored = restore.build();
-                            log::debug!(
-                                "shard {shard}: partition {partition}: received snapshot rebuilt in {} ms",
+                            // An image that is no state is refused: no file for it. A file that cannot
+                            // be staged is written by the install itself (which fails the shard if the
+                            // disk really refuses it).
+                            let staged = restored.is_valid()
+                                && stage_install_file(&dir, partition, &snapshot)
+                                    .map_err(|error| {
+                                        log::warn!(
+                                            "shard {shard}: partition {partition}: cannot stage the file of the \
+                                             snapshot at index {}: {error}",
+                                            snapshot.meta.index
+                                        )
+                                    })
+                                    .is_ok();
+                            // Rare (a follower being caught up) and slow: worth an operator's line.
+                            log::info!(
+                                "shard {shard}: partition {partition}: received snapshot at index {} rebuilt{} in {} ms",
+                                snapshot.meta.index,
+                                if staged { " and its file staged" } else { "" },
                                 started.elapsed().as_millis()
                             );
-                            if replies_sent.send(Report::Restored(restored)).is_err() {
+                            if replies_sent.send(Report::Restored { restored, staged }).is_err() {
                                 return;
                             }
                             continue;
@@ -136,7 +158,7 @@ impl Compactor {
     fn note(&mut self, report: Report) {
         match &report {
             Report::Compacted(compacted) => assert!(self.in_flight.remove(&compacted.partition)),
-            Report::Restored(restored) => assert!(self.restoring.remove(&restored.partition)),
+            Report::Restored { restored, .. } => assert!(self.restoring.remove(&restored.partition)),
         }
         self.done.push(report);
     }
@@ -146,13 +168,9 @@ impl Compactor {
         (!self.in_flight.is_empty() || !self.restoring.is_empty()).then_some(&self.replies)
     }
 
-    /// Blocks until `partition`'s compaction, if one is out, is durable or failed (its report is kept
-    /// for [`Compactor::take_done`]).
-    pub fn wait_for(&mut self, partition: u32) {
-        while self.in_flight.contains(&partition) {
-            let report = self.replies.recv().expect("the thread reports every job it was given");
-            self.note(report);
-        }
+    /// Whether `partition`'s compaction is out (handed to the thread and its report not yet taken).
+    pub fn compacting(&self, partition: u32) -> bool {
+        self.in_flight.contains(&partition)
     }
 
     /// Every report received, in the order the thread made them. Never blocks.
@@ -196,10 +214,10 @@ mod tests {
         let expected = compaction(7, 40).encode();
         compactor.submit(compaction(7, 40));
         assert!(compactor.replies().is_some());
-        compactor.wait_for(7);
-        assert!(compactor.replies().is_none(), "the report was taken in");
+        assert!(compactor.compacting(7) && !compactor.compacting(8));
+        let done: Vec<Compacted> = compacted(settle(&mut compactor));
+        assert!(compactor.replies().is_none() && !compactor.compacting(7), "the report was taken in");
         assert!(snapshot_path(dir.path(), 7).exists(), "durable before it is reported");
-        let done: Vec<Compacted> = compacted(compactor.take_done());
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].partition, done[0].index), (7, 40));
         assert_eq!(
@@ -214,9 +232,17 @@ mod tests {
         let gone = dir.path().join("gone");
         let mut compactor = Compactor::start(0, gone, 2).expect("start");
         compactor.submit(compaction(8, 41));
-        compactor.wait_for(8);
-        let done = compacted(compactor.take_done());
+        let done = compacted(settle(&mut compactor));
         assert!(matches!(done[..], [Compacted { partition: 8, index: 41, outcome: Err(_) }]));
+    }
+
+    /// Every report of the jobs out, waiting for them.
+    fn settle(compactor: &mut Compactor) -> Vec<Report> {
+        while let Some(replies) = compactor.replies() {
+            let report = replies.recv().expect("the thread reports every job it was given");
+            compactor.note(report);
+        }
+        compactor.take_done()
     }
 
     fn compacted(reports: Vec<Report>) -> Vec<Compacted> {
@@ -224,7 +250,7 @@ mod tests {
             .into_iter()
             .map(|report| match report {
                 Report::Compacted(compacted) => compacted,
-                Report::Restored(_) => panic!("no restore was handed out"),
+                Report::Restored { .. } => panic!("no restore was handed out"),
             })
             .collect()
     }

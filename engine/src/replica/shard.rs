@@ -256,6 +256,7 @@ impl ReplicaShard {
             if self.complete_durable() || compacted {
                 self.carry_out();
             }
+            let reported = Instant::now();
             client_depth.set(clients.len() as i64);
             peer_depth.set(peers.len() as i64);
             // Peers first and entirely: they are what lets the cluster make progress.
@@ -298,6 +299,7 @@ impl ReplicaShard {
             let ended = Instant::now();
             metrics::observe_round(ended - round_started);
             let phases = [
+                ("taking durable writes and snapshot-thread reports (applying, installing)", reported),
                 ("stepping peer messages", stepped),
                 ("taking client commands", taken),
                 ("driving the groups (Raft, apply, compaction)", driven),
@@ -387,11 +389,14 @@ impl ReplicaShard {
                         }
                     }
                     Output::Persist(persist) => {
-                        if persist.snapshot.is_some() {
-                            // The install writes the partition's snapshot file: never beside the
-                            // snapshot thread, never under an older image it is about to put there.
-                            self.compactor.wait_for(persist.partition);
-                        }
+                        // The install puts the partition's snapshot file in place: never beside the
+                        // snapshot thread's compaction of it, never under an older image it is about
+                        // to put there (the core holds an install back until that compaction is in).
+                        assert!(
+                            persist.snapshot.is_none() || !self.compactor.compacting(persist.partition),
+                            "partition {}: an install while its compaction is out",
+                            persist.partition
+                        );
                         let storage =
                             self.core.storage_mut(persist.partition).expect("the core names its own partitions");
                         match persist.write_to(storage) {
@@ -477,7 +482,14 @@ impl ReplicaShard {
         for report in done {
             let report = match report {
                 Report::Compacted(report) => report,
-                Report::Restored(restored) => {
+                Report::Restored { restored, staged } => {
+                    if staged {
+                        let noted = lock(&self.log).install_staged(restored.partition, restored.index());
+                        if let Err(error) = noted {
+                            self.core.log_failed(error);
+                            continue;
+                        }
+                    }
                     let now = self.now();
                     self.core.restored(now, restored);
                     continue;
@@ -487,7 +499,10 @@ impl ReplicaShard {
                 Ok(data) => {
                     let recorded = lock(&self.log).compaction_written(report.partition, report.index);
                     match recorded {
-                        Ok(()) => self.core.compacted(report.partition, report.index, data),
+                        Ok(()) => {
+                            let now = self.now();
+                            self.core.compacted(now, report.partition, report.index, data)
+                        }
                         Err(error) => self.core.log_failed(error),
                     }
                 }

@@ -12,6 +12,9 @@
 //!   records small and bounded.
 //! - `rejoin-pending-PPPPP`: partition P's rejoin marker while a replica rebuilt from nothing catches
 //!   up (see `RejoinMarker`); rare, written synchronously.
+//! - `snapshot-PPPPP.install-I.tmp`: a received snapshot's image at index I, written and synced by the
+//!   shard's snapshot thread while it rebuilds the state ([`stage_install_file`]); the install renames
+//!   it into place. Temporaries are removed at a writable open.
 //!
 //! Records (little-endian; every payload starts with the partition as u32):
 //! - `1` Entry: partition, Raft index u64, Raft term u64, then the entry (kind byte `0` Noop, `1` Data
@@ -43,7 +46,9 @@
 //!   before the compaction is recorded ([`write_compaction_file`], then
 //!   [`SharedLog::compaction_written`]): a crash in between leaves the same file a crash right after
 //!   a `create_snapshot` that wrote it would.
-//! - `apply_snapshot` (install) writes and syncs the image file first, then stages the Install record.
+//! - `apply_snapshot` (install) puts the image file in place first (renaming the staged file of
+//!   [`SharedLog::install_staged`], or else writing and syncing it), then stages the Install record.
+//!   A staged file is a temporary until that rename: a crash before it leaves the install undone.
 //! - Purge deletes whole segments, oldest first, only below every group's oldest needed record, where
 //!   a record counts as replaced only once its replacement is durable (see `purge`).
 //!
@@ -228,6 +233,9 @@ struct GroupLog {
     /// The index of a compaction whose image file the shard's snapshot thread has written already
     /// ([`SharedLog::compaction_written`]): `create_snapshot` at that index only records it.
     compaction_file_written: Option<u64>,
+    /// The index of a received snapshot whose image file the snapshot thread has staged
+    /// ([`SharedLog::install_staged`]): `apply_snapshot` at that index renames it into place.
+    install_file_staged: Option<u64>,
 }
 
 impl GroupLog {
@@ -502,6 +510,20 @@ impl SharedLog {
         Ok(())
     }
 
+    /// The shard's snapshot thread has written and synced the image of a snapshot received for
+    /// `partition` at `index` under its staged name ([`stage_install_file`]); the `apply_snapshot` that
+    /// installs it renames the file into place instead of writing hundreds of MB in the round. A file
+    /// staged earlier and never installed (Raft found it stale) is removed.
+    pub fn install_staged(&mut self, partition: u32, index: u64) -> Result<(), SharedLogError> {
+        self.check_writable()?;
+        let dir = self.dir.clone();
+        let group = self.group_mut(partition)?;
+        if let Some(earlier) = group.install_file_staged.replace(index).filter(|&earlier| earlier != index) {
+            remove_staged_install_file(&dir, partition, earlier)?;
+        }
+        Ok(())
+    }
+
     /// Whether purge asked this group to compact and it has not yet.
     pub fn compaction_wanted(&self, partition: u32) -> bool {
         self.groups.get(&partition).is_some_and(|group| group.compaction_wanted)
@@ -679,7 +701,20 @@ impl SharedLog {
         }
         self.check_writable()?;
         // The image first: a crash before the Install record is durable is completed at open.
-        write_snapshot_file(&self.dir, partition, SNAPSHOT_KIND_INSTALL, &snapshot)?;
+        match self.group_mut(partition)?.install_file_staged.take() {
+            Some(index) if index == snapshot.meta.index => {
+                let staged = staged_install_path(&self.dir, partition, index);
+                let path = snapshot_path(&self.dir, partition);
+                fs::rename(&staged, &path).map_err(io_error("rename", &path))?;
+                sync_parent(&path)?;
+            }
+            staged => {
+                if let Some(index) = staged {
+                    remove_staged_install_file(&self.dir, partition, index)?;
+                }
+                write_snapshot_file(&self.dir, partition, SNAPSHOT_KIND_INSTALL, &snapshot)?;
+            }
+        }
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         let position = self.stage_base(partition, RECORD_INSTALL, index, term)?;
         let group = self.group_mut(partition)?;
@@ -1071,14 +1106,18 @@ fn sync_parent(path: &Path) -> Result<(), SharedLogError> {
 fn replace_file(path: &Path, parts: &[&[u8]]) -> Result<(), SharedLogError> {
     let name = path.file_name().expect("a file name").to_string_lossy();
     let temp = path.with_file_name(format!("{name}{TEMP_SUFFIX}"));
-    let mut file = File::create(&temp).map_err(io_error("create temp", &temp))?;
-    for part in parts {
-        file.write_all(part).map_err(io_error("write temp", &temp))?;
-    }
-    file.sync_all().map_err(io_error("fsync temp", &temp))?;
-    drop(file);
+    write_synced(&temp, parts)?;
     fs::rename(&temp, path).map_err(io_error("rename", path))?;
     sync_parent(path)
+}
+
+/// Creates (or truncates) `path` with the concatenation of `parts` and fsyncs it.
+fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), SharedLogError> {
+    let mut file = File::create(path).map_err(io_error("create temp", path))?;
+    for part in parts {
+        file.write_all(part).map_err(io_error("write temp", path))?;
+    }
+    file.sync_all().map_err(io_error("fsync temp", path))
 }
 
 /// Leftover temporaries of an interrupted `replace_file` (the old file is still whole).
@@ -1118,8 +1157,38 @@ pub fn write_compaction_file(dir: &Path, partition: u32, snapshot: &Snapshot) ->
     write_snapshot_file(dir, partition, SNAPSHOT_KIND_COMPACTION, snapshot)
 }
 
+/// Where the shard's snapshot thread stages the image of a snapshot received for `partition` at
+/// `index` (a temporary: a writable open removes it).
+fn staged_install_path(dir: &Path, partition: u32, index: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_FILE_PREFIX}{partition:05}.install-{index}{TEMP_SUFFIX}"))
+}
+
+/// Writes and syncs, under its staged name, the image file that installing the received `snapshot`
+/// puts in place ([`SharedLog::install_staged`]); for the shard's snapshot thread, off the round. The
+/// bytes are those the install would write itself.
+pub fn stage_install_file(dir: &Path, partition: u32, snapshot: &Snapshot) -> Result<(), SharedLogError> {
+    let path = staged_install_path(dir, partition, snapshot.meta.index);
+    let (head, checksum) = snapshot_frame(&path, SNAPSHOT_KIND_INSTALL, snapshot)?;
+    write_synced(&path, &[&head, &snapshot.data, &checksum])
+}
+
+fn remove_staged_install_file(dir: &Path, partition: u32, index: u64) -> Result<(), SharedLogError> {
+    let path = staged_install_path(dir, partition, index);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error("remove staged install", &path)(error)),
+    }
+}
+
 fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     let path = snapshot_path(dir, partition);
+    let (head, checksum) = snapshot_frame(&path, kind, snapshot)?;
+    replace_file(&path, &[&head, &snapshot.data, &checksum])
+}
+
+/// A snapshot file's frame around `snapshot.data`: its head and its checksum.
+fn snapshot_frame(path: &Path, kind: u8, snapshot: &Snapshot) -> Result<(Vec<u8>, [u8; 8]), SharedLogError> {
     // Frame = magic, body length, body (kind, meta, data length, data), xxh3 of everything before it.
     // The data (an image of up to hundreds of MB) is written from where it is, never copied into the
     // frame: the head is built, the checksum streamed over head and data.
@@ -1130,15 +1199,14 @@ fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot
     encode_snapshot_meta(snapshot, &mut head);
     let body_bytes = head.len() - FRAME_HEADER_BYTES + snapshot.data.len();
     let body_len = u32::try_from(body_bytes).map_err(|_| SharedLogError::CorruptSnapshot {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason: format!("body of {body_bytes} bytes exceeds u32"),
     })?;
     head[SNAPSHOT_MAGIC.len()..FRAME_HEADER_BYTES].copy_from_slice(&body_len.to_le_bytes());
     let mut checksum = Xxh3::new();
     checksum.update(&head);
     checksum.update(&snapshot.data);
-    let checksum = checksum.digest().to_le_bytes();
-    replace_file(&path, &[&head, &snapshot.data, &checksum])
+    Ok((head, checksum.digest().to_le_bytes()))
 }
 
 /// The snapshot file at `path` with its kind, `None` if there is none.

@@ -31,6 +31,7 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
                 total.snapshot_chunks_lost += stats.snapshot_chunks_lost;
                 total.snapshots_assembled += stats.snapshots_assembled;
                 total.restores += stats.restores;
+                total.restores_beside_a_compaction += stats.restores_beside_a_compaction;
                 total.compactions += stats.compactions;
                 total.compactions_at_crash += stats.compactions_at_crash;
                 total.leader_changes += stats.leader_changes;
@@ -57,6 +58,8 @@ fn sweep(nodes: usize, first_seed: u64, seeds: u64) {
     assert!(total.snapshot_chunks_lost > 0, "the network never lost a snapshot chunk: {total:?}");
     // Every install went through a state rebuilt off the round.
     assert!(total.restores >= total.snapshots_installed, "an install without its restore: {total:?}");
+    // Some rebuilt states waited for their group's compaction before the install.
+    assert!(total.restores_beside_a_compaction > 0, "no restore ever finished beside a compaction: {total:?}");
     assert!(total.compactions > seeds, "too few compactions: {total:?}");
     assert!(total.compactions_at_crash > 0, "no crash ever found a compaction image written and unreported: {total:?}");
     assert!(total.leader_changes > seeds, "too few leadership changes: {total:?}");

@@ -408,7 +408,9 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         self.serve_waiting_reads(sink);
         let due = self.applied_index >= self.last_snapshot_index + replication.snapshot_interval_entries;
         let wanted = self.applied_index > self.last_snapshot_index && self.raw.storage().compaction_wanted();
-        if (due || wanted) && self.compacting.is_none() {
+        // Not while a received snapshot's state is rebuilt: the install replaces the state, and must
+        // not wait for a compaction started meanwhile (see `ReplicaCore::restored`).
+        if (due || wanted) && self.compacting.is_none() && self.restoring.is_none() {
             match self.raw.compaction_meta(self.applied_index) {
                 Ok(Some(meta)) => {
                     assert_eq!(meta.index, self.applied_index, "a compaction is of the applied state");
@@ -440,12 +442,19 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         let MessageBody::Snapshot { snapshot } = &message.body else { panic!("restores take snapshot messages") };
         let restore = super::Restore {
             partition: self.partition,
-            index: snapshot.meta.index,
+            meta: snapshot.meta.clone(),
             image: snapshot.data.clone(),
             config: self.committed.config(),
         };
         sink.outputs.push(super::Output::Restore(restore));
         self.restoring = Some(message);
+    }
+
+    /// The snapshot assembled while another was restoring, if any, is restored next.
+    pub fn begin_next_restore(&mut self, sink: &mut Sink<H>) {
+        if let Some(next) = self.restore_next.take() {
+            self.begin_restore(next, sink);
+        }
     }
 
     /// The image of the compaction at `index` is durable in the store: Raft records it and drops the

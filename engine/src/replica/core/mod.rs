@@ -118,16 +118,21 @@ impl Compaction {
 /// [`ReplicaCore::restored`]; only then does Raft see the snapshot. At most one per group is out.
 pub struct Restore {
     pub partition: u32,
-    index: u64,
+    meta: raft::SnapshotMeta,
     image: raft::SnapshotData,
     config: PartitionConfig,
 }
 
 impl Restore {
+    /// The snapshot being restored (its image shared, not copied), for the caller to stage its file.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { meta: self.meta.clone(), data: self.image.clone() }
+    }
+
     /// Decodes the image and rebuilds the partition state from it: the costly part, for the caller's
     /// thread.
     pub fn build(self) -> Restored {
-        let Restore { partition, index, image, config } = self;
+        let Restore { partition, meta, image, config } = self;
         let outcome = decode_partition_image(&image)
             .map_err(|e| e.to_string())
             .and_then(|(image_partition, rows)| {
@@ -137,13 +142,13 @@ impl Restore {
                 crate::partition::PartitionState::restore_rows(config, rows).map_err(|e| e.to_string())
             })
             .map(Box::new);
-        Restored { partition, index, outcome }
+        Restored { partition, index: meta.index, outcome }
     }
 }
 
 impl std::fmt::Debug for Restore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Restore").field("partition", &self.partition).field("index", &self.index).finish()
+        f.debug_struct("Restore").field("partition", &self.partition).field("index", &self.meta.index).finish()
     }
 }
 
@@ -152,6 +157,18 @@ pub struct Restored {
     pub partition: u32,
     index: u64,
     outcome: Result<Box<crate::partition::PartitionState>, String>,
+}
+
+impl Restored {
+    /// The index of the snapshot whose state this is.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Whether the image was a valid state of the partition (otherwise Raft never sees it).
+    pub fn is_valid(&self) -> bool {
+        self.outcome.is_ok()
+    }
 }
 
 impl std::fmt::Debug for Restored {
@@ -585,8 +602,9 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     }
 
     /// The image of `partition`'s [`Compaction`] at `index` is durable in its store: Raft drops the log
-    /// prefix it covers (nothing, if a snapshot installed since covers more).
-    pub fn compacted(&mut self, partition: u32, index: u64, data: raft::SnapshotData) {
+    /// prefix it covers (nothing, if a snapshot installed since covers more). A received snapshot whose
+    /// state was rebuilt while this compaction was out is installed now (see [`ReplicaCore::restored`]).
+    pub fn compacted(&mut self, now: Now, partition: u32, index: u64, data: raft::SnapshotData) {
         let Some(&slot) = self.group_of.get(&partition) else {
             panic!("compacted() for partition {partition}, which this core does not hold");
         };
@@ -594,13 +612,20 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             return;
         }
         if let Err(error) = self.groups[slot].finish_compaction(index, data) {
-            self.fail(format!("partition {partition}: {error}"));
+            return self.fail(format!("partition {partition}: {error}"));
+        }
+        if self.groups[slot].restored.is_some() {
+            self.install_restored(now, slot);
         }
     }
 
     /// The state of a received snapshot is rebuilt (see [`Restore`]): Raft now sees the snapshot and,
-    /// unless it is stale by now, installs it in this call. An image that is not a valid state of the
-    /// partition changes nothing: it is refused with a log line (the leader sends a snapshot again).
+    /// unless it is stale by now, installs it in this call, or, if the group's compaction is still
+    /// out, once that is reported: the compaction's image file must be in place before the install's,
+    /// never over it, and the round must not wait for the snapshot thread. (No compaction starts while
+    /// a restore is out, so that wait is for one compaction at most.) An image that is not a valid
+    /// state of the partition changes nothing: it is refused with a log line (the leader sends a
+    /// snapshot again).
     pub fn restored(&mut self, now: Now, restored: Restored) {
         let Some(&slot) = self.group_of.get(&restored.partition) else {
             panic!("restored() for partition {}, which this core does not hold", restored.partition);
@@ -609,33 +634,47 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             return;
         }
         let group = &mut self.groups[slot];
-        let message = group.restoring.take().expect("a restore reported that was not handed out");
+        let message = group.restoring.as_ref().expect("a restore reported that was not handed out");
         let MessageBody::Snapshot { snapshot } = &message.body else { unreachable!("restores hold snapshots") };
         assert_eq!(
             snapshot.meta.index, restored.index,
             "partition {}: the restore of another snapshot",
             group.partition
         );
+        assert!(group.restored.is_none(), "partition {}: a second rebuilt state", group.partition);
         match restored.outcome {
             Ok(state) => {
                 group.restored = Some((restored.index, *state));
-                group.step(now, message);
-                self.drive_slot(slot);
-                // Raft took it (the Ready just driven installed it) or found it stale.
-                self.groups[slot].restored = None;
+                if group.compacting.is_none() {
+                    self.install_restored(now, slot);
+                }
             }
-            Err(error) => self.sink.log(
-                log::Level::Error,
-                format!(
-                    "node {}: partition {}: refusing node {}'s snapshot at index {}: {error}",
-                    self.node_id, restored.partition, message.from, restored.index
-                ),
-            ),
+            Err(error) => {
+                let from = message.from;
+                group.restoring = None;
+                self.sink.log(
+                    log::Level::Error,
+                    format!(
+                        "node {}: partition {}: refusing node {from}'s snapshot at index {}: {error}",
+                        self.node_id, restored.partition, restored.index
+                    ),
+                );
+                self.groups[slot].begin_next_restore(&mut self.sink);
+            }
         }
+    }
+
+    /// Steps the restoring snapshot, whose state is rebuilt, into Raft and drives the group: its Ready
+    /// installs the state, or Raft finds the snapshot stale by now and the state is dropped.
+    fn install_restored(&mut self, now: Now, slot: usize) {
         let group = &mut self.groups[slot];
-        if let Some(next) = group.restore_next.take() {
-            group.begin_restore(next, &mut self.sink);
-        }
+        assert!(group.compacting.is_none(), "partition {}: an install beside a compaction", group.partition);
+        let message = group.restoring.take().expect("a rebuilt state belongs to a restore");
+        group.step(now, message);
+        self.drive_slot(slot);
+        let group = &mut self.groups[slot];
+        group.restored = None;
+        group.begin_next_restore(&mut self.sink);
     }
 
     /// A write the caller could not make durable: the shard stops (fail-stop), since its memory may

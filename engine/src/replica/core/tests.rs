@@ -137,8 +137,8 @@ impl Cluster {
                         core.persisted(persist.partition, persist.number);
                     }
                     Output::Compact(compaction) => {
-                        let data = compaction.encode();
-                        self.core(node).compacted(compaction.partition, compaction.meta.index, data.into());
+                        let (data, now) = (compaction.encode(), self.now());
+                        self.core(node).compacted(now, compaction.partition, compaction.meta.index, data.into());
                     }
                     Output::Restore(restore) => {
                         let now = self.now();
@@ -335,12 +335,15 @@ fn a_restore_rebuilds_the_image_state_and_refuses_what_is_not_one() {
     let image = crate::replica::snapshot::encode_partition_image(2, &rows);
     let restore = |image: Vec<u8>, config: PartitionConfig| super::Restore {
         partition: config.partition,
-        index: 9,
+        meta: raft::SnapshotMeta { index: 9, term: 2, conf_state: raft::ConfState::with_voters([1, 2, 3]) },
         image: image.into(),
         config,
     };
+    let snapshot = restore(image.clone(), config).snapshot();
+    assert_eq!((snapshot.meta.index, snapshot.meta.term, snapshot.data.as_slice()), (9, 2, image.as_slice()));
     let restored = restore(image.clone(), config).build();
-    assert_eq!((restored.partition, restored.index), (2, 9));
+    assert_eq!((restored.partition, restored.index()), (2, 9));
+    assert!(restored.is_valid());
     let rebuilt = restored.outcome.expect("a valid image");
     assert_eq!(rebuilt.export_rows(), rows);
     assert_eq!(rebuilt.digest(), state.digest());
@@ -348,7 +351,9 @@ fn a_restore_rebuilds_the_image_state_and_refuses_what_is_not_one() {
     let mut corrupt = image.clone();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
-    let refused = restore(corrupt, config).build().outcome.expect_err("a corrupt image");
+    let refused = restore(corrupt, config).build();
+    assert!(!refused.is_valid());
+    let refused = refused.outcome.expect_err("a corrupt image");
     assert!(!refused.is_empty());
     let other = PartitionConfig { partition: 1, ..config };
     let refused = restore(image, other).build().outcome.expect_err("another partition's image");

@@ -182,8 +182,10 @@ pub struct Stats {
     pub snapshot_chunks: u64,
     pub snapshot_chunks_lost: u64,
     pub snapshots_assembled: u64,
-    /// Received snapshots whose state was rebuilt off the round (then handed to Raft).
+    /// Received snapshots whose state was rebuilt off the round (then handed to Raft), and those of
+    /// them rebuilt while their group's compaction was still out (the core holds the install back).
     pub restores: u64,
+    pub restores_beside_a_compaction: u64,
     /// Compaction images made durable while the node ran, and ones a crash left written.
     pub compactions: u64,
     pub compactions_at_crash: u64,
@@ -665,7 +667,18 @@ impl Sim {
                         item => self.send(id, to, item),
                     }
                 }
-                Output::Persist(persist) => self.nodes[index].writes.push_back(persist),
+                Output::Persist(persist) => {
+                    // The shell's rule, asserted there too: an install never goes beside its group's
+                    // compaction, whose image file it would race.
+                    let node = &mut self.nodes[index];
+                    if persist.snapshot.is_some() && node.compactions.iter().any(|c| c.partition == persist.partition) {
+                        return Err(format!(
+                            "node {id}: partition {}: a snapshot install while its compaction is out",
+                            persist.partition
+                        ));
+                    }
+                    node.writes.push_back(persist)
+                }
                 Output::Compact(compaction) => self.nodes[index].compactions.push_back(compaction),
                 Output::Restore(restore) => self.nodes[index].restores.push_back(restore),
                 Output::Items { to, outcome } => {
@@ -799,9 +812,10 @@ impl Sim {
             // The snapshot thread runs beside the log: its images become durable at their own pace.
             while !self.nodes[index].compactions.is_empty() && self.rng.chance(self.options.write_complete_per_mille) {
                 let node = &mut self.nodes[index];
+                let now = node.now(self.now_ms);
                 let compaction = node.compactions.pop_front().expect("checked non-empty");
                 let core = node.core.as_mut().expect("compactions exist only on live nodes");
-                core.compacted(compaction.partition, compaction.meta.index, compaction.encode().into());
+                core.compacted(now, compaction.partition, compaction.meta.index, compaction.encode().into());
                 self.stats.compactions += 1;
                 self.pump(index)?;
             }
@@ -810,6 +824,9 @@ impl Sim {
                 let node = &mut self.nodes[index];
                 let now = node.now(self.now_ms);
                 let restore = node.restores.pop_front().expect("checked non-empty");
+                if node.compactions.iter().any(|c| c.partition == restore.partition) {
+                    self.stats.restores_beside_a_compaction += 1;
+                }
                 let core = node.core.as_mut().expect("restores exist only on live nodes");
                 core.restored(now, restore.build());
                 self.stats.restores += 1;
