@@ -266,6 +266,29 @@ fn snapshot_files_are_verified() {
     flipped[20] ^= 0x40;
     std::fs::write(&path, &flipped).unwrap();
     assert!(matches!(SharedLog::open(dir.path(), options()), Err(SharedLogError::CorruptSnapshot { .. })));
+    // The body length is a u64 (a u32 capped images at 4 GiB) and must match the file.
+    assert_eq!(&bytes[..4], b"RSN3");
+    let body_len = u64::from_le_bytes(bytes[4..12].try_into().unwrap());
+    assert_eq!(body_len as usize, bytes.len() - 12 - 8);
+    let mut lying = bytes.clone();
+    lying[4..12].copy_from_slice(&(body_len + (1 << 32)).to_le_bytes());
+    let rechecked = xxhash_rust::xxh3::xxh3_64(&lying[..lying.len() - 8]).to_le_bytes();
+    let at = lying.len() - 8;
+    lying[at..].copy_from_slice(&rechecked);
+    std::fs::write(&path, &lying).unwrap();
+    assert!(matches!(SharedLog::open(dir.path(), options()), Err(SharedLogError::CorruptSnapshot { .. })));
+    // A file framed the way earlier builds wrote it (`RSN2`, u32 length) is still read.
+    let body = &bytes[12..bytes.len() - 8];
+    let mut older = b"RSN2".to_vec();
+    older.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    older.extend_from_slice(body);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&older).to_le_bytes();
+    older.extend_from_slice(&checksum);
+    std::fs::write(&path, &older).unwrap();
+    let store = Interleaved::open(dir.path());
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (4, 5));
+    assert_eq!(*store.snapshot().unwrap().data, vec![7; 40]);
+    drop(store);
     std::fs::write(&path, &bytes).unwrap();
     let store = Interleaved::open(dir.path());
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (4, 5));

@@ -6,7 +6,8 @@
 //! - `wal/`: the log's segment files. A record's wal index is its *position*; its wal term is always 0
 //!   (the groups' Raft terms are unrelated to each other, and the wal wants terms that never drop);
 //!   its kind byte and payload are one of the records below.
-//! - `snapshot-PPPPP`: partition P's latest snapshot image (magic, length, body, xxh3), replaced
+//! - `snapshot-PPPPP`: partition P's latest snapshot image (magic `RSN3`, body length u64, body,
+//!   xxh3; files framed `RSN2` with a u32 length, written before, are still read), replaced
 //!   atomically (temporary file, fsync, rename, directory fsync). Compaction is rare (every
 //!   `snapshot_interval_entries`), so an image file beside the log costs little and keeps the log's
 //!   records small and bounded.
@@ -82,9 +83,13 @@ const SNAPSHOT_FILE_PREFIX: &str = "snapshot-";
 /// so a crash during catch-up resumes the same rules with or without `--rejoin`.
 pub const REJOIN_MARKER_PREFIX: &str = "rejoin-pending-";
 const TEMP_SUFFIX: &str = ".tmp";
-const SNAPSHOT_MAGIC: [u8; 4] = *b"RSN2";
-/// Magic + body length in front of the body, checksum after it.
-const FRAME_HEADER_BYTES: usize = 8;
+/// A snapshot file's frame: magic, body length u64, body, xxh3 of everything before it.
+const SNAPSHOT_MAGIC: [u8; 4] = *b"RSN3";
+const FRAME_HEADER_BYTES: usize = 4 + 8;
+/// The frame written before: its body length was a u32, which capped an image at 4 GiB (a leader's
+/// compaction past that failed its shard, whatever `snapshot_bytes_max` allowed). Still read.
+const SNAPSHOT_MAGIC_U32_LENGTH: [u8; 4] = *b"RSN2";
+const FRAME_HEADER_BYTES_U32_LENGTH: usize = 4 + 4;
 const FRAME_CHECKSUM_BYTES: usize = 8;
 
 const RECORD_ENTRY: u8 = 1;
@@ -1168,7 +1173,7 @@ fn staged_install_path(dir: &Path, partition: u32, index: u64) -> PathBuf {
 /// bytes are those the install would write itself.
 pub fn stage_install_file(dir: &Path, partition: u32, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     let path = staged_install_path(dir, partition, snapshot.meta.index);
-    let (head, checksum) = snapshot_frame(&path, SNAPSHOT_KIND_INSTALL, snapshot)?;
+    let (head, checksum) = snapshot_frame(SNAPSHOT_KIND_INSTALL, snapshot);
     write_synced(&path, &[&head, &snapshot.data, &checksum])
 }
 
@@ -1183,30 +1188,26 @@ fn remove_staged_install_file(dir: &Path, partition: u32, index: u64) -> Result<
 
 fn write_snapshot_file(dir: &Path, partition: u32, kind: u8, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     let path = snapshot_path(dir, partition);
-    let (head, checksum) = snapshot_frame(&path, kind, snapshot)?;
+    let (head, checksum) = snapshot_frame(kind, snapshot);
     replace_file(&path, &[&head, &snapshot.data, &checksum])
 }
 
 /// A snapshot file's frame around `snapshot.data`: its head and its checksum.
-fn snapshot_frame(path: &Path, kind: u8, snapshot: &Snapshot) -> Result<(Vec<u8>, [u8; 8]), SharedLogError> {
+fn snapshot_frame(kind: u8, snapshot: &Snapshot) -> (Vec<u8>, [u8; 8]) {
     // Frame = magic, body length, body (kind, meta, data length, data), xxh3 of everything before it.
     // The data (an image of up to hundreds of MB) is written from where it is, never copied into the
     // frame: the head is built, the checksum streamed over head and data.
     let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
     head.extend_from_slice(&SNAPSHOT_MAGIC);
-    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(&[0; 8]);
     head.push(kind);
     encode_snapshot_meta(snapshot, &mut head);
-    let body_bytes = head.len() - FRAME_HEADER_BYTES + snapshot.data.len();
-    let body_len = u32::try_from(body_bytes).map_err(|_| SharedLogError::CorruptSnapshot {
-        path: path.to_path_buf(),
-        reason: format!("body of {body_bytes} bytes exceeds u32"),
-    })?;
+    let body_len = (head.len() - FRAME_HEADER_BYTES + snapshot.data.len()) as u64;
     head[SNAPSHOT_MAGIC.len()..FRAME_HEADER_BYTES].copy_from_slice(&body_len.to_le_bytes());
     let mut checksum = Xxh3::new();
     checksum.update(&head);
     checksum.update(&snapshot.data);
-    Ok((head, checksum.digest().to_le_bytes()))
+    (head, checksum.digest().to_le_bytes())
 }
 
 /// The snapshot file at `path` with its kind, `None` if there is none.
@@ -1217,21 +1218,31 @@ fn read_snapshot_file(path: &Path) -> Result<Option<(u8, Snapshot)>, SharedLogEr
         Err(error) => return Err(io_error("read", path)(error)),
     };
     let corrupt = |reason: String| SharedLogError::CorruptSnapshot { path: path.to_path_buf(), reason };
-    if bytes.len() < FRAME_HEADER_BYTES + FRAME_CHECKSUM_BYTES {
+    let header_bytes = match bytes.get(..4) {
+        Some(magic) if magic == SNAPSHOT_MAGIC => FRAME_HEADER_BYTES,
+        Some(magic) if magic == SNAPSHOT_MAGIC_U32_LENGTH => FRAME_HEADER_BYTES_U32_LENGTH,
+        _ if bytes.len() < FRAME_HEADER_BYTES_U32_LENGTH + FRAME_CHECKSUM_BYTES => {
+            return Err(corrupt(format!("{} bytes is shorter than a frame", bytes.len())));
+        }
+        _ => return Err(corrupt("bad magic".to_string())),
+    };
+    if bytes.len() < header_bytes + FRAME_CHECKSUM_BYTES {
         return Err(corrupt(format!("{} bytes is shorter than a frame", bytes.len())));
     }
-    if bytes[..4] != SNAPSHOT_MAGIC {
-        return Err(corrupt("bad magic".to_string()));
-    }
-    let body_len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
-    if bytes.len() != FRAME_HEADER_BYTES + body_len + FRAME_CHECKSUM_BYTES {
+    let length = &bytes[4..header_bytes];
+    let body_len = match *length {
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        _ => u64::from_le_bytes(length.try_into().expect("8 bytes")),
+    };
+    let whole = (header_bytes as u64).checked_add(body_len).and_then(|n| n.checked_add(FRAME_CHECKSUM_BYTES as u64));
+    if whole != Some(bytes.len() as u64) {
         return Err(corrupt(format!("length {} does not match body length {body_len}", bytes.len())));
     }
-    let (framed, checksum) = bytes.split_at(FRAME_HEADER_BYTES + body_len);
+    let (framed, checksum) = bytes.split_at(bytes.len() - FRAME_CHECKSUM_BYTES);
     if xxh3_64(framed) != u64::from_le_bytes(checksum.try_into().expect("8 bytes")) {
         return Err(corrupt("checksum mismatch".to_string()));
     }
-    let mut cursor = Cursor::new(&framed[FRAME_HEADER_BYTES..]);
+    let mut cursor = Cursor::new(&framed[header_bytes..]);
     let kind = cursor.u8().map_err(corrupt)?;
     if kind != SNAPSHOT_KIND_COMPACTION && kind != SNAPSHOT_KIND_INSTALL {
         return Err(corrupt(format!("unknown snapshot kind {kind}")));
