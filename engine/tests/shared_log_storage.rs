@@ -417,7 +417,7 @@ fn a_staged_install_file_is_renamed_into_place_and_a_leftover_one_is_removed() {
     // Staged, noted, installed: the file in place is the staged one (its data differs from the
     // snapshot Raft installs only to show which one is on disk), and nothing staged is left.
     shared_log::stage_install_file(shard_dir, PARTITION, &received(30, 2)).expect("stage");
-    lock(&store.log).install_staged(PARTITION, 30).expect("noted");
+    lock(&store.log).install_staged(PARTITION, 30, true).expect("noted");
     store.main.apply_snapshot(received(30, 9)).expect("install");
     lock(&store.log).sync().expect("sync");
     assert!(staged_files().is_empty());
@@ -429,16 +429,31 @@ fn a_staged_install_file_is_renamed_into_place_and_a_leftover_one_is_removed() {
     // Staged and never installed (Raft found it stale): the next staging removes it, and an install
     // at another index removes what is staged and writes its own file.
     shared_log::stage_install_file(shard_dir, PARTITION, &received(40, 3)).expect("stage");
-    lock(&store.log).install_staged(PARTITION, 40).expect("noted");
+    lock(&store.log).install_staged(PARTITION, 40, true).expect("noted");
     shared_log::stage_install_file(shard_dir, PARTITION, &received(50, 4)).expect("stage");
-    lock(&store.log).install_staged(PARTITION, 50).expect("noted");
+    lock(&store.log).install_staged(PARTITION, 50, true).expect("noted");
     assert_eq!(staged_files(), vec![format!("snapshot-{PARTITION:05}.install-50.tmp")]);
     store.main.apply_snapshot(received(60, 5)).expect("install");
     lock(&store.log).sync().expect("sync");
     assert!(staged_files().is_empty());
     drop(store);
-    let store = Interleaved::open(shard_dir);
+    let mut store = Interleaved::open(shard_dir);
     assert_eq!(store.snapshot().unwrap(), received(60, 5), "written by the install itself");
+
+    // A snapshot at 70 staged and marked, found stale; the same snapshot comes again and its staging
+    // fails partway (here: the truncated file it leaves). The mark goes with the file, and the install
+    // writes the whole image itself rather than renaming what the failed staging left.
+    shared_log::stage_install_file(shard_dir, PARTITION, &received(70, 6)).expect("stage");
+    lock(&store.log).install_staged(PARTITION, 70, true).expect("noted");
+    let staged_path = shard_dir.join(format!("snapshot-{PARTITION:05}.install-70.tmp"));
+    std::fs::write(&staged_path, b"RSN3 cut short").unwrap();
+    lock(&store.log).install_staged(PARTITION, 70, false).expect("noted");
+    assert!(staged_files().is_empty(), "the failed staging's file is removed");
+    store.main.apply_snapshot(received(70, 7)).expect("install");
+    lock(&store.log).sync().expect("sync");
+    drop(store);
+    let store = Interleaved::open(shard_dir);
+    assert_eq!(store.snapshot().unwrap(), received(70, 7), "the install wrote the whole image");
 }
 
 #[test]

@@ -57,7 +57,7 @@ pub struct Compactor {
     in_flight: BTreeSet<u32>,
     /// Partitions with a restore handed to the thread and not yet taken back.
     restoring: BTreeSet<u32>,
-    /// Reports received while waiting for one partition's, to be taken with the others.
+    /// Reports received and not yet taken by [`Compactor::take_done`].
     done: Vec<Report>,
     thread: Option<JoinHandle<()>>,
 }

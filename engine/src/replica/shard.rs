@@ -483,12 +483,10 @@ impl ReplicaShard {
             let report = match report {
                 Report::Compacted(report) => report,
                 Report::Restored { restored, staged } => {
-                    if staged {
-                        let noted = lock(&self.log).install_staged(restored.partition, restored.index());
-                        if let Err(error) = noted {
-                            self.core.log_failed(error);
-                            continue;
-                        }
+                    let noted = lock(&self.log).install_staged(restored.partition, restored.index(), staged);
+                    if let Err(error) = noted {
+                        self.core.log_failed(error);
+                        continue;
                     }
                     let now = self.now();
                     self.core.restored(now, restored);

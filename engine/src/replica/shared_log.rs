@@ -515,15 +515,19 @@ impl SharedLog {
         Ok(())
     }
 
-    /// The shard's snapshot thread has written and synced the image of a snapshot received for
-    /// `partition` at `index` under its staged name ([`stage_install_file`]); the `apply_snapshot` that
-    /// installs it renames the file into place instead of writing hundreds of MB in the round. A file
-    /// staged earlier and never installed (Raft found it stale) is removed.
-    pub fn install_staged(&mut self, partition: u32, index: u64) -> Result<(), SharedLogError> {
+    /// The shard's snapshot thread has rebuilt the state of a snapshot received for `partition` at
+    /// `index`, and (with `staged`) written and synced its image under its staged name
+    /// ([`stage_install_file`]): the `apply_snapshot` that installs it renames the file into place
+    /// instead of writing hundreds of MB in the round. Without `staged` (staging failed) nothing is
+    /// renamed and the install writes its file itself. Either way a mark left by an earlier received
+    /// snapshot (Raft found it stale) goes, with its file: a failed staging may have truncated the file
+    /// an earlier mark for the same index names.
+    pub fn install_staged(&mut self, partition: u32, index: u64, staged: bool) -> Result<(), SharedLogError> {
         self.check_writable()?;
         let dir = self.dir.clone();
         let group = self.group_mut(partition)?;
-        if let Some(earlier) = group.install_file_staged.replace(index).filter(|&earlier| earlier != index) {
+        let earlier = std::mem::replace(&mut group.install_file_staged, staged.then_some(index));
+        if let Some(earlier) = earlier.filter(|&earlier| !(staged && earlier == index)) {
             remove_staged_install_file(&dir, partition, earlier)?;
         }
         Ok(())
@@ -1157,7 +1161,8 @@ fn list_snapshot_files(dir: &Path) -> Result<Vec<u32>, SharedLogError> {
 
 /// Writes a compaction's image into `partition`'s snapshot file in the shard folder `dir` (temporary
 /// file, fsync, rename, folder fsync), for the shard's snapshot thread; the shard thread must not write
-/// that partition's file meanwhile (it waits for the compaction before it installs a snapshot).
+/// that partition's file meanwhile (the core installs no snapshot while the partition's compaction is
+/// out).
 pub fn write_compaction_file(dir: &Path, partition: u32, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     write_snapshot_file(dir, partition, SNAPSHOT_KIND_COMPACTION, snapshot)
 }
@@ -1174,7 +1179,11 @@ fn staged_install_path(dir: &Path, partition: u32, index: u64) -> PathBuf {
 pub fn stage_install_file(dir: &Path, partition: u32, snapshot: &Snapshot) -> Result<(), SharedLogError> {
     let path = staged_install_path(dir, partition, snapshot.meta.index);
     let (head, checksum) = snapshot_frame(SNAPSHOT_KIND_INSTALL, snapshot);
-    write_synced(&path, &[&head, &snapshot.data, &checksum])
+    write_synced(&path, &[&head, &snapshot.data, &checksum]).inspect_err(|_| {
+        // A partial file is never renamed (the shard clears its mark), and a full disk gets its space
+        // back at once rather than at the next open.
+        let _ = fs::remove_file(&path);
+    })
 }
 
 fn remove_staged_install_file(dir: &Path, partition: u32, index: u64) -> Result<(), SharedLogError> {
