@@ -1256,8 +1256,16 @@ fn read_snapshot_file(path: &Path) -> Result<Option<(u8, Snapshot)>, SharedLogEr
     if kind != SNAPSHOT_KIND_COMPACTION && kind != SNAPSHOT_KIND_INSTALL {
         return Err(corrupt(format!("unknown snapshot kind {kind}")));
     }
-    let snapshot = decode_snapshot(&mut cursor).map_err(corrupt)?;
-    Ok(Some((kind, snapshot)))
+    let (meta, data_len) = decode_snapshot_meta(&mut cursor).map_err(corrupt)?;
+    let data_start = framed.len() - cursor.bytes.len();
+    cursor.take(data_len).map_err(corrupt)?;
+    cursor.finish().map_err(corrupt)?;
+    // The image is the file's bytes from `data_start`, moved to the front of the buffer that read the
+    // file rather than copied into a second one (an image is hundreds of MB, one per group at open).
+    let mut data = bytes;
+    data.truncate(data_start + data_len);
+    data.drain(..data_start);
+    Ok(Some((kind, Snapshot { meta, data: data.into() })))
 }
 
 fn encode_entry_payload(payload: &Payload, out: &mut Vec<u8>) {
@@ -1375,7 +1383,8 @@ fn encode_snapshot_meta(snapshot: &Snapshot, body: &mut Vec<u8>) {
     body.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
 }
 
-fn decode_snapshot(cursor: &mut Cursor<'_>) -> Result<Snapshot, String> {
+/// A snapshot file body's meta and the length of the data that follows it.
+fn decode_snapshot_meta(cursor: &mut Cursor<'_>) -> Result<(SnapshotMeta, usize), String> {
     let index = cursor.u64()?;
     let term = cursor.u64()?;
     let mut sets = [BTreeSet::new(), BTreeSet::new()];
@@ -1387,9 +1396,7 @@ fn decode_snapshot(cursor: &mut Cursor<'_>) -> Result<Snapshot, String> {
     }
     let [voters, learners] = sets;
     let data_len = usize::try_from(cursor.u64()?).map_err(|_| "data length overflows usize".to_string())?;
-    let data = cursor.take(data_len)?.to_vec();
-    cursor.finish()?;
-    Ok(Snapshot { meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners } }, data: data.into() })
+    Ok((SnapshotMeta { index, term, conf_state: ConfState { voters, learners } }, data_len))
 }
 
 struct Cursor<'a> {
