@@ -567,6 +567,21 @@ fn a_rejoining_replica_waits_for_every_replica_then_refuses_stale_leaders_and_ea
         "voted after a restart mid catch-up"
     );
 
+    // While it withholds it asks again, and a later report from a leader of term 7 or after that holds
+    // less than index 3 lowers what it must reach (in the marker first). Reports from a leader of an
+    // older term, from no leader, or of a longer log change nothing: had any of them counted, the
+    // marker would say 1 and the last report could not lower it to 2.
+    assert_eq!(next_probe(&two), 0, "asked again while withholding");
+    let report = |term, last_index, leads| PeerItem::TermReport { partition: 0, term, commit: 0, last_index, leads };
+    for (term, last_index, leads) in [(6, 1, true), (9, 1, false), (9, 4, true), (8, 2, true)] {
+        assert!(two.transport.send(1, report(term, last_index, leads)).is_ok());
+    }
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while std::fs::read_to_string(&marker).unwrap().trim() != "withhold-votes-until 2 term 7" {
+        assert!(Instant::now() < deadline, "a leader's later report did not lower the target");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
     // Node 2 leads term 10 and brings it up to commit index 3; from then on it votes like anyone.
     // Sent again every 100 ms until answered, like the stale leader's above: node 1 just restarted, and
     // an append sent before node 2's link to it is back is lost (seen once under a loaded suite run).

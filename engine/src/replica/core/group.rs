@@ -8,7 +8,7 @@ use net::types::ItemResult;
 use raft::{ConfState, Entry, Message, MessageBody, Payload, RawNode, Role};
 
 use super::reads::PendingRead;
-use super::rejoin::{Recovery, RejoinMarker};
+use super::rejoin::{Recovery, RejoinMarker, Withheld};
 use super::routing::{Parked, Request, Trip};
 use super::snapshot_transfer::SnapshotTransfers;
 use super::{Batch, GroupInit, GroupStatus, Handles, ItemsTo, Now, Persist, ReplicaStorage, Sink};
@@ -77,9 +77,10 @@ pub(super) struct Group<S: ReplicaStorage, H: Handles> {
     /// Set while this replica, rebuilt from nothing on a rejoining node, waits for every other replica's
     /// term and commit index; it takes no part in Raft until then.
     pub recovery: Option<Recovery>,
-    /// After recovery, while Raft withholds this replica's votes: the rejoin marker that says so is in
-    /// the store, to be removed once Raft stops withholding.
-    pub withhold_marker_stored: bool,
+    /// After recovery, while Raft withholds this replica's votes: the rules of the rejoin marker that
+    /// says so in the store (to be removed once Raft stops withholding), and when the other replicas
+    /// were last asked again (see `ReplicaCore::probe_for_recovery`).
+    pub withheld: Option<Withheld>,
     /// Only with the planted bug `keep_speculative_after_losing_leadership`: the speculative state
     /// outlived a leadership this replica lost.
     pub speculative_kept: bool,
@@ -151,13 +152,13 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
         let mut raw = RawNode::new(raft_config, storage).map_err(|e| in_partition(&e))?;
         let status = raw.status();
         let recovery = (lost || marker == Some(RejoinMarker::AwaitingReports)).then(|| Recovery::new(now));
-        let withhold_marker_stored = match marker {
+        let withheld = match marker {
             Some(RejoinMarker::WithholdVotesUntil { index, term }) => {
                 // Re-adopt the term too: a crash may have come before it reached the hard state.
                 raw.rejoin_after_loss(term, index);
-                true
+                Some(Withheld { index, term, probed_ms: None })
             }
-            _ => false,
+            _ => None,
         };
         Ok(Group {
             partition,
@@ -184,7 +185,7 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
             preferred_caught_up_at_ms: None,
             last_transfer_attempt_ms: None,
             recovery,
-            withhold_marker_stored,
+            withheld,
             speculative_kept: false,
             id_runs,
             compacting: None,
@@ -542,12 +543,12 @@ impl<S: ReplicaStorage, H: Handles> Group<S, H> {
     /// the shard must stop, for this reason.
     pub fn observe_role(&mut self, node_id: u64, sink: &mut Sink<H>) -> Result<(), String> {
         let status = self.raw.status();
-        if self.withhold_marker_stored && !self.raw.votes_withheld() {
+        if self.withheld.is_some() && !self.raw.votes_withheld() {
             self.raw
                 .storage_mut()
                 .set_rejoin_marker(None)
                 .map_err(|error| format!("partition {}: {error}", self.partition))?;
-            self.withhold_marker_stored = false;
+            self.withheld = None;
             sink.log(
                 log::Level::Info,
                 format!(

@@ -496,7 +496,7 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     /// True while some group of this core, rebuilt on a node that lost its data, waits for the other
     /// replicas' reports or withholds its votes.
     pub fn rejoin_pending(&self) -> bool {
-        self.groups.iter().any(|g| g.recovery.is_some() || g.withhold_marker_stored)
+        self.groups.iter().any(|g| g.recovery.is_some() || g.withheld.is_some())
     }
 
     /// Asks this node's leader of `partition` to hand leadership to `to` (operator tooling, and the

@@ -2,8 +2,9 @@
 //! other replica for its term, commit index and last index, takes no part in Raft until all have
 //! answered, then joins in the highest reported term withholding its votes until its commit index
 //! reaches the last index of that term's leader (or, with no leader among the reports, the highest
-//! reported last index), or until it has committed an entry of a later term. The rules are recorded in
-//! the store's rejoin marker before they take effect, so a restart during catch-up resumes them.
+//! reported last index, lowered by a leader's later report: it keeps asking while it withholds), or
+//! until it has committed an entry of a later term. The rules are recorded in the store's rejoin marker
+//! before they take effect, so a restart during catch-up resumes them.
 
 use std::collections::HashMap;
 
@@ -29,6 +30,14 @@ pub(super) struct TermReport {
     pub leads: bool,
 }
 
+/// The rules a rejoined replica withholds its votes under (those of its rejoin marker), and when it
+/// last asked the other replicas again.
+pub(super) struct Withheld {
+    pub index: u64,
+    pub term: u64,
+    pub probed_ms: Option<u64>,
+}
+
 /// A replica that lost its log and vote, asking the others where the group stands.
 pub(super) struct Recovery {
     /// The report of each replica that answered.
@@ -46,12 +55,27 @@ impl Recovery {
 /// How often a recovering replica asks the replicas that have not answered yet, and how often it says
 /// whom it is still waiting for.
 const RECOVERY_PROBE_INTERVAL_MS: u64 = 100;
+/// How often a replica that withholds its votes asks the others again: a leader's later report can
+/// lower what it must reach (see `ReplicaCore::on_term_report`).
+const WITHHELD_PROBE_INTERVAL_MS: u64 = 1_000;
 const RECOVERY_WARNING_INTERVAL_MS: u64 = 5_000;
 
 impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
     /// Asks the replicas that have not reported yet, for every recovering group.
     pub(super) fn probe_for_recovery(&mut self, now: Now) {
         for group in &mut self.groups {
+            if let Some(withheld) = group.withheld.as_mut() {
+                if withheld.probed_ms.is_some_and(|at| now.mono_ms.saturating_sub(at) < WITHHELD_PROBE_INTERVAL_MS) {
+                    continue;
+                }
+                withheld.probed_ms = Some(now.mono_ms);
+                for node in self.cluster.replicas(group.partition) {
+                    if node != self.node_id {
+                        self.sink.send(node, PeerItem::TermProbe { partition: group.partition });
+                    }
+                }
+                continue;
+            }
             let Some(recovery) = group.recovery.as_mut() else { continue };
             if recovery.last_probe_ms.is_some_and(|at| now.mono_ms.saturating_sub(at) < RECOVERY_PROBE_INTERVAL_MS) {
                 continue;
@@ -97,6 +121,9 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
             return;
         }
         let group = &mut self.groups[slot];
+        if let Some((index, term)) = group.withheld.as_ref().map(|w| (w.index, w.term)) {
+            return self.lower_withheld_target(slot, from, report, index, term);
+        }
         let Some(recovery) = group.recovery.as_mut() else { return };
         recovery.reports.insert(from, report);
         if !others.iter().all(|n| recovery.reports.contains_key(n)) {
@@ -110,12 +137,45 @@ impl<S: ReplicaStorage, H: Handles> ReplicaCore<S, H> {
         }
         group.recovery = None;
         group.raw.rejoin_after_loss(term, target);
-        group.withhold_marker_stored = true;
+        group.withheld = Some(Withheld { index: target, term, probed_ms: None });
         self.sink.log(
             log::Level::Info,
             format!(
                 "node {}: partition {}: rejoined in term {term}; votes withheld until commit index {target}",
                 self.node_id, partition
+            ),
+        );
+    }
+
+    /// A report that reached a replica already withholding its votes (it asks again every
+    /// `WITHHELD_PROBE_INTERVAL_MS`): from a leader of the adopted term or a later one, its last index
+    /// now covers every entry the lost copy can have helped commit, as in [`rejoin_target`] (that
+    /// copy was lost before the probe, so it acknowledged nothing that leader's log lacks). A lower
+    /// target is recorded in the marker first, then given to Raft. This closes the case the first
+    /// reports miss: the leader elected in the adopted term itself, whose candidate answered before it
+    /// won; no later term then begins on an idle partition, and the highest reported last index (a
+    /// deposed leader's uncommitted tail) is never committed past.
+    fn lower_withheld_target(&mut self, slot: usize, from: u64, report: TermReport, index: u64, term: u64) {
+        if !report.leads || report.term < term || report.last_index >= index {
+            return;
+        }
+        let partition = self.groups[slot].partition;
+        let lowered = report.last_index;
+        let marker = RejoinMarker::WithholdVotesUntil { index: lowered, term };
+        let group = &mut self.groups[slot];
+        if let Err(error) = group.raw.storage_mut().set_rejoin_marker(Some(marker)) {
+            return self.fail(format!("partition {partition}: {error}"));
+        }
+        group.raw.rejoin_after_loss(term, lowered);
+        if let Some(withheld) = group.withheld.as_mut() {
+            withheld.index = lowered;
+        }
+        self.sink.log(
+            log::Level::Info,
+            format!(
+                "node {}: partition {partition}: node {from}, leader in term {}, holds up to index {lowered}; \
+                 votes withheld until commit index {lowered} (was {index})",
+                self.node_id, report.term
             ),
         );
     }
