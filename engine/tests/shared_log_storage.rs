@@ -428,10 +428,10 @@ fn a_staged_install_file_is_renamed_into_place_and_a_leftover_one_is_removed() {
 
     // Staged and never installed (Raft found it stale): the next staging removes it, and an install
     // at another index removes what is staged and writes its own file.
-    shared_log::stage_install_file(shard_dir, PARTITION, &received(40, 3)).expect("stage");
-    lock(&store.log).install_staged(PARTITION, 40, true).expect("noted");
-    shared_log::stage_install_file(shard_dir, PARTITION, &received(50, 4)).expect("stage");
-    lock(&store.log).install_staged(PARTITION, 50, true).expect("noted");
+    for (index, byte) in [(40, 3), (50, 4)] {
+        shared_log::stage_install_file(shard_dir, PARTITION, &received(index, byte)).expect("stage");
+        lock(&store.log).install_staged(PARTITION, index, true).expect("noted");
+    }
     assert_eq!(staged_files(), vec![format!("snapshot-{PARTITION:05}.install-50.tmp")]);
     store.main.apply_snapshot(received(60, 5)).expect("install");
     lock(&store.log).sync().expect("sync");

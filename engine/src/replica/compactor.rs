@@ -57,8 +57,6 @@ pub struct Compactor {
     in_flight: BTreeSet<u32>,
     /// Partitions with a restore handed to the thread and not yet taken back.
     restoring: BTreeSet<u32>,
-    /// Reports received and not yet taken by [`Compactor::take_done`].
-    done: Vec<Report>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -126,7 +124,6 @@ impl Compactor {
             replies,
             in_flight: BTreeSet::new(),
             restoring: BTreeSet::new(),
-            done: Vec::new(),
             thread: Some(thread),
         })
     }
@@ -155,12 +152,13 @@ impl Compactor {
             .expect("one job of each kind per group at a time fits the queue, and the thread outlives it");
     }
 
-    fn note(&mut self, report: Report) {
+    /// Marks the job of `report` as no longer out.
+    fn note(&mut self, report: Report) -> Report {
         match &report {
             Report::Compacted(compacted) => assert!(self.in_flight.remove(&compacted.partition)),
             Report::Restored { restored, .. } => assert!(self.restoring.remove(&restored.partition)),
         }
-        self.done.push(report);
+        report
     }
 
     /// The channel to wait on while jobs are out (`None` when none is).
@@ -175,10 +173,11 @@ impl Compactor {
 
     /// Every report received, in the order the thread made them. Never blocks.
     pub fn take_done(&mut self) -> Vec<Report> {
+        let mut done = Vec::new();
         while let Ok(report) = self.replies.try_recv() {
-            self.note(report);
+            done.push(self.note(report));
         }
-        std::mem::take(&mut self.done)
+        done
     }
 }
 
@@ -238,11 +237,12 @@ mod tests {
 
     /// Every report of the jobs out, waiting for them.
     fn settle(compactor: &mut Compactor) -> Vec<Report> {
+        let mut done = Vec::new();
         while let Some(replies) = compactor.replies() {
             let report = replies.recv().expect("the thread reports every job it was given");
-            compactor.note(report);
+            done.push(compactor.note(report));
         }
-        compactor.take_done()
+        done
     }
 
     fn compacted(reports: Vec<Report>) -> Vec<Compacted> {
